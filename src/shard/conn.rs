@@ -1,0 +1,168 @@
+//! One client connection as its owner shard sees it: identity, outbound bytes, liveness.
+//!
+//! Outbound frames are appended to `tx` and handed to the kernel with a non-blocking `send(2)`
+//! at the end of each batch of work ([`Conn::flush`]), so a burst of deliveries costs one
+//! syscall per connection, not one per frame. Only when the kernel's socket buffer is full does
+//! the connection's session task take over and wait for writability. An idle connection holds
+//! no buffers: `tx` and `rx` are released once empty.
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use super::envelope::ConnId;
+use super::ratelimit::Bucket;
+use super::wake::Signal;
+use crate::protocol::{self, Code, ServerMsg};
+
+/// Capacity kept by an emptied buffer; anything larger is released.
+const KEEP_CAPACITY: usize = 512;
+
+/// Lifecycle of a connection on its owner shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    /// Logged in and served.
+    Open,
+    /// A final Error/GoAway is queued: write what is queued, then close. Reads stop.
+    Closing,
+    /// The socket failed or the peer went away; nothing more is written.
+    Broken,
+}
+
+pub struct Conn {
+    pub id: ConnId,
+    pub fd: RawFd,
+    pub user: Arc<str>,
+    pub device_id: Box<str>,
+    /// Bytes queued for the client and not yet accepted by the kernel.
+    pub tx: RefCell<Vec<u8>>,
+    /// Bytes taken out of `tx` by the session task's in-progress blocking write.
+    pub writing: Cell<usize>,
+    /// Partial inbound frame carried between reads (empty and unallocated when idle).
+    pub rx: RefCell<Vec<u8>>,
+    pub state: Cell<ConnState>,
+    /// Shard-monotonic milliseconds of the last byte received.
+    pub last_seen_ms: Cell<u64>,
+    /// Highest seq this device has acked.
+    pub acked: Cell<u64>,
+    /// Highest seq queued to this device.
+    pub sent_seq: Cell<u64>,
+    /// Live deliveries are paused; the device is refilled from the inbox as its queue drains.
+    pub behind: Cell<bool>,
+    pub bucket: Cell<Bucket>,
+    /// Queued in the shard's dirty list for the end-of-batch flush.
+    pub dirty: Cell<bool>,
+    /// Wakes the session task: writes are pending, or the connection is closing.
+    pub wake: Signal,
+}
+
+impl Conn {
+    pub fn queued_bytes(&self) -> usize {
+        self.tx.borrow().len() + self.writing.get()
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.state.get() == ConnState::Open
+    }
+
+    /// Appends an encoded frame; returns false when the connection is not open.
+    pub fn push_bytes(&self, frame: &[u8]) -> bool {
+        if !self.is_open() {
+            return false;
+        }
+        self.tx.borrow_mut().extend_from_slice(frame);
+        true
+    }
+
+    /// Encodes and appends one server frame.
+    pub fn push(&self, msg: &ServerMsg<'_>) -> bool {
+        if !self.is_open() {
+            return false;
+        }
+        protocol::encode_server(msg, &mut self.tx.borrow_mut());
+        true
+    }
+
+    /// Queues a final Error or GoAway frame and switches to Closing.
+    pub fn close_with(&self, msg: &ServerMsg<'_>) {
+        if self.is_open() {
+            protocol::encode_server(msg, &mut self.tx.borrow_mut());
+            self.state.set(ConnState::Closing);
+        }
+        self.wake.notify();
+    }
+
+    /// Convenience for `close_with(GoAway{code, reason})`.
+    pub fn go_away(&self, code: Code, reason: &str) {
+        self.close_with(&ServerMsg::GoAway { code, reason });
+    }
+
+    /// Hands queued bytes to the kernel without blocking. Leaves what the kernel did not take
+    /// in `tx` and wakes the session task to wait for writability.
+    pub fn flush(&self) {
+        if self.writing.get() > 0 || self.state.get() == ConnState::Broken {
+            return; // the session task is mid-write and will pick `tx` up after it
+        }
+        let mut tx = self.tx.borrow_mut();
+        let mut sent = 0;
+        while sent < tx.len() {
+            match send_nonblocking(self.fd, &tx[sent..]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.wake.notify();
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.state.set(ConnState::Broken);
+                    self.wake.notify();
+                    break;
+                }
+            }
+        }
+        tx.drain(..sent);
+        if tx.is_empty() {
+            shrink(&mut tx);
+            if self.state.get() == ConnState::Closing {
+                self.wake.notify();
+            }
+        }
+    }
+}
+
+/// Drops the allocation of an emptied buffer that grew large.
+pub fn shrink(buf: &mut Vec<u8>) {
+    if buf.is_empty() && buf.capacity() > KEEP_CAPACITY {
+        *buf = Vec::new();
+    }
+}
+
+/// `send(2)` with MSG_DONTWAIT | MSG_NOSIGNAL.
+pub fn send_nonblocking(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
+    // SAFETY: `buf` is a valid slice for its length; `fd` is owned by the connection's stream,
+    // which outlives every `Conn` use (the session task closes it only after detaching).
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `recv(2)` with MSG_DONTWAIT.
+pub fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: `buf` is a valid, writable slice for its length.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}

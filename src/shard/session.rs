@@ -1,0 +1,246 @@
+//! The per-connection task on the owner shard: reads frames, hands them to the shard, and
+//! waits for writability only when the kernel refused bytes.
+//!
+//! An idle connection costs one pending 1-byte `MSG_PEEK` on the ring and this task's future:
+//! no read buffer, no write buffer, no timer. When the peek fires, the task drains the socket
+//! with non-blocking `recv` into the shard's shared scratch buffer and parses in place; only a
+//! frame split across reads is copied into the connection's own `rx`.
+
+use std::io::ErrorKind;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::future;
+use futures_lite::io::AsyncWriteExt;
+use glommio::net::TcpStream;
+
+use super::conn::{self, recv_nonblocking, Conn, ConnState};
+use super::state::Shard;
+use crate::protocol::{self, ServerMsg};
+
+/// Reads per wake-up before yielding to other connections (fairness).
+const READS_PER_WAKE: usize = 4;
+/// How long a closing connection may take to accept its final frames.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long we keep reading (and discarding) after our final frame, so the kernel does not
+/// answer the client's unread bytes with a reset that would destroy that frame.
+const LINGER: Duration = Duration::from_millis(500);
+
+/// Serves `conn` until it closes. The caller has counted it in `live_sessions`; [`Shard::forget`]
+/// uncounts it at the end.
+pub async fn run(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStream, leftover: Vec<u8>) {
+    if !leftover.is_empty() && conn.is_open() {
+        conn.last_seen_ms.set(shard.mono_ms());
+        feed(&shard, &conn, &leftover);
+        shard.flush_dirty();
+    }
+    loop {
+        if conn.state.get() == ConnState::Broken {
+            break;
+        }
+        if !conn.tx.borrow().is_empty() {
+            if !write_pending(&shard, &conn, &mut stream).await {
+                conn.state.set(ConnState::Broken);
+                break;
+            }
+            shard.after_drain(&conn);
+            continue;
+        }
+        if conn.state.get() == ConnState::Closing {
+            break;
+        }
+        if shard.draining.get() {
+            conn.wake.wait().await;
+            continue;
+        }
+        if shard.mesh.congested() {
+            future::or(conn.wake.wait(), shard.mesh.wait_for_space()).await;
+            continue;
+        }
+        let mut probe = [0u8; 1];
+        let readable = future::or(async { Some(stream.peek(&mut probe).await) }, async {
+            conn.wake.wait().await;
+            None
+        })
+        .await;
+        match readable {
+            None => continue,
+            Some(Ok(0)) => peer_closed(&conn),
+            Some(Err(_)) => {
+                conn.state.set(ConnState::Broken);
+                break;
+            }
+            Some(Ok(_)) => {
+                read_ready(&shard, &conn);
+                shard.flush_dirty();
+            }
+        }
+    }
+    shard.detach(&conn);
+    if conn.state.get() == ConnState::Closing {
+        linger_close(&mut stream).await;
+    }
+    drop(stream);
+    shard.forget(&conn);
+}
+
+/// One step of [`write_pending`].
+enum WriteStep {
+    Wrote(std::io::Result<usize>),
+    /// The connection's wake-up fired (it is closing, or shutdown began).
+    Woken,
+    /// A closing connection did not take its last bytes in time.
+    TimedOut,
+}
+
+/// Writes what the non-blocking flush could not, waiting for writability. Returns false if the
+/// connection is dead (or a closing connection would not take its last bytes in time).
+async fn write_pending(shard: &Shard, conn: &Conn, stream: &mut TcpStream) -> bool {
+    let buf = std::mem::take(&mut *conn.tx.borrow_mut());
+    conn.writing.set(buf.len());
+    let mut off = 0;
+    let mut ok = true;
+    while off < buf.len() {
+        let write = async { WriteStep::Wrote(stream.write(&buf[off..]).await) };
+        let step = if conn.state.get() != ConnState::Open || shard.draining.get() {
+            let timeout = async {
+                glommio::timer::sleep(CLOSE_WRITE_TIMEOUT).await;
+                WriteStep::TimedOut
+            };
+            future::or(write, timeout).await
+        } else {
+            // A client that stopped reading can hold this write for ever; a close (idle
+            // sweep, shutdown) must still get through, so its wake-up interrupts the wait.
+            // `write` is readiness-based: an interrupted call has written nothing.
+            let woken = async {
+                conn.wake.wait().await;
+                WriteStep::Woken
+            };
+            future::or(write, woken).await
+        };
+        match step {
+            WriteStep::Wrote(Ok(0)) | WriteStep::TimedOut => ok = false,
+            WriteStep::Wrote(Ok(n)) => off += n,
+            WriteStep::Woken => {}
+            WriteStep::Wrote(Err(e)) => ok = e.kind() == ErrorKind::Interrupted,
+        }
+        if !ok {
+            break;
+        }
+    }
+    conn.writing.set(0);
+    if ok && conn.state.get() != ConnState::Broken {
+        // Frames queued meanwhile go out now, in order, behind what we just wrote.
+        conn.flush();
+    }
+    ok
+}
+
+/// Drains the socket into the shard's scratch buffer and feeds complete frames to the shard.
+fn read_ready(shard: &Rc<Shard>, conn: &Rc<Conn>) {
+    let mut scratch = shard.scratch.borrow_mut();
+    for _ in 0..READS_PER_WAKE {
+        if !conn.is_open() {
+            return;
+        }
+        match recv_nonblocking(conn.fd, &mut scratch) {
+            Ok(0) => {
+                peer_closed(conn);
+                return;
+            }
+            Ok(n) => {
+                conn.last_seen_ms.set(shard.mono_ms());
+                feed(shard, conn, &scratch[..n]);
+                if n < scratch.len() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => {
+                conn.state.set(ConnState::Broken);
+                return;
+            }
+        }
+    }
+}
+
+/// The client closed its sending side: nothing more will be read, but what is already queued
+/// for it (a GoAway after Logout, say) is still written before we close.
+fn peer_closed(conn: &Conn) {
+    if conn.is_open() {
+        conn.state.set(ConnState::Closing);
+    }
+}
+
+/// Appends `data` to whatever partial frame the connection holds and handles complete frames.
+fn feed(shard: &Rc<Shard>, conn: &Rc<Conn>, data: &[u8]) {
+    let mut rx = conn.rx.borrow_mut();
+    if rx.is_empty() {
+        let used = parse(shard, conn, data);
+        if used < data.len() && conn.is_open() {
+            rx.extend_from_slice(&data[used..]);
+        }
+    } else {
+        rx.extend_from_slice(data);
+        let used = parse(shard, conn, &rx);
+        rx.drain(..used);
+        if !conn.is_open() {
+            rx.clear();
+        }
+        conn::shrink(&mut rx);
+    }
+}
+
+/// Check-then-parse over `buf`; returns the bytes consumed (whole frames only).
+fn parse(shard: &Rc<Shard>, conn: &Rc<Conn>, buf: &[u8]) -> usize {
+    let max_frame = shard.cfg.limits.max_frame;
+    let mut off = 0;
+    while conn.is_open() {
+        match protocol::check(&buf[off..], max_frame) {
+            Ok(None) => break,
+            Ok(Some(n)) => {
+                let payload = &buf[off + protocol::LEN_PREFIX..off + n];
+                off += n;
+                match protocol::decode_client(payload) {
+                    Ok(msg) => shard.on_frame(conn, msg),
+                    Err(e) => reject(shard, conn, &e),
+                }
+            }
+            Err(e) => {
+                reject(shard, conn, &e);
+                break;
+            }
+        }
+    }
+    if conn.is_open() {
+        off
+    } else {
+        buf.len()
+    }
+}
+
+fn reject(shard: &Shard, conn: &Rc<Conn>, e: &protocol::CodecError) {
+    let message = e.to_string();
+    conn.close_with(&ServerMsg::Error {
+        code: e.code(),
+        message: &message,
+    });
+    shard.mark_dirty(conn);
+}
+
+/// Half-closes after the final frame and discards input briefly, so the final frame is not
+/// destroyed by a reset, then lets the caller drop (close) the socket.
+pub async fn linger_close(stream: &mut TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        loop {
+            match futures_lite::io::AsyncReadExt::read(stream, &mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    future::or(drain, glommio::timer::sleep(LINGER)).await;
+}

@@ -1,0 +1,616 @@
+//! Per-shard state and the message path: users, inboxes, connections, acks.
+//!
+//! Everything here runs on the shard's own thread, synchronously, between awaits; `RefCell`
+//! borrows never live across an await. Entry points:
+//! - [`Shard::adopt`]: a logged-in connection arrives (from this shard's acceptor or a peer's
+//!   hand-off); LoginOk, replay, register the device, start its session task.
+//! - [`Shard::on_send`]: a Send frame from a local connection; rate limit, dedup, route.
+//! - [`Shard::accept_message`]: the owner of the recipient assigns the seq, keeps the message
+//!   in the inbox until every connected device acked it, and delivers it live.
+//! - [`Shard::handle_envelope`]: work from peers.
+//!
+//! Delivery and catch-up: every device has `sent_seq`, the last seq queued to it. Live
+//! deliveries go straight to the socket while the device is caught up and its queue is under
+//! `max_outbound` bytes; otherwise the device is "behind" and is refilled from the inbox, in seq
+//! order, whenever its queue drains ([`Shard::refill`]). Replay at login is the same refill, so
+//! replay and live traffic can neither gap nor reorder at the switch.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use glommio::net::TcpStream;
+
+use super::conn::{Conn, ConnState};
+use super::dedup::{Dedup, Verdict};
+use super::envelope::{ConnId, Envelope, Handoff, Message, SendAck};
+use super::ratelimit::{Bucket, RateVerdict};
+use super::routing::owner;
+use super::session;
+use super::transport::Mesh;
+use super::wake::Broadcast;
+use crate::config::Config;
+use crate::protocol::{self, ClientMsg, Code, ServerMsg};
+
+/// A message held in a user's inbox: its seq and its encoded Deliver frame (shared by every
+/// device it goes to).
+struct Stored {
+    seq: u64,
+    frame: Bytes,
+}
+
+/// What the owner shard knows about one user.
+#[derive(Default)]
+struct User {
+    /// Newest assigned seq (0 = none yet). Seqs are gap-free: head_seq - inbox.len() + 1 is
+    /// the oldest retained one.
+    head_seq: u64,
+    /// Messages not yet acked by every connected device, oldest first, contiguous seqs.
+    inbox: VecDeque<Stored>,
+    /// Connected devices.
+    devices: Vec<Rc<Conn>>,
+    /// The user's own recent sends (idempotency window).
+    sent: Dedup,
+}
+
+impl User {
+    fn oldest_seq(&self) -> u64 {
+        self.inbox.front().map_or(0, |s| s.seq)
+    }
+
+    fn stored(&self, seq: u64) -> Option<&Stored> {
+        let front = self.inbox.front()?.seq;
+        self.inbox
+            .get(usize::try_from(seq.checked_sub(front)?).ok()?)
+    }
+}
+
+/// Idle-timeout wheel: connection ids bucketed by the second their deadline falls in. Each
+/// connection sits in exactly one bucket; a sweep re-files those that were active since, so the
+/// cost is O(expiring buckets), not O(connections), and there is no timer per connection.
+#[derive(Default)]
+struct IdleWheel {
+    buckets: BTreeMap<u64, Vec<ConnId>>,
+}
+
+impl IdleWheel {
+    fn insert(&mut self, deadline_ms: u64, id: ConnId) {
+        self.buckets
+            .entry(deadline_ms.div_ceil(1000))
+            .or_default()
+            .push(id);
+    }
+
+    fn take_due(&mut self, now_ms: u64) -> Vec<ConnId> {
+        let later = self.buckets.split_off(&(now_ms / 1000 + 1));
+        let due = std::mem::replace(&mut self.buckets, later);
+        due.into_values().flatten().collect()
+    }
+}
+
+pub struct Shard {
+    pub id: usize,
+    pub shards: usize,
+    pub cfg: Arc<Config>,
+    pub verifier: Arc<crate::auth::Verifier>,
+    pub mesh: Rc<Mesh>,
+    epoch: Instant,
+    next_conn: Cell<ConnId>,
+    conns: RefCell<HashMap<ConnId, Rc<Conn>>>,
+    users: RefCell<HashMap<Arc<str>, User>>,
+    dirty: RefCell<Vec<Rc<Conn>>>,
+    idle: RefCell<IdleWheel>,
+    /// Read buffer shared by all connections of the shard (reads are synchronous).
+    pub scratch: RefCell<Vec<u8>>,
+    /// Shutdown has begun: no new connections, no more client reads.
+    pub draining: Cell<bool>,
+    drained_peers: Cell<usize>,
+    /// Messages sent to peers whose SendAck has not come back yet.
+    in_flight: Cell<u64>,
+    pub live_sessions: Cell<usize>,
+    /// Notified on shutdown progress (peers drained, acks back, sessions gone).
+    pub changed: Broadcast,
+}
+
+/// Bytes read from a socket per `recv` call.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+impl Shard {
+    pub fn new(
+        id: usize,
+        shards: usize,
+        cfg: Arc<Config>,
+        verifier: Arc<crate::auth::Verifier>,
+        mesh: Rc<Mesh>,
+    ) -> Shard {
+        Shard {
+            id,
+            shards,
+            cfg,
+            verifier,
+            mesh,
+            epoch: Instant::now(),
+            next_conn: Cell::new(1),
+            conns: RefCell::default(),
+            users: RefCell::default(),
+            dirty: RefCell::default(),
+            idle: RefCell::default(),
+            scratch: RefCell::new(vec![0; READ_CHUNK]),
+            draining: Cell::new(false),
+            drained_peers: Cell::new(0),
+            in_flight: Cell::new(0),
+            live_sessions: Cell::new(0),
+            changed: Broadcast::default(),
+        }
+    }
+
+    /// Monotonic milliseconds since the shard started.
+    pub fn mono_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn wall_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    // ---- connections ------------------------------------------------------------------------
+
+    /// Takes over a logged-in connection: LoginOk, replay, register, start its session task.
+    pub fn adopt(
+        self: &Rc<Self>,
+        stream: TcpStream,
+        user: Arc<str>,
+        device_id: Box<str>,
+        last_seq: u64,
+        leftover: Vec<u8>,
+    ) {
+        use std::os::fd::AsRawFd;
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        let now = self.mono_ms();
+        let conn = Rc::new(Conn {
+            id,
+            fd: stream.as_raw_fd(),
+            user: user.clone(),
+            device_id,
+            tx: RefCell::default(),
+            writing: Cell::new(0),
+            rx: RefCell::default(),
+            state: Cell::new(ConnState::Open),
+            last_seen_ms: Cell::new(now),
+            acked: Cell::new(0),
+            sent_seq: Cell::new(0),
+            behind: Cell::new(false),
+            bucket: Cell::new(Bucket::new(self.cfg.limits.sends_per_sec, now)),
+            dirty: Cell::new(false),
+            wake: Default::default(),
+        });
+        if self.draining.get() {
+            conn.go_away(Code::SHUTDOWN, "broker is shutting down");
+        } else {
+            self.register_device(&conn, last_seq);
+        }
+        self.conns.borrow_mut().insert(id, conn.clone());
+        let idle_ms = self.cfg.limits.idle_timeout.as_millis() as u64;
+        self.idle.borrow_mut().insert(now + idle_ms, id);
+        self.mark_dirty(&conn);
+        self.live_sessions.set(self.live_sessions.get() + 1);
+        glommio::spawn_local(session::run(self.clone(), conn, stream, leftover)).detach();
+        self.flush_dirty();
+    }
+
+    fn register_device(&self, conn: &Rc<Conn>, last_seq: u64) {
+        let mut users = self.users.borrow_mut();
+        let user = users.entry(conn.user.clone()).or_default();
+        if !conn.device_id.is_empty() {
+            if let Some(pos) = user
+                .devices
+                .iter()
+                .position(|d| d.device_id == conn.device_id)
+            {
+                let old = user.devices.remove(pos);
+                old.go_away(
+                    Code::SESSION_REPLACED,
+                    "another connection logged in with this device_id",
+                );
+                self.mark_dirty(&old);
+            }
+        }
+        let max = self.cfg.limits.max_devices;
+        if user.devices.len() >= max {
+            let message = format!("user already has {max} devices connected (max_devices)");
+            conn.close_with(&ServerMsg::Error {
+                code: Code::TOO_MANY_DEVICES,
+                message: &message,
+            });
+            return;
+        }
+        let oldest = user.oldest_seq();
+        let first_retained = if user.inbox.is_empty() {
+            user.head_seq + 1
+        } else {
+            oldest
+        };
+        // Replay starts after last_seq, or at the oldest retained message if that is later;
+        // in the latter case part of what the device asked for is gone, and LoginOk says so.
+        let start_after = last_seq.min(user.head_seq).max(first_retained - 1);
+        let gap = last_seq > 0 && last_seq < user.head_seq && first_retained > last_seq + 1;
+        conn.push(&ServerMsg::LoginOk {
+            user_id: &conn.user,
+            shard: self.id as u16,
+            head_seq: user.head_seq,
+            heartbeat_ms: self.cfg.heartbeat().as_millis() as u32,
+            oldest_seq: oldest,
+            gap,
+        });
+        conn.acked.set(start_after);
+        conn.sent_seq.set(start_after);
+        conn.behind.set(start_after < user.head_seq);
+        user.devices.push(conn.clone());
+        Self::refill_from(user, conn, self.cfg.limits.max_outbound);
+    }
+
+    /// Stops delivering to `conn` (it is closing or gone).
+    pub fn detach(&self, conn: &Conn) {
+        let mut users = self.users.borrow_mut();
+        if let Some(user) = users.get_mut(&conn.user) {
+            user.devices.retain(|d| d.id != conn.id);
+        }
+    }
+
+    /// Called by the session task when it ends.
+    pub fn forget(&self, conn: &Conn) {
+        self.detach(conn);
+        self.conns.borrow_mut().remove(&conn.id);
+        self.live_sessions.set(self.live_sessions.get() - 1);
+        self.changed.notify_all();
+    }
+
+    pub fn mark_dirty(&self, conn: &Rc<Conn>) {
+        if !conn.dirty.replace(true) {
+            self.dirty.borrow_mut().push(conn.clone());
+        }
+    }
+
+    /// End of a batch of work: hand every touched connection's bytes to the kernel, refilling
+    /// devices that are catching up.
+    pub fn flush_dirty(&self) {
+        let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+        for conn in dirty {
+            conn.dirty.set(false);
+            conn.flush();
+            self.after_drain(&conn);
+        }
+    }
+
+    /// If `conn`'s queue is empty and it is behind, queue the next slice of its inbox.
+    pub fn after_drain(&self, conn: &Rc<Conn>) {
+        while conn.behind.get()
+            && conn.is_open()
+            && conn.writing.get() == 0
+            && conn.tx.borrow().is_empty()
+        {
+            {
+                let users = self.users.borrow();
+                let Some(user) = users.get(&conn.user) else {
+                    return;
+                };
+                Self::refill_from(user, conn, self.cfg.limits.max_outbound);
+            }
+            conn.flush();
+        }
+    }
+
+    /// Queues inbox messages after `conn.sent_seq` until `max_outbound` bytes are queued or the
+    /// device has caught up.
+    fn refill_from(user: &User, conn: &Conn, max_outbound: usize) {
+        while conn.behind.get() {
+            let next = conn.sent_seq.get() + 1;
+            if next > user.head_seq {
+                conn.behind.set(false);
+                break;
+            }
+            if conn.queued_bytes() >= max_outbound {
+                break;
+            }
+            match user.stored(next) {
+                Some(stored) => {
+                    conn.push_bytes(&stored.frame);
+                    conn.sent_seq.set(next);
+                }
+                None => {
+                    // Trimmed under us (acked by every connected device, which includes this
+                    // one only up to its own ack): skip to what is retained.
+                    conn.sent_seq.set(user.oldest_seq().max(next));
+                    if user.inbox.is_empty() {
+                        conn.sent_seq.set(user.head_seq);
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- inbound frames ---------------------------------------------------------------------
+
+    /// Handles one decoded frame from a logged-in connection.
+    pub fn on_frame(self: &Rc<Self>, conn: &Rc<Conn>, msg: ClientMsg<'_>) {
+        match msg {
+            ClientMsg::Send {
+                client_msg_id,
+                to_user,
+                body,
+            } => self.on_send(conn, client_msg_id, to_user, body),
+            ClientMsg::Ack { up_to_seq } => self.on_ack(conn, up_to_seq),
+            ClientMsg::Ping { nonce } => {
+                conn.push(&ServerMsg::Pong { nonce });
+            }
+            ClientMsg::Logout => conn.go_away(Code::LOGGED_OUT, "logged out"),
+            ClientMsg::Login { .. } => conn.close_with(&ServerMsg::Error {
+                code: Code::ALREADY_LOGGED_IN,
+                message: "this connection is already logged in",
+            }),
+        }
+        self.mark_dirty(conn);
+    }
+
+    fn on_send(&self, conn: &Rc<Conn>, client_msg_id: u64, to: &str, body: &[u8]) {
+        let now = self.mono_ms();
+        let limits = &self.cfg.limits;
+        let mut bucket = conn.bucket.get();
+        let verdict = bucket.take(limits.sends_per_sec, now);
+        conn.bucket.set(bucket);
+        match verdict {
+            RateVerdict::Allowed => {}
+            RateVerdict::Limited => {
+                conn.push(&ServerMsg::SendAck {
+                    client_msg_id,
+                    status: Code::RATE_LIMITED,
+                });
+                return;
+            }
+            RateVerdict::Abusive => {
+                conn.go_away(
+                    Code::RATE_LIMITED,
+                    "kept sending past the rate limit (sends_per_sec)",
+                );
+                return;
+            }
+        }
+        if to.is_empty() || to.len() > protocol::MAX_USER_ID {
+            conn.push(&ServerMsg::SendAck {
+                client_msg_id,
+                status: Code::INVALID_RECIPIENT,
+            });
+            return;
+        }
+        let verdict = {
+            let mut users = self.users.borrow_mut();
+            match users.get_mut(&conn.user) {
+                Some(user) => user.sent.check(
+                    client_msg_id,
+                    conn.id,
+                    now,
+                    limits.dedup_window.as_millis() as u64,
+                    limits.dedup_entries,
+                ),
+                None => Verdict::New,
+            }
+        };
+        match verdict {
+            Verdict::Done(status) => {
+                conn.push(&ServerMsg::SendAck {
+                    client_msg_id,
+                    status,
+                });
+            }
+            Verdict::InFlight => {}
+            Verdict::New => {
+                let dest = owner(to, self.shards);
+                if dest == self.id {
+                    let status = self.accept_message(&conn.user, to, client_msg_id, body);
+                    self.complete_send(&conn.user, conn.id, client_msg_id, status);
+                } else {
+                    self.in_flight.set(self.in_flight.get() + 1);
+                    self.mesh.push(
+                        dest,
+                        Envelope::Message(Message {
+                            from: conn.user.clone(),
+                            to: Arc::from(to),
+                            client_msg_id,
+                            body: Bytes::copy_from_slice(body),
+                            origin_conn: conn.id,
+                        }),
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_ack(&self, conn: &Rc<Conn>, up_to_seq: u64) {
+        let mut users = self.users.borrow_mut();
+        let Some(user) = users.get_mut(&conn.user) else {
+            return;
+        };
+        // A device cannot ack what it was never sent.
+        let acked = up_to_seq.min(conn.sent_seq.get()).max(conn.acked.get());
+        conn.acked.set(acked);
+        let trim_to = user
+            .devices
+            .iter()
+            .map(|d| d.acked.get())
+            .min()
+            .unwrap_or(0);
+        while user.inbox.front().is_some_and(|s| s.seq <= trim_to) {
+            user.inbox.pop_front();
+        }
+    }
+
+    // ---- the owner side of a message -------------------------------------------------------
+
+    /// Assigns the next seq of `to`, stores the message in the inbox and delivers it to every
+    /// connected device that is caught up. Returns the SendAck status.
+    pub fn accept_message(&self, from: &str, to: &str, client_msg_id: u64, body: &[u8]) -> Code {
+        let max_outbound = self.cfg.limits.max_outbound;
+        let mut users = self.users.borrow_mut();
+        if !users.contains_key(to) {
+            users.insert(Arc::from(to), User::default());
+        }
+        let Some(user) = users.get_mut(to) else {
+            return Code::INTERNAL;
+        };
+        if user.inbox.len() >= self.cfg.limits.max_inbox {
+            return Code::INBOX_FULL;
+        }
+        let seq = user.head_seq + 1;
+        user.head_seq = seq;
+        let mut frame = Vec::with_capacity(body.len() + from.len() + 96);
+        protocol::encode_server(
+            &ServerMsg::Deliver {
+                seq,
+                from_user: from,
+                client_msg_id,
+                sent_at_ms: Self::wall_ms(),
+                body,
+            },
+            &mut frame,
+        );
+        let frame = Bytes::from(frame);
+        for dev in &user.devices {
+            if dev.behind.get() || dev.sent_seq.get() + 1 != seq {
+                dev.behind.set(true);
+                continue;
+            }
+            if dev.queued_bytes() + frame.len() > max_outbound {
+                // Too far behind for live delivery: catch up from the inbox as it drains.
+                dev.behind.set(true);
+                continue;
+            }
+            dev.push_bytes(&frame);
+            dev.sent_seq.set(seq);
+            self.mark_dirty(dev);
+        }
+        user.inbox.push_back(Stored { seq, frame });
+        Code::OK
+    }
+
+    /// Answers the sender (on the sender's owner shard) and settles the dedup entry.
+    fn complete_send(&self, sender: &str, origin_conn: ConnId, client_msg_id: u64, status: Code) {
+        let waiters = self
+            .users
+            .borrow_mut()
+            .get_mut(sender)
+            .map(|u| u.sent.complete(client_msg_id, status))
+            .unwrap_or_default();
+        let conns = self.conns.borrow();
+        for cid in std::iter::once(origin_conn).chain(waiters) {
+            if let Some(c) = conns.get(&cid) {
+                c.push(&ServerMsg::SendAck {
+                    client_msg_id,
+                    status,
+                });
+                self.mark_dirty(c);
+            }
+        }
+    }
+
+    // ---- work from peers --------------------------------------------------------------------
+
+    pub fn handle_envelope(self: &Rc<Self>, from_shard: usize, env: Envelope) {
+        match env {
+            Envelope::Message(m) => {
+                let status = self.accept_message(&m.from, &m.to, m.client_msg_id, &m.body);
+                self.mesh.push(
+                    from_shard,
+                    Envelope::SendAck(SendAck {
+                        sender: m.from,
+                        origin_conn: m.origin_conn,
+                        client_msg_id: m.client_msg_id,
+                        status,
+                    }),
+                );
+            }
+            Envelope::SendAck(a) => {
+                self.in_flight.set(self.in_flight.get().saturating_sub(1));
+                self.complete_send(&a.sender, a.origin_conn, a.client_msg_id, a.status);
+                self.changed.notify_all();
+            }
+            Envelope::Handoff(h) => self.adopt_handoff(h),
+            Envelope::Drained => {
+                self.drained_peers.set(self.drained_peers.get() + 1);
+                self.changed.notify_all();
+            }
+        }
+    }
+
+    fn adopt_handoff(self: &Rc<Self>, mut h: Handoff) {
+        use std::os::fd::FromRawFd;
+        // SAFETY: the accepting shard dup'ed this fd for us and closed its own copy; take_fd
+        // makes us its only owner.
+        let stream = unsafe { TcpStream::from_raw_fd(h.take_fd()) };
+        let leftover = std::mem::take(&mut h.leftover);
+        let device_id = std::mem::take(&mut h.device_id);
+        self.adopt(stream, h.user.clone(), device_id, h.last_seq, leftover);
+    }
+
+    // ---- timers and shutdown ----------------------------------------------------------------
+
+    /// Closes connections silent for longer than `idle_timeout`.
+    pub fn sweep_idle(&self) {
+        let now = self.mono_ms();
+        let idle_ms = self.cfg.limits.idle_timeout.as_millis() as u64;
+        let due = self.idle.borrow_mut().take_due(now);
+        let conns = self.conns.borrow();
+        for id in due {
+            let Some(conn) = conns.get(&id) else { continue };
+            let deadline = conn.last_seen_ms.get() + idle_ms;
+            if deadline <= now {
+                if conn.is_open() {
+                    self.detach(conn);
+                    conn.go_away(Code::IDLE_TIMEOUT, "no frame received within idle_timeout");
+                    self.mark_dirty(conn);
+                }
+            } else {
+                self.idle.borrow_mut().insert(deadline, id);
+            }
+        }
+        drop(conns);
+        self.flush_dirty();
+    }
+
+    /// Shutdown, step 1: stop reading clients, tell peers nothing new will come from us.
+    pub fn begin_drain(&self) {
+        self.draining.set(true);
+        for conn in self.conns.borrow().values() {
+            conn.wake.notify();
+        }
+        for peer in (0..self.shards).filter(|&p| p != self.id) {
+            self.mesh.push(peer, Envelope::Drained);
+        }
+        self.changed.notify_all();
+    }
+
+    /// True once every peer has drained and every message we sent has its ack.
+    pub fn quiesced(&self) -> bool {
+        self.drained_peers.get() + 1 >= self.shards && self.in_flight.get() == 0
+    }
+
+    /// Shutdown, step 2: GoAway(SHUTDOWN) to every connection.
+    pub fn say_goodbye(&self) {
+        let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
+        for conn in conns {
+            self.detach(&conn);
+            conn.go_away(Code::SHUTDOWN, "broker is shutting down");
+            self.mark_dirty(&conn);
+        }
+        self.flush_dirty();
+    }
+}
