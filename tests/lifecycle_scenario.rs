@@ -1,0 +1,150 @@
+//! Process lifecycle: graceful shutdown, and the config CLI.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ringpost::client::Event;
+use ringpost::protocol::Code;
+use support::*;
+
+#[test]
+fn sigterm_acks_in_flight_sends_then_says_goaway_and_exits_zero() {
+    let mut broker = TestBroker::start(2, "", "");
+    let (a, b) = (user_on_shard("a", 0, 2), user_on_shard("b", 1, 2));
+    run(async {
+        let mut ca = broker.connect(&a, "d").await;
+        let mut cb = broker.connect(&b, "d").await;
+        // Cross-shard sends immediately followed by SIGTERM: every one must be acked before
+        // the GoAway.
+        for i in 1..=50u64 {
+            ca.send(i, &b, b"last words").await.unwrap();
+        }
+        broker.signal(libc::SIGTERM);
+        let mut acked = 0;
+        loop {
+            match expect_event(&mut ca).await {
+                Event::SendAck { status, .. } => {
+                    assert_eq!(status, Code::OK);
+                    acked += 1;
+                }
+                Event::GoAway { code, .. } => {
+                    assert_eq!(code, Code::SHUTDOWN);
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(
+            acked, 50,
+            "every send before SIGTERM is acked before the GoAway"
+        );
+        let mut delivered = 0;
+        loop {
+            match expect_event(&mut cb).await {
+                Event::Deliver(d) => {
+                    delivered += 1;
+                    assert_eq!(d.seq, delivered);
+                }
+                Event::GoAway { code, .. } => {
+                    assert_eq!(code, Code::SHUTDOWN);
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(delivered, 50);
+        assert!(
+            matches!(next_event(&mut ca).await, Err(_)),
+            "closed after GoAway"
+        );
+    });
+    let started = Instant::now();
+    let status = broker
+        .wait_exit(Duration::from_secs(6))
+        .expect("broker exits within shutdown_grace (5s) + 1s");
+    assert!(
+        status.success(),
+        "exit status {status:?}; stderr:\n{}",
+        broker.stderr()
+    );
+    assert!(started.elapsed() < Duration::from_secs(6));
+    assert!(
+        std::net::TcpStream::connect(broker.addr).is_err(),
+        "no new connections after shutdown"
+    );
+}
+
+#[test]
+fn sigint_with_idle_clients_exits_promptly() {
+    let mut broker = TestBroker::start(2, "", "");
+    run(async {
+        let mut c = broker.connect("idle-one", "d").await;
+        broker.signal(libc::SIGINT);
+        expect_goaway_then_close(&mut c, Code::SHUTDOWN).await;
+    });
+    let status = broker.wait_exit(Duration::from_secs(6)).expect("exited");
+    assert!(status.success());
+}
+
+fn ringpost(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ringpost"))
+        .args(args)
+        .output()
+        .expect("run ringpost")
+}
+
+#[test]
+fn print_config_prints_the_embedded_default() {
+    let out = ringpost(&["--print-config"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text, ringpost::config::Config::DEFAULT_TOML);
+    assert!(ringpost::config::Config::from_toml_str(&text).is_ok());
+}
+
+#[test]
+fn check_config_names_the_bad_key_and_exits_2() {
+    let dir = std::env::temp_dir().join(format!("ringpost-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let check = |name: &str, body: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        ringpost(&["--check-config", p.to_str().unwrap()])
+    };
+    let out = check("unknown.toml", "[limits]\nmax_fraem = \"1MiB\"\n");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("limits.max_fraem"));
+
+    let out = check("bad.toml", "[limits]\nidle_timeout = \"soon\"\n");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.contains("limits.idle_timeout") && err.contains("90s"),
+        "{err}"
+    );
+
+    let out = check(
+        "good.toml",
+        "[server]\nshards = 2\n[limits]\nmax_frame = \"1MiB\"\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_config_with_a_bad_value_does_not_start() {
+    let dir = std::env::temp_dir().join(format!("ringpost-cli-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("c.toml");
+    std::fs::write(&p, "[server]\nlisten = \"nowhere\"\n").unwrap();
+    let out = ringpost(&["--config", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server.listen"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
