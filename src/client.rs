@@ -21,6 +21,9 @@ use rand::Rng;
 
 use crate::protocol::{self, ClientMsg, Code, ServerMsg};
 
+/// Bytes the reader asks the socket for at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
 /// How to reach and log in to a broker.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -123,8 +126,10 @@ impl ClientError {
 /// The receiving half.
 pub struct Reader {
     stream: TcpStream,
+    /// `buf[start..filled]` holds received bytes not yet returned as frames.
     buf: Vec<u8>,
     start: usize,
+    filled: usize,
     max_frame: usize,
     last_seq: u64,
 }
@@ -158,8 +163,9 @@ impl Client {
             let write_stream = unsafe { TcpStream::from_raw_fd(fd) };
             let mut reader = Reader {
                 stream,
-                buf: Vec::with_capacity(4096),
+                buf: Vec::new(),
                 start: 0,
+                filled: 0,
                 max_frame: opts.max_frame,
                 last_seq,
             };
@@ -359,9 +365,12 @@ impl Reader {
     }
 
     /// Reads until a whole frame is buffered; returns its payload's range in `buf`.
+    ///
+    /// Cancel-safe: bytes count as received only once a read completes (`filled`), so
+    /// dropping this future (in a select) loses nothing.
     async fn next_frame(&mut self) -> Result<(usize, usize), ClientError> {
         loop {
-            match protocol::check(&self.buf[self.start..], self.max_frame) {
+            match protocol::check(&self.buf[self.start..self.filled], self.max_frame) {
                 Ok(Some(n)) => {
                     let range = (self.start + protocol::LEN_PREFIX, self.start + n);
                     self.start += n;
@@ -371,23 +380,18 @@ impl Reader {
                 Err(e) => return Err(ClientError::Protocol(e.to_string())),
             }
             if self.start > 0 {
-                self.buf.drain(..self.start);
+                self.buf.copy_within(self.start..self.filled, 0);
+                self.filled -= self.start;
                 self.start = 0;
             }
-            let len = self.buf.len();
-            self.buf.resize(len.max(4096) + 16 * 1024, 0);
-            let n = self.stream.read(&mut self.buf[len..]).await;
-            let n = match n {
-                Ok(n) => n,
-                Err(e) => {
-                    self.buf.truncate(len);
-                    return Err(e.into());
-                }
-            };
-            self.buf.truncate(len + n);
+            if self.buf.len() - self.filled < READ_CHUNK {
+                self.buf.resize(self.filled + READ_CHUNK, 0);
+            }
+            let n = self.stream.read(&mut self.buf[self.filled..]).await?;
             if n == 0 {
                 return Err(ClientError::Closed);
             }
+            self.filled += n;
         }
     }
 }

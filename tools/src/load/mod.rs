@@ -1,0 +1,151 @@
+//! `ringpost-tools load`: load scenarios against a running broker.
+//!
+//! Shared pieces for every scenario: options common to all, tokens from the secret file,
+//! HdrHistogram percentiles as JSON, the once-a-second progress line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+mod p2p;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum LoadCommand {
+    /// Pairs of users send to each other at an open-loop total rate; checks loss, duplicates
+    /// and order, and reports throughput and latency percentiles.
+    P2p(p2p::P2pArgs),
+}
+
+pub fn run(cmd: LoadCommand) -> ExitCode {
+    match cmd {
+        LoadCommand::P2p(args) => p2p::run(args),
+    }
+}
+
+/// Options every scenario takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Broker address.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub addr: SocketAddr,
+    /// The broker's auth secret file (tokens are minted from it).
+    #[arg(long)]
+    pub secret_file: PathBuf,
+    /// How long to generate load, e.g. "10s".
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Print exactly one JSON object on stdout instead of the summary table.
+    #[arg(long)]
+    pub json: bool,
+    /// Load-generator threads (one glommio executor each); 0 = one per CPU.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+impl CommonArgs {
+    pub fn thread_count(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    ringpost::config::units::parse_duration(s)
+}
+
+/// Mints tokens for many users from one secret.
+#[derive(Clone)]
+pub struct Tokens {
+    secret: Arc<Vec<u8>>,
+}
+
+impl Tokens {
+    pub fn load(path: &std::path::Path) -> Result<Tokens, String> {
+        ringpost::auth::read_secret_file(path)
+            .map(|s| Tokens {
+                secret: Arc::new(s),
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn mint(&self, user: &str) -> Result<String, String> {
+        ringpost::auth::mint(&self.secret, user, Duration::from_secs(24 * 3600))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A latency histogram in microseconds (1 µs .. 1 h, 3 significant digits).
+pub fn new_histogram() -> Result<Histogram<u64>, String> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).map_err(|e| e.to_string())
+}
+
+/// `{"p50","p90","p99","p999","p9999","max"}` in µs.
+pub fn percentiles_json(h: &Histogram<u64>) -> Value {
+    json!({
+        "p50": h.value_at_quantile(0.50),
+        "p90": h.value_at_quantile(0.90),
+        "p99": h.value_at_quantile(0.99),
+        "p999": h.value_at_quantile(0.999),
+        "p9999": h.value_at_quantile(0.9999),
+        "max": h.max(),
+    })
+}
+
+/// Counters shared by all generator threads (relaxed atomics; read by the progress line).
+#[derive(Default)]
+pub struct Live {
+    pub sent: AtomicU64,
+    pub acked: AtomicU64,
+    pub delivered: AtomicU64,
+    pub errors: AtomicU64,
+    /// Latest p99 (µs) reported by any thread over its last second.
+    pub p99_us: AtomicU64,
+    pub stop: AtomicBool,
+}
+
+impl Live {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Prints `t=… sent=… acked=… delivered=… msgs/s=… p99=…µs errors=…` on stderr once a second
+/// until `live.stop` is set.
+pub fn spawn_progress(live: Arc<Live>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut last = 0u64;
+        for t in 1u64.. {
+            let due = start + Duration::from_secs(t);
+            loop {
+                if live.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let left = due.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                std::thread::sleep(left.min(Duration::from_millis(50)));
+            }
+            let delivered = live.delivered.load(Ordering::Relaxed);
+            eprintln!(
+                "t={t}s sent={} acked={} delivered={delivered} msgs/s={} p99={}µs errors={}",
+                live.sent.load(Ordering::Relaxed),
+                live.acked.load(Ordering::Relaxed),
+                delivered - last,
+                live.p99_us.load(Ordering::Relaxed),
+                live.errors.load(Ordering::Relaxed),
+            );
+            last = delivered;
+        }
+    })
+}

@@ -1,0 +1,42 @@
+//! `ringpost-tools`: mint login tokens, chat interactively, and load-test a broker.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod chat;
+mod load;
+mod token;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ringpost-tools",
+    version,
+    about = "Tools for the ringpost broker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print a login token (JWT HS256) for a user.
+    Token(token::TokenArgs),
+    /// Interactive client: `@user text` on stdin sends; deliveries print as they arrive.
+    Chat(chat::ChatArgs),
+    /// Load scenarios against a running broker.
+    #[command(subcommand)]
+    Load(load::LoadCommand),
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Token(args) => token::run(&args),
+        Command::Chat(args) => chat::run(args),
+        Command::Load(cmd) => load::run(cmd),
+    }
+}

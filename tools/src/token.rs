@@ -1,0 +1,48 @@
+//! `ringpost-tools token`: mint a login token the way an app backend would.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use ringpost::auth;
+use ringpost::config::units::parse_duration;
+
+#[derive(clap::Args, Debug)]
+pub struct TokenArgs {
+    /// File holding the HMAC key (the broker's `[auth] secret_file`).
+    #[arg(long)]
+    pub secret_file: PathBuf,
+    /// User ID to put in `sub` (1..=128 bytes).
+    #[arg(long)]
+    pub user: String,
+    /// Lifetime of the token, e.g. "90s", "1h", "7d".
+    #[arg(long, default_value = "1h")]
+    pub ttl: String,
+}
+
+/// Prints the token on stdout; errors go to stderr with exit code 1.
+pub fn run(args: &TokenArgs) -> ExitCode {
+    let ttl = match parse_duration(&args.ttl) {
+        Ok(ttl) => ttl,
+        Err(e) => {
+            eprintln!("--ttl: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let secret = match auth::read_secret_file(&args.secret_file) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    match auth::mint(&secret, &args.user, ttl) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
