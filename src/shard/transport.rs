@@ -64,13 +64,25 @@ pub fn build_mesh(shards: usize, capacity: usize) -> Vec<MeshPorts> {
     ports
 }
 
+/// One direction to one peer: envelopes waiting, and those the flusher has taken.
+#[derive(Default)]
+struct Lane {
+    outbox: RefCell<Vec<Envelope>>,
+    /// Envelopes taken out of `outbox` by the flusher and not yet accepted by the queue.
+    in_hand: Cell<usize>,
+    kick: Signal,
+}
+
+impl Lane {
+    fn len(&self) -> usize {
+        self.outbox.borrow().len() + self.in_hand.get()
+    }
+}
+
 /// The sending side of one shard: outboxes, flusher wake-ups, backpressure state.
 pub struct Mesh {
     me: usize,
-    outbox: Vec<RefCell<Vec<Envelope>>>,
-    kick: Vec<Signal>,
-    /// Batches handed to a queue but not yet accepted by it.
-    sending: Cell<usize>,
+    lanes: Vec<Lane>,
     /// Notified whenever a flusher moved a batch: outboxes shrank.
     progress: Broadcast,
     high_water: usize,
@@ -81,9 +93,7 @@ impl Mesh {
     pub fn new(me: usize, shards: usize, high_water: usize) -> Mesh {
         Mesh {
             me,
-            outbox: (0..shards).map(|_| RefCell::new(Vec::new())).collect(),
-            kick: (0..shards).map(|_| Signal::default()).collect(),
-            sending: Cell::new(0),
+            lanes: (0..shards).map(|_| Lane::default()).collect(),
             progress: Broadcast::default(),
             high_water,
             closed: Cell::new(false),
@@ -93,30 +103,29 @@ impl Mesh {
     /// Queues `env` for `peer` (never blocks; see the module doc for why that is bounded).
     pub fn push(&self, peer: usize, env: Envelope) {
         debug_assert_ne!(peer, self.me, "local work never goes through the mesh");
-        let mut out = self.outbox[peer].borrow_mut();
+        let lane = &self.lanes[peer];
+        let mut out = lane.outbox.borrow_mut();
         out.push(env);
         if out.len() == 1 {
-            self.kick[peer].notify();
+            lane.kick.notify();
         }
     }
 
-    /// True when some outbox is over its high-water mark.
+    /// True when some peer's lane is over its high-water mark.
     pub fn congested(&self) -> bool {
-        self.outbox
-            .iter()
-            .any(|o| o.borrow().len() >= self.high_water)
+        self.lanes.iter().any(|l| l.len() >= self.high_water)
     }
 
-    /// Waits until no outbox is over its high-water mark.
+    /// Waits until no lane is over its high-water mark.
     pub async fn wait_for_space(&self) {
         while self.congested() {
             self.progress.wait().await;
         }
     }
 
-    /// True when every outbox is empty and no batch is in hand.
+    /// True when every envelope pushed so far has been accepted by its queue.
     pub fn is_idle(&self) -> bool {
-        self.sending.get() == 0 && self.outbox.iter().all(|o| o.borrow().is_empty())
+        self.lanes.iter().all(|l| l.len() == 0)
     }
 
     /// Waits until [`Mesh::is_idle`].
@@ -129,37 +138,37 @@ impl Mesh {
     /// Lets flushers finish what is queued and then stop.
     pub fn close(&self) {
         self.closed.set(true);
-        for k in &self.kick {
-            k.notify();
+        for l in &self.lanes {
+            l.kick.notify();
         }
     }
 
     /// Moves `peer`'s outbox into its queue, batch by batch, until the mesh is closed.
+    ///
+    /// The whole outbox is swapped out at once (O(1)) and carved into batches of at most
+    /// [`MAX_BATCH`] from an owned iterator, so no envelope is ever moved twice in memory.
     pub async fn flush_to(self: Rc<Self>, peer: usize, sender: ConnectedSender<Batch>) {
+        let lane = &self.lanes[peer];
         loop {
-            let batch = {
-                let mut out = self.outbox[peer].borrow_mut();
-                if out.is_empty() {
-                    None
-                } else if out.len() <= MAX_BATCH {
-                    Some(std::mem::take(&mut *out))
-                } else {
-                    Some(out.drain(..MAX_BATCH).collect::<Vec<_>>())
+            let taken = std::mem::take(&mut *lane.outbox.borrow_mut());
+            if taken.is_empty() {
+                if self.closed.get() {
+                    return;
                 }
-            };
-            match batch {
-                Some(batch) => {
-                    self.sending.set(self.sending.get() + 1);
-                    let result = sender.send(batch).await;
-                    self.sending.set(self.sending.get() - 1);
-                    if let Err(e) = result {
-                        // Only happens when the peer's executor has exited (shutdown).
-                        tracing::debug!(peer, error = %e, "peer gone; dropping batch");
-                    }
-                    self.progress.notify_all();
+                lane.kick.wait().await;
+                continue;
+            }
+            lane.in_hand.set(taken.len());
+            let mut rest = taken.into_iter();
+            while rest.len() > 0 {
+                let batch: Batch = rest.by_ref().take(MAX_BATCH).collect();
+                let n = batch.len();
+                if let Err(e) = sender.send(batch).await {
+                    // Only happens when the peer's executor has exited (shutdown).
+                    tracing::debug!(peer, error = %e, "peer gone; dropping batch");
                 }
-                None if self.closed.get() => return,
-                None => self.kick[peer].wait().await,
+                lane.in_hand.set(lane.in_hand.get() - n);
+                self.progress.notify_all();
             }
         }
     }

@@ -99,7 +99,7 @@ struct Shared {
 }
 
 pub fn run(args: P2pArgs) -> ExitCode {
-    if args.users < 2 || args.users % 2 != 0 {
+    if args.users < 2 || !args.users.is_multiple_of(2) {
         eprintln!("--users must be an even number >= 2");
         return ExitCode::from(2);
     }
