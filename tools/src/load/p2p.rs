@@ -66,6 +66,8 @@ struct Outcome {
     out_of_order: u64,
     errors: u64,
     latency: Histogram<u64>,
+    /// When the last measured message arrived, after the run's start.
+    last_measured: Duration,
     login_failures: Vec<String>,
 }
 
@@ -91,6 +93,7 @@ struct Shared {
     nacked: Cell<u64>,
     delivered: Cell<u64>,
     measured: Cell<u64>,
+    last_measured: Cell<Duration>,
     duplicated: Cell<u64>,
     out_of_order: Cell<u64>,
     errors: Cell<u64>,
@@ -254,6 +257,7 @@ async fn generator(
         nacked: Cell::new(0),
         delivered: Cell::new(0),
         measured: Cell::new(0),
+        last_measured: Cell::new(Duration::ZERO),
         duplicated: Cell::new(0),
         out_of_order: Cell::new(0),
         errors: Cell::new(errors),
@@ -346,6 +350,7 @@ async fn generator(
         out_of_order: shared.out_of_order.get(),
         errors: shared.errors.get() + shared.nacked.get(),
         latency,
+        last_measured: shared.last_measured.get(),
         login_failures,
     })
 }
@@ -451,6 +456,9 @@ async fn receive_loop(shared: Rc<Shared>, me: Rc<UserState>, mut reader: Reader)
                     let us = received.saturating_duration_since(intended).as_micros() as u64;
                     let _ = shared.hist.borrow_mut().record(us.max(1));
                     shared.measured.set(shared.measured.get() + 1);
+                    shared
+                        .last_measured
+                        .set(received.saturating_duration_since(shared.t0));
                 }
             }
             Ok(Event::Pong { .. }) => {}
@@ -482,7 +490,9 @@ fn report(args: &P2pArgs, outcomes: Vec<Outcome>, threads: usize) -> ExitCode {
     let (mut sent, mut acked, mut delivered, mut measured) = (0, 0, 0, 0);
     let (mut lost, mut duplicated, mut out_of_order, mut errors) = (0, 0, 0, 0);
     let mut login_failures = Vec::new();
+    let mut last_measured = Duration::ZERO;
     for o in &outcomes {
+        last_measured = last_measured.max(o.last_measured);
         sent += o.sent;
         acked += o.acked;
         delivered += o.delivered;
@@ -497,7 +507,14 @@ fn report(args: &P2pArgs, outcomes: Vec<Outcome>, threads: usize) -> ExitCode {
     if outcomes.len() < threads {
         errors += 1;
     }
-    let throughput = measured as f64 / args.common.duration.as_secs_f64().max(f64::EPSILON);
+    // Delivered messages over the time it really took to deliver them: when the broker falls
+    // behind, the tail drained after the run stretches the denominator instead of inflating
+    // the rate.
+    let window = args
+        .common
+        .duration
+        .max(last_measured.saturating_sub(args.warmup));
+    let throughput = measured as f64 / window.as_secs_f64().max(f64::EPSILON);
     let lat = percentiles_json(&latency);
     if args.common.json {
         println!(
