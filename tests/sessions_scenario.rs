@@ -156,3 +156,40 @@ fn a_slow_reader_catches_up_without_loss_or_reorder() {
         }
     });
 }
+
+#[test]
+fn a_client_reconnects_with_backoff_and_resumes_after_its_last_seq() {
+    let broker = TestBroker::start(2, "", "");
+    run(async {
+        let (a, b) = (user_on_shard("a", 0, 2), user_on_shard("b", 1, 2));
+        let mut sender = broker.connect(&a, "d").await;
+        let mut phone = broker.connect(&b, "phone").await;
+        for i in 1..=2u64 {
+            sender.send(i, &b, b"before").await.unwrap();
+            expect_ack(&mut sender, i, Code::OK).await;
+            assert_eq!(expect_deliver(&mut phone).await.seq, i);
+        }
+        // Another login with the same device id takes the session away...
+        let mut usurper = broker.connect(&b, "phone").await;
+        expect_goaway_then_close(&mut phone, Code::SESSION_REPLACED).await;
+        // (a new device with last_seq 0 is given everything retained first)
+        assert_eq!(expect_deliver(&mut usurper).await.seq, 1);
+        assert_eq!(expect_deliver(&mut usurper).await.seq, 2);
+        usurper.logout().await.unwrap();
+        expect_goaway_then_close(&mut usurper, Code::LOGGED_OUT).await;
+        // ...a message arrives meanwhile...
+        sender.send(3, &b, b"while away").await.unwrap();
+        expect_ack(&mut sender, 3, Code::OK).await;
+        // ...and the original client comes back on its own, resuming after seq 2.
+        let mut backoff =
+            ringpost::client::Backoff::new(Duration::from_millis(10), Duration::from_millis(100));
+        phone.reconnect(&mut backoff, 5).await.unwrap();
+        assert_eq!(phone.login_info().head_seq, 3);
+        let d = expect_deliver(&mut phone).await;
+        assert_eq!(
+            (d.seq, d.body.as_slice()),
+            (3, &b"while away"[..]),
+            "no replay of 1..=2"
+        );
+    });
+}
