@@ -42,5 +42,6 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod diagnostics;
+pub mod log;
 pub mod protocol;
 pub mod shard;

@@ -436,7 +436,10 @@ mod tests {
     #[test]
     fn embedded_default_parses_to_the_documented_values() {
         let c = Config::embedded_default().unwrap();
-        assert_eq!(c.server.listen, "127.0.0.1:7070".parse().unwrap());
+        assert_eq!(
+            c.server.listen,
+            "127.0.0.1:7070".parse::<SocketAddr>().unwrap()
+        );
         assert_eq!(c.server.shards, 0);
         assert_eq!(c.server.cpus, None);
         assert_eq!(c.server.shutdown_grace, Duration::from_secs(10));
@@ -462,7 +465,10 @@ mod tests {
         let c = Config::from_toml_str("[limits]\nmax_frame = \"1MiB\"\n").unwrap();
         assert_eq!(c.limits.max_frame, 1 << 20);
         assert_eq!(c.limits.max_devices, 8);
-        assert_eq!(c.server.listen, "127.0.0.1:7070".parse().unwrap());
+        assert_eq!(
+            c.server.listen,
+            "127.0.0.1:7070".parse::<SocketAddr>().unwrap()
+        );
     }
 
     #[test]

@@ -1,0 +1,270 @@
+//! The per-shard segment log: append-only, preallocated, memory-mapped segment files.
+//!
+//! A shard's log lives in `<data_dir>/shard-NNN/`: segments of `segment_size` bytes named by
+//! the position of their first byte. A *position* is `segment base + offset`, unique for the
+//! log's lifetime, so it can be stored (per-user back-pointers, cursors) and read back in O(1).
+//! Records are framed with length + CRC32C + kind ([`record`]) and hold rkyv archives read in
+//! place from the map.
+//!
+//! Durability is the caller's choice: [`Log::append`] only copies into the map; [`Log::sync`]
+//! msync's everything appended since the last sync, so one sync covers a whole batch of
+//! appends (group commit).
+//!
+//! Recovery ([`Log::open`]) walks every segment in order, validates each record's CRC, and
+//! stops at the first invalid one in the newest segment: that torn tail is zeroed, so the next
+//! append overwrites it. Retention ([`Log::retain`]) deletes whole sealed segments, oldest
+//! first, never the active one.
+//!
+//! Status: this module is the storage layer of issue 3; the broker does not write to it yet.
+
+pub mod record;
+pub mod segment;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use record::{Framed, Record};
+use segment::Segment;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("record of {size} bytes does not fit in a {segment_size}-byte segment")]
+    TooLarge { size: usize, segment_size: usize },
+    #[error("cannot serialise record: {0}")]
+    Serialize(String),
+    #[error("no valid record at position {0}")]
+    BadPosition(u64),
+    #[error("record at position {pos} does not decode: {why}")]
+    Corrupt { pos: u64, why: String },
+}
+
+impl LogError {
+    fn io(path: &Path, what: &'static str, source: std::io::Error) -> LogError {
+        LogError::Io {
+            path: path.to_path_buf(),
+            what,
+            source,
+        }
+    }
+
+    /// True for a full disk (the caller answers STORAGE_UNAVAILABLE and retries later).
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, LogError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+    }
+}
+
+/// What [`Log::open`] found.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    pub segments: usize,
+    pub records: u64,
+    pub bytes: u64,
+    /// Position and reason where a torn tail was cut off.
+    pub torn_at: Option<(u64, &'static str)>,
+    pub elapsed: std::time::Duration,
+}
+
+/// One shard's log.
+pub struct Log {
+    dir: PathBuf,
+    segment_size: usize,
+    /// Sorted by base; the last one is active.
+    segments: Vec<Segment>,
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, recovering every segment. `visit(pos, record)` is
+    /// called for every valid record in position order, to rebuild in-memory state.
+    pub fn open(
+        dir: &Path,
+        segment_size: usize,
+        mut visit: impl FnMut(u64, Record),
+    ) -> Result<(Log, Recovery), LogError> {
+        let started = Instant::now();
+        std::fs::create_dir_all(dir).map_err(|e| LogError::io(dir, "create log dir", e))?;
+        let mut bases: Vec<u64> = std::fs::read_dir(dir)
+            .map_err(|e| LogError::io(dir, "list log dir", e))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| segment::parse_name(&e.file_name().to_string_lossy()))
+            .collect();
+        bases.sort_unstable();
+        let mut report = Recovery::default();
+        let mut segments = Vec::with_capacity(bases.len());
+        for base in bases {
+            let path = dir.join(segment::file_name(base));
+            let mut failure = None;
+            let mut newest = 0u64;
+            let (seg, scan) = Segment::recover(base, path, |off, _kind, payload| {
+                match record::decode(payload) {
+                    Ok(rec) => {
+                        newest = newest.max(rec.time_ms());
+                        visit(base + off as u64, rec);
+                    }
+                    Err(e) => {
+                        failure.get_or_insert((base + off as u64, e.to_string()));
+                    }
+                }
+            })?;
+            if let Some((pos, why)) = failure {
+                return Err(LogError::Corrupt { pos, why });
+            }
+            report.records += scan.records;
+            report.bytes += seg.len as u64;
+            if let Some((off, why)) = scan.torn_at {
+                report.torn_at = Some((base + off as u64, why));
+            }
+            let mut seg = seg;
+            seg.newest_ms = newest;
+            segments.push(seg);
+        }
+        report.segments = segments.len();
+        let mut log = Log {
+            dir: dir.to_path_buf(),
+            segment_size,
+            segments,
+        };
+        if log.segments.is_empty() {
+            log.segments.push(Segment::create(dir, 0, segment_size)?);
+        }
+        report.elapsed = started.elapsed();
+        Ok((log, report))
+    }
+
+    /// Appends `rec`; returns its position. Not durable until [`Log::sync`].
+    pub fn append(&mut self, rec: &Record) -> Result<u64, LogError> {
+        let framed = record::frame(rec).map_err(|e| LogError::Serialize(e.to_string()))?;
+        if framed.len() > self.segment_size {
+            return Err(LogError::TooLarge {
+                size: framed.len(),
+                segment_size: self.segment_size,
+            });
+        }
+        if self.active().remaining() < framed.len() {
+            self.roll()?;
+        }
+        let seg = self.active_mut();
+        let off = seg.append(&framed, rec.time_ms());
+        Ok(seg.base + off as u64)
+    }
+
+    /// Makes everything appended so far durable (msync), sealed segments included.
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        for seg in &mut self.segments {
+            seg.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Reads and validates the record at `pos`.
+    pub fn read(&self, pos: u64) -> Result<Record, LogError> {
+        let idx = self.segments.partition_point(|s| s.base <= pos);
+        let seg = idx
+            .checked_sub(1)
+            .and_then(|i| self.segments.get(i))
+            .ok_or(LogError::BadPosition(pos))?;
+        let off = usize::try_from(pos - seg.base).map_err(|_| LogError::BadPosition(pos))?;
+        match seg.frame_at(off) {
+            Framed::Record { payload, .. } => {
+                record::decode(payload).map_err(|e| LogError::Corrupt {
+                    pos,
+                    why: e.to_string(),
+                })
+            }
+            Framed::End | Framed::Bad(_) => Err(LogError::BadPosition(pos)),
+        }
+    }
+
+    /// Every record from `pos` on, in order (for inspection and tests; replay follows
+    /// per-user positions instead).
+    pub fn scan_from(&self, pos: u64) -> Result<Vec<(u64, Record)>, LogError> {
+        let mut out = Vec::new();
+        for seg in self.segments.iter().filter(|s| s.base + s.len as u64 > pos) {
+            let mut off = usize::try_from(pos.saturating_sub(seg.base)).unwrap_or(0);
+            while let Framed::Record { payload, size, .. } = seg.frame_at(off) {
+                let at = seg.base + off as u64;
+                let rec = record::decode(payload).map_err(|e| LogError::Corrupt {
+                    pos: at,
+                    why: e.to_string(),
+                })?;
+                out.push((at, rec));
+                off += size;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes sealed segments whose newest record is older than `cutoff_ms`, and then the
+    /// oldest sealed segments while the log is larger than `max_bytes`. Returns the position
+    /// of the oldest byte still retained.
+    pub fn retain(&mut self, cutoff_ms: u64, max_bytes: u64) -> Result<u64, LogError> {
+        loop {
+            let sealed = self.segments.len() > 1;
+            let Some(oldest) = self.segments.first() else {
+                break;
+            };
+            let too_old = oldest.newest_ms < cutoff_ms;
+            let too_big = self.disk_bytes() > max_bytes;
+            if !sealed || !(too_old || too_big) {
+                break;
+            }
+            let seg = self.segments.remove(0);
+            let path = seg.path.clone();
+            drop(seg);
+            std::fs::remove_file(&path).map_err(|e| LogError::io(&path, "delete segment", e))?;
+        }
+        Ok(self.oldest_position())
+    }
+
+    /// Bytes of segment files on disk (they are preallocated, so this is capacity).
+    pub fn disk_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.capacity() as u64).sum()
+    }
+
+    pub fn oldest_position(&self) -> u64 {
+        self.segments.first().map_or(0, |s| s.base)
+    }
+
+    /// Position the next append will get (if it fits in the active segment).
+    pub fn head_position(&self) -> u64 {
+        self.active().base + self.active().len as u64
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn active(&self) -> &Segment {
+        // `open` guarantees at least one segment and `retain` never removes the last.
+        &self.segments[self.segments.len() - 1]
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        let last = self.segments.len() - 1;
+        &mut self.segments[last]
+    }
+
+    /// Seals the active segment (synced) and starts the next one.
+    fn roll(&mut self) -> Result<(), LogError> {
+        let next = {
+            let seg = self.active_mut();
+            seg.sync()?;
+            seg.base + seg.capacity() as u64
+        };
+        let seg = Segment::create(&self.dir, next, self.segment_size)?;
+        self.segments.push(seg);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
