@@ -39,6 +39,20 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StorageConfig {
     pub data_dir: PathBuf,
+    pub segment_size: usize,
+    pub fsync: FsyncPolicy,
+    pub fsync_interval: Duration,
+    pub retention: Duration,
+    /// 0 = no limit.
+    pub max_bytes_per_shard: u64,
+}
+
+/// When SendAck{OK} goes out relative to the disk (see default.toml for what each risks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    Always,
+    Interval,
+    Never,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -188,6 +202,11 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawStorage {
     data_dir: Value,
+    segment_size: Value,
+    fsync: Value,
+    fsync_interval: Value,
+    retention: Value,
+    max_bytes_per_shard: Value,
 }
 
 #[derive(Deserialize)]
@@ -349,8 +368,53 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
         Ok(PathBuf::from(p))
     };
+    let st = raw.storage;
+    let fsync_text: String = field("storage.fsync", st.fsync, "a string")?;
+    let fsync = match fsync_text.as_str() {
+        "always" => FsyncPolicy::Always,
+        "interval" => FsyncPolicy::Interval,
+        "never" => FsyncPolicy::Never,
+        other => {
+            return Err(ConfigError::Invalid {
+                key: "storage.fsync".into(),
+                message: format!(
+                    "`{other}` is not a policy; allowed \"always\", \"interval\", \"never\""
+                ),
+            })
+        }
+    };
+    let max_bytes_per_shard = size(
+        "storage.max_bytes_per_shard",
+        st.max_bytes_per_shard,
+        0,
+        u64::MAX,
+        ("0", "any"),
+    )? as u64;
     let storage = StorageConfig {
-        data_dir: path("storage.data_dir", raw.storage.data_dir)?,
+        data_dir: path("storage.data_dir", st.data_dir)?,
+        segment_size: size(
+            "storage.segment_size",
+            st.segment_size,
+            64 * KIB,
+            4 * GIB,
+            ("64KiB", "4GiB"),
+        )?,
+        fsync,
+        fsync_interval: dur(
+            "storage.fsync_interval",
+            st.fsync_interval,
+            MS,
+            10 * SEC,
+            ("1ms", "10s"),
+        )?,
+        retention: dur(
+            "storage.retention",
+            st.retention,
+            60 * SEC,
+            3650 * 86_400 * SEC,
+            ("1min", "3650d"),
+        )?,
+        max_bytes_per_shard,
     };
     let auth = AuthConfig {
         secret_file: path("auth.secret_file", raw.auth.secret_file)?,
@@ -396,7 +460,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         dedup_entries: int("limits.dedup_entries", l.dedup_entries, 1, 1_000_000)? as usize,
         max_devices: int("limits.max_devices", l.max_devices, 1, 64)? as usize,
         sends_per_sec: int("limits.sends_per_sec", l.sends_per_sec, 1, 1_000_000)? as u32,
-        max_inbox: int("limits.max_inbox", l.max_inbox, 1, 10_000_000)? as usize,
+        max_inbox: int("limits.max_inbox", l.max_inbox, 1, 100_000_000)? as usize,
         max_outbound: size(
             "limits.max_outbound",
             l.max_outbound,
@@ -411,6 +475,15 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             message: format!(
                 "{} bytes is less than limits.max_frame ({max_frame} bytes); it must hold at least one frame",
                 limits.max_outbound
+            ),
+        });
+    }
+    if storage.segment_size < 2 * limits.max_frame {
+        return Err(ConfigError::Invalid {
+            key: "storage.segment_size".into(),
+            message: format!(
+                "{} bytes cannot hold two frames of limits.max_frame ({max_frame} bytes)",
+                storage.segment_size
             ),
         });
     }
@@ -454,7 +527,12 @@ mod tests {
         assert_eq!(c.limits.dedup_entries, 1024);
         assert_eq!(c.limits.max_devices, 8);
         assert_eq!(c.limits.sends_per_sec, 1000);
-        assert_eq!(c.limits.max_inbox, 10_000);
+        assert_eq!(c.limits.max_inbox, 100_000);
+        assert_eq!(c.storage.segment_size, 128 << 20);
+        assert_eq!(c.storage.fsync, FsyncPolicy::Always);
+        assert_eq!(c.storage.fsync_interval, Duration::from_millis(5));
+        assert_eq!(c.storage.retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.storage.max_bytes_per_shard, 0);
         assert_eq!(c.limits.max_outbound, 1 << 20);
         assert_eq!(c.heartbeat(), Duration::from_secs(30));
         assert!(c.shard_count() >= 1);
@@ -522,6 +600,17 @@ mod tests {
             ),
             ("[server]\nshards = 5000", "server.shards", "0..=1024"),
             ("[storage]\ndata_dir = \"\"", "storage.data_dir", "empty"),
+            (
+                "[storage]\nfsync = \"sometimes\"",
+                "storage.fsync",
+                "interval",
+            ),
+            (
+                "[storage]\nsegment_size = \"64KiB\"",
+                "storage.segment_size",
+                "two frames",
+            ),
+            ("[storage]\nretention = \"1s\"", "storage.retention", "1min"),
             (
                 "[limits]\nsends_per_sec = \"fast\"",
                 "limits.sends_per_sec",

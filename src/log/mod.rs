@@ -15,8 +15,7 @@
 //! append overwrites it. Retention ([`Log::retain`]) deletes whole sealed segments, oldest
 //! first, never the active one.
 //!
-//! Status: this module is the storage layer of issue 3; the broker does not write to it yet.
-
+pub mod meta;
 pub mod record;
 pub mod segment;
 
@@ -177,6 +176,33 @@ impl Log {
                 })
             }
             Framed::End | Framed::Bad(_) => Err(LogError::BadPosition(pos)),
+        }
+    }
+
+    /// Calls `f` with the validated, zero-copy archive of the message at `pos` (replay path:
+    /// nothing is deserialised or copied but what `f` copies).
+    pub fn with_message<T>(
+        &self,
+        pos: u64,
+        f: impl FnOnce(&record::ArchivedMessageRecord) -> T,
+    ) -> Result<T, LogError> {
+        let idx = self.segments.partition_point(|s| s.base <= pos);
+        let seg = idx
+            .checked_sub(1)
+            .and_then(|i| self.segments.get(i))
+            .ok_or(LogError::BadPosition(pos))?;
+        let off = usize::try_from(pos - seg.base).map_err(|_| LogError::BadPosition(pos))?;
+        let Framed::Record { payload, .. } = seg.frame_at(off) else {
+            return Err(LogError::BadPosition(pos));
+        };
+        let archived = rkyv::access::<record::ArchivedRecord, rkyv::rancor::Error>(payload)
+            .map_err(|e| LogError::Corrupt {
+                pos,
+                why: e.to_string(),
+            })?;
+        match archived {
+            record::ArchivedRecord::Message(m) => Ok(f(m)),
+            record::ArchivedRecord::Cursor(_) => Err(LogError::BadPosition(pos)),
         }
     }
 

@@ -25,11 +25,12 @@ use glommio::net::TcpListener;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use super::acceptor::accept_loop;
+use super::recovery::{recover, shard_dir, Recovered};
 use super::state::Shard;
 use super::transport::{build_mesh, Batch, Mesh, MeshPorts};
 use super::wake::Signal;
 use crate::auth::Verifier;
-use crate::config::Config;
+use crate::config::{Config, FsyncPolicy};
 
 /// Memory glommio registers with each ring for its own DMA buffers; we do no DMA file I/O, so
 /// keep it small (it counts against RLIMIT_MEMLOCK for unprivileged users).
@@ -38,6 +39,8 @@ pub const IO_MEMORY: usize = 512 * 1024;
 pub const OUTBOX_HIGH_WATER: usize = 4096;
 /// How often each shard sweeps its idle-timeout wheel.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Retention runs every this many sweeps.
+const RETENTION_EVERY_TICKS: u64 = 60;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -50,6 +53,13 @@ pub enum StartError {
     Executor { shard: usize, message: String },
     #[error("cannot create the shutdown channel: {0}")]
     Trigger(std::io::Error),
+    #[error("{0}")]
+    Meta(#[from] crate::log::meta::MetaError),
+    #[error("cannot recover shard {shard}'s log: {source}")]
+    Log {
+        shard: usize,
+        source: crate::log::LogError,
+    },
 }
 
 /// A running broker: its shards, their address, and the means to stop them.
@@ -66,6 +76,8 @@ impl Broker {
         let cfg = Arc::new(cfg);
         let n = cfg.shard_count();
         let verifier = Arc::new(Verifier::new(secret, cfg.auth.leeway));
+        crate::log::meta::check_or_create(&cfg.storage.data_dir, n)?;
+        let recovered = recover_all(&cfg, n)?;
         let listeners = bind_all(cfg.server.listen, n)?;
         let addr = local_addr(&listeners[0]).map_err(|source| StartError::Bind {
             addr: cfg.server.listen,
@@ -77,9 +89,10 @@ impl Broker {
         let ready = Arc::new(Barrier::new(n + 1));
         let mut joins = Vec::with_capacity(n);
         let mut triggers = Vec::with_capacity(n);
-        for (i, (listener, ports)) in listeners
+        for (i, ((listener, ports), recovered)) in listeners
             .into_iter()
             .zip(build_mesh(n, cfg.server.mesh_queue))
+            .zip(recovered)
             .enumerate()
         {
             let (ours, theirs) =
@@ -104,6 +117,7 @@ impl Broker {
                         listener,
                         ports,
                         trigger,
+                        recovered,
                     };
                     run_shard(ctx, ready).await;
                 })
@@ -211,6 +225,56 @@ struct ShardStart {
     listener: OwnedFd,
     ports: MeshPorts,
     trigger: OwnedFd,
+    recovered: Recovered,
+}
+
+/// Recovers every shard's log, one thread per shard, before any shard starts serving.
+fn recover_all(cfg: &Config, n: usize) -> Result<Vec<Recovered>, StartError> {
+    let results: Vec<Result<Recovered, StartError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|shard| {
+                let dir = shard_dir(&cfg.storage.data_dir, shard);
+                let segment_size = cfg.storage.segment_size;
+                scope.spawn(move || {
+                    recover(&dir, segment_size).map_err(|source| StartError::Log { shard, source })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(shard, h)| {
+                h.join().unwrap_or_else(|_| {
+                    Err(StartError::Executor {
+                        shard,
+                        message: "log recovery panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    });
+    let recovered: Vec<Recovered> = results.into_iter().collect::<Result<_, _>>()?;
+    for (shard, r) in recovered.iter().enumerate() {
+        let rep = &r.report;
+        tracing::info!(
+            shard,
+            segments = rep.segments,
+            records = rep.records,
+            bytes = rep.bytes,
+            users = r.users.len(),
+            ms = rep.elapsed.as_millis() as u64,
+            "log recovered"
+        );
+        if let Some((pos, why)) = rep.torn_at {
+            tracing::warn!(
+                shard,
+                position = pos,
+                reason = why,
+                "cut off a torn log tail (never acknowledged)"
+            );
+        }
+    }
+    Ok(recovered)
 }
 
 async fn run_shard(ctx: ShardStart, ready: Arc<Barrier>) {
@@ -221,6 +285,7 @@ async fn run_shard(ctx: ShardStart, ready: Arc<Barrier>) {
         ctx.cfg.clone(),
         ctx.verifier,
         mesh.clone(),
+        ctx.recovered,
     ));
 
     // Each queue end connects in its own task: connect() waits for the other end, so doing
@@ -265,12 +330,38 @@ async fn run_shard(ctx: ShardStart, ready: Arc<Barrier>) {
     let sweeper = {
         let shard = shard.clone();
         glommio::spawn_local(async move {
+            let mut ticks = 0u64;
             loop {
                 glommio::timer::sleep(SWEEP_EVERY).await;
                 shard.sweep_idle();
+                ticks += 1;
+                if ticks.is_multiple_of(RETENTION_EVERY_TICKS) {
+                    shard.apply_retention();
+                }
             }
         })
     };
+    // Group commit: runs once the current batch of work has yielded, so every append made
+    // in that batch shares one sync.
+    let committer = {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            loop {
+                shard.commit_due.wait().await;
+                shard.commit();
+            }
+        })
+    };
+    let syncer = (ctx.cfg.storage.fsync == FsyncPolicy::Interval).then(|| {
+        let shard = shard.clone();
+        let every = ctx.cfg.storage.fsync_interval;
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(every).await;
+                shard.sync_log();
+            }
+        })
+    });
     ready.wait();
     tracing::debug!(shard = ctx.id, "accepting");
 
@@ -300,6 +391,12 @@ async fn run_shard(ctx: ShardStart, ready: Arc<Barrier>) {
         );
     }
     sweeper.cancel().await;
+    committer.cancel().await;
+    if let Some(syncer) = syncer {
+        syncer.cancel().await;
+    }
+    shard.commit();
+    shard.sync_log();
     mesh.close();
 }
 

@@ -20,6 +20,7 @@ pub mod conn;
 pub mod dedup;
 pub mod envelope;
 pub mod ratelimit;
+pub mod recovery;
 pub mod routing;
 pub mod session;
 pub mod state;

@@ -1,19 +1,22 @@
-//! Per-shard state and the message path: users, inboxes, connections, acks.
+//! Per-shard state and the message path: users, their logged messages, connections, acks.
 //!
 //! Everything here runs on the shard's own thread, synchronously, between awaits; `RefCell`
 //! borrows never live across an await. Entry points:
 //! - [`Shard::adopt`]: a logged-in connection arrives (from this shard's acceptor or a peer's
 //!   hand-off); LoginOk, replay, register the device, start its session task.
-//! - [`Shard::on_send`]: a Send frame from a local connection; rate limit, dedup, route.
-//! - [`Shard::accept_message`]: the owner of the recipient assigns the seq, keeps the message
-//!   in the inbox until every connected device acked it, and delivers it live.
+//! - `on_send`: a Send frame from a local connection; rate limit, dedup, route.
+//! - `accept_message`: the owner of the recipient assigns the seq and appends the message to
+//!   the shard's log; the user's index remembers (seq, position).
+//! - [`Shard::commit`]: group commit. Once per batch of work it syncs the log (per
+//!   `[storage] fsync`), then marks the appended messages durable, which releases their
+//!   SendAcks and their deliveries.
 //! - [`Shard::handle_envelope`]: work from peers.
 //!
-//! Delivery and catch-up: every device has `sent_seq`, the last seq queued to it. Live
-//! deliveries go straight to the socket while the device is caught up and its queue is under
-//! `max_outbound` bytes; otherwise the device is "behind" and is refilled from the inbox, in seq
-//! order, whenever its queue drains ([`Shard::refill`]). Replay at login is the same refill, so
-//! replay and live traffic can neither gap nor reorder at the switch.
+//! Delivery: every device has `sent_seq`, the last seq queued to it. A device is refilled from
+//! the log, in seq order, up to the user's durable seq, while its queue holds less than
+//! `max_outbound` bytes ([`Shard::after_drain`]). Live delivery, replay at login and catch-up of a
+//! slow reader are all this one refill, so they can neither gap nor reorder at a switch, and a
+//! slow reader costs memory only up to `max_outbound`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -28,28 +31,28 @@ use super::conn::{Conn, ConnState};
 use super::dedup::{Dedup, Verdict};
 use super::envelope::{ConnId, Envelope, Handoff, Message, SendAck};
 use super::ratelimit::{Bucket, RateVerdict};
+use super::recovery::Recovered;
 use super::routing::owner;
 use super::session;
 use super::transport::Mesh;
-use super::wake::Broadcast;
-use crate::config::Config;
+use super::wake::{Broadcast, Signal};
+use crate::config::{Config, FsyncPolicy};
+use crate::log::record::{CursorRecord, MessageRecord, Record, NO_POSITION};
+use crate::log::Log;
 use crate::protocol::{self, ClientMsg, Code, ServerMsg};
-
-/// A message held in a user's inbox: its seq and its encoded Deliver frame (shared by every
-/// device it goes to).
-struct Stored {
-    seq: u64,
-    frame: Bytes,
-}
 
 /// What the owner shard knows about one user.
 #[derive(Default)]
 struct User {
-    /// Newest assigned seq (0 = none yet). Seqs are gap-free: head_seq - inbox.len() + 1 is
-    /// the oldest retained one.
+    /// Newest assigned seq (0 = none yet).
     head_seq: u64,
-    /// Messages not yet acked by every connected device, oldest first, contiguous seqs.
-    inbox: VecDeque<Stored>,
+    /// Newest seq whose log record is durable (per the fsync policy): what may be delivered.
+    durable_seq: u64,
+    /// Retained messages in the log: (seq, position), oldest first, contiguous seqs. Replay
+    /// of K messages is K reads at known positions, never a scan of the shard's log.
+    index: VecDeque<(u64, u64)>,
+    /// Device → highest seq it acked (durable as cursor records in the log).
+    cursors: HashMap<Box<str>, u64>,
     /// Connected devices.
     devices: Vec<Rc<Conn>>,
     /// The user's own recent sends (idempotency window).
@@ -58,14 +61,39 @@ struct User {
 
 impl User {
     fn oldest_seq(&self) -> u64 {
-        self.inbox.front().map_or(0, |s| s.seq)
+        self.index.front().map_or(0, |&(seq, _)| seq)
     }
 
-    fn stored(&self, seq: u64) -> Option<&Stored> {
-        let front = self.inbox.front()?.seq;
-        self.inbox
-            .get(usize::try_from(seq.checked_sub(front)?).ok()?)
+    /// The first seq that can still be replayed.
+    fn first_retained(&self) -> u64 {
+        self.index
+            .front()
+            .map_or(self.head_seq + 1, |&(seq, _)| seq)
     }
+
+    fn position(&self, seq: u64) -> Option<u64> {
+        let front = self.index.front()?.0;
+        let i = usize::try_from(seq.checked_sub(front)?).ok()?;
+        self.index.get(i).map(|&(_, pos)| pos)
+    }
+
+    /// Messages none of the user's devices has acked yet.
+    fn unacked(&self) -> u64 {
+        let acked = self.cursors.values().copied().max().unwrap_or(0);
+        self.head_seq - acked.max(self.first_retained() - 1).min(self.head_seq)
+    }
+}
+
+/// A SendAck waiting for the group commit that makes its message durable.
+enum PendingAck {
+    /// The sender is served by this shard.
+    Local {
+        sender: Arc<str>,
+        origin_conn: ConnId,
+        client_msg_id: u64,
+    },
+    /// The sender's shard is `peer`.
+    Remote { peer: usize, ack: SendAck },
 }
 
 /// Idle-timeout wheel: connection ids bucketed by the second their deadline falls in. Each
@@ -105,6 +133,12 @@ pub struct Shard {
     idle: RefCell<IdleWheel>,
     /// Read buffer shared by all connections of the shard (reads are synchronous).
     pub scratch: RefCell<Vec<u8>>,
+    log: RefCell<Log>,
+    /// Appended but not yet committed: their acks, and the users whose durable seq must move.
+    pending: RefCell<Vec<PendingAck>>,
+    touched: RefCell<Vec<Arc<str>>>,
+    /// Wakes the committer task.
+    pub commit_due: Signal,
     /// Shutdown has begun: no new connections, no more client reads.
     pub draining: Cell<bool>,
     drained_peers: Cell<usize>,
@@ -125,7 +159,22 @@ impl Shard {
         cfg: Arc<Config>,
         verifier: Arc<crate::auth::Verifier>,
         mesh: Rc<Mesh>,
+        recovered: Recovered,
     ) -> Shard {
+        let users = recovered
+            .users
+            .into_iter()
+            .map(|(name, r)| {
+                let user = User {
+                    head_seq: r.head_seq,
+                    durable_seq: r.head_seq,
+                    index: r.index,
+                    cursors: r.cursors,
+                    ..User::default()
+                };
+                (name, user)
+            })
+            .collect();
         Shard {
             id,
             shards,
@@ -135,10 +184,14 @@ impl Shard {
             epoch: Instant::now(),
             next_conn: Cell::new(1),
             conns: RefCell::default(),
-            users: RefCell::default(),
+            users: RefCell::new(users),
             dirty: RefCell::default(),
             idle: RefCell::default(),
             scratch: RefCell::new(vec![0; READ_CHUNK]),
+            log: RefCell::new(recovered.log),
+            pending: RefCell::default(),
+            touched: RefCell::default(),
+            commit_due: Signal::default(),
             draining: Cell::new(false),
             drained_peers: Cell::new(0),
             in_flight: Cell::new(0),
@@ -235,10 +288,12 @@ impl Shard {
             return;
         }
         let oldest = user.oldest_seq();
-        let first_retained = if user.inbox.is_empty() {
-            user.head_seq + 1
-        } else {
-            oldest
+        let first_retained = user.first_retained();
+        // last_seq 0: resume from this device's stored cursor (a new device has none and gets
+        // everything still retained).
+        let last_seq = match last_seq {
+            0 => user.cursors.get(&conn.device_id).copied().unwrap_or(0),
+            n => n,
         };
         // Replay starts after last_seq, or at the oldest retained message if that is later;
         // in the latter case part of what the device asked for is gone, and LoginOk says so.
@@ -254,9 +309,9 @@ impl Shard {
         });
         conn.acked.set(start_after);
         conn.sent_seq.set(start_after);
-        conn.behind.set(start_after < user.head_seq);
+        conn.behind.set(start_after < user.durable_seq);
         user.devices.push(conn.clone());
-        Self::refill_from(user, conn, self.cfg.limits.max_outbound);
+        Self::refill_from(user, conn, self.cfg.limits.max_outbound, &self.log.borrow());
     }
 
     /// Stops delivering to `conn` (it is closing or gone).
@@ -284,6 +339,9 @@ impl Shard {
     /// End of a batch of work: hand every touched connection's bytes to the kernel, refilling
     /// devices that are catching up.
     pub fn flush_dirty(&self) {
+        if !self.pending.borrow().is_empty() || !self.touched.borrow().is_empty() {
+            self.commit_due.notify();
+        }
         let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
         for conn in dirty {
             conn.dirty.set(false);
@@ -292,7 +350,7 @@ impl Shard {
         }
     }
 
-    /// If `conn`'s queue is empty and it is behind, queue the next slice of its inbox.
+    /// If `conn`'s queue is empty and it is behind, queue the next slice of its messages.
     pub fn after_drain(&self, conn: &Rc<Conn>) {
         while conn.behind.get()
             && conn.is_open()
@@ -304,38 +362,51 @@ impl Shard {
                 let Some(user) = users.get(&conn.user) else {
                     return;
                 };
-                Self::refill_from(user, conn, self.cfg.limits.max_outbound);
+                Self::refill_from(user, conn, self.cfg.limits.max_outbound, &self.log.borrow());
             }
             conn.flush();
         }
     }
 
-    /// Queues inbox messages after `conn.sent_seq` until `max_outbound` bytes are queued or the
-    /// device has caught up.
-    fn refill_from(user: &User, conn: &Conn, max_outbound: usize) {
+    /// Queues durable messages after `conn.sent_seq`, read from the log, until `max_outbound`
+    /// bytes are queued or the device has caught up.
+    fn refill_from(user: &User, conn: &Conn, max_outbound: usize, log: &Log) {
         while conn.behind.get() {
             let next = conn.sent_seq.get() + 1;
-            if next > user.head_seq {
+            if next > user.durable_seq {
                 conn.behind.set(false);
                 break;
             }
-            if conn.queued_bytes() >= max_outbound {
+            if conn.queued_bytes() >= max_outbound || !conn.is_open() {
                 break;
             }
-            match user.stored(next) {
-                Some(stored) => {
-                    conn.push_bytes(&stored.frame);
-                    conn.sent_seq.set(next);
-                }
-                None => {
-                    // Trimmed under us (acked by every connected device, which includes this
-                    // one only up to its own ack): skip to what is retained.
-                    conn.sent_seq.set(user.oldest_seq().max(next));
-                    if user.inbox.is_empty() {
-                        conn.sent_seq.set(user.head_seq);
-                    }
-                }
+            let Some(pos) = user.position(next) else {
+                // Removed by retention while the device was behind: continue with what is
+                // retained (the device learns of the gap at its next login).
+                let resume = if user.index.is_empty() {
+                    user.durable_seq
+                } else {
+                    user.first_retained().max(next) - 1
+                };
+                conn.sent_seq.set(resume.max(next));
+                continue;
+            };
+            let framed = log.with_message(pos, |m| {
+                protocol::encode_server(
+                    &ServerMsg::Deliver {
+                        seq: m.seq.to_native(),
+                        from_user: m.from.as_str(),
+                        client_msg_id: m.client_msg_id.to_native(),
+                        sent_at_ms: m.sent_at_ms.to_native(),
+                        body: m.body.as_slice(),
+                    },
+                    &mut conn.tx.borrow_mut(),
+                );
+            });
+            if let Err(e) = framed {
+                tracing::error!(user = %conn.user, seq = next, error = %e, "cannot read a logged message; skipping it");
             }
+            conn.sent_seq.set(next);
         }
     }
 
@@ -416,8 +487,16 @@ impl Shard {
             Verdict::New => {
                 let dest = owner(to, self.shards);
                 if dest == self.id {
-                    let status = self.accept_message(&conn.user, to, client_msg_id, body);
-                    self.complete_send(&conn.user, conn.id, client_msg_id, status);
+                    match self.accept_message(&conn.user, to, client_msg_id, body) {
+                        Ok(()) => self.pending.borrow_mut().push(PendingAck::Local {
+                            sender: conn.user.clone(),
+                            origin_conn: conn.id,
+                            client_msg_id,
+                        }),
+                        Err(status) => {
+                            self.complete_send(&conn.user, conn.id, client_msg_id, status)
+                        }
+                    }
                 } else {
                     self.in_flight.set(self.in_flight.get() + 1);
                     self.mesh.push(
@@ -436,70 +515,161 @@ impl Shard {
     }
 
     fn on_ack(&self, conn: &Rc<Conn>, up_to_seq: u64) {
+        // A device cannot ack what it was never sent.
+        let acked = up_to_seq.min(conn.sent_seq.get()).max(conn.acked.get());
+        if acked == conn.acked.get() {
+            return;
+        }
+        conn.acked.set(acked);
         let mut users = self.users.borrow_mut();
         let Some(user) = users.get_mut(&conn.user) else {
             return;
         };
-        // A device cannot ack what it was never sent.
-        let acked = up_to_seq.min(conn.sent_seq.get()).max(conn.acked.get());
-        conn.acked.set(acked);
-        let trim_to = user
-            .devices
-            .iter()
-            .map(|d| d.acked.get())
-            .min()
-            .unwrap_or(0);
-        while user.inbox.front().is_some_and(|s| s.seq <= trim_to) {
-            user.inbox.pop_front();
+        user.cursors.insert(conn.device_id.clone(), acked);
+        // Cursor records ride along with the next group commit; losing the newest ones in a
+        // crash only means re-delivering a few messages (at-least-once), never losing one.
+        let record = Record::Cursor(CursorRecord {
+            user: conn.user.to_string(),
+            device: conn.device_id.to_string(),
+            acked,
+            at_ms: Self::wall_ms(),
+        });
+        if let Err(e) = self.log.borrow_mut().append(&record) {
+            tracing::warn!(user = %conn.user, error = %e, "cannot log an ack cursor");
         }
     }
 
     // ---- the owner side of a message -------------------------------------------------------
 
-    /// Assigns the next seq of `to`, stores the message in the inbox and delivers it to every
-    /// connected device that is caught up. Returns the SendAck status.
-    pub fn accept_message(&self, from: &str, to: &str, client_msg_id: u64, body: &[u8]) -> Code {
-        let max_outbound = self.cfg.limits.max_outbound;
+    /// Assigns the next seq of `to` and appends the message to the log. `Ok` means it waits
+    /// for the next group commit (which acks and delivers it); `Err` is the refusal to send
+    /// back at once.
+    fn accept_message(
+        &self,
+        from: &str,
+        to: &str,
+        client_msg_id: u64,
+        body: &[u8],
+    ) -> Result<(), Code> {
         let mut users = self.users.borrow_mut();
-        if !users.contains_key(to) {
-            users.insert(Arc::from(to), User::default());
-        }
-        let Some(user) = users.get_mut(to) else {
-            return Code::INTERNAL;
+        let name: Arc<str> = match users.get_key_value(to) {
+            Some((name, _)) => name.clone(),
+            None => {
+                let name: Arc<str> = Arc::from(to);
+                users.insert(name.clone(), User::default());
+                name
+            }
         };
-        if user.inbox.len() >= self.cfg.limits.max_inbox {
-            return Code::INBOX_FULL;
+        let Some(user) = users.get_mut(to) else {
+            return Err(Code::INTERNAL);
+        };
+        if user.unacked() >= self.cfg.limits.max_inbox as u64 {
+            return Err(Code::INBOX_FULL);
         }
         let seq = user.head_seq + 1;
+        let record = Record::Message(MessageRecord {
+            to: to.to_owned(),
+            seq,
+            from: from.to_owned(),
+            client_msg_id,
+            sent_at_ms: Self::wall_ms(),
+            body: body.to_vec(),
+            prev: user.index.back().map_or(NO_POSITION, |&(_, pos)| pos),
+        });
+        let pos = match self.log.borrow_mut().append(&record) {
+            Ok(pos) => pos,
+            Err(e) => {
+                tracing::error!(shard = self.id, error = %e, "append failed; refusing sends until it works again");
+                return Err(Code::STORAGE_UNAVAILABLE);
+            }
+        };
         user.head_seq = seq;
-        let mut frame = Vec::with_capacity(body.len() + from.len() + 96);
-        protocol::encode_server(
-            &ServerMsg::Deliver {
-                seq,
-                from_user: from,
-                client_msg_id,
-                sent_at_ms: Self::wall_ms(),
-                body,
-            },
-            &mut frame,
-        );
-        let frame = Bytes::from(frame);
-        for dev in &user.devices {
-            if dev.behind.get() || dev.sent_seq.get() + 1 != seq {
-                dev.behind.set(true);
-                continue;
-            }
-            if dev.queued_bytes() + frame.len() > max_outbound {
-                // Too far behind for live delivery: catch up from the inbox as it drains.
-                dev.behind.set(true);
-                continue;
-            }
-            dev.push_bytes(&frame);
-            dev.sent_seq.set(seq);
-            self.mark_dirty(dev);
+        user.index.push_back((seq, pos));
+        self.touched.borrow_mut().push(name);
+        Ok(())
+    }
+
+    /// Group commit: makes everything appended since the last commit durable (per the fsync
+    /// policy), then acks those messages and delivers them.
+    pub fn commit(&self) {
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        let touched = std::mem::take(&mut *self.touched.borrow_mut());
+        if pending.is_empty() && touched.is_empty() {
+            return;
         }
-        user.inbox.push_back(Stored { seq, frame });
-        Code::OK
+        let status = if self.cfg.storage.fsync == FsyncPolicy::Always {
+            match self.log.borrow_mut().sync() {
+                Ok(()) => Code::OK,
+                Err(e) => {
+                    // The records are in the page cache and will be delivered, but we cannot
+                    // promise durability: the senders hear so and may retry (at-least-once).
+                    tracing::error!(shard = self.id, error = %e, "log sync failed");
+                    Code::STORAGE_UNAVAILABLE
+                }
+            }
+        } else {
+            Code::OK
+        };
+        {
+            let mut users = self.users.borrow_mut();
+            for name in &touched {
+                let Some(user) = users.get_mut(name) else {
+                    continue;
+                };
+                if user.durable_seq == user.head_seq {
+                    continue;
+                }
+                user.durable_seq = user.head_seq;
+                for dev in &user.devices {
+                    dev.behind.set(true);
+                    self.mark_dirty(dev);
+                }
+            }
+        }
+        for ack in pending {
+            match ack {
+                PendingAck::Local {
+                    sender,
+                    origin_conn,
+                    client_msg_id,
+                } => self.complete_send(&sender, origin_conn, client_msg_id, status),
+                PendingAck::Remote { peer, mut ack } => {
+                    ack.status = status;
+                    self.mesh.push(peer, Envelope::SendAck(ack));
+                }
+            }
+        }
+        self.flush_dirty();
+        self.changed.notify_all();
+    }
+
+    /// Syncs the log outside a commit (fsync = "interval", and shutdown).
+    pub fn sync_log(&self) {
+        if let Err(e) = self.log.borrow_mut().sync() {
+            tracing::error!(shard = self.id, error = %e, "log sync failed");
+        }
+    }
+
+    /// Deletes log segments past retention and forgets the index entries they held.
+    pub fn apply_retention(&self) {
+        let storage = &self.cfg.storage;
+        let cutoff = Self::wall_ms().saturating_sub(storage.retention.as_millis() as u64);
+        let max_bytes = match storage.max_bytes_per_shard {
+            0 => u64::MAX,
+            n => n,
+        };
+        let oldest = match self.log.borrow_mut().retain(cutoff, max_bytes) {
+            Ok(oldest) => oldest,
+            Err(e) => {
+                tracing::warn!(shard = self.id, error = %e, "retention failed");
+                return;
+            }
+        };
+        for user in self.users.borrow_mut().values_mut() {
+            while user.index.front().is_some_and(|&(_, pos)| pos < oldest) {
+                user.index.pop_front();
+            }
+        }
     }
 
     /// Answers the sender (on the sender's owner shard) and settles the dedup entry.
@@ -527,16 +697,22 @@ impl Shard {
     pub fn handle_envelope(self: &Rc<Self>, from_shard: usize, env: Envelope) {
         match env {
             Envelope::Message(m) => {
-                let status = self.accept_message(&m.from, &m.to, m.client_msg_id, &m.body);
-                self.mesh.push(
-                    from_shard,
-                    Envelope::SendAck(SendAck {
-                        sender: m.from,
-                        origin_conn: m.origin_conn,
-                        client_msg_id: m.client_msg_id,
-                        status,
+                let outcome = self.accept_message(&m.from, &m.to, m.client_msg_id, &m.body);
+                let ack = SendAck {
+                    sender: m.from,
+                    origin_conn: m.origin_conn,
+                    client_msg_id: m.client_msg_id,
+                    status: Code::OK,
+                };
+                match outcome {
+                    Ok(()) => self.pending.borrow_mut().push(PendingAck::Remote {
+                        peer: from_shard,
+                        ack,
                     }),
-                );
+                    Err(status) => self
+                        .mesh
+                        .push(from_shard, Envelope::SendAck(SendAck { status, ..ack })),
+                }
             }
             Envelope::SendAck(a) => {
                 self.in_flight.set(self.in_flight.get().saturating_sub(1));
@@ -600,7 +776,9 @@ impl Shard {
 
     /// True once every peer has drained and every message we sent has its ack.
     pub fn quiesced(&self) -> bool {
-        self.drained_peers.get() + 1 >= self.shards && self.in_flight.get() == 0
+        self.drained_peers.get() + 1 >= self.shards
+            && self.in_flight.get() == 0
+            && self.pending.borrow().is_empty()
     }
 
     /// Shutdown, step 2: GoAway(SHUTDOWN) to every connection.

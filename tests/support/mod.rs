@@ -41,12 +41,24 @@ impl TestBroker {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create test dir");
+        Self::start_in(dir, shards, limits, server, "")
+    }
+
+    /// Starts a broker over an existing test directory (a restart keeps its data); `storage`
+    /// are extra lines for `[storage]`.
+    pub fn start_in(
+        dir: PathBuf,
+        shards: usize,
+        limits: &str,
+        server: &str,
+        storage: &str,
+    ) -> TestBroker {
         let config = dir.join("ringpost.toml");
         std::fs::write(
             &config,
             format!(
                 "[server]\nlisten = \"127.0.0.1:0\"\nshards = {shards}\nshutdown_grace = \"5s\"\n{server}\n\
-                 [storage]\ndata_dir = \"{d}/data\"\n\
+                 [storage]\ndata_dir = \"{d}/data\"\nsegment_size = \"4MiB\"\n{storage}\n\
                  [auth]\nsecret_file = \"{d}/auth.secret\"\n\
                  [limits]\n{limits}\n",
                 d = dir.display()
@@ -132,6 +144,17 @@ impl TestBroker {
         None
     }
 
+    /// Kills the broker with SIGKILL (a crash) and keeps its directory for a restart.
+    pub fn crash(mut self) -> PathBuf {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let dir = self.dir.clone();
+        self.dir = PathBuf::new(); // Drop must not delete it
+        dir
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
     }
@@ -159,6 +182,9 @@ impl Drop for TestBroker {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if self.dir.as_os_str().is_empty() {
+            return;
         }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);

@@ -1,0 +1,176 @@
+//! Durability: what was acked survives kill -9, cursors survive restarts, and a data directory
+//! is never served by a different shard count.
+
+mod support;
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use ringpost::client::Event;
+use ringpost::protocol::Code;
+use support::*;
+
+/// Sends a stream of cross-shard messages to offline users, kills the broker with SIGKILL once
+/// `kill_after` SendAck{OK} have arrived (more are in flight), restarts it on the same data,
+/// and checks that every acked message is delivered exactly once, in order.
+fn acked_messages_survive_kill_9(kill_after: usize) {
+    const SENT: u64 = 3000;
+    let limits = "sends_per_sec = 1000000";
+    let storage = "fsync = \"always\"";
+    let dir = std::env::temp_dir().join(format!(
+        "ringpost-crash-{}-{kill_after}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let broker = TestBroker::start_in(dir, 2, limits, "", storage);
+    let sender = user_on_shard("crash-sender", 0, 2);
+    let rcpts: Vec<String> = (0..4)
+        .map(|i| user_on_shard(&format!("crash-rcpt{i}"), (i % 2) as usize, 2))
+        .collect();
+
+    // client_msg_id → recipient, for every SendAck{OK} seen before the kill.
+    let acked: HashMap<u64, String> = run(async {
+        let mut c = broker.connect(&sender, "d").await;
+        for id in 1..=SENT {
+            let to = &rcpts[(id % 4) as usize];
+            if c.send(id, to, &id.to_le_bytes()).await.is_err() {
+                break;
+            }
+        }
+        let mut acked = HashMap::new();
+        while acked.len() < kill_after {
+            match expect_event(&mut c).await {
+                Event::SendAck {
+                    client_msg_id,
+                    status,
+                } => {
+                    assert_eq!(status, Code::OK);
+                    acked.insert(client_msg_id, rcpts[(client_msg_id % 4) as usize].clone());
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        acked
+    });
+    let dir = broker.crash();
+
+    let broker = TestBroker::start_in(dir.clone(), 2, limits, "", storage);
+    run(async {
+        for rcpt in &rcpts {
+            let mut c = broker.connect(rcpt, "d").await;
+            let head = c.login_info().head_seq;
+            let expected: usize = acked.values().filter(|r| *r == rcpt).count();
+            assert!(
+                head as usize >= expected,
+                "{rcpt}: head {head} < {expected} acked"
+            );
+            let mut seen = std::collections::HashSet::new();
+            for seq in 1..=head {
+                let d = expect_deliver(&mut c).await;
+                assert_eq!(d.seq, seq, "{rcpt}: gap-free replay after the crash");
+                let id = u64::from_le_bytes(d.body.as_slice().try_into().unwrap());
+                assert!(seen.insert(id), "{rcpt}: message {id} delivered twice");
+            }
+            for (id, r) in &acked {
+                if r == rcpt {
+                    assert!(
+                        seen.contains(id),
+                        "{rcpt}: acked message {id} lost in the crash"
+                    );
+                }
+            }
+        }
+    });
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn acked_messages_survive_kill_9_early() {
+    acked_messages_survive_kill_9(50);
+}
+
+#[test]
+fn acked_messages_survive_kill_9_mid_stream() {
+    acked_messages_survive_kill_9(1200);
+}
+
+#[test]
+fn acked_messages_survive_kill_9_late() {
+    acked_messages_survive_kill_9(2900);
+}
+
+#[test]
+fn offline_messages_and_device_cursors_survive_a_restart() {
+    let mut broker = TestBroker::start(2, "", "");
+    let (a, b) = (user_on_shard("a", 0, 2), user_on_shard("b", 1, 2));
+    run(async {
+        let mut ca = broker.connect(&a, "d").await;
+        for i in 1..=5u64 {
+            ca.send(i, &b, format!("m{i}").as_bytes()).await.unwrap();
+            expect_ack(&mut ca, i, Code::OK).await;
+        }
+        let mut phone = broker.connect(&b, "phone").await;
+        for i in 1..=5 {
+            assert_eq!(expect_deliver(&mut phone).await.seq, i);
+        }
+        phone.ack(3).await.unwrap(); // it has processed only the first three
+        phone.ping(1).await.unwrap(); // answered after the ack is applied
+        assert_eq!(expect_event(&mut phone).await, Event::Pong { nonce: 1 });
+    });
+    broker.signal(libc::SIGTERM);
+    assert!(broker
+        .wait_exit(std::time::Duration::from_secs(6))
+        .is_some_and(|s| s.success()));
+    let dir = broker.crash();
+
+    let broker = TestBroker::start_in(dir, 2, "", "", "");
+    run(async {
+        // last_seq 0 on a known device resumes from its stored cursor...
+        let mut phone = broker.connect(&b, "phone").await;
+        assert_eq!(phone.login_info().head_seq, 5);
+        assert_eq!(expect_deliver(&mut phone).await.body, b"m4");
+        assert_eq!(expect_deliver(&mut phone).await.body, b"m5");
+        // ...while a new device gets everything retained.
+        let mut laptop = broker.connect(&b, "laptop").await;
+        assert_eq!(laptop.login_info().oldest_seq, 1);
+        for i in 1..=5 {
+            assert_eq!(expect_deliver(&mut laptop).await.seq, i);
+        }
+        // Seqs continue after the restart.
+        let mut ca = broker.connect(&a, "d").await;
+        ca.send(6, &b, b"m6").await.unwrap();
+        expect_ack(&mut ca, 6, Code::OK).await;
+        assert_eq!(expect_deliver(&mut phone).await.seq, 6);
+    });
+}
+
+#[test]
+fn a_data_directory_is_refused_by_a_different_shard_count() {
+    let broker = TestBroker::start(2, "", "");
+    let dir = broker.crash();
+    let config = dir.join("other.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nshards = 3\n[storage]\ndata_dir = \"{d}/data\"\n[auth]\nsecret_file = \"{d}/auth.secret\"\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringpost"))
+        .arg("--config")
+        .arg(&config)
+        .env("RINGPOST_AUTH_SECRET", SECRET)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("written by 2 shards") && stderr.contains("shards = 2"),
+        "the refusal names the fix: {stderr}"
+    );
+    assert!(out.stdout.is_empty(), "it never started listening");
+    let _ = std::fs::remove_dir_all(&dir);
+}
