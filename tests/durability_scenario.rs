@@ -174,3 +174,65 @@ fn a_data_directory_is_refused_by_a_different_shard_count() {
     assert!(out.stdout.is_empty(), "it never started listening");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_full_disk_refuses_sends_with_storage_unavailable_and_recovers_by_itself() {
+    // 64 KiB segments fill after a few dozen 1 KiB messages; then a new one must be created.
+    let broker = TestBroker::start_in(
+        {
+            let d = std::env::temp_dir().join(format!("ringpost-enospc-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        },
+        1,
+        "max_frame = \"4KiB\"\nsends_per_sec = 100000",
+        "",
+        "segment_size = \"64KiB\"",
+    );
+    run(async {
+        let mut a = broker.connect("full-a", "d").await;
+        let mut b = broker.connect("full-b", "d").await;
+        let body = vec![7u8; 1000];
+        broker.fill_disk();
+        let mut ok = 0u64;
+        let mut id = 0u64;
+        loop {
+            id += 1;
+            a.send(id, "full-b", &body).await.unwrap();
+            match expect_event(&mut a).await {
+                Event::SendAck {
+                    status: Code::OK, ..
+                } => ok += 1,
+                Event::SendAck {
+                    status,
+                    client_msg_id,
+                } => {
+                    assert_eq!((status, client_msg_id), (Code::STORAGE_UNAVAILABLE, id));
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            assert!(id < 200, "the segment never filled up");
+        }
+        assert!(
+            ok > 10,
+            "the active segment took {ok} messages before filling"
+        );
+        // Still refused while the disk is full; nothing acked is lost meanwhile.
+        a.send(id, "full-b", &body).await.unwrap();
+        expect_ack(&mut a, id, Code::STORAGE_UNAVAILABLE).await;
+        for seq in 1..=ok {
+            assert_eq!(expect_deliver(&mut b).await.seq, seq);
+        }
+        // Space returns: the very same send now goes through, no restart needed.
+        broker.free_disk();
+        a.send(id, "full-b", &body).await.unwrap();
+        expect_ack(&mut a, id, Code::OK).await;
+        assert_eq!(
+            expect_deliver(&mut b).await.seq,
+            ok + 1,
+            "no seq was burnt by the refusals"
+        );
+    });
+}

@@ -193,3 +193,53 @@ fn a_client_reconnects_with_backoff_and_resumes_after_its_last_seq() {
         );
     });
 }
+
+#[test]
+fn a_client_that_stops_reading_is_closed_and_loses_nothing() {
+    const N: u64 = 6000;
+    let broker = TestBroker::start(
+        2,
+        "slow_consumer_timeout = \"1s\"\nsends_per_sec = 1000000\nmax_frame = \"2KiB\"",
+        "",
+    );
+    run(async {
+        let (a, b) = (user_on_shard("a", 0, 2), user_on_shard("b", 1, 2));
+        let mut stuck = broker.connect(&b, "phone").await;
+        let mut sender = broker.connect(&a, "d").await;
+        let body = vec![b'z'; 1000];
+        for i in 1..=N {
+            sender.send(i, &b, &body).await.unwrap();
+        }
+        for i in 1..=N {
+            expect_ack(&mut sender, i, Code::OK).await;
+        }
+        // 6 MB is more than the socket buffers hold; the broker's write stalls, and after
+        // slow_consumer_timeout it gives up on this connection.
+        broker.wait_for_log("closing a slow consumer");
+        let mut last = 0;
+        loop {
+            match next_event(&mut stuck).await {
+                Ok(ringpost::client::Event::Deliver(d)) => {
+                    assert_eq!(d.seq, last + 1);
+                    last = d.seq;
+                }
+                Ok(ringpost::client::Event::GoAway { code, .. }) => {
+                    assert_eq!(code, Code::SLOW_CONSUMER);
+                }
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(_) => break,
+            }
+        }
+        assert!(
+            last < N,
+            "the stalled connection cannot have received everything"
+        );
+        // Coming back with what it has, it gets the rest from the log.
+        let mut again = Client::connect(&broker.opts(&b, "phone"), last)
+            .await
+            .unwrap();
+        for seq in last + 1..=N {
+            assert_eq!(expect_deliver(&mut again).await.seq, seq);
+        }
+    });
+}

@@ -72,6 +72,7 @@ pub struct LimitsConfig {
     pub sends_per_sec: u32,
     pub max_inbox: usize,
     pub max_outbound: usize,
+    pub slow_consumer_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -228,6 +229,7 @@ struct RawLimits {
     sends_per_sec: Value,
     max_inbox: Value,
     max_outbound: Value,
+    slow_consumer_timeout: Value,
 }
 
 fn field<T: for<'de> Deserialize<'de>>(key: &str, v: Value, what: &str) -> Result<T, ConfigError> {
@@ -468,6 +470,13 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             GIB,
             ("4KiB", "1GiB"),
         )?,
+        slow_consumer_timeout: dur(
+            "limits.slow_consumer_timeout",
+            l.slow_consumer_timeout,
+            SEC,
+            3600 * SEC,
+            ("1s", "1h"),
+        )?,
     };
     if limits.max_outbound < max_frame {
         return Err(ConfigError::Invalid {
@@ -534,6 +543,7 @@ mod tests {
         assert_eq!(c.storage.retention, Duration::from_secs(7 * 86_400));
         assert_eq!(c.storage.max_bytes_per_shard, 0);
         assert_eq!(c.limits.max_outbound, 1 << 20);
+        assert_eq!(c.limits.slow_consumer_timeout, Duration::from_secs(60));
         assert_eq!(c.heartbeat(), Duration::from_secs(30));
         assert!(c.shard_count() >= 1);
     }

@@ -44,7 +44,7 @@ pub enum LogError {
 }
 
 impl LogError {
-    fn io(path: &Path, what: &'static str, source: std::io::Error) -> LogError {
+    pub(crate) fn io(path: &Path, what: &'static str, source: std::io::Error) -> LogError {
         LogError::Io {
             path: path.to_path_buf(),
             what,

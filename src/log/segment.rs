@@ -50,6 +50,13 @@ impl Segment {
     /// Creates and preallocates a new, empty segment.
     pub fn create(dir: &Path, base: u64, size: usize) -> Result<Segment, LogError> {
         let path = dir.join(file_name(base));
+        if injected_no_space() {
+            return Err(LogError::io(
+                &path,
+                "create segment",
+                std::io::Error::from_raw_os_error(libc::ENOSPC),
+            ));
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -170,6 +177,19 @@ impl Segment {
         }
         let _ = self.map.flush_range(off, end - off);
     }
+}
+
+/// Environment variable naming a file whose existence makes segment creation fail with
+/// ENOSPC: fault injection for tests of the disk-full path (segments are preallocated, so a
+/// full disk surfaces exactly here). Checked only when a segment is created.
+pub const FAULT_NO_SPACE_ENV: &str = "RINGPOST_FAULT_NO_SPACE_FILE";
+
+fn injected_no_space() -> bool {
+    static FAULT_FILE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    FAULT_FILE
+        .get_or_init(|| std::env::var_os(FAULT_NO_SPACE_ENV).map(PathBuf::from))
+        .as_ref()
+        .is_some_and(|p| p.exists())
 }
 
 /// Reserves the file's blocks up front (so a full disk shows at segment creation, not as

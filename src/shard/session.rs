@@ -16,7 +16,7 @@ use glommio::net::TcpStream;
 
 use super::conn::{self, recv_nonblocking, Conn, ConnState};
 use super::state::Shard;
-use crate::protocol::{self, ServerMsg};
+use crate::protocol::{self, Code, ServerMsg};
 
 /// Reads per wake-up before yielding to other connections (fairness).
 const READS_PER_WAKE: usize = 4;
@@ -89,6 +89,8 @@ enum WriteStep {
     Wrote(std::io::Result<usize>),
     /// The connection's wake-up fired (it is closing, or shutdown began).
     Woken,
+    /// No byte went out for `slow_consumer_timeout`.
+    Stalled,
     /// A closing connection did not take its last bytes in time.
     TimedOut,
 }
@@ -100,6 +102,8 @@ async fn write_pending(shard: &Shard, conn: &Conn, stream: &mut TcpStream) -> bo
     conn.writing.set(buf.len());
     let mut off = 0;
     let mut ok = true;
+    let stall_limit = shard.cfg.limits.slow_consumer_timeout;
+    let mut stall_deadline = std::time::Instant::now() + stall_limit;
     while off < buf.len() {
         let write = async { WriteStep::Wrote(stream.write(&buf[off..]).await) };
         let step = if conn.state.get() != ConnState::Open || shard.draining.get() {
@@ -116,12 +120,32 @@ async fn write_pending(shard: &Shard, conn: &Conn, stream: &mut TcpStream) -> bo
                 conn.wake.wait().await;
                 WriteStep::Woken
             };
-            future::or(write, woken).await
+            let stalled = async {
+                glommio::timer::sleep(
+                    stall_deadline.saturating_duration_since(std::time::Instant::now()),
+                )
+                .await;
+                WriteStep::Stalled
+            };
+            future::or(write, future::or(woken, stalled)).await
         };
         match step {
             WriteStep::Wrote(Ok(0)) | WriteStep::TimedOut => ok = false,
-            WriteStep::Wrote(Ok(n)) => off += n,
+            WriteStep::Wrote(Ok(n)) => {
+                off += n;
+                stall_deadline = std::time::Instant::now() + stall_limit;
+            }
             WriteStep::Woken => {}
+            WriteStep::Stalled => {
+                tracing::info!(user = %conn.user, device = %conn.device_id, "closing a slow consumer");
+                shard.detach(conn);
+                conn.go_away(
+                    Code::SLOW_CONSUMER,
+                    "the client read nothing for slow_consumer_timeout; undelivered messages wait in the log",
+                );
+                // The GoAway queues behind `buf`; the loop goes on under the close timeout.
+                ok = true;
+            }
             WriteStep::Wrote(Err(e)) => ok = e.kind() == ErrorKind::Interrupted,
         }
         if !ok {

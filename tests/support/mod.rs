@@ -58,10 +58,16 @@ impl TestBroker {
             &config,
             format!(
                 "[server]\nlisten = \"127.0.0.1:0\"\nshards = {shards}\nshutdown_grace = \"5s\"\n{server}\n\
-                 [storage]\ndata_dir = \"{d}/data\"\nsegment_size = \"4MiB\"\n{storage}\n\
+                 [storage]\ndata_dir = \"{d}/data\"\n{segment}{storage}\n\
                  [auth]\nsecret_file = \"{d}/auth.secret\"\n\
                  [limits]\n{limits}\n",
-                d = dir.display()
+                d = dir.display(),
+                // Small segments unless the test picks a size: tests run many brokers at once.
+                segment = if storage.contains("segment_size") {
+                    ""
+                } else {
+                    "segment_size = \"4MiB\"\n"
+                },
             ),
         )
         .expect("write config");
@@ -71,6 +77,7 @@ impl TestBroker {
             .arg(&config)
             .env("RINGPOST_AUTH_SECRET", SECRET)
             .env("RUST_LOG", "info")
+            .env("RINGPOST_FAULT_NO_SPACE_FILE", dir.join("fault-no-space"))
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -153,6 +160,26 @@ impl TestBroker {
         let dir = self.dir.clone();
         self.dir = PathBuf::new(); // Drop must not delete it
         dir
+    }
+
+    /// Makes the broker's next segment creations fail with ENOSPC (a full disk) until
+    /// [`TestBroker::free_disk`].
+    pub fn fill_disk(&self) {
+        std::fs::write(self.dir.join("fault-no-space"), b"").expect("fault file");
+    }
+
+    pub fn free_disk(&self) {
+        std::fs::remove_file(self.dir.join("fault-no-space")).expect("fault file");
+    }
+
+    /// Waits until the broker's log contains `needle` (for events a client cannot observe
+    /// without changing them).
+    pub fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.stderr().contains(needle) {
+            assert!(Instant::now() < deadline, "broker never logged {needle:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn stderr(&self) -> String {
