@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod chat;
+mod inspect;
 mod load;
 mod token;
 
@@ -28,6 +29,8 @@ enum Command {
     Token(token::TokenArgs),
     /// Interactive client: `@user text` on stdin sends; deliveries print as they arrive.
     Chat(chat::ChatArgs),
+    /// Show what a shard's log holds (read-only): segments, records, users, corruption.
+    Inspect(inspect::InspectArgs),
     /// Load scenarios against a running broker.
     #[command(subcommand)]
     Load(load::LoadCommand),
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Token(args) => token::run(&args),
         Command::Chat(args) => chat::run(args),
+        Command::Inspect(args) => inspect::run(&args),
         Command::Load(cmd) => load::run(cmd),
     }
 }
