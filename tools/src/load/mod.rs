@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
+mod offline;
 mod p2p;
 
 #[derive(clap::Subcommand, Debug)]
@@ -20,11 +21,15 @@ pub enum LoadCommand {
     /// Pairs of users send to each other at an open-loop total rate; checks loss, duplicates
     /// and order, and reports throughput and latency percentiles.
     P2p(p2p::P2pArgs),
+    /// Messages to offline users, then their replay at login; with --phase send/verify and
+    /// --record, the two halves of a crash test.
+    Offline(offline::OfflineArgs),
 }
 
 pub fn run(cmd: LoadCommand) -> ExitCode {
     match cmd {
         LoadCommand::P2p(args) => p2p::run(args),
+        LoadCommand::Offline(args) => offline::run(args),
     }
 }
 
