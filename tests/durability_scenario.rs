@@ -236,3 +236,50 @@ fn a_full_disk_refuses_sends_with_storage_unavailable_and_recovers_by_itself() {
         );
     });
 }
+
+#[test]
+fn retention_moves_oldest_seq_and_logins_are_told_about_the_gap() {
+    // 64 KiB segments, at most three of them: old messages are dropped as new ones arrive.
+    let broker = TestBroker::start_in(
+        {
+            let d = std::env::temp_dir().join(format!("ringpost-retain-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        },
+        1,
+        "max_frame = \"4KiB\"\nsends_per_sec = 1000000",
+        "",
+        "segment_size = \"64KiB\"\nmax_bytes_per_shard = \"192KiB\"",
+    );
+    run(async {
+        let body = vec![1u8; 1000];
+        let mut a = broker.connect("ret-a", "d").await;
+        // A device that has seq 1, then goes away.
+        let mut early = broker.connect("ret-b", "early").await;
+        a.send(1, "ret-b", &body).await.unwrap();
+        expect_ack(&mut a, 1, Code::OK).await;
+        assert_eq!(expect_deliver(&mut early).await.seq, 1);
+        early.ack(1).await.unwrap();
+        early.ping(7).await.unwrap();
+        assert_eq!(expect_event(&mut early).await, Event::Pong { nonce: 7 });
+        drop(early);
+        // ~400 KB more: well past 192 KiB, so the oldest segments are deleted.
+        for i in 2..=400u64 {
+            a.send(i, "ret-b", &body).await.unwrap();
+            expect_ack(&mut a, i, Code::OK).await;
+        }
+        // A new device gets what is retained; asking for nothing specific is no gap.
+        let mut fresh = broker.connect("ret-b", "fresh").await;
+        let info = fresh.login_info().clone();
+        assert_eq!(info.head_seq, 400);
+        assert!(info.oldest_seq > 2, "retention moved oldest_seq: {info:?}");
+        assert!(!info.gap);
+        assert_eq!(expect_deliver(&mut fresh).await.seq, info.oldest_seq);
+        // The early device resumes after seq 1, but 2..oldest_seq are gone: LoginOk says so.
+        let mut back = broker.connect("ret-b", "early").await;
+        let info = back.login_info().clone();
+        assert!(info.gap, "the removed range is signalled: {info:?}");
+        assert_eq!(expect_deliver(&mut back).await.seq, info.oldest_seq);
+    });
+}

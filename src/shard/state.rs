@@ -576,16 +576,25 @@ impl Shard {
             body: body.to_vec(),
             prev: user.index.back().map_or(NO_POSITION, |&(_, pos)| pos),
         });
-        let pos = match self.log.borrow_mut().append(&record) {
-            Ok(pos) => pos,
-            Err(e) => {
-                tracing::error!(shard = self.id, error = %e, "append failed; refusing sends until it works again");
-                return Err(Code::STORAGE_UNAVAILABLE);
+        let (pos, rolled) = {
+            let mut log = self.log.borrow_mut();
+            let segments = log.segment_count();
+            match log.append(&record) {
+                Ok(pos) => (pos, log.segment_count() != segments),
+                Err(e) => {
+                    tracing::error!(shard = self.id, error = %e, "append failed; refusing sends until it works again");
+                    return Err(Code::STORAGE_UNAVAILABLE);
+                }
             }
         };
         user.head_seq = seq;
         user.index.push_back((seq, pos));
         self.touched.borrow_mut().push(name);
+        drop(users);
+        if rolled && self.cfg.storage.max_bytes_per_shard > 0 {
+            // The log only grows when a segment rolls: enforce the size limit right there.
+            self.apply_retention();
+        }
         Ok(())
     }
 
