@@ -75,6 +75,41 @@ pub struct Log {
     segment_size: usize,
     /// Sorted by base; the last one is active.
     segments: Vec<Segment>,
+    /// A [`SyncPlan`] is running elsewhere: no segment may be unmapped until it ends.
+    sync_in_flight: bool,
+}
+
+/// An msync of everything appended up to a point, to run off the shard's thread (glommio's
+/// blocking pool) so the shard keeps serving while the disk works. It holds raw addresses into
+/// the segment maps; [`Log::retain`] unmaps nothing while one is in flight, and the shard keeps
+/// the log alive until it ends.
+pub struct SyncPlan {
+    /// (address, length) of page-aligned ranges to msync.
+    ranges: Vec<(usize, usize)>,
+    /// (segment base, synced offset before the plan), to undo on failure.
+    undo: Vec<(u64, usize)>,
+}
+
+// SAFETY: the addresses stay mapped while the plan runs (see the type's doc) and msync only
+// reads the mapping's page state.
+unsafe impl Send for SyncPlan {}
+
+impl SyncPlan {
+    /// Runs the msyncs (blocking).
+    pub fn run(&self) -> std::io::Result<()> {
+        for &(addr, len) in &self.ranges {
+            // SAFETY: a page-aligned range inside a live MAP_SHARED mapping (see above).
+            let rc = unsafe { libc::msync(addr as *mut libc::c_void, len, libc::MS_SYNC) };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
 }
 
 impl Log {
@@ -127,6 +162,7 @@ impl Log {
             dir: dir.to_path_buf(),
             segment_size,
             segments,
+            sync_in_flight: false,
         };
         if log.segments.is_empty() {
             log.segments.push(Segment::create(dir, 0, segment_size)?);
@@ -150,6 +186,39 @@ impl Log {
         let seg = self.active_mut();
         let off = seg.append(&framed, rec.time_ms());
         Ok(seg.base + off as u64)
+    }
+
+    /// Plans the sync of everything appended so far, to run with [`SyncPlan::run`] elsewhere;
+    /// finish with [`Log::end_sync`].
+    pub fn begin_sync(&mut self) -> SyncPlan {
+        let mut plan = SyncPlan {
+            ranges: Vec::new(),
+            undo: Vec::new(),
+        };
+        for seg in &mut self.segments {
+            if let Some((addr, len, prev)) = seg.take_unsynced() {
+                plan.ranges.push((addr, len));
+                plan.undo.push((seg.base, prev));
+            }
+        }
+        self.sync_in_flight = !plan.is_empty();
+        plan
+    }
+
+    /// Ends a [`Log::begin_sync`]; after a failure its ranges count as unsynced again.
+    pub fn end_sync(&mut self, plan: SyncPlan, ok: bool) {
+        self.sync_in_flight = false;
+        if !ok {
+            for (base, prev) in plan.undo {
+                if let Some(seg) = self.segments.iter_mut().find(|s| s.base == base) {
+                    seg.restore_unsynced(prev);
+                }
+            }
+        }
+    }
+
+    pub fn sync_in_flight(&self) -> bool {
+        self.sync_in_flight
     }
 
     /// Makes everything appended so far durable (msync), sealed segments included.
@@ -229,7 +298,8 @@ impl Log {
     /// oldest sealed segments while the log is larger than `max_bytes`. Returns the position
     /// of the oldest byte still retained.
     pub fn retain(&mut self, cutoff_ms: u64, max_bytes: u64) -> Result<u64, LogError> {
-        loop {
+        // A running SyncPlan points into the maps; deleting waits for the next round.
+        while !self.sync_in_flight {
             let sealed = self.segments.len() > 1;
             let Some(oldest) = self.segments.first() else {
                 break;

@@ -149,6 +149,25 @@ impl Segment {
         }
     }
 
+    /// The page-aligned address range covering `[synced, len)`, for a sync run elsewhere
+    /// ([`super::SyncPlan`]); marks it synced. `None` if nothing is pending.
+    pub fn take_unsynced(&mut self) -> Option<(usize, usize, usize)> {
+        if self.synced >= self.len {
+            return None;
+        }
+        let page = page_size();
+        let start = self.synced / page * page;
+        let base = self.map.as_ptr() as usize;
+        let range = (base + start, self.len - start, self.synced);
+        self.synced = self.len;
+        Some(range)
+    }
+
+    /// Undoes [`Segment::take_unsynced`] after the sync failed.
+    pub fn restore_unsynced(&mut self, synced: usize) {
+        self.synced = self.synced.min(synced);
+    }
+
     /// msync's what was appended since the last sync.
     pub fn sync(&mut self) -> Result<(), LogError> {
         if self.synced < self.len {
@@ -177,6 +196,12 @@ impl Segment {
         }
         let _ = self.map.flush_range(off, end - off);
     }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
 }
 
 /// Environment variable naming a file whose existence makes segment creation fail with

@@ -348,7 +348,7 @@ async fn run_shard(ctx: ShardStart, ready: Arc<Barrier>) {
         glommio::spawn_local(async move {
             loop {
                 shard.commit_due.wait().await;
-                shard.commit();
+                shard.commit().await;
             }
         })
     };
@@ -358,7 +358,9 @@ async fn run_shard(ctx: ShardStart, ready: Arc<Barrier>) {
         glommio::spawn_local(async move {
             loop {
                 glommio::timer::sleep(every).await;
-                shard.sync_log();
+                if let Err(e) = shard.sync_off_thread().await {
+                    tracing::error!(shard = shard.id, error = %e, "periodic log sync failed");
+                }
             }
         })
     });
@@ -391,11 +393,19 @@ async fn run_shard(ctx: ShardStart, ready: Arc<Barrier>) {
         );
     }
     sweeper.cancel().await;
-    committer.cancel().await;
+    // The committer drains what is left (a running sync holds pointers into the log, so it
+    // is never cancelled); once it idles, one last sync covers cursor records too.
+    shard.commit_due.notify();
+    wait_until(&shard, deadline, |s| {
+        !s.is_committing() && !s.has_uncommitted()
+    })
+    .await;
+    drop(committer); // idle now (or the grace ran out): dropping a glommio task cancels it
+                     // The periodic syncer may be mid-sync; stop it only between syncs.
     if let Some(syncer) = syncer {
-        syncer.cancel().await;
+        wait_until(&shard, deadline, |s| !s.sync_in_flight()).await;
+        drop(syncer);
     }
-    shard.commit();
     shard.sync_log();
     mesh.close();
 }

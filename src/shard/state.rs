@@ -136,7 +136,10 @@ pub struct Shard {
     log: RefCell<Log>,
     /// Appended but not yet committed: their acks, and the users whose durable seq must move.
     pending: RefCell<Vec<PendingAck>>,
-    touched: RefCell<Vec<Arc<str>>>,
+    /// (user, seq appended): what a commit may mark durable.
+    touched: RefCell<Vec<(Arc<str>, u64)>>,
+    /// A commit is between taking its batch and releasing it.
+    committing: Cell<bool>,
     /// Wakes the committer task.
     pub commit_due: Signal,
     /// Shutdown has begun: no new connections, no more client reads.
@@ -191,6 +194,7 @@ impl Shard {
             log: RefCell::new(recovered.log),
             pending: RefCell::default(),
             touched: RefCell::default(),
+            committing: Cell::new(false),
             commit_due: Signal::default(),
             draining: Cell::new(false),
             drained_peers: Cell::new(0),
@@ -589,7 +593,7 @@ impl Shard {
         };
         user.head_seq = seq;
         user.index.push_back((seq, pos));
-        self.touched.borrow_mut().push(name);
+        self.touched.borrow_mut().push((name, seq));
         drop(users);
         if rolled && self.cfg.storage.max_bytes_per_shard > 0 {
             // The log only grows when a segment rolls: enforce the size limit right there.
@@ -600,18 +604,22 @@ impl Shard {
 
     /// Group commit: makes everything appended since the last commit durable (per the fsync
     /// policy), then acks those messages and delivers them.
-    pub fn commit(&self) {
+    ///
+    /// The msync runs on glommio's blocking pool, so the shard keeps reading, routing and
+    /// appending while the disk works; what is appended meanwhile waits for the next commit.
+    pub async fn commit(&self) {
         let pending = std::mem::take(&mut *self.pending.borrow_mut());
         let touched = std::mem::take(&mut *self.touched.borrow_mut());
         if pending.is_empty() && touched.is_empty() {
             return;
         }
+        self.committing.set(true);
         let status = if self.cfg.storage.fsync == FsyncPolicy::Always {
-            match self.log.borrow_mut().sync() {
+            match self.sync_off_thread().await {
                 Ok(()) => Code::OK,
                 Err(e) => {
                     // The records are in the page cache and will be delivered, but we cannot
-                    // promise durability: the senders hear so and may retry (at-least-once).
+                    // promise durability: senders hear so and may retry (at-least-once).
                     tracing::error!(shard = self.id, error = %e, "log sync failed");
                     Code::STORAGE_UNAVAILABLE
                 }
@@ -621,14 +629,14 @@ impl Shard {
         };
         {
             let mut users = self.users.borrow_mut();
-            for name in &touched {
+            for (name, seq) in &touched {
                 let Some(user) = users.get_mut(name) else {
                     continue;
                 };
-                if user.durable_seq == user.head_seq {
+                if user.durable_seq >= *seq {
                     continue;
                 }
-                user.durable_seq = user.head_seq;
+                user.durable_seq = *seq;
                 for dev in &user.devices {
                     dev.behind.set(true);
                     self.mark_dirty(dev);
@@ -648,11 +656,44 @@ impl Shard {
                 }
             }
         }
+        self.committing.set(false);
         self.flush_dirty();
         self.changed.notify_all();
     }
 
-    /// Syncs the log outside a commit (fsync = "interval", and shutdown).
+    pub fn is_committing(&self) -> bool {
+        self.committing.get()
+    }
+
+    pub fn sync_in_flight(&self) -> bool {
+        self.log.borrow().sync_in_flight()
+    }
+
+    /// Appends whose commit has not started yet.
+    pub fn has_uncommitted(&self) -> bool {
+        !self.pending.borrow().is_empty() || !self.touched.borrow().is_empty()
+    }
+
+    /// msync's everything appended so far on glommio's blocking pool, so the shard keeps
+    /// serving while the disk works. One runs at a time: the committer (fsync = "always") and
+    /// the periodic syncer (fsync = "interval") never coexist.
+    pub async fn sync_off_thread(&self) -> std::io::Result<()> {
+        let plan = self.log.borrow_mut().begin_sync();
+        if plan.is_empty() {
+            return Ok(());
+        }
+        let (plan, result) = glommio::executor()
+            .spawn_blocking(move || {
+                let result = plan.run();
+                (plan, result)
+            })
+            .await;
+        self.log.borrow_mut().end_sync(plan, result.is_ok());
+        self.changed.notify_all();
+        result
+    }
+
+    /// Syncs the log on the shard's own thread (shutdown, when nothing else runs).
     pub fn sync_log(&self) {
         if let Err(e) = self.log.borrow_mut().sync() {
             tracing::error!(shard = self.id, error = %e, "log sync failed");
@@ -788,6 +829,7 @@ impl Shard {
         self.drained_peers.get() + 1 >= self.shards
             && self.in_flight.get() == 0
             && self.pending.borrow().is_empty()
+            && !self.committing.get()
     }
 
     /// Shutdown, step 2: GoAway(SHUTDOWN) to every connection.
