@@ -1,9 +1,10 @@
 //! # ringpost
 //!
 //! A thread-per-core, io_uring instant-messaging broker. One glommio executor per core (a
-//! *shard*) owns a slice of the users outright — their connections, inboxes, sequence numbers
-//! and dedup windows — so nothing on the message path takes a lock. Shards talk only through
-//! an N×N mesh of bounded single-producer single-consumer queues carrying batches.
+//! *shard*) owns a slice of the users outright — their connections, logged messages, sequence
+//! numbers, cursors and dedup windows — so nothing on the message path takes a lock. Shards
+//! talk only through an N×N mesh of bounded single-producer single-consumer queues carrying
+//! batches. Each shard keeps its users' messages in its own mmap'd segment log.
 //!
 //! ## Modules
 //!
@@ -12,7 +13,8 @@
 //! | [`config`] | the embedded default TOML, parsing, validation, human units |
 //! | [`protocol`] | wire framing (u32 LE length + FlatBuffers `Frame`), check-then-parse codec, codes |
 //! | [`auth`] | JWT HS256 login tokens; the shared secret file |
-//! | [`shard`] | executors, ownership (`owner()`), the mesh, accept/login/hand-off, sessions, inboxes |
+//! | [`shard`] | executors, ownership (`owner()`), the mesh, accept/login/hand-off, sessions, delivery, group commit |
+//! | [`log`] | the per-shard segment log: framing, segments, recovery, retention, the data-dir meta file |
 //! | [`client`] | async client used by the tests and `ringpost-tools` |
 //! | [`diagnostics`] | startup checks that name the fix for io_uring / memlock problems |
 //!
@@ -26,9 +28,11 @@
 //!                     owner(B) == b ≠ a                          │
 //!                     Mesh::push(b, Message) ──SPSC a→b (batch)──▶ Shard::handle_envelope
 //!                                                                │ accept_message: seq = head(B)+1,
-//!                                                                │ inbox(B) ← Deliver frame,
-//!                                                                │ Conn::push_bytes for each device,
-//!                                                                │ flush_dirty: one send(2) per conn
+//!                                                                │ Log::append → index(B) += (seq, pos)
+//!                                                                │ Shard::commit (once per batch):
+//!                                                                │   msync on the blocking pool,
+//!                                                                │   durable(B) = seq, devices refill
+//!                                                                │   from the log → one send(2) per conn
 //!                     Shard::complete_send ◀──SPSC b→a (batch)── SendAck{OK}
 //!  client A ◀──SendAck{OK}
 //! ```

@@ -4,7 +4,7 @@
 //! binary ([`Config::DEFAULT_TOML`], printed by `ringpost --print-config`). Loading a user's
 //! file: reject keys the default does not have (naming them), overlay the user's values on the
 //! default table, deserialize into typed sections (sizes and durations in human units, see
-//! [`units`]), then check every value's range ([`validate`]). So a missing key takes its
+//! [`units`]), then check every value's range (`validate`). So a missing key takes its
 //! documented default and a present key is always checked.
 
 pub mod units;

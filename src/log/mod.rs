@@ -6,9 +6,10 @@
 //! Records are framed with length + CRC32C + kind ([`record`]) and hold rkyv archives read in
 //! place from the map.
 //!
-//! Durability is the caller's choice: [`Log::append`] only copies into the map; [`Log::sync`]
-//! msync's everything appended since the last sync, so one sync covers a whole batch of
-//! appends (group commit).
+//! Durability is the caller's choice: [`Log::append`] only copies into the map; a sync covers
+//! everything appended before it, so one sync serves a whole batch of appends (group commit).
+//! [`Log::begin_sync`] plans that sync as a [`SyncPlan`] to run off the shard's thread;
+//! [`Log::sync`] does it in place.
 //!
 //! Recovery ([`Log::open`]) walks every segment in order, validates each record's CRC, and
 //! stops at the first invalid one in the newest segment: that torn tail is zeroed, so the next

@@ -59,7 +59,7 @@ impl Code {
   pub const NOT_LOGGED_IN: Self = Self(102);
   /// A second Login arrived on an already logged-in connection.
   pub const ALREADY_LOGGED_IN: Self = Self(103);
-  /// The length prefix exceeds [limits] max_frame.
+  /// The length prefix exceeds `limits.max_frame`.
   pub const FRAME_TOO_LARGE: Self = Self(200);
   /// The bytes are not a valid FlatBuffers Frame (failed verification, zero length, missing
   /// required field, invalid UTF-8 in a string).
@@ -68,24 +68,24 @@ impl Code {
   pub const UNKNOWN_FRAME: Self = Self(202);
   /// A server-to-client frame type was sent by a client.
   pub const UNEXPECTED_FRAME: Self = Self(203);
-  /// No complete Login frame arrived within [limits] login_timeout.
+  /// No complete Login frame arrived within `limits.login_timeout`.
   pub const LOGIN_TIMEOUT: Self = Self(300);
-  /// The connection sent nothing (not even a Ping) for [limits] idle_timeout.
+  /// The connection sent nothing (not even a Ping) for `limits.idle_timeout`.
   pub const IDLE_TIMEOUT: Self = Self(301);
-  /// The user already has [limits] max_devices connections.
+  /// The user already has `limits.max_devices` connections.
   pub const TOO_MANY_DEVICES: Self = Self(302);
   /// Another connection logged in with the same (user, device_id); this one is closed.
   pub const SESSION_REPLACED: Self = Self(303);
-  /// The connection's outbound queue exceeded [limits] max_outbound bytes; the undelivered
+  /// The connection's outbound queue exceeded `limits.max_outbound` bytes; the undelivered
   /// messages stay in the inbox and are replayed on the next login.
   pub const SLOW_CONSUMER: Self = Self(304);
   /// The broker is shutting down.
   pub const SHUTDOWN: Self = Self(305);
   /// The client asked to log out.
   pub const LOGGED_OUT: Self = Self(306);
-  /// The send exceeded [limits] sends_per_sec; persistent abuse ends in GoAway(RATE_LIMITED).
+  /// The send exceeded `limits.sends_per_sec`; persistent abuse ends in GoAway(RATE_LIMITED).
   pub const RATE_LIMITED: Self = Self(400);
-  /// The recipient's inbox holds [limits] max_inbox undelivered messages.
+  /// The recipient's inbox holds `limits.max_inbox` undelivered messages.
   pub const INBOX_FULL: Self = Self(401);
   /// The recipient user ID is empty or longer than 128 bytes.
   pub const INVALID_RECIPIENT: Self = Self(402);

@@ -5,7 +5,7 @@
 //! and spawns one glommio executor per shard pinned to its CPU. It returns once every shard has
 //! connected its mesh queues and is accepting.
 //!
-//! Shutdown ([`Broker::shutdown`], or SIGINT/SIGTERM in the binary), per shard:
+//! Shutdown ([`ShutdownHandle::shutdown`], or SIGINT/SIGTERM in the binary), per shard:
 //! 1. stop accepting and stop reading clients; tell every peer `Drained`;
 //! 2. keep serving the mesh until every peer has drained and every message this shard sent
 //!    has its SendAck back, then hand the acks we owe to the queues;

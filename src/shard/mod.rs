@@ -7,7 +7,8 @@
 //! | [`transport`] | the N×N mesh of SPSC queues, batching, backpressure, why it cannot deadlock |
 //! | [`envelope`] | what crosses the mesh: hand-offs, messages, send-acks |
 //! | [`acceptor`] | accept, read Login, verify the token, hand off to the owner |
-//! | [`state`] | per-shard users, inboxes, devices, seq assignment, delivery, acks |
+//! | [`state`] | per-shard users, seq assignment, log appends, group commit, delivery, acks |
+//! | [`recovery`] | rebuilding users (heads, indexes, cursors) from the log at start |
 //! | [`session`] | the per-connection task: reads, frame dispatch, blocked writes |
 //! | [`conn`] | a connection's outbound queue and non-blocking flush |
 //! | [`dedup`] | the idempotent-send window per sender |
