@@ -17,12 +17,7 @@ fn acked_messages_survive_kill_9(kill_after: usize) {
     const SENT: u64 = 3000;
     let limits = "sends_per_sec = 1000000";
     let storage = "fsync = \"always\"";
-    let dir = std::env::temp_dir().join(format!(
-        "ringpost-crash-{}-{kill_after}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir(&format!("crash-{kill_after}"));
     let broker = TestBroker::start_in(dir, 2, limits, "", storage);
     let sender = user_on_shard("crash-sender", 0, 2);
     let rcpts: Vec<String> = (0..4)
@@ -179,12 +174,7 @@ fn a_data_directory_is_refused_by_a_different_shard_count() {
 fn a_full_disk_refuses_sends_with_storage_unavailable_and_recovers_by_itself() {
     // 64 KiB segments fill after a few dozen 1 KiB messages; then a new one must be created.
     let broker = TestBroker::start_in(
-        {
-            let d = std::env::temp_dir().join(format!("ringpost-enospc-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&d);
-            std::fs::create_dir_all(&d).unwrap();
-            d
-        },
+        fresh_dir("enospc"),
         1,
         "max_frame = \"4KiB\"\nsends_per_sec = 100000",
         "",
@@ -241,12 +231,7 @@ fn a_full_disk_refuses_sends_with_storage_unavailable_and_recovers_by_itself() {
 fn retention_moves_oldest_seq_and_logins_are_told_about_the_gap() {
     // 64 KiB segments, at most three of them: old messages are dropped as new ones arrive.
     let broker = TestBroker::start_in(
-        {
-            let d = std::env::temp_dir().join(format!("ringpost-retain-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&d);
-            std::fs::create_dir_all(&d).unwrap();
-            d
-        },
+        fresh_dir("retain"),
         1,
         "max_frame = \"4KiB\"\nsends_per_sec = 1000000",
         "",

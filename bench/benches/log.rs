@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use ringpost::log::record::{MessageRecord, Record, NO_POSITION};
 use ringpost::log::Log;
-use ringpost::protocol::{self, ServerMsg};
 
 fn full() -> bool {
     std::env::args().any(|a| a == "--bench")
@@ -78,18 +77,7 @@ fn replay(n: u64, size: usize) -> f64 {
     let mut out = Vec::with_capacity(1 << 20);
     let t = Instant::now();
     for pos in &positions {
-        let r = log.with_message(*pos, |m| {
-            protocol::encode_server(
-                &ServerMsg::Deliver {
-                    seq: m.seq.to_native(),
-                    from_user: m.from.as_str(),
-                    client_msg_id: m.client_msg_id.to_native(),
-                    sent_at_ms: m.sent_at_ms.to_native(),
-                    body: m.body.as_slice(),
-                },
-                &mut out,
-            );
-        });
+        let r = log.with_message(*pos, |m| m.encode_deliver(&mut out));
         if let Err(e) = r {
             panic!("read: {e}");
         }

@@ -230,23 +230,32 @@ impl Log {
         Ok(())
     }
 
-    /// Reads and validates the record at `pos`.
-    pub fn read(&self, pos: u64) -> Result<Record, LogError> {
+    /// The segment holding `pos` and the offset inside it.
+    fn locate(&self, pos: u64) -> Result<(&Segment, usize), LogError> {
         let idx = self.segments.partition_point(|s| s.base <= pos);
         let seg = idx
             .checked_sub(1)
             .and_then(|i| self.segments.get(i))
             .ok_or(LogError::BadPosition(pos))?;
         let off = usize::try_from(pos - seg.base).map_err(|_| LogError::BadPosition(pos))?;
+        Ok((seg, off))
+    }
+
+    /// The validated frame payload at `pos`.
+    fn payload_at(&self, pos: u64) -> Result<&[u8], LogError> {
+        let (seg, off) = self.locate(pos)?;
         match seg.frame_at(off) {
-            Framed::Record { payload, .. } => {
-                record::decode(payload).map_err(|e| LogError::Corrupt {
-                    pos,
-                    why: e.to_string(),
-                })
-            }
+            Framed::Record { payload, .. } => Ok(payload),
             Framed::End | Framed::Bad(_) => Err(LogError::BadPosition(pos)),
         }
+    }
+
+    /// Reads and validates the record at `pos`.
+    pub fn read(&self, pos: u64) -> Result<Record, LogError> {
+        record::decode(self.payload_at(pos)?).map_err(|e| LogError::Corrupt {
+            pos,
+            why: e.to_string(),
+        })
     }
 
     /// Calls `f` with the validated, zero-copy archive of the message at `pos` (replay path:
@@ -256,15 +265,7 @@ impl Log {
         pos: u64,
         f: impl FnOnce(&record::ArchivedMessageRecord) -> T,
     ) -> Result<T, LogError> {
-        let idx = self.segments.partition_point(|s| s.base <= pos);
-        let seg = idx
-            .checked_sub(1)
-            .and_then(|i| self.segments.get(i))
-            .ok_or(LogError::BadPosition(pos))?;
-        let off = usize::try_from(pos - seg.base).map_err(|_| LogError::BadPosition(pos))?;
-        let Framed::Record { payload, .. } = seg.frame_at(off) else {
-            return Err(LogError::BadPosition(pos));
-        };
+        let payload = self.payload_at(pos)?;
         let archived = rkyv::access::<record::ArchivedRecord, rkyv::rancor::Error>(payload)
             .map_err(|e| LogError::Corrupt {
                 pos,

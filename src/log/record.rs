@@ -78,6 +78,23 @@ impl Record {
     }
 }
 
+impl ArchivedMessageRecord {
+    /// Appends this message's Deliver frame to `out`, straight from the archive (every
+    /// delivery — live, replay, catch-up — is encoded here).
+    pub fn encode_deliver(&self, out: &mut Vec<u8>) {
+        crate::protocol::encode_server(
+            &crate::protocol::ServerMsg::Deliver {
+                seq: self.seq.to_native(),
+                from_user: self.from.as_str(),
+                client_msg_id: self.client_msg_id.to_native(),
+                sent_at_ms: self.sent_at_ms.to_native(),
+                body: self.body.as_slice(),
+            },
+            out,
+        );
+    }
+}
+
 /// Rounds `n` up to a multiple of [`RECORD_ALIGN`].
 pub fn aligned(n: usize) -> usize {
     n.div_ceil(RECORD_ALIGN) * RECORD_ALIGN

@@ -395,18 +395,7 @@ impl Shard {
                 conn.sent_seq.set(resume.max(next));
                 continue;
             };
-            let framed = log.with_message(pos, |m| {
-                protocol::encode_server(
-                    &ServerMsg::Deliver {
-                        seq: m.seq.to_native(),
-                        from_user: m.from.as_str(),
-                        client_msg_id: m.client_msg_id.to_native(),
-                        sent_at_ms: m.sent_at_ms.to_native(),
-                        body: m.body.as_slice(),
-                    },
-                    &mut conn.tx.borrow_mut(),
-                );
-            });
+            let framed = log.with_message(pos, |m| m.encode_deliver(&mut conn.tx.borrow_mut()));
             if let Err(e) = framed {
                 tracing::error!(user = %conn.user, seq = next, error = %e, "cannot read a logged message; skipping it");
             }

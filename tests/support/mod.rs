@@ -221,6 +221,14 @@ impl Drop for TestBroker {
     }
 }
 
+/// An empty directory for a test that restarts brokers over it (removed by the test).
+pub fn fresh_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ringpost-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("create test dir");
+    d
+}
+
 /// Runs `f` on a fresh single-threaded glommio executor.
 pub fn run<T>(f: impl Future<Output = T>) -> T {
     LocalExecutorBuilder::new(Placement::Unbound)
