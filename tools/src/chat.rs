@@ -95,7 +95,9 @@ async fn session(args: ChatArgs, stdin: OwnedFd) -> ExitCode {
     let opts = ClientOptions::new(args.addr, args.token.clone(), args.device.clone());
     let mut last_seq = args.last_seq;
     let mut backoff = Backoff::default();
-    let mut next_id: u64 = rand::random::<u32>().into();
+    // A random start below 2^48 (exact in JSON doubles), so that a new session does not reuse
+    // the IDs of a recent one inside the broker's dedup window.
+    let mut next_id: u64 = rand::random::<u64>() >> 16;
     let mut connected_once = false;
     loop {
         let client = match Client::connect(&opts, last_seq).await {

@@ -98,6 +98,8 @@ struct Shared {
     out_of_order: Cell<u64>,
     errors: Cell<u64>,
     senders_done: Cell<usize>,
+    /// Connections whose reader has ended (closed by the broker or failed).
+    readers_closed: Cell<usize>,
     stop: Cell<bool>,
 }
 
@@ -108,6 +110,12 @@ pub fn run(args: P2pArgs) -> ExitCode {
     }
     if args.size < STAMP {
         eprintln!("--size must be at least {STAMP} bytes (timestamp + sequence stamp)");
+        return ExitCode::from(2);
+    }
+    if args.pairs_cross_shard_only && args.shards < 2 {
+        eprintln!(
+            "--pairs-cross-shard-only needs --shards N with N >= 2 (the broker's shard count)"
+        );
         return ExitCode::from(2);
     }
     if args.rate <= 0.0 {
@@ -262,6 +270,7 @@ async fn generator(
         out_of_order: Cell::new(0),
         errors: Cell::new(errors),
         senders_done: Cell::new(0),
+        readers_closed: Cell::new(0),
         stop: Cell::new(false),
     });
     let n = cfg.per_sender as usize;
@@ -281,6 +290,9 @@ async fn generator(
     let senders = clients.len();
     let mut tasks = Vec::new();
     for (i, (_me, partner, client)) in clients.into_iter().enumerate() {
+        // Send something at least twice per heartbeat so the broker's idle timeout never fires.
+        let keepalive =
+            Duration::from_millis(u64::from(client.login_info().heartbeat_ms.max(200)) / 2);
         let (reader, writer) = client.split();
         let phase = cfg.interval.mul_f64(rand::random::<f64>());
         tasks.push(glommio::spawn_local(send_loop(
@@ -290,17 +302,18 @@ async fn generator(
             partner,
             cfg,
             phase,
+            keepalive,
         )));
         glommio::spawn_local(receive_loop(shared.clone(), users[i].clone(), reader)).detach();
     }
 
     // Wait for the senders, then for the tail: every send answered, every OK delivered.
     let mut last_progress = (Instant::now(), 0u64);
-    let mut next_report = Instant::now() + Duration::from_secs(1);
+    let mut next_report = Instant::now() + Duration::from_millis(250);
     loop {
         glommio::timer::sleep(Duration::from_millis(20)).await;
         if Instant::now() >= next_report {
-            next_report += Duration::from_secs(1);
+            next_report += Duration::from_millis(250);
             let p99 = shared.hist.borrow().value_at_quantile(0.99);
             shared.live.p99_us.store(p99, Ordering::Relaxed);
         }
@@ -309,7 +322,9 @@ async fn generator(
         let done = shared.senders_done.get() == senders
             && answered >= sent
             && shared.delivered.get() >= shared.acked.get();
-        if done {
+        // Nothing more can arrive once every connection is closed.
+        let all_closed = shared.readers_closed.get() == senders;
+        if done || (shared.senders_done.get() == senders && all_closed) {
             break;
         }
         let progress = answered + shared.delivered.get();
@@ -355,6 +370,12 @@ async fn generator(
     })
 }
 
+/// While waiting for the next send, pending deliveries are acked once this much time or 100
+/// deliveries have passed since the last ack (and every send carries an ack when one is due).
+const ACK_EVERY: Duration = Duration::from_millis(50);
+/// Sends queued back to back before a flush when the schedule has fallen behind.
+const MAX_BATCH: u64 = 64;
+
 async fn send_loop(
     shared: Rc<Shared>,
     me: Rc<UserState>,
@@ -362,34 +383,76 @@ async fn send_loop(
     partner: String,
     cfg: ThreadCfg,
     phase: Duration,
+    keepalive: Duration,
 ) {
     let mut body = vec![0u8; cfg.size];
     let mut acked_up_to = 0u64;
-    for k in 1..=cfg.per_sender {
-        let intended = shared.t0 + phase + cfg.interval.mul_f64((k - 1) as f64);
-        let wait = intended.saturating_duration_since(Instant::now());
-        if !wait.is_zero() {
-            glommio::timer::sleep(wait).await;
+    let mut last_write = Instant::now();
+    let mut last_ack = Instant::now();
+    let intended_at = |k: u64| shared.t0 + phase + cfg.interval.mul_f64((k - 1) as f64);
+    let mut k = 1u64;
+    'run: while k <= cfg.per_sender {
+        // Until the next send is due: ack what arrived (every ACK_EVERY) and keep the
+        // connection alive when the schedule is sparse.
+        loop {
+            let wait = intended_at(k).saturating_duration_since(Instant::now());
+            if wait.is_zero() {
+                break;
+            }
+            glommio::timer::sleep(wait.min(ACK_EVERY)).await;
+            let due = me.ack_due.get();
+            let ack =
+                due > acked_up_to && (due - acked_up_to >= 100 || last_ack.elapsed() >= ACK_EVERY);
+            let ping = last_write.elapsed() >= keepalive;
+            if ack || ping {
+                if ack {
+                    last_ack = Instant::now();
+                    writer.queue(&ringpost::protocol::ClientMsg::Ack { up_to_seq: due });
+                    acked_up_to = due;
+                }
+                if ping {
+                    writer.queue(&ringpost::protocol::ClientMsg::Ping { nonce: k });
+                }
+                if writer.flush().await.is_err() {
+                    shared.errors.set(shared.errors.get() + 1);
+                    Live::add(&shared.live.errors, 1);
+                    break 'run;
+                }
+                last_write = Instant::now();
+            }
         }
         let due = me.ack_due.get();
         if due > acked_up_to {
             writer.queue(&ringpost::protocol::ClientMsg::Ack { up_to_seq: due });
             acked_up_to = due;
+            last_ack = Instant::now();
         }
-        let stamp = (intended - shared.t0).as_nanos() as u64;
-        body[..8].copy_from_slice(&stamp.to_le_bytes());
-        body[8..STAMP].copy_from_slice(&k.to_le_bytes());
-        writer.queue(&ringpost::protocol::ClientMsg::Send {
-            client_msg_id: k,
-            to_user: &partner,
-            body: &body,
-        });
+        // Queue every send whose time has come (one when on schedule, a batch when behind:
+        // a scheduled send is never skipped), then flush them together.
+        let first = k;
+        while k <= cfg.per_sender && k - first < MAX_BATCH {
+            let intended = intended_at(k);
+            if k > first && intended > Instant::now() {
+                break;
+            }
+            let stamp = (intended - shared.t0).as_nanos() as u64;
+            body[..8].copy_from_slice(&stamp.to_le_bytes());
+            body[8..STAMP].copy_from_slice(&k.to_le_bytes());
+            writer.queue(&ringpost::protocol::ClientMsg::Send {
+                client_msg_id: k,
+                to_user: &partner,
+                body: &body,
+            });
+            k += 1;
+        }
         if writer.flush().await.is_err() {
             shared.errors.set(shared.errors.get() + 1);
+            Live::add(&shared.live.errors, 1);
             break;
         }
-        me.sent.set(k);
-        Live::add(&shared.live.sent, 1);
+        last_write = Instant::now();
+        me.sent.set(k - 1);
+        Live::add(&shared.live.sent, k - first);
     }
     shared.senders_done.set(shared.senders_done.get() + 1);
     // Keep acking what arrives until the run is over, so inboxes drain.
@@ -401,6 +464,12 @@ async fn send_loop(
                 break;
             }
             acked_up_to = due;
+            last_write = Instant::now();
+        } else if last_write.elapsed() >= keepalive {
+            if writer.ping(0).await.is_err() {
+                break;
+            }
+            last_write = Instant::now();
         }
     }
 }
@@ -467,6 +536,7 @@ async fn receive_loop(shared: Rc<Shared>, me: Rc<UserState>, mut reader: Reader)
                     shared.errors.set(shared.errors.get() + 1);
                     Live::add(&shared.live.errors, 1);
                 }
+                shared.readers_closed.set(shared.readers_closed.get() + 1);
                 return;
             }
         }
