@@ -575,7 +575,12 @@ mod tests {
                 "KiB",
             ),
             ("[limits]\nmax_frame = -1", "limits.max_frame", "negative"),
-            ("[limits]\nmax_frame = 1.5", "limits.max_frame", "size"),
+            (
+                "[limits]\nmax_frame = 1.5",
+                "limits.max_frame",
+                "whole number",
+            ),
+            ("[limits]\nmax_frame = 1.5", "limits.max_frame", "KiB"),
             (
                 "[limits]\nmax_frame = \"64MiB\"",
                 "limits.max_frame",

@@ -14,6 +14,9 @@ const SIZE_UNITS: &[(&str, u64)] = &[
     ("B", 1),
 ];
 
+const UNITS_HINT: &str =
+    "use bytes as an integer or <n>B, KB, MB, GB (×1000), KiB, MiB, GiB (×1024), units case-sensitive";
+
 const DURATION_UNITS: &[(&str, u64)] = &[
     ("ms", 1),
     ("min", 60_000),
@@ -37,10 +40,15 @@ fn split(text: &str) -> Option<(u64, &str)> {
 
 /// Parses "64KiB", "10KB", "512B" or "512" into bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let bad = || {
-        format!("`{text}` is not a size; use bytes as an integer or <n>B, KB, MB, GB (×1000), KiB, MiB, GiB (×1024)")
+    let bad = || format!("`{text}` is not a size; {UNITS_HINT}");
+    let Some((n, unit)) = split(text) else {
+        let digits = text.trim();
+        if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+            // Only digits, yet `split` refused them: the number does not fit in 64 bits.
+            return Err(format!("`{text}` is too large"));
+        }
+        return Err(bad());
     };
-    let (n, unit) = split(text).ok_or_else(bad)?;
     let mult = if unit.is_empty() {
         1
     } else {
@@ -76,18 +84,30 @@ pub struct Size(pub u64);
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(i64),
-            Text(String),
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Size;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a size: bytes as an integer or a string such as \"64KiB\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Size, E> {
+                Ok(Size(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Size, E> {
+                u64::try_from(n)
+                    .map(Size)
+                    .map_err(|_| E::custom(format!("size {n} is negative")))
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Size, E> {
+                Err(E::custom(format!(
+                    "size {n} is not a whole number; {UNITS_HINT}"
+                )))
+            }
+            fn visit_str<E: serde::de::Error>(self, t: &str) -> Result<Size, E> {
+                parse_size(t).map(Size).map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => u64::try_from(n)
-                .map(Size)
-                .map_err(|_| serde::de::Error::custom(format!("size {n} is negative"))),
-            Raw::Text(t) => parse_size(&t).map(Size).map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -128,6 +148,12 @@ mod tests {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
         assert!(parse_size("5 parsecs").unwrap_err().contains("KiB"));
+        assert!(parse_size("99999999999999999999")
+            .unwrap_err()
+            .contains("too large"));
+        assert!(parse_size("99999999999GiB")
+            .unwrap_err()
+            .contains("too large"));
     }
 
     #[test]
