@@ -59,26 +59,15 @@ impl Verifier {
 
     /// Returns the user ID (`sub`) of a valid token.
     pub fn verify(&self, token: &str) -> Result<String, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
-            |e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::InvalidSignature => AuthError::Failed("bad signature".into()),
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                    AuthError::Failed("algorithm not allowed (HS256 only)".into())
-                }
-                ErrorKind::MissingRequiredClaim(c) => {
-                    AuthError::Failed(format!("missing claim `{c}`"))
-                }
-                ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
-                    AuthError::Failed("not a JWT".into())
-                }
-                ErrorKind::Json(_) => AuthError::Failed(
-                    "claims are not valid (sub must be a string, exp a number)".into(),
-                ),
-                other => AuthError::Failed(format!("{other:?}")),
-            },
-        )?;
-        let sub = data.claims.sub;
+        // `decode` deserializes into the claims type *before* checking required claims, so a
+        // struct with a mandatory `exp`/`sub` would turn "missing claim" into a JSON error.
+        // Only `sub` is read here, optionally; jsonwebtoken checks presence and `exp` itself.
+        let data = jsonwebtoken::decode::<ReceivedClaims>(token, &self.key, &self.validation)
+            .map_err(|e| reason(token, &e))?;
+        let sub = data
+            .claims
+            .sub
+            .ok_or_else(|| AuthError::Failed("missing claim `sub`".into()))?;
         if sub.is_empty() || sub.len() > MAX_USER_ID {
             return Err(AuthError::Failed(format!(
                 "`sub` must be 1..={MAX_USER_ID} bytes, got {}",
@@ -86,6 +75,43 @@ impl Verifier {
             )));
         }
         Ok(sub)
+    }
+}
+
+/// What `verify` reads from a token's claims; everything else is checked by jsonwebtoken.
+#[derive(Debug, Deserialize)]
+struct ReceivedClaims {
+    #[serde(default)]
+    sub: Option<String>,
+}
+
+const ALG_NOT_ALLOWED: &str = "algorithm not allowed (HS256 only)";
+
+/// Maps a jsonwebtoken error to [`AuthError`] with a reason a client developer can act on.
+fn reason(token: &str, e: &jsonwebtoken::errors::Error) -> AuthError {
+    let failed = |r: &str| AuthError::Failed(r.to_owned());
+    match e.kind() {
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::InvalidSignature => failed("bad signature"),
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => failed(ALG_NOT_ALLOWED),
+        ErrorKind::MissingRequiredClaim(c) => AuthError::Failed(format!("missing claim `{c}`")),
+        ErrorKind::InvalidClaimFormat(c) => {
+            AuthError::Failed(format!("claim `{c}` has the wrong type"))
+        }
+        ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => failed("not a JWT"),
+        // A JSON error is either the header (e.g. `"alg":"none"`, which jsonwebtoken's
+        // `Algorithm` cannot even represent) or the claims; re-reading the header tells which.
+        ErrorKind::Json(_) => match jsonwebtoken::decode_header(token) {
+            Err(h) => match h.kind() {
+                ErrorKind::Json(j) if j.to_string().contains("unknown variant") => {
+                    failed(ALG_NOT_ALLOWED)
+                }
+                ErrorKind::Json(j) => AuthError::Failed(format!("malformed JWT header: {j}")),
+                _ => failed("not a JWT"),
+            },
+            Ok(_) => failed("claims are not a JSON object with a string `sub`"),
+        },
+        _ => AuthError::Failed(e.to_string()),
     }
 }
 
@@ -237,8 +263,11 @@ mod tests {
                 &EncodingKey::from_secret(SECRET),
             )
             .unwrap();
-            let e = verifier().verify(&t).unwrap_err();
-            assert!(e.to_string().contains("algorithm"), "{alg:?}: {e}");
+            assert_eq!(
+                verifier().verify(&t),
+                Err(AuthError::Failed(ALG_NOT_ALLOWED.into())),
+                "{alg:?}"
+            );
         }
         use base64::Engine;
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -247,10 +276,10 @@ mod tests {
             b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
             b64.encode(format!(r#"{{"sub":"alice","exp":{}}}"#, now_unix() + 60))
         );
-        assert!(matches!(
+        assert_eq!(
             verifier().verify(&none),
-            Err(AuthError::Failed(_))
-        ));
+            Err(AuthError::Failed(ALG_NOT_ALLOWED.into()))
+        );
     }
 
     #[test]
@@ -266,11 +295,10 @@ mod tests {
         let key = EncodingKey::from_secret(SECRET);
         let h = Header::new(Algorithm::HS256);
         let t = jsonwebtoken::encode(&h, &NoExp { sub: "a".into() }, &key).unwrap();
-        assert!(verifier()
-            .verify(&t)
-            .unwrap_err()
-            .to_string()
-            .contains("exp"));
+        assert_eq!(
+            verifier().verify(&t),
+            Err(AuthError::Failed("missing claim `exp`".into()))
+        );
         let t = jsonwebtoken::encode(
             &h,
             &NoSub {
@@ -279,11 +307,10 @@ mod tests {
             &key,
         )
         .unwrap();
-        assert!(verifier()
-            .verify(&t)
-            .unwrap_err()
-            .to_string()
-            .contains("sub"));
+        assert_eq!(
+            verifier().verify(&t),
+            Err(AuthError::Failed("missing claim `sub`".into()))
+        );
         let empty = mint(SECRET, "", Duration::from_secs(60)).unwrap();
         assert!(matches!(
             verifier().verify(&empty),
@@ -294,6 +321,53 @@ mod tests {
             verifier().verify(&long),
             Err(AuthError::Failed(_))
         ));
+    }
+
+    #[test]
+    fn wrongly_typed_claims_and_headers_are_named() {
+        #[derive(Serialize)]
+        struct NumSub {
+            sub: u32,
+            exp: i64,
+        }
+        #[derive(Serialize)]
+        struct StrExp {
+            sub: &'static str,
+            exp: &'static str,
+        }
+        let key = EncodingKey::from_secret(SECRET);
+        let h = Header::new(Algorithm::HS256);
+        let exp = now_unix() + 60;
+        let t = jsonwebtoken::encode(&h, &NumSub { sub: 7, exp }, &key).unwrap();
+        assert_eq!(
+            verifier().verify(&t),
+            Err(AuthError::Failed(
+                "claims are not a JSON object with a string `sub`".into()
+            ))
+        );
+        // jsonwebtoken treats a non-numeric `exp` as absent.
+        let t = jsonwebtoken::encode(
+            &h,
+            &StrExp {
+                sub: "alice",
+                exp: "soon",
+            },
+            &key,
+        )
+        .unwrap();
+        assert_eq!(
+            verifier().verify(&t),
+            Err(AuthError::Failed("missing claim `exp`".into()))
+        );
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let no_alg = format!(
+            "{}.{}.sig",
+            b64.encode(br#"{"typ":"JWT"}"#),
+            b64.encode(b"{}")
+        );
+        let e = verifier().verify(&no_alg).unwrap_err().to_string();
+        assert!(e.contains("malformed JWT header"), "{e}");
     }
 
     #[test]
