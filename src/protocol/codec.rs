@@ -4,94 +4,60 @@ use std::cell::RefCell;
 
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, VerifierOptions, WIPOffset};
 
+use super::layout::{LEN_PREFIX, MIN_PAYLOAD};
+use super::messages::{ClientMsg, ServerMsg};
 use super::ringpost_generated::ringpost::wire as fb;
 use super::Code;
 
-/// Bytes of the length prefix: a u32, little-endian, counting the payload only.
-pub const LEN_PREFIX: usize = 4;
-/// User IDs (token `sub`, `to_user`) are 1..=128 bytes of UTF-8.
-pub const MAX_USER_ID: usize = 128;
-/// `Login.device_id` is at most 64 bytes.
-pub const MAX_DEVICE_ID: usize = 64;
-
-/// Verifier limits. Our frames are one table deep (Frame → body → vectors), so a small depth
-/// and table budget reject adversarial nesting early without limiting any valid frame.
-const VERIFY_MAX_DEPTH: usize = 8;
+/// Deepest table nesting the verifier accepts. Today's frames are two tables deep (Frame → body
+/// table); 16 leaves room for append-only schema growth while stopping adversarial nesting early.
+const VERIFY_MAX_DEPTH: usize = 16;
+/// Most tables the verifier visits in one frame. Today's frames hold two (Frame and its body);
+/// the verifier skips fields it does not know, so this bounds work on hostile input without
+/// limiting any frame a newer peer may send.
 const VERIFY_MAX_TABLES: usize = 64;
+/// "Apparent" (DAG-expanded) size limit. Each field of our schema is visited at most once, so
+/// the apparent size is bounded by a small multiple of the payload, itself bounded by
+/// `max_frame`; the FlatBuffers default (2 GiB) is kept.
+const VERIFY_MAX_APPARENT_SIZE: usize = 1 << 31;
 
-/// A frame a client sends, borrowed from the payload.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientMsg<'a> {
-    Login {
-        token: &'a str,
-        device_id: &'a str,
-        last_seq: u64,
-    },
-    Send {
-        client_msg_id: u64,
-        to_user: &'a str,
-        body: &'a [u8],
-    },
-    Ack {
-        up_to_seq: u64,
-    },
-    Ping {
-        nonce: u64,
-    },
-    Logout,
-}
+/// Verifier options for every decode. Strings must be NUL-terminated and valid UTF-8 (the
+/// verifier checks both), so borrowed `&str`s are sound.
+const VERIFIER_OPTIONS: VerifierOptions = VerifierOptions {
+    max_depth: VERIFY_MAX_DEPTH,
+    max_tables: VERIFY_MAX_TABLES,
+    max_apparent_size: VERIFY_MAX_APPARENT_SIZE,
+    ignore_missing_null_terminator: false,
+};
 
-/// A frame the server sends, borrowed from the payload.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ServerMsg<'a> {
-    LoginOk {
-        user_id: &'a str,
-        shard: u16,
-        head_seq: u64,
-        heartbeat_ms: u32,
-        oldest_seq: u64,
-        gap: bool,
-    },
-    SendAck {
-        client_msg_id: u64,
-        status: Code,
-    },
-    Deliver {
-        seq: u64,
-        from_user: &'a str,
-        client_msg_id: u64,
-        sent_at_ms: u64,
-        body: &'a [u8],
-    },
-    Pong {
-        nonce: u64,
-    },
-    Error {
-        code: Code,
-        message: &'a str,
-    },
-    GoAway {
-        code: Code,
-        reason: &'a str,
-    },
-}
-
-/// Why bytes are not a frame we accept. [`CodecError::code`] is what the client is told.
+/// Why bytes are not a frame we accept. [`CodecError::code`] is what the peer is told.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum CodecError {
+    /// The length prefix exceeds `max_frame` (reported before any of the body is read).
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        /// The prefix's payload length.
+        len: usize,
+        /// The configured `max_frame`.
+        max: usize,
+    },
+    /// The length prefix is 0.
     #[error("zero-length frame")]
     Empty,
+    /// The payload failed FlatBuffers verification (the `InvalidFlatbuffer` text), or the
+    /// frame has no body.
     #[error("malformed frame: {0}")]
     Malformed(String),
+    /// The union tag is not one the schema this build was generated from knows.
     #[error("unknown frame type {0}")]
     UnknownType(u8),
+    /// A known frame type that only the other side may send, e.g. a client sent Deliver.
     #[error("unexpected frame type {0} from this side")]
     Unexpected(&'static str),
 }
 
 impl CodecError {
+    /// The wire code that reports this error to the peer.
     pub fn code(&self) -> Code {
         match self {
             CodecError::TooLarge { .. } => Code::FRAME_TOO_LARGE,
@@ -102,45 +68,58 @@ impl CodecError {
     }
 }
 
-/// Readable name of a code, e.g. "FRAME_TOO_LARGE".
+/// Readable name of a code, e.g. "FRAME_TOO_LARGE" (flatc's `variant_name`; "UNKNOWN" for a
+/// value this build does not know).
 pub fn code_name(code: Code) -> &'static str {
     code.variant_name().unwrap_or("UNKNOWN")
 }
 
-/// Check step: is a whole frame at the start of `buf`? `Ok(Some(n))`: it occupies `buf[..n]`
-/// (prefix included). `Ok(None)`: need more bytes.
+/// Check step of check-then-parse: looks only at the length prefix.
+///
+/// - `Ok(None)`: need more bytes (cheap, no allocation).
+/// - `Ok(Some(n))`: a complete frame occupies `buf[..n]` (`n` includes [`LEN_PREFIX`]); its
+///   payload is `buf[LEN_PREFIX..n]`.
+/// - `Err(TooLarge | Empty)`: as soon as the prefix is readable, without waiting for the body.
 pub fn check(buf: &[u8], max_frame: usize) -> Result<Option<usize>, CodecError> {
     let Some(prefix) = buf.first_chunk::<LEN_PREFIX>() else {
         return Ok(None);
     };
     let len = u32::from_le_bytes(*prefix) as usize;
-    if len == 0 {
+    if len < MIN_PAYLOAD {
         return Err(CodecError::Empty);
     }
+    let too_large = CodecError::TooLarge {
+        len,
+        max: max_frame,
+    };
     if len > max_frame {
-        return Err(CodecError::TooLarge {
-            len,
-            max: max_frame,
-        });
+        return Err(too_large);
     }
-    let total = LEN_PREFIX + len;
+    // Cannot overflow on 64-bit targets; checked for 32-bit ones with a huge `max_frame`.
+    let total = LEN_PREFIX.checked_add(len).ok_or(too_large)?;
     Ok((buf.len() >= total).then_some(total))
 }
 
+/// Runs the FlatBuffers verifier over `payload` and returns the root `Frame`.
+///
+/// After this, every accessor of the frame and of a body whose tag the schema knows is in
+/// bounds, strings are valid UTF-8, and required fields are present (so the generated
+/// accessors for required fields cannot panic). A body whose tag the schema does not know is
+/// *not* verified (flatc's verifier accepts it, see the module doc) and must not be read.
 fn verified(payload: &[u8]) -> Result<fb::Frame<'_>, CodecError> {
-    let opts = VerifierOptions {
-        max_depth: VERIFY_MAX_DEPTH,
-        max_tables: VERIFY_MAX_TABLES,
-        ..Default::default()
-    };
-    fb::root_as_frame_with_opts(&opts, payload).map_err(|e| CodecError::Malformed(e.to_string()))
+    fb::root_as_frame_with_opts(&VERIFIER_OPTIONS, payload)
+        .map_err(|e| CodecError::Malformed(e.to_string()))
 }
 
 fn missing(what: &str) -> CodecError {
     CodecError::Malformed(format!("missing {what}"))
 }
 
-/// Parse step for frames from a client.
+/// Parse step for frames from a client: `payload` is the `N` bytes after the prefix.
+///
+/// Verifies the payload first (never panics or reads out of bounds, whatever the bytes).
+/// Server-to-client types are [`CodecError::Unexpected`]; tags the schema does not know are
+/// [`CodecError::UnknownType`]; a frame without a body is [`CodecError::Malformed`].
 pub fn decode_client(payload: &[u8]) -> Result<ClientMsg<'_>, CodecError> {
     let frame = verified(payload)?;
     let t = frame.body_type();
@@ -177,7 +156,10 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientMsg<'_>, CodecError> {
     })
 }
 
-/// Parse step for frames from the server.
+/// Parse step for frames from the server: `payload` is the `N` bytes after the prefix.
+///
+/// Same guarantees as [`decode_client`]; client-to-server types are
+/// [`CodecError::Unexpected`].
 pub fn decode_server(payload: &[u8]) -> Result<ServerMsg<'_>, CodecError> {
     let frame = verified(payload)?;
     Ok(match frame.body_type() {
@@ -240,7 +222,8 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerMsg<'_>, CodecError> {
     })
 }
 
-/// A known tag that belongs to the other direction, or an unknown one.
+/// A tag that is not NONE and not one of this side's: a known tag of the other direction, or
+/// one the schema does not know (its body was not verified and is not read).
 fn side_error(tag: fb::Body) -> CodecError {
     match tag.variant_name() {
         Some(name) => CodecError::Unexpected(name),
@@ -248,10 +231,16 @@ fn side_error(tag: fb::Body) -> CodecError {
     }
 }
 
+/// Initial capacity of each thread's builder: enough for every frame but large bodies.
+const BUILDER_INITIAL: usize = 1024;
+/// A builder that grew past this many bytes (a frame with a huge body) is replaced by a fresh
+/// one after use, so one large frame does not pin its memory on the thread forever.
+const BUILDER_RETAIN: usize = 1 << 20;
+
 thread_local! {
     /// One builder per thread, reset per frame: steady-state encoding does not allocate one.
     static BUILDER: RefCell<FlatBufferBuilder<'static>> =
-        RefCell::new(FlatBufferBuilder::with_capacity(1024));
+        RefCell::new(FlatBufferBuilder::with_capacity(BUILDER_INITIAL));
 }
 
 /// Builds a frame with the thread's builder and appends prefix + payload to `out`.
@@ -272,13 +261,17 @@ fn encode_with(
         );
         fbb.finish(frame, None);
         let data = fbb.finished_data();
+        // FlatBuffers are < 2 GiB (the builder panics beyond that), so the length fits a u32.
         out.reserve(LEN_PREFIX + data.len());
         out.extend_from_slice(&(data.len() as u32).to_le_bytes());
         out.extend_from_slice(data);
+        if data.len() > BUILDER_RETAIN {
+            *fbb = FlatBufferBuilder::with_capacity(BUILDER_INITIAL);
+        }
     });
 }
 
-/// Appends one client frame (prefix + payload) to `out`.
+/// Appends one client frame (prefix + payload) to `out`. Uses the thread's reusable builder.
 pub fn encode_client(msg: &ClientMsg<'_>, out: &mut Vec<u8>) {
     encode_with(out, |fbb| match *msg {
         ClientMsg::Login {
@@ -330,7 +323,7 @@ pub fn encode_client(msg: &ClientMsg<'_>, out: &mut Vec<u8>) {
     });
 }
 
-/// Appends one server frame (prefix + payload) to `out`.
+/// Appends one server frame (prefix + payload) to `out`. Uses the thread's reusable builder.
 pub fn encode_server(msg: &ServerMsg<'_>, out: &mut Vec<u8>) {
     encode_with(out, |fbb| match *msg {
         ServerMsg::LoginOk {
@@ -418,8 +411,9 @@ pub fn encode_server(msg: &ServerMsg<'_>, out: &mut Vec<u8>) {
     });
 }
 
-/// A well-formed frame whose union tag is `tag`, with an empty table as its body (tests of the
-/// broker's handling of frame types it does not know).
+/// Appends a well-formed frame whose union tag is `tag` (e.g. 200) with an empty table as its
+/// body: for tests of the broker's rejection path (unknown types, and known types whose
+/// required fields are missing).
 pub fn encode_raw_union(tag: u8, out: &mut Vec<u8>) {
     encode_with(out, |fbb| {
         let empty = fb::Logout::create(fbb, &fb::LogoutArgs {});
@@ -431,41 +425,83 @@ pub fn encode_raw_union(tag: u8, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
+    const MAX: usize = 4 << 20;
+
+    /// check() a buffer holding exactly one frame and return its payload.
     fn payload(frame: &[u8]) -> &[u8] {
-        let n = check(frame, 1 << 20).unwrap().unwrap();
+        let n = check(frame, MAX).unwrap().unwrap();
         assert_eq!(n, frame.len());
         &frame[LEN_PREFIX..n]
     }
 
-    #[test]
-    fn client_frames_round_trip() {
-        let body = [1u8, 2, 3];
-        let msgs = [
+    fn client_frame(msg: &ClientMsg<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_client(msg, &mut out);
+        out
+    }
+
+    fn server_frame(msg: &ServerMsg<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_server(msg, &mut out);
+        out
+    }
+
+    fn raw_frame(tag: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_raw_union(tag, &mut out);
+        out
+    }
+
+    /// Finishes a Frame around a hand-built body (bypassing the generated builders, which
+    /// refuse to omit required fields) and returns the payload.
+    fn hand_built(
+        build: impl FnOnce(
+            &mut FlatBufferBuilder<'static>,
+        ) -> Option<(fb::Body, WIPOffset<UnionWIPOffset>)>,
+    ) -> Vec<u8> {
+        let mut fbb = FlatBufferBuilder::new();
+        let args = match build(&mut fbb) {
+            Some((body_type, body)) => fb::FrameArgs {
+                body_type,
+                body: Some(body),
+            },
+            None => fb::FrameArgs::default(),
+        };
+        let frame = fb::Frame::create(&mut fbb, &args);
+        fbb.finish(frame, None);
+        fbb.finished_data().to_vec()
+    }
+
+    fn sample_clients(body: &[u8]) -> Vec<ClientMsg<'_>> {
+        vec![
             ClientMsg::Login {
-                token: "t.o.k",
-                device_id: "phone",
+                token: "h.p.s",
+                device_id: "phone-1",
                 last_seq: 42,
+            },
+            ClientMsg::Login {
+                token: "t",
+                device_id: "",
+                last_seq: 0,
             },
             ClientMsg::Send {
                 client_msg_id: 7,
                 to_user: "bob",
-                body: &body,
+                body,
+            },
+            ClientMsg::Send {
+                client_msg_id: u64::MAX,
+                to_user: "ünïcødé",
+                body: &[],
             },
             ClientMsg::Ack { up_to_seq: 9 },
             ClientMsg::Ping { nonce: u64::MAX },
             ClientMsg::Logout,
-        ];
-        for msg in msgs {
-            let mut out = Vec::new();
-            encode_client(&msg, &mut out);
-            assert_eq!(decode_client(payload(&out)).unwrap(), msg);
-        }
+        ]
     }
 
-    #[test]
-    fn server_frames_round_trip() {
-        let body = vec![9u8; 64 * 1024];
-        let msgs = [
+    fn sample_servers(body: &[u8]) -> Vec<ServerMsg<'_>> {
+        vec![
             ServerMsg::LoginOk {
                 user_id: "alice",
                 shard: 3,
@@ -474,16 +510,28 @@ mod tests {
                 oldest_seq: 2,
                 gap: true,
             },
+            ServerMsg::LoginOk {
+                user_id: "",
+                shard: u16::MAX,
+                head_seq: 0,
+                heartbeat_ms: u32::MAX,
+                oldest_seq: 0,
+                gap: false,
+            },
             ServerMsg::SendAck {
                 client_msg_id: 5,
                 status: Code::INBOX_FULL,
+            },
+            ServerMsg::SendAck {
+                client_msg_id: 0,
+                status: Code::OK,
             },
             ServerMsg::Deliver {
                 seq: 1,
                 from_user: "bob",
                 client_msg_id: 77,
                 sent_at_ms: 1_700_000_000_000,
-                body: &body,
+                body,
             },
             ServerMsg::Pong { nonce: 4 },
             ServerMsg::Error {
@@ -494,149 +542,537 @@ mod tests {
                 code: Code::SHUTDOWN,
                 reason: "bye",
             },
-        ];
-        for msg in msgs {
-            let mut out = Vec::new();
-            encode_server(&msg, &mut out);
+        ]
+    }
+
+    // ---- round trips ----
+
+    #[test]
+    fn every_client_variant_round_trips() {
+        for msg in sample_clients(b"hello") {
+            let out = client_frame(&msg);
+            assert_eq!(decode_client(payload(&out)).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn every_server_variant_round_trips() {
+        for msg in sample_servers(b"hello") {
+            let out = server_frame(&msg);
             assert_eq!(decode_server(payload(&out)).unwrap(), msg);
         }
     }
 
     #[test]
-    fn check_needs_whole_frames_and_rejects_bad_lengths_early() {
-        assert_eq!(check(&[], 100), Ok(None));
-        assert_eq!(check(&[10, 0, 0], 100), Ok(None));
-        assert_eq!(check(&[10, 0, 0, 0, 1, 2, 3, 4, 5], 100), Ok(None));
-        let mut exact = vec![10, 0, 0, 0];
-        exact.extend_from_slice(&[0; 10]);
-        assert_eq!(check(&exact, 100), Ok(Some(14)));
+    fn deliver_with_64k_body_round_trips_zero_copy() {
+        let body: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        let msg = ServerMsg::Deliver {
+            seq: 99,
+            from_user: "carol",
+            client_msg_id: 3,
+            sent_at_ms: 5,
+            body: &body,
+        };
+        let out = server_frame(&msg);
+        let p = payload(&out);
+        let decoded = decode_server(p).unwrap();
+        assert_eq!(decoded, msg);
+        let ServerMsg::Deliver { body: got, .. } = decoded else {
+            unreachable!()
+        };
+        // Borrowed from the payload, not copied.
+        let range = p.as_ptr_range();
+        assert!(range.contains(&got.as_ptr()));
+    }
+
+    #[test]
+    fn encoding_appends_and_reuses_the_builder() {
+        let mut out = b"xy".to_vec();
+        encode_client(&ClientMsg::Ping { nonce: 1 }, &mut out);
+        assert_eq!(&out[..2], b"xy");
+        let first = out[2..].to_vec();
+        // A frame big enough to make the thread's builder be replaced, then a small one again.
+        let big = vec![1u8; BUILDER_RETAIN + 1];
+        let big_frame = client_frame(&ClientMsg::Send {
+            client_msg_id: 1,
+            to_user: "u",
+            body: &big,
+        });
+        assert!(matches!(
+            decode_client(payload(&big_frame)),
+            Ok(ClientMsg::Send { body, .. }) if body.len() == big.len()
+        ));
+        assert_eq!(client_frame(&ClientMsg::Ping { nonce: 1 }), first);
+    }
+
+    // ---- check ----
+
+    #[test]
+    fn check_waits_for_the_whole_prefix() {
+        let prefix = 10u32.to_le_bytes();
+        for n in 0..LEN_PREFIX {
+            assert_eq!(check(&prefix[..n], 100), Ok(None), "{n} prefix bytes");
+        }
+    }
+
+    #[test]
+    fn check_waits_for_the_whole_body() {
+        let mut buf = 10u32.to_le_bytes().to_vec();
+        assert_eq!(check(&buf, 100), Ok(None));
+        buf.extend_from_slice(&[0; 5]);
+        assert_eq!(check(&buf, 100), Ok(None));
+        buf.extend_from_slice(&[0; 5]);
+        assert_eq!(check(&buf, 100), Ok(Some(14)));
+        buf.extend_from_slice(&[0; 3]); // the start of the next frame
+        assert_eq!(check(&buf, 100), Ok(Some(14)));
+    }
+
+    #[test]
+    fn check_rejects_oversized_frames_from_the_prefix_alone() {
         assert_eq!(
-            check(&[101, 0, 0, 0], 100),
+            check(&101u32.to_le_bytes(), 100),
             Err(CodecError::TooLarge { len: 101, max: 100 })
         );
+        assert_eq!(
+            check(&u32::MAX.to_le_bytes(), 100),
+            Err(CodecError::TooLarge {
+                len: u32::MAX as usize,
+                max: 100
+            })
+        );
+        // Exactly max_frame is allowed.
+        assert_eq!(check(&100u32.to_le_bytes(), 100), Ok(None));
+        let mut exact = 100u32.to_le_bytes().to_vec();
+        exact.resize(104, 0);
+        assert_eq!(check(&exact, 100), Ok(Some(104)));
+    }
+
+    #[test]
+    fn check_rejects_zero_length() {
         assert_eq!(check(&[0, 0, 0, 0], 100), Err(CodecError::Empty));
-        assert_eq!(CodecError::Empty.code(), Code::MALFORMED_FRAME);
+        assert_eq!(check(&[0, 0, 0, 0, 9, 9], 100), Err(CodecError::Empty));
     }
 
     #[test]
     fn back_to_back_frames_split_correctly() {
-        let mut out = Vec::new();
-        encode_client(&ClientMsg::Ping { nonce: 1 }, &mut out);
-        encode_client(&ClientMsg::Ack { up_to_seq: 2 }, &mut out);
-        let n = check(&out, 1024).unwrap().unwrap();
-        assert_eq!(
-            decode_client(&out[LEN_PREFIX..n]).unwrap(),
-            ClientMsg::Ping { nonce: 1 }
-        );
-        let m = check(&out[n..], 1024).unwrap().unwrap();
-        assert_eq!(n + m, out.len());
-        assert_eq!(
-            decode_client(&out[n + LEN_PREFIX..n + m]).unwrap(),
-            ClientMsg::Ack { up_to_seq: 2 }
-        );
+        let clients = sample_clients(b"abc");
+        let mut stream = Vec::new();
+        for msg in &clients {
+            encode_client(msg, &mut stream);
+        }
+        // A partial frame at the end.
+        let mut tail = Vec::new();
+        encode_client(&ClientMsg::Ack { up_to_seq: 1 }, &mut tail);
+        stream.extend_from_slice(&tail[..tail.len() - 1]);
+
+        let mut rest = &stream[..];
+        let mut decoded = Vec::new();
+        while let Some(n) = check(rest, MAX).unwrap() {
+            decoded.push(decode_client(&rest[LEN_PREFIX..n]).unwrap());
+            rest = &rest[n..];
+        }
+        assert_eq!(decoded, clients);
+        assert_eq!(rest.len(), tail.len() - 1);
+    }
+
+    // ---- hostile input ----
+
+    fn assert_rejected(buf: &[u8]) {
+        for res in [
+            decode_client(buf).map(|_| ()),
+            decode_server(buf).map(|_| ()),
+        ] {
+            match res {
+                Err(CodecError::Malformed(_) | CodecError::UnknownType(_)) => {}
+                other => panic!("{buf:02x?} gave {other:?}"),
+            }
+        }
     }
 
     #[test]
-    fn garbage_never_panics() {
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        for _ in 0..10_000 {
-            let len = 1 + (next() % 256) as usize;
-            let buf: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-            if let Ok(m) = decode_client(&buf) {
-                // Random bytes may happen to verify; then they must be a legal message.
-                let _ = format!("{m:?}");
-            }
-            let _ = decode_server(&buf);
+    fn fixed_garbage_is_rejected() {
+        let patterns: [&[u8]; 9] = [
+            b"\x00",
+            b"\x00\x00\x00\x00",
+            b"\xff\xff\xff\xff",
+            &[0u8; 64],
+            &[0xffu8; 64],
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            // Root offset pointing past the end.
+            b"\x10\x00\x00\x00\x00\x00\x00\x00",
+            // Root offset pointing at itself; vtable offset garbage.
+            b"\x04\x00\x00\x00\x04\x00\x00\x00",
+            // Unaligned root offset.
+            b"\x05\x00\x00\x00\x00\x00\x00\x00\x00\x00",
+        ];
+        for p in patterns {
+            assert_rejected(p);
         }
-        for fixed in [&b"\x00"[..], b"\xff\xff\xff\xff", b"GET / HTTP/1.1\r\n\r\n"] {
-            assert!(decode_client(fixed).is_err());
+        assert_rejected(&[]);
+    }
+
+    /// xorshift64: deterministic pseudo-random bytes without a crate.
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    #[test]
+    fn random_garbage_never_panics_and_is_rejected() {
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..10_000 {
+            let len = 1 + (rng.next() % 256) as usize;
+            let buf: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            assert_rejected(&buf);
+        }
+    }
+
+    #[test]
+    fn corrupted_valid_frames_never_panic() {
+        // Random bytes rarely get past the root offset; flipping bytes of real frames reaches
+        // the vtable, union and vector checks.
+        let mut rng = XorShift(0x0123_4567_89ab_cdef);
+        let mut frames: Vec<Vec<u8>> = sample_clients(b"body").iter().map(client_frame).collect();
+        frames.extend(sample_servers(b"body").iter().map(server_frame));
+        for _ in 0..20_000 {
+            let pick = (rng.next() % frames.len() as u64) as usize;
+            let mut p = frames[pick][LEN_PREFIX..].to_vec();
+            for _ in 0..1 + rng.next() % 3 {
+                let at = (rng.next() % p.len() as u64) as usize;
+                p[at] = rng.next() as u8;
+            }
+            let _ = decode_client(&p);
+            let _ = decode_server(&p);
         }
     }
 
     #[test]
     fn truncated_payloads_are_errors() {
-        let mut out = Vec::new();
-        encode_server(
-            &ServerMsg::Deliver {
-                seq: 1,
-                from_user: "bob",
-                client_msg_id: 2,
-                sent_at_ms: 3,
-                body: b"hello",
-            },
-            &mut out,
-        );
-        let p = &out[LEN_PREFIX..];
+        let out = server_frame(&ServerMsg::Deliver {
+            seq: 1,
+            from_user: "bob",
+            client_msg_id: 2,
+            sent_at_ms: 3,
+            body: b"hello",
+        });
+        let p = payload(&out);
+        assert!(decode_server(p).is_ok());
         for cut in 0..p.len() {
             assert!(decode_server(&p[..cut]).is_err(), "cut at {cut}");
+            assert!(decode_client(&p[..cut]).is_err(), "cut at {cut}");
         }
     }
 
     #[test]
-    fn unknown_and_wrong_direction_tags() {
-        let mut out = Vec::new();
-        encode_raw_union(200, &mut out);
+    fn invalid_utf8_in_a_string_is_malformed() {
+        let token = "AAAAAAAAAAAA";
+        let mut out = client_frame(&ClientMsg::Login {
+            token,
+            device_id: "d",
+            last_seq: 0,
+        });
+        let at = out
+            .windows(token.len())
+            .position(|w| w == token.as_bytes())
+            .unwrap();
+        out[at] = 0xff;
+        assert!(matches!(
+            decode_client(payload(&out)),
+            Err(CodecError::Malformed(_))
+        ));
+    }
+
+    // ---- union tags ----
+
+    #[test]
+    fn unknown_union_tag_is_unknown_type() {
+        let out = raw_frame(200);
         assert_eq!(
             decode_client(payload(&out)),
+            Err(CodecError::UnknownType(200))
+        );
+        assert_eq!(
+            decode_server(payload(&out)),
             Err(CodecError::UnknownType(200))
         );
         assert_eq!(
             decode_client(payload(&out)).unwrap_err().code(),
             Code::UNKNOWN_FRAME
         );
+        // Every tag past the schema's last one.
+        for tag in fb::Body::ENUM_MAX + 1..=u8::MAX {
+            let out = raw_frame(tag);
+            assert_eq!(
+                decode_client(payload(&out)),
+                Err(CodecError::UnknownType(tag))
+            );
+        }
+    }
 
-        let mut login = Vec::new();
-        encode_client(
-            &ClientMsg::Login {
-                token: "x",
-                device_id: "",
-                last_seq: 0,
-            },
-            &mut login,
-        );
+    #[test]
+    fn unknown_union_tag_body_is_never_read() {
+        // The verifier does not look at the body of an unknown tag: point it somewhere bogus
+        // (at the frame's own table) and it must still be UnknownType, not a bad read.
+        let p = hand_built(|fbb| {
+            let t = fbb.start_table();
+            fbb.push_slot::<u64>(4, u64::MAX, 0);
+            let garbage = fbb.end_table(t);
+            Some((fb::Body(77), WIPOffset::new(garbage.value())))
+        });
+        assert_eq!(decode_client(&p), Err(CodecError::UnknownType(77)));
+    }
+
+    #[test]
+    fn frame_types_from_the_wrong_side_are_unexpected() {
+        let login = client_frame(&ClientMsg::Login {
+            token: "x",
+            device_id: "",
+            last_seq: 0,
+        });
         assert_eq!(
             decode_server(payload(&login)),
             Err(CodecError::Unexpected("Login"))
         );
-        let mut deliver = Vec::new();
-        encode_server(
-            &ServerMsg::Deliver {
-                seq: 1,
-                from_user: "a",
-                client_msg_id: 1,
-                sent_at_ms: 1,
-                body: b"",
-            },
-            &mut deliver,
-        );
+        let deliver = server_frame(&ServerMsg::Deliver {
+            seq: 1,
+            from_user: "a",
+            client_msg_id: 1,
+            sent_at_ms: 1,
+            body: b"",
+        });
         let err = decode_client(payload(&deliver)).unwrap_err();
         assert_eq!(err, CodecError::Unexpected("Deliver"));
         assert_eq!(err.code(), Code::UNEXPECTED_FRAME);
+
+        for msg in sample_servers(b"") {
+            assert!(matches!(
+                decode_client(payload(&server_frame(&msg))),
+                Err(CodecError::Unexpected(_))
+            ));
+        }
+        for msg in sample_clients(b"") {
+            assert!(matches!(
+                decode_server(payload(&client_frame(&msg))),
+                Err(CodecError::Unexpected(_))
+            ));
+        }
     }
+
+    // ---- missing fields ----
 
     #[test]
     fn login_without_required_token_is_malformed() {
-        // The builder refuses to omit a required field, so tag an empty table as Login.
-        let mut out = Vec::new();
-        encode_raw_union(fb::Body::Login.0, &mut out);
+        // An empty table tagged Login.
+        let out = raw_frame(fb::Body::Login.0);
         let err = decode_client(payload(&out)).unwrap_err();
         assert!(matches!(err, CodecError::Malformed(_)), "{err:?}");
+        assert_eq!(err.code(), Code::MALFORMED_FRAME);
+
+        // A Login with device_id and last_seq but no token.
+        let p = hand_built(|fbb| {
+            let device = fbb.create_string("phone");
+            let t = fbb.start_table();
+            fbb.push_slot_always(fb::Login::VT_DEVICE_ID, device);
+            fbb.push_slot::<u64>(fb::Login::VT_LAST_SEQ, 5, 0);
+            let login = fbb.end_table(t);
+            Some((fb::Body::Login, WIPOffset::new(login.value())))
+        });
+        let err = decode_client(&p).unwrap_err();
+        assert!(
+            matches!(&err, CodecError::Malformed(text) if text.contains("token")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn send_without_required_recipient_is_malformed() {
+        let p = hand_built(|fbb| {
+            let t = fbb.start_table();
+            fbb.push_slot::<u64>(fb::Send::VT_CLIENT_MSG_ID, 7, 0);
+            let send = fbb.end_table(t);
+            Some((fb::Body::Send, WIPOffset::new(send.value())))
+        });
+        assert!(matches!(decode_client(&p), Err(CodecError::Malformed(_))));
     }
 
     #[test]
     fn frame_without_body_is_malformed() {
-        let mut fbb = FlatBufferBuilder::new();
-        let frame = fb::Frame::create(&mut fbb, &fb::FrameArgs::default());
-        fbb.finish(frame, None);
+        let p = hand_built(|_| None);
+        assert!(matches!(decode_client(&p), Err(CodecError::Malformed(_))));
+        assert!(matches!(decode_server(&p), Err(CodecError::Malformed(_))));
+        // A body with tag NONE.
+        let out = raw_frame(fb::Body::NONE.0);
         assert!(matches!(
-            decode_client(fbb.finished_data()),
+            decode_client(payload(&out)),
             Err(CodecError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn union_tag_without_body_is_malformed() {
+        // A tag but no body offset is an inconsistent union, for known and unknown tags alike.
+        for tag in [fb::Body::Ping.0, fb::Body::Deliver.0, 200] {
+            let mut fbb = FlatBufferBuilder::new();
+            let t = fbb.start_table();
+            fbb.push_slot::<u8>(fb::Frame::VT_BODY_TYPE, tag, 0);
+            let frame = fbb.end_table(t);
+            fbb.finish_minimal(frame);
+            for err in [
+                decode_client(fbb.finished_data()).unwrap_err(),
+                decode_server(fbb.finished_data()).unwrap_err(),
+            ] {
+                assert!(matches!(err, CodecError::Malformed(_)), "{tag}: {err:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn absent_optional_fields_decode_as_empty() {
+        let p = hand_built(|fbb| {
+            let ok = fb::LoginOk::create(
+                fbb,
+                &fb::LoginOkArgs {
+                    user_id: None,
+                    shard: 1,
+                    ..Default::default()
+                },
+            );
+            Some((fb::Body::LoginOk, ok.as_union_value()))
+        });
+        assert!(matches!(
+            decode_server(&p),
+            Ok(ServerMsg::LoginOk {
+                user_id: "",
+                shard: 1,
+                ..
+            })
+        ));
+        let p = hand_built(|fbb| {
+            let d = fb::Deliver::create(
+                fbb,
+                &fb::DeliverArgs {
+                    seq: 4,
+                    ..Default::default()
+                },
+            );
+            Some((fb::Body::Deliver, d.as_union_value()))
+        });
+        assert_eq!(
+            decode_server(&p),
+            Ok(ServerMsg::Deliver {
+                seq: 4,
+                from_user: "",
+                client_msg_id: 0,
+                sent_at_ms: 0,
+                body: &[],
+            })
+        );
+        let p = hand_built(|fbb| {
+            let token = fbb.create_string("tok");
+            let l = fb::Login::create(
+                fbb,
+                &fb::LoginArgs {
+                    token: Some(token),
+                    device_id: None,
+                    last_seq: 0,
+                },
+            );
+            Some((fb::Body::Login, l.as_union_value()))
+        });
+        assert_eq!(
+            decode_client(&p),
+            Ok(ClientMsg::Login {
+                token: "tok",
+                device_id: "",
+                last_seq: 0,
+            })
+        );
+        for (tag, msg) in [(fb::Body::Error, "message"), (fb::Body::GoAway, "reason")] {
+            let p = raw_frame(tag.0);
+            match decode_server(payload(&p)) {
+                Ok(ServerMsg::Error { code, message: "" }) if msg == "message" => {
+                    assert_eq!(code, Code::OK)
+                }
+                Ok(ServerMsg::GoAway { code, reason: "" }) if msg == "reason" => {
+                    assert_eq!(code, Code::OK)
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    // ---- codes ----
+
+    #[test]
+    fn error_codes_and_names() {
+        let cases = [
+            (
+                CodecError::TooLarge { len: 2, max: 1 },
+                Code::FRAME_TOO_LARGE,
+            ),
+            (CodecError::Empty, Code::MALFORMED_FRAME),
+            (CodecError::Malformed("x".into()), Code::MALFORMED_FRAME),
+            (CodecError::UnknownType(200), Code::UNKNOWN_FRAME),
+            (CodecError::Unexpected("Deliver"), Code::UNEXPECTED_FRAME),
+        ];
+        for (err, code) in cases {
+            assert_eq!(err.code(), code, "{err}");
+        }
+        assert_eq!(code_name(Code::FRAME_TOO_LARGE), "FRAME_TOO_LARGE");
+        assert_eq!(code_name(Code::OK), "OK");
+        assert_eq!(code_name(Code(9999)), "UNKNOWN");
+        assert_eq!(
+            CodecError::TooLarge { len: 2, max: 1 }.to_string(),
+            "frame of 2 bytes exceeds the limit of 1 bytes"
+        );
+        assert_eq!(
+            CodecError::Unexpected("Deliver").to_string(),
+            "unexpected frame type Deliver from this side"
+        );
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic(buf in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = decode_client(&buf);
+                let _ = decode_server(&buf);
+                let _ = check(&buf, 256);
+            }
+
+            #[test]
+            fn send_round_trips(
+                id in any::<u64>(),
+                to in "\\PC{0,40}",
+                body in proptest::collection::vec(any::<u8>(), 0..2048),
+            ) {
+                let msg = ClientMsg::Send { client_msg_id: id, to_user: &to, body: &body };
+                let out = client_frame(&msg);
+                prop_assert_eq!(decode_client(payload(&out)), Ok(msg));
+            }
+
+            #[test]
+            fn deliver_round_trips(
+                seq in any::<u64>(),
+                from in "\\PC{0,40}",
+                id in any::<u64>(),
+                at in any::<u64>(),
+                body in proptest::collection::vec(any::<u8>(), 0..2048),
+            ) {
+                let msg = ServerMsg::Deliver {
+                    seq, from_user: &from, client_msg_id: id, sent_at_ms: at, body: &body,
+                };
+                let out = server_frame(&msg);
+                prop_assert_eq!(decode_server(payload(&out)), Ok(msg));
+            }
+        }
     }
 }

@@ -1,22 +1,58 @@
 //! The wire protocol: framing, the check-then-parse codec, and the stable codes.
 //!
-//! A frame is a u32 little-endian length `N` ([`LEN_PREFIX`] bytes) followed by `N` bytes
-//! holding one FlatBuffers `Frame` (schema: `schema/ringpost.fbs`), whose body is a union.
-//! `1 <= N <= max_frame`.
+//! # Framing
+//!
+//! Every frame on the TCP stream is a u32 little-endian length `N` ([`LEN_PREFIX`] bytes)
+//! followed by `N` bytes holding one FlatBuffers `Frame` (schema: `schema/ringpost.fbs`, root
+//! type `Frame`), whose `body` is a union; the union tag says which message it is.
+//! `1 <= N <= max_frame`, where `max_frame` is the caller's configured limit. The layout is
+//! spelled out in the `layout` submodule.
+//!
+//! # Check, then parse
 //!
 //! Decoding is two steps, after mini-redis:
 //! 1. [`check`] looks only at the length prefix. "Not enough bytes yet" is the cheap,
-//!    non-allocating `Ok(None)`; an oversized or empty frame is an error as soon as the prefix is
-//!    readable, without waiting for (or buffering) its body.
-//! 2. [`decode_client`] / [`decode_server`] run the FlatBuffers verifier over the payload and
-//!    borrow strings and bodies from it (zero copy). Arbitrary bytes give an error, never a
-//!    panic or an out-of-bounds read.
+//!    non-allocating `Ok(None)`; an oversized or empty frame is an error as soon as the prefix
+//!    is readable, without waiting for (or buffering) its body. `Ok(Some(n))` means a whole
+//!    frame occupies `buf[..n]`.
+//! 2. [`decode_client`] / [`decode_server`] run the FlatBuffers verifier over the payload
+//!    (`buf[LEN_PREFIX..n]`) and borrow strings and bodies from it (zero copy). Arbitrary bytes
+//!    give an error, never a panic or an out-of-bounds read.
 //!
-//! Compatibility: codes and union tags are append-only (see the schema's header). A union tag
-//! this build does not know is [`CodecError::UnknownType`], reported to the client as
-//! UNKNOWN_FRAME.
+//! Verification uses `root_as_frame_with_opts` with fixed options: table depth at most 16,
+//! at most 64 tables, NUL-terminated valid UTF-8 strings. Today's frames are two tables deep
+//! (Frame → body), so the limits only cut hostile input short. Absent optional strings decode
+//! as `""`, absent bodies as `&[]`; absent `required` fields (`Login.token`, `Send.to_user`)
+//! fail verification and are [`CodecError::Malformed`].
+//!
+//! Encoding ([`encode_client`], [`encode_server`]) appends prefix + payload to a caller's
+//! `Vec<u8>` and reuses one `FlatBufferBuilder` per thread.
+//!
+//! # Compatibility
+//!
+//! The rules are in the schema's header: [`Code`] values and `Body` union tags are append-only
+//! and never reused; tables only grow at the end, with defaults, so older peers ignore new
+//! fields (the verifier skips fields it does not know).
+//!
+//! A union tag this build does not know is [`CodecError::UnknownType`] (reported as
+//! UNKNOWN_FRAME). flatc's Rust verifier *accepts* an unknown tag: it checks the tag byte and
+//! that the body offset field is in bounds, but does not verify the body table (its generated
+//! match ends in `_ => Ok(())`). The decoders therefore classify the tag after verification
+//! and never read such a body. A known tag of the other direction (a client sending Deliver)
+//! is [`CodecError::Unexpected`] (UNEXPECTED_FRAME).
+//!
+//! # Regenerating the FlatBuffers code
+//!
+//! `ringpost_generated.rs` is flatc output and is never edited by hand. From the workspace
+//! root, with flatc 25.12.19, this reproduces it byte for byte:
+//!
+//! ```text
+//! flatc --rust --gen-all -o src/protocol schema/ringpost.fbs
+//! ```
 
 mod codec;
+mod layout;
+mod messages;
 #[allow(
     clippy::all,
     clippy::pedantic,
@@ -32,6 +68,8 @@ mod ringpost_generated;
 
 pub use codec::{
     check, code_name, decode_client, decode_server, encode_client, encode_raw_union, encode_server,
-    ClientMsg, CodecError, ServerMsg, LEN_PREFIX, MAX_DEVICE_ID, MAX_USER_ID,
+    CodecError,
 };
+pub use layout::{LEN_PREFIX, MAX_DEVICE_ID, MAX_USER_ID};
+pub use messages::{ClientMsg, ServerMsg};
 pub use ringpost_generated::ringpost::wire::Code;
