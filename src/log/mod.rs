@@ -52,11 +52,6 @@ impl LogError {
             source,
         }
     }
-
-    /// True for a full disk (the caller answers STORAGE_UNAVAILABLE and retries later).
-    pub fn is_no_space(&self) -> bool {
-        matches!(self, LogError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
-    }
 }
 
 /// What [`Log::open`] found.
@@ -335,10 +330,6 @@ impl Log {
 
     pub fn segment_count(&self) -> usize {
         self.segments.len()
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     fn active(&self) -> &Segment {

@@ -76,8 +76,8 @@ impl Code {
   pub const TOO_MANY_DEVICES: Self = Self(302);
   /// Another connection logged in with the same (user, device_id); this one is closed.
   pub const SESSION_REPLACED: Self = Self(303);
-  /// The connection's outbound queue exceeded `limits.max_outbound` bytes; the undelivered
-  /// messages stay in the inbox and are replayed on the next login.
+  /// The client read nothing for `limits.slow_consumer_timeout`; the undelivered messages
+  /// stay in the log and are replayed on the next login.
   pub const SLOW_CONSUMER: Self = Self(304);
   /// The broker is shutting down.
   pub const SHUTDOWN: Self = Self(305);

@@ -47,7 +47,8 @@ pub struct Conn {
     pub acked: Cell<u64>,
     /// Highest seq queued to this device.
     pub sent_seq: Cell<u64>,
-    /// Live deliveries are paused; the device is refilled from the inbox as its queue drains.
+    /// Not caught up: the device is refilled from the log, up to the durable seq, as its queue
+    /// drains.
     pub behind: Cell<bool>,
     pub bucket: Cell<Bucket>,
     /// Queued in the shard's dirty list for the end-of-batch flush.
@@ -63,15 +64,6 @@ impl Conn {
 
     pub fn is_open(&self) -> bool {
         self.state.get() == ConnState::Open
-    }
-
-    /// Appends an encoded frame; returns false when the connection is not open.
-    pub fn push_bytes(&self, frame: &[u8]) -> bool {
-        if !self.is_open() {
-            return false;
-        }
-        self.tx.borrow_mut().extend_from_slice(frame);
-        true
     }
 
     /// Encodes and appends one server frame.
