@@ -9,9 +9,14 @@
 //! [`Client::split`] gives a [`Reader`] and a [`Writer`] that can be used from two tasks at
 //! once (each owns its own fd of the same socket). [`Client::reconnect`] logs in again with
 //! exponential backoff plus jitter, resuming after the last seq received.
+//!
+//! [`LeanClient`] is the one-fd, small-buffer variant for holding very many mostly idle
+//! connections (the load tool's `connect` scenario). [`ClientOptions::source_ip`] binds the
+//! socket to a local address before connecting, so one box can open more than 64k connections
+//! to one broker address by spreading them over 127.0.0.0/8.
 
-use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::time::Duration;
 
 use futures_lite::future;
@@ -34,6 +39,10 @@ pub struct ClientOptions {
     pub max_frame: usize,
     /// Limit for TCP connect plus Login → LoginOk.
     pub login_timeout: Duration,
+    /// Local address to bind before connecting (port chosen by the kernel at connect time).
+    pub source_ip: Option<IpAddr>,
+    /// Bytes the reader asks the socket for at a time (and so keeps allocated).
+    pub read_chunk: usize,
 }
 
 impl ClientOptions {
@@ -44,6 +53,8 @@ impl ClientOptions {
             device_id: device_id.into(),
             max_frame: 16 * 1024 * 1024,
             login_timeout: Duration::from_secs(10),
+            source_ip: None,
+            read_chunk: READ_CHUNK,
         }
     }
 }
@@ -131,6 +142,7 @@ pub struct Reader {
     start: usize,
     filled: usize,
     max_frame: usize,
+    read_chunk: usize,
     last_seq: u64,
 }
 
@@ -161,14 +173,7 @@ impl Client {
             }
             // SAFETY: `fd` is a fresh duplicate owned by nobody else.
             let write_stream = unsafe { TcpStream::from_raw_fd(fd) };
-            let mut reader = Reader {
-                stream,
-                buf: Vec::new(),
-                start: 0,
-                filled: 0,
-                max_frame: opts.max_frame,
-                last_seq,
-            };
+            let mut reader = Reader::new(stream, opts, last_seq);
             let mut writer = Writer {
                 stream: write_stream,
                 out: Vec::new(),
@@ -313,7 +318,82 @@ impl Writer {
     }
 }
 
+/// A logged-in connection on a single fd, used from one task at a time, with a read buffer of
+/// `read_chunk` bytes: what a load generator needs to hold a million idle connections.
+pub struct LeanClient {
+    login: LoginInfo,
+    reader: Reader,
+    out: Vec<u8>,
+}
+
+impl LeanClient {
+    /// Connects and logs in (bounded by `login_timeout`).
+    pub async fn connect(opts: &ClientOptions, last_seq: u64) -> Result<LeanClient, ClientError> {
+        let attempt = async {
+            let stream = open(opts).await?;
+            let _ = stream.set_nodelay(true);
+            let mut lean = LeanClient {
+                login: LoginInfo {
+                    user_id: String::new(),
+                    shard: 0,
+                    head_seq: 0,
+                    heartbeat_ms: 0,
+                    oldest_seq: 0,
+                    gap: false,
+                },
+                reader: Reader::new(stream, opts, last_seq),
+                out: Vec::new(),
+            };
+            lean.send_msg(&ClientMsg::Login {
+                token: &opts.token,
+                device_id: &opts.device_id,
+                last_seq,
+            })
+            .await?;
+            lean.login = lean.reader.read_login().await?;
+            Ok(lean)
+        };
+        let timeout = async {
+            glommio::timer::sleep(opts.login_timeout).await;
+            Err(ClientError::Timeout)
+        };
+        future::or(attempt, timeout).await
+    }
+
+    pub fn login_info(&self) -> &LoginInfo {
+        &self.login
+    }
+
+    /// The local end of the connection (shows which source address it went out from).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.reader.stream.local_addr()?)
+    }
+
+    pub async fn send_msg(&mut self, msg: &ClientMsg<'_>) -> Result<(), ClientError> {
+        self.out.clear();
+        protocol::encode_client(msg, &mut self.out);
+        self.reader.stream.write_all(&self.out).await?;
+        Ok(())
+    }
+
+    pub async fn recv(&mut self) -> Result<Event, ClientError> {
+        self.reader.recv().await
+    }
+}
+
 impl Reader {
+    fn new(stream: TcpStream, opts: &ClientOptions, last_seq: u64) -> Reader {
+        Reader {
+            stream,
+            buf: Vec::new(),
+            start: 0,
+            filled: 0,
+            max_frame: opts.max_frame,
+            read_chunk: opts.read_chunk.max(64),
+            last_seq,
+        }
+    }
+
     pub fn last_seq(&self) -> u64 {
         self.last_seq
     }
@@ -384,8 +464,8 @@ impl Reader {
                 self.filled -= self.start;
                 self.start = 0;
             }
-            if self.buf.len() - self.filled < READ_CHUNK {
-                self.buf.resize(self.filled + READ_CHUNK, 0);
+            if self.buf.len() - self.filled < self.read_chunk {
+                self.buf.resize(self.filled + self.read_chunk, 0);
             }
             let n = self.stream.read(&mut self.buf[self.filled..]).await?;
             if n == 0 {
@@ -434,9 +514,46 @@ fn to_event(msg: ServerMsg<'_>) -> Result<Event, ClientError> {
 }
 
 async fn open(opts: &ClientOptions) -> Result<TcpStream, ClientError> {
-    Ok(TcpStream::connect(opts.addr)
-        .await
-        .map_err(std::io::Error::from)?)
+    match opts.source_ip {
+        None => Ok(TcpStream::connect(opts.addr)
+            .await
+            .map_err(std::io::Error::from)?),
+        Some(ip) => Ok(connect_from(ip, opts.addr)?),
+    }
+}
+
+/// Binds to `source` and starts a non-blocking connect to `addr`. glommio's connect cannot take
+/// a bound socket, so the connect is started here and the first write (the Login frame) waits
+/// for it: a send on a connecting socket reports EAGAIN, glommio then polls for writability,
+/// which comes when the handshake completes (or the connect fails, and the write reports why).
+fn connect_from(source: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    // Choose the port at connect time, per destination, instead of reserving one per source
+    // address at bind time: the 4-tuple, not the 2-tuple, then has to be unique.
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket we own with a correctly sized int option.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 && source.is_ipv4() {
+        return Err(std::io::Error::last_os_error());
+    }
+    socket.bind(&SockAddr::from(SocketAddr::new(source, 0)))?;
+    match socket.connect(&SockAddr::from(addr)) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    // SAFETY: the fd comes from a socket we own and give up here.
+    Ok(unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) })
 }
 
 /// Exponential backoff with "equal jitter": each delay is uniformly drawn from

@@ -10,7 +10,7 @@ use ringpost::config::Config;
 use ringpost::diagnostics;
 use ringpost::shard::Broker;
 
-#[global_allocator]
+#[cfg_attr(not(feature = "sysalloc"), global_allocator)]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Thread-per-core io_uring instant-messaging broker.

@@ -11,6 +11,7 @@
 //! | [`recovery`] | rebuilding users (heads, indexes, cursors) from the log at start |
 //! | [`session`] | the per-connection task: reads, frame dispatch, blocked writes |
 //! | [`conn`] | a connection's outbound queue and non-blocking flush |
+//! | [`cursors`] | per-user device cursors (highest acked seq per device) |
 //! | [`dedup`] | the idempotent-send window per sender |
 //! | [`ratelimit`] | the per-connection token bucket |
 //! | [`wake`] | single-threaded wake-ups between a shard's tasks |
@@ -18,6 +19,7 @@
 pub mod acceptor;
 pub mod bootstrap;
 pub mod conn;
+pub mod cursors;
 pub mod dedup;
 pub mod envelope;
 pub mod ratelimit;

@@ -7,6 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
+use super::cursors::Cursors;
 use crate::log::record::Record;
 use crate::log::{Log, LogError, Recovery};
 
@@ -17,7 +18,7 @@ pub struct RecoveredUser {
     /// Retained messages, (seq, position), oldest first, contiguous seqs.
     pub index: VecDeque<(u64, u64)>,
     /// Device → highest seq it acked.
-    pub cursors: HashMap<Box<str>, u64>,
+    pub cursors: Cursors,
 }
 
 pub struct Recovered {
@@ -42,8 +43,7 @@ pub fn recover(dir: &Path, segment_size: usize) -> Result<Recovered, LogError> {
         }
         Record::Cursor(c) => {
             let user = users.entry(Arc::from(c.user.as_str())).or_default();
-            let cursor = user.cursors.entry(c.device.into_boxed_str()).or_default();
-            *cursor = (*cursor).max(c.acked);
+            user.cursors.raise(&c.device, c.acked);
         }
     })?;
     Ok(Recovered { log, users, report })

@@ -1,17 +1,21 @@
 //! The per-connection task on the owner shard: reads frames, hands them to the shard, and
 //! waits for writability only when the kernel refused bytes.
 //!
-//! An idle connection costs one pending 1-byte `MSG_PEEK` on the ring and this task's future:
-//! no read buffer, no write buffer, no timer. When the peek fires, the task drains the socket
-//! with non-blocking `recv` into the shard's shared scratch buffer and parses in place; only a
-//! frame split across reads is copied into the connection's own `rx`.
+//! An idle connection costs one pending readiness poll on the ring (the one glommio arms when
+//! the stream is created) and this task's small future: no read buffer, no write buffer, no
+//! timer. The task waits in a 1-byte `read`, which glommio serves from that poll without
+//! allocating; when it returns, the task drains the socket with non-blocking `recv` into the
+//! shard's shared scratch buffer and parses in place; only a frame split across reads is copied
+//! into the connection's own `rx`. (A `peek` would cost a second ring op plus a
+//! 4 KiB-aligned buffer per idle connection.) The rarely used, large futures (blocked writes,
+//! the closing linger) are boxed so that they do not inflate every idle connection's task.
 
 use std::io::ErrorKind;
 use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::future;
-use futures_lite::io::AsyncWriteExt;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use super::conn::{self, recv_nonblocking, Conn, ConnState};
@@ -39,7 +43,7 @@ pub async fn run(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStream, leftov
             break;
         }
         if !conn.tx.borrow().is_empty() {
-            if !write_pending(&shard, &conn, &mut stream).await {
+            if !Box::pin(write_pending(&shard, &conn, &mut stream)).await {
                 conn.state.set(ConnState::Broken);
                 break;
             }
@@ -58,7 +62,7 @@ pub async fn run(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStream, leftov
             continue;
         }
         let mut probe = [0u8; 1];
-        let readable = future::or(async { Some(stream.peek(&mut probe).await) }, async {
+        let readable = future::or(async { Some(stream.read(&mut probe).await) }, async {
             conn.wake.wait().await;
             None
         })
@@ -71,14 +75,14 @@ pub async fn run(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStream, leftov
                 break;
             }
             Some(Ok(_)) => {
-                read_ready(&shard, &conn);
+                read_ready(&shard, &conn, probe[0]);
                 shard.flush_dirty();
             }
         }
     }
     shard.detach(&conn);
     if conn.state.get() == ConnState::Closing {
-        linger_close(&mut stream).await;
+        Box::pin(linger_close(&mut stream)).await;
     }
     drop(stream);
     shard.forget(&conn);
@@ -161,31 +165,43 @@ async fn write_pending(shard: &Shard, conn: &Conn, stream: &mut TcpStream) -> bo
 }
 
 /// Drains the socket into the shard's scratch buffer and feeds complete frames to the shard.
-fn read_ready(shard: &Rc<Shard>, conn: &Rc<Conn>) {
+/// `first` is the byte the session task's wake-up read already took.
+fn read_ready(shard: &Rc<Shard>, conn: &Rc<Conn>, first: u8) {
     let mut scratch = shard.scratch.borrow_mut();
+    scratch[0] = first;
+    let mut held = 1;
+    conn.last_seen_ms.set(shard.mono_ms());
     for _ in 0..READS_PER_WAKE {
         if !conn.is_open() {
             return;
         }
-        match recv_nonblocking(conn.fd, &mut scratch) {
+        match recv_nonblocking(conn.fd, &mut scratch[held..]) {
             Ok(0) => {
+                if held > 0 {
+                    feed(shard, conn, &scratch[..held]);
+                }
                 peer_closed(conn);
                 return;
             }
             Ok(n) => {
+                let total = held + n;
+                held = 0;
                 conn.last_seen_ms.set(shard.mono_ms());
-                feed(shard, conn, &scratch[..n]);
-                if n < scratch.len() {
+                feed(shard, conn, &scratch[..total]);
+                if total < scratch.len() {
                     return;
                 }
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(_) => {
                 conn.state.set(ConnState::Broken);
                 return;
             }
         }
+    }
+    if held > 0 {
+        feed(shard, conn, &scratch[..held]);
     }
 }
 

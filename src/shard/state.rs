@@ -28,6 +28,7 @@ use bytes::Bytes;
 use glommio::net::TcpStream;
 
 use super::conn::{Conn, ConnState};
+use super::cursors::Cursors;
 use super::dedup::{Dedup, Verdict};
 use super::envelope::{ConnId, Envelope, Handoff, Message, SendAck};
 use super::ratelimit::{Bucket, RateVerdict};
@@ -52,11 +53,12 @@ struct User {
     /// of K messages is K reads at known positions, never a scan of the shard's log.
     index: VecDeque<(u64, u64)>,
     /// Device → highest seq it acked (durable as cursor records in the log).
-    cursors: HashMap<Box<str>, u64>,
+    cursors: Cursors,
     /// Connected devices.
     devices: Vec<Rc<Conn>>,
-    /// The user's own recent sends (idempotency window).
-    sent: Dedup,
+    /// The user's own recent sends (idempotency window); allocated at the first send, so a
+    /// user who only receives pays 8 bytes for it.
+    sent: Option<Box<Dedup>>,
 }
 
 impl User {
@@ -79,7 +81,7 @@ impl User {
 
     /// Messages none of the user's devices has acked yet.
     fn unacked(&self) -> u64 {
-        let acked = self.cursors.values().copied().max().unwrap_or(0);
+        let acked = self.cursors.max();
         self.head_seq - acked.max(self.first_retained() - 1).min(self.head_seq)
     }
 }
@@ -296,7 +298,7 @@ impl Shard {
         // last_seq 0: resume from this device's stored cursor (a new device has none and gets
         // everything still retained).
         let last_seq = match last_seq {
-            0 => user.cursors.get(&conn.device_id).copied().unwrap_or(0),
+            0 => user.cursors.get(&conn.device_id).unwrap_or(0),
             n => n,
         };
         // Replay starts after last_seq, or at the oldest retained message if that is later;
@@ -459,7 +461,7 @@ impl Shard {
         let verdict = {
             let mut users = self.users.borrow_mut();
             match users.get_mut(&conn.user) {
-                Some(user) => user.sent.check(
+                Some(user) => user.sent.get_or_insert_with(Box::default).check(
                     client_msg_id,
                     conn.id,
                     now,
@@ -518,7 +520,7 @@ impl Shard {
         let Some(user) = users.get_mut(&conn.user) else {
             return;
         };
-        user.cursors.insert(conn.device_id.clone(), acked);
+        user.cursors.set(&conn.device_id, acked);
         // Cursor records ride along with the next group commit; losing the newest ones in a
         // crash only means re-delivering a few messages (at-least-once), never losing one.
         let record = Record::Cursor(CursorRecord {
@@ -717,7 +719,8 @@ impl Shard {
             .users
             .borrow_mut()
             .get_mut(sender)
-            .map(|u| u.sent.complete(client_msg_id, status))
+            .and_then(|u| u.sent.as_mut())
+            .map(|d| d.complete(client_msg_id, status))
             .unwrap_or_default();
         let conns = self.conns.borrow();
         for cid in std::iter::once(origin_conn).chain(waiters) {

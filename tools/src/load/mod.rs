@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
+mod churn;
+mod connect;
 mod offline;
 mod p2p;
 
@@ -24,12 +26,21 @@ pub enum LoadCommand {
     /// Messages to offline users, then their replay at login; with --phase send/verify and
     /// --record, the two halves of a crash test.
     Offline(offline::OfflineArgs),
+    /// Opens and logs in many connections at a target rate, holds them idle with pings, and
+    /// reports connect rate, login latency, ping RTT and (with --broker-pid) memory per
+    /// connection.
+    Connect(connect::ConnectArgs),
+    /// A fraction of connections keeps disconnecting and reconnecting (backoff + resume) while
+    /// messages flow; checks that nothing acked is lost or duplicated across the reconnects.
+    Churn(churn::ChurnArgs),
 }
 
 pub fn run(cmd: LoadCommand) -> ExitCode {
     match cmd {
         LoadCommand::P2p(args) => p2p::run(args),
         LoadCommand::Offline(args) => offline::run(args),
+        LoadCommand::Connect(args) => connect::run(args),
+        LoadCommand::Churn(args) => churn::run(args),
     }
 }
 
