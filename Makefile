@@ -6,7 +6,7 @@ FLATC_WANT := 25.12.19
 CONFIG     ?=
 RUN_ARGS   := $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: build run test bench schema schema-check flatc fmt lint tune bench-1m clean
+.PHONY: build run test bench bench-micro schema schema-check flatc fmt lint tune bench-1m clean
 
 ## build: release binaries (target/release/ringpost, target/release/ringpost-tools)
 build:
@@ -20,9 +20,23 @@ run: build
 test: schema-check
 	$(CARGO) test --workspace --all-targets
 
-## bench: micro-benchmarks in bench/
-bench:
+## bench: micro-benchmarks, then end-to-end runs against a local broker; rewrites the
+## "End-to-end (make bench)" section of BENCHMARKS.md (about 3 minutes)
+bench: build
+	python3 scripts/bench_e2e.py
+
+## bench-micro: only the micro-benchmarks in bench/ (printed, nothing written)
+bench-micro:
 	$(CARGO) bench -p ringpost-bench
+
+## tune: kernel settings for ~1M connections (root; idempotent; prints old -> new).
+## PERSIST=1 also writes /etc/sysctl.d/90-ringpost.conf; DRY_RUN=1 only shows.
+tune:
+	scripts/tune.sh
+
+## bench-1m: broker + `load connect --conns $${CONNS:-1000000}` on this machine (make tune first)
+bench-1m: build
+	scripts/bench-1m.sh
 
 ## schema: regenerate src/protocol/ringpost_generated.rs from schema/ringpost.fbs
 schema: flatc

@@ -34,6 +34,10 @@ pub struct ServerConfig {
     pub cpus: Option<Vec<usize>>,
     pub shutdown_grace: Duration,
     pub mesh_queue: usize,
+    /// Listen backlog per shard (the kernel caps it at net.core.somaxconn).
+    pub listen_backlog: u32,
+    /// A connection with no traffic for this long is parked (0 = never).
+    pub park_after: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -197,6 +201,8 @@ struct RawServer {
     cpus: Option<Value>,
     shutdown_grace: Value,
     mesh_queue: Value,
+    listen_backlog: Value,
+    park_after: Value,
 }
 
 #[derive(Deserialize)]
@@ -359,6 +365,14 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             ("0s", "10min"),
         )?,
         mesh_queue: int("server.mesh_queue", s.mesh_queue, 16, 65_536)? as usize,
+        listen_backlog: int("server.listen_backlog", s.listen_backlog, 1, 65_535)? as u32,
+        park_after: dur(
+            "server.park_after",
+            s.park_after,
+            Duration::ZERO,
+            3600 * SEC,
+            ("0s", "1h"),
+        )?,
     };
     let path = |key: &str, v: Value| -> Result<PathBuf, ConfigError> {
         let p: String = field(key, v, "a path")?;
@@ -526,6 +540,8 @@ mod tests {
         assert_eq!(c.server.cpus, None);
         assert_eq!(c.server.shutdown_grace, Duration::from_secs(10));
         assert_eq!(c.server.mesh_queue, 1024);
+        assert_eq!(c.server.listen_backlog, 4096);
+        assert_eq!(c.server.park_after, Duration::from_secs(5));
         assert_eq!(c.storage.data_dir, PathBuf::from("data"));
         assert_eq!(c.auth.secret_file, PathBuf::from("data/auth.secret"));
         assert_eq!(c.auth.leeway, Duration::from_secs(30));

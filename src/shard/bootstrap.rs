@@ -25,6 +25,7 @@ use glommio::net::TcpListener;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use super::acceptor::accept_loop;
+use super::park::Parking;
 use super::recovery::{recover, shard_dir, Recovered};
 use super::state::Shard;
 use super::transport::{build_mesh, Batch, Mesh, MeshPorts};
@@ -53,6 +54,8 @@ pub enum StartError {
     Executor { shard: usize, message: String },
     #[error("cannot create the shutdown channel: {0}")]
     Trigger(std::io::Error),
+    #[error("cannot create the epoll set for parked connections: {0}")]
+    Parking(std::io::Error),
     #[error("{0}")]
     Meta(#[from] crate::log::meta::MetaError),
     #[error("cannot recover shard {shard}'s log: {source}")]
@@ -78,7 +81,7 @@ impl Broker {
         let verifier = Arc::new(Verifier::new(secret, cfg.auth.leeway));
         crate::log::meta::check_or_create(&cfg.storage.data_dir, n)?;
         let recovered = recover_all(&cfg, n)?;
-        let listeners = bind_all(cfg.server.listen, n)?;
+        let listeners = bind_all(cfg.server.listen, n, cfg.server.listen_backlog)?;
         let addr = local_addr(&listeners[0]).map_err(|source| StartError::Bind {
             addr: cfg.server.listen,
             source,
@@ -98,6 +101,7 @@ impl Broker {
             let (ours, theirs) =
                 std::os::unix::net::UnixStream::pair().map_err(StartError::Trigger)?;
             triggers.push(ours);
+            let parking = Parking::new().map_err(StartError::Parking)?;
             let placement = match cfg.cpu_for_shard(i) {
                 Some(cpu) => Placement::Fixed(cpu),
                 None if !cores.is_empty() => Placement::Fixed(cores[i % cores.len()]),
@@ -118,6 +122,7 @@ impl Broker {
                         ports,
                         trigger,
                         recovered,
+                        parking,
                     };
                     run_shard(ctx, ready).await;
                 })
@@ -187,17 +192,17 @@ impl ShutdownHandle {
     }
 }
 
-fn bind_all(addr: SocketAddr, n: usize) -> Result<Vec<OwnedFd>, StartError> {
-    let first = bind_reuseport(addr)?;
+fn bind_all(addr: SocketAddr, n: usize, backlog: u32) -> Result<Vec<OwnedFd>, StartError> {
+    let first = bind_reuseport(addr, backlog)?;
     let actual = local_addr(&first).map_err(|source| StartError::Bind { addr, source })?;
     let mut all = vec![first];
     for _ in 1..n {
-        all.push(bind_reuseport(actual)?);
+        all.push(bind_reuseport(actual, backlog)?);
     }
     Ok(all)
 }
 
-fn bind_reuseport(addr: SocketAddr) -> Result<OwnedFd, StartError> {
+fn bind_reuseport(addr: SocketAddr, backlog: u32) -> Result<OwnedFd, StartError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let err = |source| StartError::Bind { addr, source };
     let socket =
@@ -205,7 +210,7 @@ fn bind_reuseport(addr: SocketAddr) -> Result<OwnedFd, StartError> {
     socket.set_reuse_address(true).map_err(err)?;
     socket.set_reuse_port(true).map_err(err)?;
     socket.bind(&addr.into()).map_err(err)?;
-    socket.listen(4096).map_err(err)?;
+    socket.listen(backlog as i32).map_err(err)?;
     Ok(OwnedFd::from(socket))
 }
 
@@ -226,6 +231,7 @@ struct ShardStart {
     ports: MeshPorts,
     trigger: OwnedFd,
     recovered: Recovered,
+    parking: Parking,
 }
 
 /// Recovers every shard's log, one thread per shard, before any shard starts serving.
@@ -286,6 +292,7 @@ async fn run_shard(ctx: ShardStart, ready: Arc<Barrier>) {
         ctx.verifier,
         mesh.clone(),
         ctx.recovered,
+        ctx.parking,
     ));
 
     // Each queue end connects in its own task: connect() waits for the other end, so doing
@@ -327,6 +334,7 @@ async fn run_shard(ctx: ShardStart, ready: Arc<Barrier>) {
     let listener = unsafe { TcpListener::from_raw_fd(ctx.listener.into_raw_fd()) };
     let stop = Rc::new(Signal::default());
     let acceptor = glommio::spawn_local(accept_loop(shard.clone(), listener, stop.clone()));
+    let poller = glommio::spawn_local(poll_parked(shard.clone()));
     let sweeper = {
         let shard = shard.clone();
         glommio::spawn_local(async move {
@@ -393,6 +401,7 @@ async fn run_shard(ctx: ShardStart, ready: Arc<Barrier>) {
         );
     }
     sweeper.cancel().await;
+    poller.cancel().await;
     // The committer drains what is left (a running sync holds pointers into the log, so it
     // is never cancelled); once it idles, one last sync covers cursor records too.
     shard.commit_due.notify();
@@ -408,6 +417,28 @@ async fn run_shard(ctx: ShardStart, ready: Arc<Barrier>) {
     }
     shard.sync_log();
     mesh.close();
+}
+
+/// Wakes parked connections that have input (or a hang-up) waiting.
+async fn poll_parked(shard: Rc<Shard>) {
+    let mut ids = Vec::new();
+    let mut empty_rounds = 0u32;
+    loop {
+        shard.parking.readable().await;
+        ids.clear();
+        if shard.parking.take_ready(&mut ids) == 0 {
+            empty_rounds += 1;
+            if empty_rounds >= 3 {
+                glommio::timer::sleep(Parking::idle_retry()).await;
+            }
+            continue;
+        }
+        empty_rounds = 0;
+        let conns = shard.connections_by_id(&ids);
+        for conn in conns {
+            conn.wake.notify();
+        }
+    }
 }
 
 async fn connect_sender(

@@ -33,7 +33,8 @@ pub enum ConnState {
 
 pub struct Conn {
     pub id: ConnId,
-    pub fd: RawFd,
+    /// The socket. Changes when the connection is parked (the parked copy is a duplicate).
+    pub fd: Cell<RawFd>,
     pub user: Arc<str>,
     pub device_id: Box<str>,
     /// Bytes queued for the client and not yet accepted by the kernel.
@@ -100,7 +101,7 @@ impl Conn {
         let mut tx = self.tx.borrow_mut();
         let mut sent = 0;
         while sent < tx.len() {
-            match send_nonblocking(self.fd, &tx[sent..]) {
+            match send_nonblocking(self.fd.get(), &tx[sent..]) {
                 Ok(n) => sent += n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     self.wake.notify();

@@ -10,6 +10,7 @@
 //! | [`state`] | per-shard users, seq assignment, log appends, group commit, delivery, acks |
 //! | [`recovery`] | rebuilding users (heads, indexes, cursors) from the log at start |
 //! | [`session`] | the per-connection task: reads, frame dispatch, blocked writes |
+//! | [`park`] | idle connections parked in a shard epoll set instead of a task each |
 //! | [`conn`] | a connection's outbound queue and non-blocking flush |
 //! | [`cursors`] | per-user device cursors (highest acked seq per device) |
 //! | [`dedup`] | the idempotent-send window per sender |
@@ -22,6 +23,7 @@ pub mod conn;
 pub mod cursors;
 pub mod dedup;
 pub mod envelope;
+pub mod park;
 pub mod ratelimit;
 pub mod recovery;
 pub mod routing;

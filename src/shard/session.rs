@@ -1,5 +1,7 @@
 //! The per-connection task on the owner shard: reads frames, hands them to the shard, and
-//! waits for writability only when the kernel refused bytes.
+//! waits for writability only when the kernel refused bytes. After `server.park_after` without
+//! traffic the connection parks (see [`super::park`]): the active part of the task is dropped
+//! and a small stub waits for the shard's epoll poller or any other wake-up to resume it.
 //!
 //! An idle connection costs one pending readiness poll on the ring (the one glommio arms when
 //! the stream is created) and this task's small future: no read buffer, no write buffer, no
@@ -11,6 +13,7 @@
 //! the closing linger) are boxed so that they do not inflate every idle connection's task.
 
 use std::io::ErrorKind;
+use std::os::fd::FromRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -19,6 +22,7 @@ use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use super::conn::{self, recv_nonblocking, Conn, ConnState};
+use super::park;
 use super::state::Shard;
 use crate::protocol::{self, Code, ServerMsg};
 
@@ -30,9 +34,68 @@ const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// answer the client's unread bytes with a reset that would destroy that frame.
 const LINGER: Duration = Duration::from_millis(500);
 
+/// How one active stretch of a session ended.
+enum Stretch {
+    /// The connection is closed and forgotten.
+    Closed,
+    /// The connection was idle and is parked (see [`super::park`]).
+    Parked,
+}
+
+/// What woke an idle session.
+enum Wake {
+    Read(std::io::Result<usize>),
+    Woken,
+    Park,
+}
+
 /// Serves `conn` until it closes. The caller has counted it in `live_sessions`; [`Shard::forget`]
 /// uncounts it at the end.
-pub async fn run(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStream, leftover: Vec<u8>) {
+///
+/// The active part is boxed, so while the connection is parked its task is only this stub:
+/// two `Rc`s and a wait on the connection's wake-up, which the shard's epoll poller fires when
+/// input arrives and everything else fires when it has work for the connection.
+pub fn run(
+    shard: Rc<Shard>,
+    conn: Rc<Conn>,
+    stream: TcpStream,
+    leftover: Vec<u8>,
+) -> impl std::future::Future<Output = ()> {
+    let first = Box::pin(serve(shard.clone(), conn.clone(), stream, leftover));
+    async move {
+        let mut stretch = first.await;
+        while let Stretch::Parked = stretch {
+            conn.wake.wait().await;
+            let fd = conn.fd.get();
+            shard.parking.unwatch(fd);
+            // SAFETY: `fd` is the duplicate made when parking; only this connection owns it,
+            // and from here on the new stream does.
+            let stream = unsafe { TcpStream::from_raw_fd(fd) };
+            stretch = Box::pin(serve(shard.clone(), conn.clone(), stream, Vec::new())).await;
+        }
+    }
+}
+
+/// Moves an idle connection's socket into the shard's epoll set. On success the connection's
+/// fd is a duplicate, and the caller drops its stream (closing the original).
+fn park(shard: &Shard, conn: &Conn) -> std::io::Result<()> {
+    let dup = park::dup_fd(conn.fd.get())?;
+    if let Err(e) = shard.parking.watch(dup, conn.id) {
+        // SAFETY: `dup` was made above and is not shared.
+        unsafe { libc::close(dup) };
+        return Err(e);
+    }
+    conn.fd.set(dup);
+    Ok(())
+}
+
+/// One active stretch: serves `conn` until it closes or parks.
+async fn serve(
+    shard: Rc<Shard>,
+    conn: Rc<Conn>,
+    mut stream: TcpStream,
+    leftover: Vec<u8>,
+) -> Stretch {
     if !leftover.is_empty() && conn.is_open() {
         conn.last_seen_ms.set(shard.mono_ms());
         feed(&shard, &conn, &leftover);
@@ -61,22 +124,40 @@ pub async fn run(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStream, leftov
             future::or(conn.wake.wait(), shard.mesh.wait_for_space()).await;
             continue;
         }
+        let park_after = shard.cfg.server.park_after;
         let mut probe = [0u8; 1];
-        let readable = future::or(async { Some(stream.read(&mut probe).await) }, async {
-            conn.wake.wait().await;
-            None
-        })
+        let woke = future::or(
+            async { Wake::Read(stream.read(&mut probe).await) },
+            future::or(
+                async {
+                    conn.wake.wait().await;
+                    Wake::Woken
+                },
+                async {
+                    if park_after.is_zero() {
+                        std::future::pending::<()>().await;
+                    }
+                    glommio::timer::sleep(park_after).await;
+                    Wake::Park
+                },
+            ),
+        )
         .await;
-        match readable {
-            None => continue,
-            Some(Ok(0)) => peer_closed(&conn),
-            Some(Err(_)) => {
+        match woke {
+            Wake::Woken => continue,
+            Wake::Read(Ok(0)) => peer_closed(&conn),
+            Wake::Read(Err(_)) => {
                 conn.state.set(ConnState::Broken);
                 break;
             }
-            Some(Ok(_)) => {
+            Wake::Read(Ok(_)) => {
                 read_ready(&shard, &conn, probe[0]);
                 shard.flush_dirty();
+            }
+            Wake::Park => {
+                if conn.is_open() && conn.queued_bytes() == 0 && park(&shard, &conn).is_ok() {
+                    return Stretch::Parked; // dropping `stream` closes the original fd
+                }
             }
         }
     }
@@ -86,6 +167,7 @@ pub async fn run(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStream, leftov
     }
     drop(stream);
     shard.forget(&conn);
+    Stretch::Closed
 }
 
 /// One step of [`write_pending`].
@@ -175,7 +257,7 @@ fn read_ready(shard: &Rc<Shard>, conn: &Rc<Conn>, first: u8) {
         if !conn.is_open() {
             return;
         }
-        match recv_nonblocking(conn.fd, &mut scratch[held..]) {
+        match recv_nonblocking(conn.fd.get(), &mut scratch[held..]) {
             Ok(0) => {
                 if held > 0 {
                     feed(shard, conn, &scratch[..held]);

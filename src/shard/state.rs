@@ -31,6 +31,7 @@ use super::conn::{Conn, ConnState};
 use super::cursors::Cursors;
 use super::dedup::{Dedup, Verdict};
 use super::envelope::{ConnId, Envelope, Handoff, Message, SendAck};
+use super::park::Parking;
 use super::ratelimit::{Bucket, RateVerdict};
 use super::recovery::Recovered;
 use super::routing::owner;
@@ -135,6 +136,8 @@ pub struct Shard {
     idle: RefCell<IdleWheel>,
     /// Read buffer shared by all connections of the shard (reads are synchronous).
     pub scratch: RefCell<Vec<u8>>,
+    /// The epoll set holding parked connections.
+    pub parking: Parking,
     log: RefCell<Log>,
     /// Appended but not yet committed: their acks, and the users whose durable seq must move.
     pending: RefCell<Vec<PendingAck>>,
@@ -165,6 +168,7 @@ impl Shard {
         verifier: Arc<crate::auth::Verifier>,
         mesh: Rc<Mesh>,
         recovered: Recovered,
+        parking: Parking,
     ) -> Shard {
         let users = recovered
             .users
@@ -193,6 +197,7 @@ impl Shard {
             dirty: RefCell::default(),
             idle: RefCell::default(),
             scratch: RefCell::new(vec![0; READ_CHUNK]),
+            parking,
             log: RefCell::new(recovered.log),
             pending: RefCell::default(),
             touched: RefCell::default(),
@@ -238,7 +243,7 @@ impl Shard {
         let now = self.mono_ms();
         let conn = Rc::new(Conn {
             id,
-            fd: stream.as_raw_fd(),
+            fd: Cell::new(stream.as_raw_fd()),
             user: user.clone(),
             device_id,
             tx: RefCell::default(),
@@ -326,6 +331,12 @@ impl Shard {
         if let Some(user) = users.get_mut(&conn.user) {
             user.devices.retain(|d| d.id != conn.id);
         }
+    }
+
+    /// The live connections among `ids` (parked connections whose sockets have events).
+    pub fn connections_by_id(&self, ids: &[ConnId]) -> Vec<Rc<Conn>> {
+        let conns = self.conns.borrow();
+        ids.iter().filter_map(|id| conns.get(id).cloned()).collect()
     }
 
     /// Called by the session task when it ends.

@@ -1,0 +1,178 @@
+//! Parked connections (server.park_after): an idle connection's socket moves into its shard's
+//! epoll set and the connection must still behave exactly like an active one — receive, send,
+//! time out, notice a hang-up, take a slow reader's backlog, and get its GoAway at shutdown.
+//!
+//! "Parked" is observed from outside through /proc: the broker's epoll sets list the fds they
+//! watch, so the number of distinct watched fds is the number of parked connections.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use ringpost::protocol::Code;
+use support::*;
+
+const PARK: &str = "park_after = \"100ms\"";
+
+/// Distinct fds watched by the broker's epoll sets (a set and its duplicate list the same fds).
+fn parked(pid: i32) -> usize {
+    let mut watched = BTreeSet::new();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    for fd in fds.flatten() {
+        let is_epoll = std::fs::read_link(fd.path())
+            .map(|l| l.to_string_lossy().contains("eventpoll"))
+            .unwrap_or(false);
+        if !is_epoll {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        for line in info.lines() {
+            if let Some(rest) = line.strip_prefix("tfd:") {
+                if let Some(n) = rest.split_whitespace().next() {
+                    watched.insert(n.to_string());
+                }
+            }
+        }
+    }
+    watched.len()
+}
+
+/// Waits (polling /proc, bounded) until exactly `n` connections are parked.
+async fn wait_parked(broker: &TestBroker, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = parked(broker.pid());
+        if now == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {n} parked connections, see {now}"
+        );
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[test]
+fn parked_connections_receive_and_send_and_park_again() {
+    let broker = TestBroker::start(2, "", PARK);
+    run(async {
+        let (a, b) = (user_on_shard("pa", 0, 2), user_on_shard("pb", 1, 2));
+        let mut ca = broker.connect(&a, "d").await;
+        let mut cb = broker.connect(&b, "d").await;
+        wait_parked(&broker, 2).await;
+
+        // A parked sender sends; a parked receiver receives.
+        ca.send(1, &b, b"to a parked receiver").await.unwrap();
+        expect_ack(&mut ca, 1, Code::OK).await;
+        let d = expect_deliver(&mut cb).await;
+        assert_eq!(
+            (d.seq, d.body.as_slice()),
+            (1, &b"to a parked receiver"[..])
+        );
+        cb.ack(1).await.unwrap();
+
+        // Both go idle and park again; then the other direction.
+        wait_parked(&broker, 2).await;
+        cb.send(7, &a, b"back").await.unwrap();
+        expect_ack(&mut cb, 7, Code::OK).await;
+        let d = expect_deliver(&mut ca).await;
+        assert_eq!((d.seq, d.from_user.as_str()), (1, b.as_str()));
+
+        // Pings are answered from parked state too.
+        wait_parked(&broker, 2).await;
+        ca.ping(42).await.unwrap();
+        match expect_event(&mut ca).await {
+            ringpost::client::Event::Pong { nonce } => assert_eq!(nonce, 42),
+            other => panic!("expected Pong, got {other:?}"),
+        }
+    });
+    broker.assert_serving();
+}
+
+#[test]
+fn a_parked_connection_still_times_out() {
+    let broker = TestBroker::start(2, "idle_timeout = \"1s\"", PARK);
+    run(async {
+        let mut silent = broker.connect(&user_on_shard("quiet", 1, 2), "d").await;
+        wait_parked(&broker, 1).await;
+        expect_goaway_then_close(&mut silent, Code::IDLE_TIMEOUT).await;
+        wait_parked(&broker, 0).await;
+    });
+    broker.assert_serving();
+}
+
+#[test]
+fn a_parked_connection_that_hangs_up_is_forgotten() {
+    let broker = TestBroker::start(2, "max_devices = 1", PARK);
+    run(async {
+        let u = user_on_shard("gone", 0, 2);
+        let c = broker.connect(&u, "phone").await;
+        wait_parked(&broker, 1).await;
+        drop(c);
+        // The hang-up wakes the parked connection, which closes and leaves the epoll set ...
+        wait_parked(&broker, 0).await;
+        // ... and frees its device slot: another device fits under max_devices = 1.
+        let mut other = broker.connect(&u, "laptop").await;
+        other.ping(1).await.unwrap();
+        assert!(matches!(
+            expect_event(&mut other).await,
+            ringpost::client::Event::Pong { nonce: 1 }
+        ));
+    });
+}
+
+#[test]
+fn a_parked_slow_reader_gets_its_whole_backlog_in_order() {
+    let broker = TestBroker::start(2, "sends_per_sec = 1000000", PARK);
+    run(async {
+        let (a, b) = (user_on_shard("fast", 0, 2), user_on_shard("slow", 1, 2));
+        let mut sender = broker.connect(&a, "d").await;
+        let mut reader = broker.connect(&b, "d").await;
+        wait_parked(&broker, 2).await;
+        // Far more than the socket buffers hold while the reader reads nothing: the broker
+        // must wake the parked connection to wait for writability.
+        const N: u64 = 3000;
+        let body = vec![7u8; 2048];
+        for i in 1..=N {
+            sender.send(i, &b, &body).await.unwrap();
+        }
+        for i in 1..=N {
+            expect_ack(&mut sender, i, Code::OK).await;
+        }
+        for i in 1..=N {
+            let d = expect_deliver(&mut reader).await;
+            assert_eq!(d.seq, i);
+            if i % 500 == 0 {
+                reader.ack(i).await.unwrap();
+            }
+        }
+    });
+}
+
+#[test]
+fn shutdown_says_goaway_to_parked_connections() {
+    let mut broker = TestBroker::start(2, "", PARK);
+    run(async {
+        let mut clients = Vec::new();
+        for i in 0..4 {
+            clients.push(broker.connect(&format!("sleeper{i}"), "d").await);
+        }
+        wait_parked(&broker, 4).await;
+        broker.signal(libc::SIGTERM);
+        for c in &mut clients {
+            expect_goaway_then_close(c, Code::SHUTDOWN).await;
+        }
+    });
+    let status = broker
+        .wait_exit(Duration::from_secs(10))
+        .expect("broker exits");
+    assert!(status.success(), "{status:?}");
+}
