@@ -40,14 +40,14 @@ def raise_nofile():
 
 
 class Broker:
-    def __init__(self, shards, extra=""):
+    def __init__(self, shards, extra="", fsync="always"):
         self.dir = tempfile.mkdtemp(prefix="ringpost-e2e-")
         self.secret = os.path.join(self.dir, "auth.secret")
         conf = os.path.join(self.dir, "ringpost.toml")
         with open(conf, "w") as f:
             f.write(
                 f'[server]\nlisten = "127.0.0.1:0"\nshards = {shards}\n'
-                f'[storage]\ndata_dir = "{self.dir}/data"\nsegment_size = "64MiB"\nfsync = "always"\n'
+                f'[storage]\ndata_dir = "{self.dir}/data"\nsegment_size = "64MiB"\nfsync = "{fsync}"\n'
                 f'[auth]\nsecret_file = "{self.secret}"\n'
                 f"[limits]\nsends_per_sec = 1000000\n{extra}"
             )
@@ -104,11 +104,22 @@ def p2p(shards, duration, users=200):
     return peak, at_half, rows
 
 
-def connect(conns, rate, hold, processes, shards=2):
+def fixed_rate(shards, fsync, rate, duration, users=200):
+    broker = Broker(shards, fsync=fsync)
+    try:
+        args = ["--users", str(users), "--size", "64", "--warmup", "1s", "--duration", duration,
+                "--threads", "1", "--rate", str(rate)]
+        cmd, r, _ = load(broker, "p2p", args)
+        return cmd, r
+    finally:
+        broker.close()
+
+
+def connect(conns, rate, hold, processes, shards=2, ping="30s"):
     broker = Broker(shards)
     try:
         args = ["--conns", str(conns), "--connect-rate", str(rate), "--hold", hold,
-                "--ping-interval", "2s", "--processes", str(processes), "--threads", "1",
+                "--ping-interval", ping, "--processes", str(processes), "--threads", "1",
                 "--source-ips", "127.0.0.2-127.0.0.100", "--broker-pid", str(broker.proc.pid)]
         cmd, r, _ = load(broker, "connect", args)
         return cmd, r
@@ -152,7 +163,8 @@ def micro():
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     if out.returncode != 0:
         raise SystemExit("cargo bench -p ringpost-bench failed")
-    return [l for l in out.stdout.splitlines() if l.strip() and not l.startswith("running ")]
+    return [l for l in out.stdout.splitlines()
+            if l.strip() and not l.startswith(("running ", "test result"))]
 
 
 def lat(h):
@@ -181,19 +193,31 @@ def main():
         commands += [f"# broker: shards = {shards}, fsync = \"always\"\n{c}" for c, _ in rows]
         print(f"p2p {shards} shard(s): peak {peak['throughput_per_s']:.0f} msg/s, "
               f"p99 at half {half['latency_us']['p99']} µs", file=sys.stderr)
+    lines += ["", "Rows 2 and 4 are at half of the row above (the latency-at-half-of-peak figure). "
+              "Both processes are CPU-bound there: the generator and the broker share the 2 cores, "
+              "and the kernel's loopback TCP work is charged to whichever side sends.", "",
+              "Fixed, modest rate (1 shard):", "",
+              "| fsync | offered msg/s | delivered msg/s | latency µs p50 / p99 / p99.9 / p99.99 / max | lost/dup/ooo |",
+              "|---|---:|---:|---|---|"]
+    for fsync in ("always", "interval"):
+        cmd, r = fixed_rate(1, fsync, 20_000, duration)
+        commands.append(f"# broker: shards = 1, fsync = \"{fsync}\"\n{cmd}")
+        lines.append(f"| {fsync} | {r['rate']:.0f} | {r['throughput_per_s']:.0f} | "
+                     f"{lat(r['latency_us'])} | {r['lost']}/{r['duplicated']}/{r['out_of_order']} |")
     lines.append("")
 
     # Each generator process holds at most ~nofile connections; leave room for the broker's
     # own fds under the same limit.
     top = max(1000, min(nofile - 300, 19_800))
     counts = [1000, 4000] if QUICK else [1000, 5000, 10_000, top]
-    lines += ["### Idle connections (load connect, 2 shards, pings every 2 s)", "",
+    lines += ["### Idle connections (load connect, 2 shards, 20k logins/s, pings every 30 s, "
+              "held 10 s so that they park after the default park_after = 5s)", "",
               "| connections | broker RSS B/conn | kernel slab B/conn (both ends) | ping RTT µs p50 / p99 / p99.9 / p99.99 / max | failed |",
               "|---:|---:|---:|---|---:|"]
     points = []
     for n in counts:
         procs = 1 if n + 200 < nofile else 2
-        cmd, r = connect(n, 20_000, "3s" if QUICK else "5s", procs)
+        cmd, r = connect(n, 20_000, "3s" if QUICK else "10s", procs)
         commands.append(cmd)
         points.append((r["connected"], r["broker"]["rss_holding_bytes"] - r["broker"]["rss_before_bytes"]))
         lines.append(f"| {r['connected']} | {r['broker_rss_bytes_per_conn']} | "
@@ -209,7 +233,7 @@ def main():
 
     n = 4000 if QUICK else min(10_000, top)
     procs = 1 if n + 200 < nofile else 2
-    cmd, r = connect(n, 0, "1s", procs)
+    cmd, r = connect(n, 0, "1s", procs, ping="2s")
     commands.append(cmd)
     lines += ["### Login rate (load connect, no rate limit, 512 logins in flight per thread)", "",
               f"{r['connected']} connections logged in at **{r['connect_rate_per_s']:.0f}/s**; "

@@ -55,24 +55,29 @@ enum Wake {
 /// The active part is boxed, so while the connection is parked its task is only this stub:
 /// two `Rc`s and a wait on the connection's wake-up, which the shard's epoll poller fires when
 /// input arrives and everything else fires when it has work for the connection.
-pub fn run(
-    shard: Rc<Shard>,
-    conn: Rc<Conn>,
-    stream: TcpStream,
-    leftover: Vec<u8>,
-) -> impl std::future::Future<Output = ()> {
-    let first = Box::pin(serve(shard.clone(), conn.clone(), stream, leftover));
-    async move {
-        let mut stretch = first.await;
-        while let Stretch::Parked = stretch {
-            conn.wake.wait().await;
-            let fd = conn.fd.get();
-            shard.parking.unwatch(fd);
-            // SAFETY: `fd` is the duplicate made when parking; only this connection owns it,
-            // and from here on the new stream does.
-            let stream = unsafe { TcpStream::from_raw_fd(fd) };
-            stretch = Box::pin(serve(shard.clone(), conn.clone(), stream, Vec::new())).await;
-        }
+///
+/// A new connection with no input pending starts parked: its socket goes straight into the
+/// epoll set without ever getting a glommio stream, so a login storm leaves no readiness polls
+/// on the ring (each pending poll lengthens the hash chain every io_uring cancel walks).
+pub async fn run(shard: Rc<Shard>, conn: Rc<Conn>, leftover: Vec<u8>) {
+    let start_parked = leftover.is_empty()
+        && !shard.cfg.server.park_after.is_zero()
+        && shard.parking.watch(conn.fd.get(), conn.id).is_ok();
+    let mut stretch = if start_parked {
+        Stretch::Parked
+    } else {
+        // SAFETY: `conn.fd` is the socket handed to this shard; the stream owns it now.
+        let stream = unsafe { TcpStream::from_raw_fd(conn.fd.get()) };
+        Box::pin(serve(shard.clone(), conn.clone(), stream, leftover)).await
+    };
+    while let Stretch::Parked = stretch {
+        conn.wake.wait().await;
+        let fd = conn.fd.get();
+        shard.parking.unwatch(fd);
+        // SAFETY: while parked, `fd` belongs to this connection alone (no stream owns it);
+        // from here on the new stream does.
+        let stream = unsafe { TcpStream::from_raw_fd(fd) };
+        stretch = Box::pin(serve(shard.clone(), conn.clone(), stream, Vec::new())).await;
     }
 }
 

@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use glommio::net::TcpStream;
 
 use super::conn::{Conn, ConnState};
 use super::cursors::Cursors;
@@ -229,21 +228,21 @@ impl Shard {
     // ---- connections ------------------------------------------------------------------------
 
     /// Takes over a logged-in connection: LoginOk, replay, register, start its session task.
+    /// `fd` is the connection's socket, owned from here on.
     pub fn adopt(
         self: &Rc<Self>,
-        stream: TcpStream,
+        fd: std::os::fd::RawFd,
         user: Arc<str>,
         device_id: Box<str>,
         last_seq: u64,
         leftover: Vec<u8>,
     ) {
-        use std::os::fd::AsRawFd;
         let id = self.next_conn.get();
         self.next_conn.set(id + 1);
         let now = self.mono_ms();
         let conn = Rc::new(Conn {
             id,
-            fd: Cell::new(stream.as_raw_fd()),
+            fd: Cell::new(fd),
             user: user.clone(),
             device_id,
             tx: RefCell::default(),
@@ -268,7 +267,7 @@ impl Shard {
         self.idle.borrow_mut().insert(now + idle_ms, id);
         self.mark_dirty(&conn);
         self.live_sessions.set(self.live_sessions.get() + 1);
-        glommio::spawn_local(session::run(self.clone(), conn, stream, leftover)).detach();
+        glommio::spawn_local(session::run(self.clone(), conn, leftover)).detach();
         self.flush_dirty();
     }
 
@@ -781,13 +780,12 @@ impl Shard {
     }
 
     fn adopt_handoff(self: &Rc<Self>, mut h: Handoff) {
-        use std::os::fd::FromRawFd;
-        // SAFETY: the accepting shard dup'ed this fd for us and closed its own copy; take_fd
-        // makes us its only owner.
-        let stream = unsafe { TcpStream::from_raw_fd(h.take_fd()) };
+        // The accepting shard dup'ed this fd for us and closed its own copy; take_fd makes us
+        // its only owner.
+        let fd = h.take_fd();
         let leftover = std::mem::take(&mut h.leftover);
         let device_id = std::mem::take(&mut h.device_id);
-        self.adopt(stream, h.user.clone(), device_id, h.last_seq, leftover);
+        self.adopt(fd, h.user.clone(), device_id, h.last_seq, leftover);
     }
 
     // ---- timers and shutdown ----------------------------------------------------------------
