@@ -41,6 +41,15 @@
 //! frame, verifies the token and, if another shard owns the user, hands over the fd and any
 //! bytes already read through the same mesh (`shard::acceptor`). From then on the owner does
 //! all I/O for it.
+//!
+//! ## Idle connections
+//!
+//! A connection without traffic is *parked* (`shard::park`): its socket waits in the shard's
+//! epoll set and its task is a small stub, so it costs its connection record and nothing on
+//! the io_uring ring. New connections start parked; the first byte in, or anything the shard
+//! has to send that would block, resumes a full session task (`shard::session`), which parks
+//! again after `server.park_after` without traffic. Outbound deliveries to a parked connection
+//! go straight out with a non-blocking `send(2)`.
 
 pub mod auth;
 pub mod client;
