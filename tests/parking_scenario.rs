@@ -139,21 +139,7 @@ fn a_parked_slow_reader_gets_its_whole_backlog_in_order() {
         wait_parked(&broker, 2).await;
         // Far more than the socket buffers hold while the reader reads nothing: the broker
         // must wake the parked connection to wait for writability.
-        const N: u64 = 3000;
-        let body = vec![7u8; 2048];
-        for i in 1..=N {
-            sender.send(i, &b, &body).await.unwrap();
-        }
-        for i in 1..=N {
-            expect_ack(&mut sender, i, Code::OK).await;
-        }
-        for i in 1..=N {
-            let d = expect_deliver(&mut reader).await;
-            assert_eq!(d.seq, i);
-            if i % 500 == 0 {
-                reader.ack(i).await.unwrap();
-            }
-        }
+        send_backlog_then_read(&mut sender, &mut reader, &b, 3000, 2048, 500).await;
     });
 }
 

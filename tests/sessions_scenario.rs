@@ -140,20 +140,7 @@ fn a_slow_reader_catches_up_without_loss_or_reorder() {
         let (a, b) = (user_on_shard("a", 0, 2), user_on_shard("b", 1, 2));
         let mut reader = broker.connect(&b, "d").await;
         let mut sender = broker.connect(&a, "d").await;
-        let body = vec![b'x'; 1000];
-        for i in 1..=N {
-            sender.send(i, &b, &body).await.unwrap();
-        }
-        for i in 1..=N {
-            expect_ack(&mut sender, i, Code::OK).await;
-        }
-        for i in 1..=N {
-            let d = expect_deliver(&mut reader).await;
-            assert_eq!(d.seq, i);
-            if i % 100 == 0 {
-                reader.ack(i).await.unwrap();
-            }
-        }
+        send_backlog_then_read(&mut sender, &mut reader, &b, N, 1000, 100).await;
     });
 }
 

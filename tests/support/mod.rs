@@ -283,6 +283,33 @@ pub async fn expect_ack(c: &mut Client, client_msg_id: u64, status: Code) {
     }
 }
 
+/// `sender` sends `n` messages of `body_len` bytes to `to` without `reader` reading, waits for
+/// every SendAck{OK}, then `reader` takes them all in seq order, acking every `ack_every`.
+pub async fn send_backlog_then_read(
+    sender: &mut Client,
+    reader: &mut Client,
+    to: &str,
+    n: u64,
+    body_len: usize,
+    ack_every: u64,
+) {
+    let body = vec![b'x'; body_len];
+    for i in 1..=n {
+        sender.send(i, to, &body).await.unwrap();
+    }
+    for i in 1..=n {
+        expect_ack(sender, i, Code::OK).await;
+    }
+    for i in 1..=n {
+        let d = expect_deliver(reader).await;
+        assert_eq!(d.seq, i);
+        assert_eq!(d.body.len(), body_len);
+        if i % ack_every == 0 {
+            reader.ack(i).await.unwrap();
+        }
+    }
+}
+
 /// Expects GoAway(code) and then the end of the stream.
 pub async fn expect_goaway_then_close(c: &mut Client, code: Code) {
     match expect_event(c).await {

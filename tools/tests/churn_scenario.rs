@@ -2,59 +2,16 @@
 //! (backoff, resume after the last processed seq, resends with the same client_msg_id) while
 //! messages flow, and nothing acked is lost, duplicated or reordered.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn broker_bin() -> PathBuf {
-    // The broker is a binary of the sibling package, built into the same target directory.
-    let tools = PathBuf::from(env!("CARGO_BIN_EXE_ringpost-tools"));
-    let bin = tools.with_file_name("ringpost");
-    assert!(
-        bin.exists(),
-        "build the workspace first (cargo test --workspace): {bin:?}"
-    );
-    bin
-}
-
-/// A broker on a free port with 2 shards and fsync = "always"; returns it and its address
-/// (taken from its "listening" line).
-fn start_broker(dir: &Path) -> (Child, String) {
-    std::fs::write(
-        dir.join("ringpost.toml"),
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nshards = 2\n\
-             [storage]\ndata_dir = \"{d}/data\"\nsegment_size = \"4MiB\"\nfsync = \"always\"\n\
-             [auth]\nsecret_file = \"{d}/auth.secret\"\n\
-             [limits]\nsends_per_sec = 100000\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(broker_bin())
-        .arg("--config")
-        .arg(dir.join("ringpost.toml"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .strip_prefix("ringpost listening on ")
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("broker did not start: {line:?}"))
-        .to_string();
-    (child, addr)
-}
+use common::{tools, Broker, TempDir};
 
 /// Runs the tool to its exit; kills it (and fails) if it runs past `limit`.
 fn run_tool(args: &[&str], limit: Duration) -> Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_ringpost-tools"))
-        .args(args)
+    let child = tools(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -79,28 +36,11 @@ fn run_tool(args: &[&str], limit: Duration) -> Output {
     out
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("ringpost-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn churning_users_lose_nothing_and_see_nothing_twice() {
     let dir = TempDir::new("churn");
-    let (mut broker, addr) = start_broker(&dir.0);
-    let secret = dir.0.join("auth.secret");
+    let broker = Broker::start(&dir.0, "[limits]\nsends_per_sec = 100000\n");
+    let (addr, secret) = (broker.addr.clone(), broker.secret.clone());
     let started = Instant::now();
     let out = run_tool(
         &[
@@ -126,8 +66,7 @@ fn churning_users_lose_nothing_and_see_nothing_twice() {
         ],
         Duration::from_secs(60),
     );
-    let _ = broker.kill();
-    let _ = broker.wait();
+    broker.kill();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not one JSON object ({e}): stderr: {stderr}"));

@@ -2,63 +2,15 @@
 //! addresses, log in, hold with pings, and the report carries the broker's memory per
 //! connection; failures are counted by their stable code.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
 
+use std::path::Path;
+
+use common::{tools, Broker, TempDir};
 use serde_json::Value;
 
-struct Broker {
-    child: Child,
-    addr: String,
-    dir: PathBuf,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn start_broker(name: &str) -> Broker {
-    let dir = std::env::temp_dir().join(format!("ringpost-connect-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("ringpost.toml"),
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nshards = 2\n\
-             [storage]\ndata_dir = \"{d}/data\"\nsegment_size = \"4MiB\"\n\
-             [auth]\nsecret_file = \"{d}/auth.secret\"\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
-    let tools = PathBuf::from(env!("CARGO_BIN_EXE_ringpost-tools"));
-    let mut child = Command::new(tools.with_file_name("ringpost"))
-        .arg("--config")
-        .arg(dir.join("ringpost.toml"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("build the workspace first (cargo test --workspace)");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .strip_prefix("ringpost listening on ")
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("broker did not start: {line:?}"))
-        .to_string();
-    Broker { child, addr, dir }
-}
-
 fn connect(broker: &Broker, secret: &Path, extra: &[&str]) -> (bool, Value, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ringpost-tools"))
-        .args(["load", "connect", "--json", "--addr", &broker.addr])
+    let out = tools(&["load", "connect", "--json", "--addr", &broker.addr])
         .arg("--secret-file")
         .arg(secret)
         .args(extra)
@@ -79,11 +31,12 @@ fn percentiles_present(v: &Value) {
 
 #[test]
 fn holds_connections_from_many_source_addresses_across_processes() {
-    let broker = start_broker("hold");
-    let pid = broker.child.id().to_string();
+    let dir = TempDir::new("connect-hold");
+    let broker = Broker::start(&dir.0, "");
+    let pid = broker.pid().to_string();
     let (ok, r, stderr) = connect(
         &broker,
-        &broker.dir.join("auth.secret"),
+        &broker.secret,
         &[
             "--conns",
             "400",
@@ -139,10 +92,11 @@ fn holds_connections_from_many_source_addresses_across_processes() {
 fn source_address_binding_is_real() {
     // 192.0.2.1 (TEST-NET-1) is not an address of this machine: binding to it must fail, and
     // the failure is reported by name, not as a hang or a success.
-    let broker = start_broker("badsrc");
+    let dir = TempDir::new("connect-badsrc");
+    let broker = Broker::start(&dir.0, "");
     let (ok, r, stderr) = connect(
         &broker,
-        &broker.dir.join("auth.secret"),
+        &broker.secret,
         &[
             "--conns",
             "20",
@@ -162,8 +116,9 @@ fn source_address_binding_is_real() {
 
 #[test]
 fn refused_logins_are_counted_by_code() {
-    let broker = start_broker("badtoken");
-    let wrong = broker.dir.join("other.secret");
+    let dir = TempDir::new("connect-badtoken");
+    let broker = Broker::start(&dir.0, "");
+    let wrong = dir.0.join("other.secret");
     std::fs::write(
         &wrong,
         "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",

@@ -1,69 +1,20 @@
 //! Crash test through the load tool: kill -9 the broker during `load offline --phase send`,
 //! restart it, and `--phase verify` that every acknowledged message arrives exactly once.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn broker_bin() -> PathBuf {
-    // The broker is a binary of the sibling package, built into the same target directory.
-    let tools = PathBuf::from(env!("CARGO_BIN_EXE_ringpost-tools"));
-    let bin = tools.with_file_name("ringpost");
-    assert!(
-        bin.exists(),
-        "build the workspace first (cargo test --workspace): {bin:?}"
-    );
-    bin
-}
-
-fn start_broker(dir: &Path) -> (Child, String) {
-    let mut child = Command::new(broker_bin())
-        .arg("--config")
-        .arg(dir.join("ringpost.toml"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .strip_prefix("ringpost listening on ")
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("broker did not start: {line:?}"))
-        .to_string();
-    (child, addr)
-}
-
-fn tools(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ringpost-tools"));
-    c.args(args);
-    c
-}
+use common::{tools, Broker, TempDir};
 
 fn crash_during_send(kill_after_acks: usize) {
-    let dir = std::env::temp_dir().join(format!(
-        "ringpost-offline-crash-{}-{kill_after_acks}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("ringpost.toml"),
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nshards = 2\n\
-             [storage]\ndata_dir = \"{d}/data\"\nsegment_size = \"4MiB\"\nfsync = \"always\"\n\
-             [auth]\nsecret_file = \"{d}/auth.secret\"\n\
-             [limits]\nsends_per_sec = 1000000\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
+    let tmp = TempDir::new(&format!("offline-crash-{kill_after_acks}"));
+    let dir = &tmp.0;
+    const LIMITS: &str = "[limits]\nsends_per_sec = 1000000\n";
     let record = dir.join("acked.record");
-    let secret = dir.join("auth.secret");
-    let (mut broker, addr) = start_broker(&dir);
+    let broker = Broker::start(dir, LIMITS);
+    let (addr, secret) = (broker.addr.clone(), broker.secret.clone());
 
     let mut sender = tools(&[
         "load",
@@ -95,15 +46,15 @@ fn crash_during_send(kill_after_acks: usize) {
         assert!(Instant::now() < deadline, "only {lines} acks recorded");
         std::thread::sleep(Duration::from_millis(5));
     }
-    broker.kill().unwrap();
-    broker.wait().unwrap();
+    broker.kill();
     let status = sender.wait().unwrap();
     assert!(
         status.success(),
         "the send phase ends cleanly when the broker dies"
     );
 
-    let (mut broker, addr) = start_broker(&dir);
+    let broker = Broker::start(dir, LIMITS);
+    let addr = broker.addr.clone();
     let out = tools(&[
         "load", "offline", "--phase", "verify", "--users", "4", "--json", "--addr", &addr,
     ])
@@ -125,9 +76,7 @@ fn crash_during_send(kill_after_acks: usize) {
     assert_eq!(report["out_of_order"], 0);
     assert!(report["acked"].as_u64().unwrap() > kill_after_acks as u64);
     assert!(report["delivered"].as_u64() >= report["acked"].as_u64());
-    let _ = broker.kill();
-    let _ = broker.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(broker);
 }
 
 #[test]

@@ -50,7 +50,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
-use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -59,7 +58,8 @@ use ringpost::protocol::{code_name, ClientMsg, Code};
 use serde_json::{json, Value};
 
 use super::{
-    new_histogram, parse_duration, percentiles_json, spawn_progress, CommonArgs, Live, Tokens,
+    new_histogram, parse_duration, percentiles_json, run_generators, CommonArgs, Live, StartLine,
+    Tokens,
 };
 
 /// Bytes at the start of every body: intended send time (ns after the run's start), then the
@@ -384,11 +384,7 @@ pub fn run(args: ChurnArgs) -> ExitCode {
             .map(|m| args.drops.contains(&m)),
     };
     let live = Arc::new(Live::default());
-    let ready = Arc::new(std::sync::Barrier::new(threads + 1));
-    let t0_cell = Arc::new(std::sync::OnceLock::<Instant>::new());
-
-    let mut handles = Vec::new();
-    for t in 0..threads {
+    let outcomes = run_generators("churn", threads, &live, |t, start| {
         let mut specs = Vec::new();
         for &k in pairs.iter().skip(t).step_by(threads) {
             let (a, b) = (2 * k, 2 * k + 1);
@@ -396,42 +392,13 @@ pub fn run(args: ChurnArgs) -> ExitCode {
             specs.push((name(a), name(b), churners[a]));
             specs.push((name(b), name(a), churners[b]));
         }
-        let (addr, tokens, live, ready, t0_cell) = (
-            args.common.addr,
-            tokens.clone(),
-            live.clone(),
-            ready.clone(),
-            t0_cell.clone(),
-        );
-        let spawned = LocalExecutorBuilder::new(Placement::Unbound)
-            .name(&format!("churn-{t}"))
-            .io_memory(256 * 1024)
-            .spawn(move || async move {
-                generator(addr, tokens, specs, cfg, live, ready, t0_cell).await
-            });
-        match spawned {
-            Ok(h) => handles.push(h),
-            Err(e) => {
-                eprintln!("cannot start generator thread: {e}");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    ready.wait();
-    let _ = t0_cell.set(Instant::now() + Duration::from_millis(50));
-    ready.wait();
-    let progress = spawn_progress(live.clone());
-
-    let mut outcomes = Vec::new();
-    for h in handles {
-        match h.join() {
-            Ok(Ok(o)) => outcomes.push(o),
-            Ok(Err(e)) => eprintln!("generator thread failed: {e}"),
-            Err(e) => eprintln!("generator thread panicked: {e}"),
-        }
-    }
-    live.stop.store(true, Ordering::Relaxed);
-    let _ = progress.join();
+        let (addr, tokens, live) = (args.common.addr, tokens.clone(), live.clone());
+        move || async move { generator(addr, tokens, specs, cfg, live, start).await }
+    });
+    let outcomes = match outcomes {
+        Ok(o) => o,
+        Err(code) => return code,
+    };
     report(
         &args,
         churners.iter().filter(|c| **c).count(),
@@ -490,8 +457,7 @@ async fn generator(
     specs: Vec<(String, String, bool)>,
     cfg: Cfg,
     live: Arc<Live>,
-    ready: Arc<std::sync::Barrier>,
-    t0_cell: Arc<std::sync::OnceLock<Instant>>,
+    start: StartLine,
 ) -> Result<Outcome, String> {
     // Log everyone in before the clock starts.
     let n = cfg.per_sender as usize;
@@ -529,9 +495,7 @@ async fn generator(
             gave_up: Cell::new(false),
         }));
     }
-    ready.wait();
-    ready.wait();
-    let t0 = t0_cell.get().copied().unwrap_or_else(Instant::now);
+    let t0 = start.arrive();
     let shared = Rc::new(Shared::new(t0, live)?);
 
     let mut tasks = Vec::new();

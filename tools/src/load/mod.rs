@@ -116,6 +116,73 @@ pub fn percentiles_json(h: &Histogram<u64>) -> Value {
     })
 }
 
+/// The start shared by a scenario's generator threads: each logs its connections in, then all
+/// schedule against one instant taken once every thread is ready.
+#[derive(Clone)]
+pub struct StartLine {
+    barrier: Arc<std::sync::Barrier>,
+    t0: Arc<std::sync::OnceLock<Instant>>,
+}
+
+impl StartLine {
+    /// Called by each generator thread once its connections are in; returns the common start.
+    /// (Blocks the thread, on purpose: nothing else runs on it before the start.)
+    pub fn arrive(&self) -> Instant {
+        self.barrier.wait();
+        self.barrier.wait();
+        self.t0.get().copied().unwrap_or_else(Instant::now)
+    }
+}
+
+/// Runs `threads` generator executors (`make(t, start)` builds thread t's future), starts them
+/// together 50 ms after the last is ready, shows the progress line until they finish, and
+/// returns what each returned. Exit code 2 if a thread cannot be started.
+pub fn run_generators<O, G, Fut>(
+    name: &str,
+    threads: usize,
+    live: &Arc<Live>,
+    mut make: impl FnMut(usize, StartLine) -> G,
+) -> Result<Vec<O>, ExitCode>
+where
+    O: Send + 'static,
+    G: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<O, String>> + 'static,
+{
+    let start = StartLine {
+        barrier: Arc::new(std::sync::Barrier::new(threads + 1)),
+        t0: Arc::new(std::sync::OnceLock::new()),
+    };
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        let spawned = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .name(&format!("{name}-{t}"))
+            .io_memory(256 * 1024)
+            .spawn(make(t, start.clone()));
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                eprintln!("cannot start generator thread: {e}");
+                return Err(ExitCode::from(2));
+            }
+        }
+    }
+    start.barrier.wait();
+    let _ = start.t0.set(Instant::now() + Duration::from_millis(50));
+    start.barrier.wait();
+    let progress = spawn_progress(live.clone());
+    let mut outcomes = Vec::new();
+    for h in handles {
+        match h.join() {
+            Ok(Ok(o)) => outcomes.push(o),
+            Ok(Err(e)) => eprintln!("generator thread failed: {e}"),
+            Err(e) => eprintln!("generator thread panicked: {e}"),
+        }
+    }
+    live.stop.store(true, Ordering::Relaxed);
+    let _ = progress.join();
+    Ok(outcomes)
+}
+
 /// Counters shared by all generator threads (relaxed atomics; read by the progress line).
 #[derive(Default)]
 pub struct Live {

@@ -14,14 +14,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use ringpost::client::{Client, ClientOptions, Event, Reader, Writer};
 use ringpost::protocol::Code;
 use serde_json::json;
 
 use super::{
-    new_histogram, parse_duration, percentiles_json, spawn_progress, CommonArgs, Live, Tokens,
+    new_histogram, parse_duration, percentiles_json, run_generators, CommonArgs, Live, StartLine,
+    Tokens,
 };
 
 /// Bytes at the start of every body: intended send time (ns after the run's start), then the
@@ -138,20 +138,10 @@ pub fn run(args: P2pArgs) -> ExitCode {
         .max(1.0) as u64;
     let live = Arc::new(Live::default());
     // Every thread schedules against the same start, a moment after all have logged in.
-    let ready = Arc::new(std::sync::Barrier::new(threads + 1));
-    let t0_cell = Arc::new(std::sync::OnceLock::<Instant>::new());
-
-    let mut handles = Vec::new();
-    for t in 0..threads {
+    let outcomes = run_generators("load", threads, &live, |t, start| {
         let my_pairs: Vec<(String, String)> =
             names.iter().skip(t).step_by(threads).cloned().collect();
-        let (args_addr, tokens, live, ready, t0_cell) = (
-            args.common.addr,
-            tokens.clone(),
-            live.clone(),
-            ready.clone(),
-            t0_cell.clone(),
-        );
+        let (addr, tokens, live) = (args.common.addr, tokens.clone(), live.clone());
         let cfg = ThreadCfg {
             interval,
             per_sender,
@@ -160,35 +150,12 @@ pub fn run(args: P2pArgs) -> ExitCode {
             drain_timeout: args.drain_timeout,
             cross_shard_only: args.pairs_cross_shard_only,
         };
-        let spawned = LocalExecutorBuilder::new(Placement::Unbound)
-            .name(&format!("load-{t}"))
-            .io_memory(256 * 1024)
-            .spawn(move || async move {
-                generator(args_addr, tokens, my_pairs, cfg, live, ready, t0_cell).await
-            });
-        match spawned {
-            Ok(h) => handles.push(h),
-            Err(e) => {
-                eprintln!("cannot start generator thread: {e}");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    ready.wait();
-    let _ = t0_cell.set(Instant::now() + Duration::from_millis(50));
-    ready.wait();
-    let progress = spawn_progress(live.clone());
-
-    let mut outcomes = Vec::new();
-    for h in handles {
-        match h.join() {
-            Ok(Ok(o)) => outcomes.push(o),
-            Ok(Err(e)) => eprintln!("generator thread failed: {e}"),
-            Err(e) => eprintln!("generator thread panicked: {e}"),
-        }
-    }
-    live.stop.store(true, Ordering::Relaxed);
-    let _ = progress.join();
+        move || async move { generator(addr, tokens, my_pairs, cfg, live, start).await }
+    });
+    let outcomes = match outcomes {
+        Ok(o) => o,
+        Err(code) => return code,
+    };
     report(&args, outcomes, threads)
 }
 
@@ -229,8 +196,7 @@ async fn generator(
     pairs: Vec<(String, String)>,
     cfg: ThreadCfg,
     live: Arc<Live>,
-    ready: Arc<std::sync::Barrier>,
-    t0_cell: Arc<std::sync::OnceLock<Instant>>,
+    start: StartLine,
 ) -> Result<Outcome, String> {
     let mut clients: Vec<(String, String, Client)> = Vec::new();
     let mut login_failures = Vec::new();
@@ -252,9 +218,7 @@ async fn generator(
             clients.extend(pair);
         }
     }
-    ready.wait();
-    ready.wait();
-    let t0 = t0_cell.get().copied().unwrap_or_else(Instant::now);
+    let t0 = start.arrive();
 
     let shared = Rc::new(Shared {
         t0,
