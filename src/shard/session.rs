@@ -3,10 +3,10 @@
 //! traffic the connection parks (see [`super::park`]): the active part of the task is dropped
 //! and a small stub waits for the shard's epoll poller or any other wake-up to resume it.
 //!
-//! An idle connection costs one pending readiness poll on the ring (the one glommio arms when
-//! the stream is created) and this task's small future: no read buffer, no write buffer, no
-//! timer. The task waits in a 1-byte `read`, which glommio serves from that poll without
-//! allocating; when it returns, the task drains the socket with non-blocking `recv` into the
+//! Between frames an active connection costs one pending readiness poll on the ring (the one
+//! glommio arms when the stream is created) and this task's future: no read buffer, no write
+//! buffer. The task waits in a 1-byte `read`, which glommio serves from that poll without
+//! allocating, raced against its wake-up and the park timer; when the read returns, the task drains the socket with non-blocking `recv` into the
 //! shard's shared scratch buffer and parses in place; only a frame split across reads is copied
 //! into the connection's own `rx`. (A `peek` would cost a second ring op plus a
 //! 4 KiB-aligned buffer per idle connection.) The rarely used, large futures (blocked writes,
