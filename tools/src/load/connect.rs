@@ -211,6 +211,9 @@ struct Progress {
     failed: AtomicU64,
     pings: AtomicU64,
     dropped: AtomicU64,
+    /// Latest p99 (µs) of some thread's login / ping histogram (refreshed every 64 records).
+    login_p99_us: AtomicU64,
+    ping_p99_us: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -617,7 +620,13 @@ impl Thread {
         match LeanClient::connect(&opts, 0).await {
             Ok(client) => {
                 let us = start.elapsed().as_micros() as u64;
-                let _ = self.login.borrow_mut().record(us.max(1));
+                let mut h = self.login.borrow_mut();
+                let _ = h.record(us.max(1));
+                if h.len().is_multiple_of(64) {
+                    let p99 = h.value_at_quantile(0.99);
+                    self.progress.login_p99_us.store(p99, Ordering::Relaxed);
+                }
+                drop(h);
                 self.connected.set(self.connected.get() + 1);
                 if let Ok(local) = client.local_addr() {
                     let ip = local.ip().to_string();
@@ -677,7 +686,13 @@ impl Thread {
             next = next.max(Instant::now());
             if answered {
                 let us = sent.elapsed().as_micros() as u64;
-                let _ = self.ping.borrow_mut().record(us.max(1));
+                let mut h = self.ping.borrow_mut();
+                let _ = h.record(us.max(1));
+                if h.len().is_multiple_of(64) {
+                    let p99 = h.value_at_quantile(0.99);
+                    self.progress.ping_p99_us.store(p99, Ordering::Relaxed);
+                }
+                drop(h);
                 self.progress.pings.fetch_add(1, Ordering::Relaxed);
             } else if self.stop.load(Ordering::Relaxed) {
                 return;
@@ -730,10 +745,13 @@ fn spawn_progress(p: Arc<Progress>, target: u64) -> std::thread::JoinHandle<()> 
             }
             let c = p.connected.load(Ordering::Relaxed);
             eprintln!(
-                "t={t}s connected={c}/{target} conns/s={} failed={} pings={} dropped={}",
+                "t={t}s connected={c}/{target} conns/s={} login_p99={}µs pings={} ping_p99={}µs \
+                 failed={} dropped={}",
                 c.saturating_sub(last),
-                p.failed.load(Ordering::Relaxed),
+                p.login_p99_us.load(Ordering::Relaxed),
                 p.pings.load(Ordering::Relaxed),
+                p.ping_p99_us.load(Ordering::Relaxed),
+                p.failed.load(Ordering::Relaxed),
                 p.dropped.load(Ordering::Relaxed),
             );
             last = c;
