@@ -193,11 +193,7 @@ impl Client {
                 writer,
             })
         };
-        let timeout = async {
-            glommio::timer::sleep(opts.login_timeout).await;
-            Err(ClientError::Timeout)
-        };
-        future::or(attempt, timeout).await
+        within_login_timeout(opts, attempt).await
     }
 
     /// Reconnects after a failure, with exponential backoff and jitter, resuming after the last
@@ -353,11 +349,7 @@ impl LeanClient {
             lean.login = lean.reader.read_login().await?;
             Ok(lean)
         };
-        let timeout = async {
-            glommio::timer::sleep(opts.login_timeout).await;
-            Err(ClientError::Timeout)
-        };
-        future::or(attempt, timeout).await
+        within_login_timeout(opts, attempt).await
     }
 
     pub fn login_info(&self) -> &LoginInfo {
@@ -511,6 +503,18 @@ fn to_event(msg: ServerMsg<'_>) -> Result<Event, ClientError> {
             return Err(ClientError::Protocol("LoginOk after login".into()))
         }
     })
+}
+
+/// `attempt` (TCP connect plus Login → LoginOk), or `Timeout` after `login_timeout`.
+async fn within_login_timeout<T>(
+    opts: &ClientOptions,
+    attempt: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    let timeout = async {
+        glommio::timer::sleep(opts.login_timeout).await;
+        Err(ClientError::Timeout)
+    };
+    future::or(attempt, timeout).await
 }
 
 async fn open(opts: &ClientOptions) -> Result<TcpStream, ClientError> {

@@ -25,7 +25,7 @@ use glommio::net::TcpListener;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use super::acceptor::accept_loop;
-use super::park::Parking;
+use super::park::{self, Parking};
 use super::recovery::{recover, shard_dir, Recovered};
 use super::state::Shard;
 use super::transport::{build_mesh, Batch, Mesh, MeshPorts};
@@ -429,15 +429,12 @@ async fn poll_parked(shard: Rc<Shard>) {
         if shard.parking.take_ready(&mut ids) == 0 {
             empty_rounds += 1;
             if empty_rounds >= 3 {
-                glommio::timer::sleep(Parking::idle_retry()).await;
+                glommio::timer::sleep(park::IDLE_RETRY).await;
             }
             continue;
         }
         empty_rounds = 0;
-        let conns = shard.connections_by_id(&ids);
-        for conn in conns {
-            conn.wake.notify();
-        }
+        shard.wake_connections(&ids);
     }
 }
 

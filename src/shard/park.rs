@@ -27,7 +27,7 @@ use super::envelope::ConnId;
 const BATCH: usize = 1024;
 /// Fallback pause if the readiness wait ever returns with no events several times in a row
 /// (it should not; this bounds the damage if a glommio change made it return early).
-const IDLE_RETRY: Duration = Duration::from_millis(1);
+pub const IDLE_RETRY: Duration = Duration::from_millis(1);
 
 pub struct Parking {
     epoll: OwnedFd,
@@ -102,10 +102,6 @@ impl Parking {
                 return total;
             }
         }
-    }
-
-    pub fn idle_retry() -> Duration {
-        IDLE_RETRY
     }
 }
 

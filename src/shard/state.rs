@@ -332,10 +332,13 @@ impl Shard {
         }
     }
 
-    /// The live connections among `ids` (parked connections whose sockets have events).
-    pub fn connections_by_id(&self, ids: &[ConnId]) -> Vec<Rc<Conn>> {
+    /// Wakes the live connections among `ids` (parked connections whose sockets have events).
+    /// A wake-up only schedules the connection's task, so holding the map borrow is safe.
+    pub fn wake_connections(&self, ids: &[ConnId]) {
         let conns = self.conns.borrow();
-        ids.iter().filter_map(|id| conns.get(id).cloned()).collect()
+        for conn in ids.iter().filter_map(|id| conns.get(id)) {
+            conn.wake.notify();
+        }
     }
 
     /// Called by the session task when it ends.

@@ -357,12 +357,9 @@ pub fn run(args: ChurnArgs) -> ExitCode {
         eprintln!("{e}");
         return ExitCode::from(2);
     }
-    let tokens = match Tokens::load(&args.common.secret_file) {
+    let tokens = match Tokens::load_or_exit(&args.common) {
         Ok(t) => t,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let run_id: u32 = rand::random();
     let churners = churning_users(args.users, args.churn_fraction);

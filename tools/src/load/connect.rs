@@ -306,9 +306,6 @@ fn run_inner(args: &ConnectArgs) -> Result<ExitCode, String> {
             reader.read_line(&mut line).map_err(|e| e.to_string())?;
             let v: Value = serde_json::from_str(&line).map_err(|e| format!("child JSON: {e}"))?;
             let part = Part::from_json(&v)?;
-            progress
-                .connected
-                .fetch_add(part.connected, Ordering::Relaxed);
             match &mut total {
                 None => total = Some(part),
                 Some(t) => t.merge(part)?,

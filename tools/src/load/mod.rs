@@ -93,6 +93,14 @@ impl Tokens {
             .map_err(|e| e.to_string())
     }
 
+    /// [`Tokens::load`] from `--secret-file`, printing why it failed and giving exit code 2.
+    pub fn load_or_exit(common: &CommonArgs) -> Result<Tokens, ExitCode> {
+        Tokens::load(&common.secret_file).map_err(|e| {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        })
+    }
+
     pub fn mint(&self, user: &str) -> Result<String, String> {
         ringpost::auth::mint(&self.secret, user, Duration::from_secs(24 * 3600))
             .map_err(|e| e.to_string())

@@ -60,12 +60,9 @@ pub fn run(args: OfflineArgs) -> ExitCode {
         eprintln!("--phase send/verify needs --record FILE");
         return ExitCode::from(2);
     }
-    let tokens = match Tokens::load(&args.common.secret_file) {
+    let tokens = match Tokens::load_or_exit(&args.common) {
         Ok(t) => t,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let ex = LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(256 * 1024)

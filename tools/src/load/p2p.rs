@@ -122,12 +122,9 @@ pub fn run(args: P2pArgs) -> ExitCode {
         eprintln!("--rate must be positive");
         return ExitCode::from(2);
     }
-    let tokens = match Tokens::load(&args.common.secret_file) {
+    let tokens = match Tokens::load_or_exit(&args.common) {
         Ok(t) => t,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let names = pair_names(&args);
     let threads = args.common.thread_count().min(args.users / 2).max(1);
