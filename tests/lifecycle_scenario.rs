@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ringpost::client::Event;
-use ringpost::protocol::Code;
+use ringpost::protocol::{ClientMsg, Code};
 use support::*;
 
 #[test]
@@ -17,10 +17,19 @@ fn sigterm_acks_in_flight_sends_then_says_goaway_and_exits_zero() {
         let mut ca = broker.connect(&a, "d").await;
         let mut cb = broker.connect(&b, "d").await;
         // Cross-shard sends immediately followed by SIGTERM: every one must be acked before
-        // the GoAway.
+        // the GoAway. The 50 frames go out in one write: written one by one, the client's
+        // kernel may still hold some of them when the signal lands (TCP's congestion window
+        // waits on the broker's delayed ACKs), and bytes that never reached the broker are
+        // not in flight there.
+        let mut burst = Vec::new();
         for i in 1..=50u64 {
-            ca.send(i, &b, b"last words").await.unwrap();
+            burst.extend(frame(&ClientMsg::Send {
+                client_msg_id: i,
+                to_user: &b,
+                body: b"last words",
+            }));
         }
+        ca.send_raw(&burst).await.unwrap();
         broker.signal(libc::SIGTERM);
         let mut acked = 0;
         loop {

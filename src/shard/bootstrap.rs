@@ -27,6 +27,7 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use super::acceptor::accept_loop;
 use super::park::{self, Parking};
 use super::recovery::{recover, shard_dir, Recovered};
+use super::session;
 use super::state::Shard;
 use super::transport::{build_mesh, Batch, Mesh, MeshPorts};
 use super::wake::Signal;
@@ -388,6 +389,7 @@ async fn run_shard(ctx: ShardStart, ready: Arc<Barrier>) {
     );
     stop.notify();
     acceptor.await;
+    session::read_pending_input(&shard);
     shard.begin_drain();
     wait_until(&shard, deadline, |s| s.quiesced()).await;
     let _ = future::or(mesh.wait_idle(), sleep_until(deadline)).await;

@@ -156,7 +156,7 @@ async fn serve(
                 break;
             }
             Wake::Read(Ok(_)) => {
-                read_ready(&shard, &conn, probe[0]);
+                read_ready(&shard, &conn, Some(probe[0]));
                 shard.flush_dirty();
             }
             Wake::Park => {
@@ -251,13 +251,26 @@ async fn write_pending(shard: &Shard, conn: &Conn, stream: &mut TcpStream) -> bo
     ok
 }
 
+/// Shutdown, before the shard stops reading: takes in what every open connection has already
+/// sent (bytes waiting in its socket, parked or not), so that every send that reached the
+/// broker before the signal is answered rather than left unread.
+pub fn read_pending_input(shard: &Rc<Shard>) {
+    for conn in shard.connections() {
+        read_ready(shard, &conn, None);
+    }
+    shard.flush_dirty();
+}
+
 /// Drains the socket into the shard's scratch buffer and feeds complete frames to the shard.
-/// `first` is the byte the session task's wake-up read already took.
-fn read_ready(shard: &Rc<Shard>, conn: &Rc<Conn>, first: u8) {
+/// `first` is the byte the session task's wake-up read already took, if any.
+fn read_ready(shard: &Rc<Shard>, conn: &Rc<Conn>, first: Option<u8>) {
     let mut scratch = shard.scratch.borrow_mut();
-    scratch[0] = first;
-    let mut held = 1;
-    conn.last_seen_ms.set(shard.mono_ms());
+    let mut held = 0;
+    if let Some(b) = first {
+        scratch[0] = b;
+        held = 1;
+        conn.last_seen_ms.set(shard.mono_ms());
+    }
     for _ in 0..READS_PER_WAKE {
         if !conn.is_open() {
             return;

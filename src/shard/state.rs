@@ -836,9 +836,14 @@ impl Shard {
             && !self.committing.get()
     }
 
+    /// Every live connection (a snapshot: handling one may change the map).
+    pub fn connections(&self) -> Vec<Rc<Conn>> {
+        self.conns.borrow().values().cloned().collect()
+    }
+
     /// Shutdown, step 2: GoAway(SHUTDOWN) to every connection.
     pub fn say_goodbye(&self) {
-        let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
+        let conns = self.connections();
         for conn in conns {
             self.detach(&conn);
             conn.go_away(Code::SHUTDOWN, "broker is shutting down");
