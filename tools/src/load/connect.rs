@@ -616,14 +616,7 @@ impl Thread {
         let start = Instant::now();
         match LeanClient::connect(&opts, 0).await {
             Ok(client) => {
-                let us = start.elapsed().as_micros() as u64;
-                let mut h = self.login.borrow_mut();
-                let _ = h.record(us.max(1));
-                if h.len().is_multiple_of(64) {
-                    let p99 = h.value_at_quantile(0.99);
-                    self.progress.login_p99_us.store(p99, Ordering::Relaxed);
-                }
-                drop(h);
+                record(&self.login, start, &self.progress.login_p99_us);
                 self.connected.set(self.connected.get() + 1);
                 if let Ok(local) = client.local_addr() {
                     let ip = local.ip().to_string();
@@ -682,14 +675,7 @@ impl Thread {
             // A slow answer delays the next ping rather than stacking pings up.
             next = next.max(Instant::now());
             if answered {
-                let us = sent.elapsed().as_micros() as u64;
-                let mut h = self.ping.borrow_mut();
-                let _ = h.record(us.max(1));
-                if h.len().is_multiple_of(64) {
-                    let p99 = h.value_at_quantile(0.99);
-                    self.progress.ping_p99_us.store(p99, Ordering::Relaxed);
-                }
-                drop(h);
+                record(&self.ping, sent, &self.progress.ping_p99_us);
                 self.progress.pings.fetch_add(1, Ordering::Relaxed);
             } else if self.stop.load(Ordering::Relaxed) {
                 return;
@@ -704,6 +690,16 @@ impl Thread {
     fn drop_conn(&self) {
         self.dropped.set(self.dropped.get() + 1);
         self.progress.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Records the time since `since` (µs) and, every 64 records, publishes the p99 for the
+/// progress line.
+fn record(h: &std::cell::RefCell<Histogram<u64>>, since: Instant, p99: &AtomicU64) {
+    let mut h = h.borrow_mut();
+    let _ = h.record((since.elapsed().as_micros() as u64).max(1));
+    if h.len().is_multiple_of(64) {
+        p99.store(h.value_at_quantile(0.99), Ordering::Relaxed);
     }
 }
 
