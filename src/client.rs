@@ -24,7 +24,7 @@ use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use rand::Rng;
 
-use crate::protocol::{self, ClientMsg, Code, ServerMsg};
+use crate::protocol::{self, ClientMsg, Code, FrameReader, ServerMsg};
 
 /// Bytes the reader asks the socket for at a time.
 const READ_CHUNK: usize = 16 * 1024;
@@ -137,10 +137,7 @@ impl ClientError {
 /// The receiving half.
 pub struct Reader {
     stream: TcpStream,
-    /// `buf[start..filled]` holds received bytes not yet returned as frames.
-    buf: Vec<u8>,
-    start: usize,
-    filled: usize,
+    frames: FrameReader,
     max_frame: usize,
     read_chunk: usize,
     last_seq: u64,
@@ -377,9 +374,7 @@ impl Reader {
     fn new(stream: TcpStream, opts: &ClientOptions, last_seq: u64) -> Reader {
         Reader {
             stream,
-            buf: Vec::new(),
-            start: 0,
-            filled: 0,
+            frames: FrameReader::new(),
             max_frame: opts.max_frame,
             read_chunk: opts.read_chunk.max(64),
             last_seq,
@@ -393,7 +388,7 @@ impl Reader {
     /// Next frame from the server. `Err(Closed)` when the server closed the connection.
     pub async fn recv(&mut self) -> Result<Event, ClientError> {
         let payload = self.next_frame().await?;
-        let event = match protocol::decode_server(&self.buf[payload.0..payload.1]) {
+        let event = match protocol::decode_server(payload) {
             Ok(msg) => to_event(msg)?,
             Err(e) => return Err(ClientError::Protocol(e.to_string())),
         };
@@ -405,7 +400,7 @@ impl Reader {
 
     async fn read_login(&mut self) -> Result<LoginInfo, ClientError> {
         let payload = self.next_frame().await?;
-        match protocol::decode_server(&self.buf[payload.0..payload.1]) {
+        match protocol::decode_server(payload) {
             Ok(ServerMsg::LoginOk {
                 user_id,
                 shard,
@@ -436,35 +431,27 @@ impl Reader {
         }
     }
 
-    /// Reads until a whole frame is buffered; returns its payload's range in `buf`.
+    /// Reads until a whole frame is buffered; returns its payload.
     ///
-    /// Cancel-safe: bytes count as received only once a read completes (`filled`), so
-    /// dropping this future (in a select) loses nothing.
-    async fn next_frame(&mut self) -> Result<(usize, usize), ClientError> {
-        loop {
-            match protocol::check(&self.buf[self.start..self.filled], self.max_frame) {
-                Ok(Some(n)) => {
-                    let range = (self.start + protocol::LEN_PREFIX, self.start + n);
-                    self.start += n;
-                    return Ok(range);
-                }
-                Ok(None) => {}
-                Err(e) => return Err(ClientError::Protocol(e.to_string())),
-            }
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.filled, 0);
-                self.filled -= self.start;
-                self.start = 0;
-            }
-            if self.buf.len() - self.filled < self.read_chunk {
-                self.buf.resize(self.filled + self.read_chunk, 0);
-            }
-            let n = self.stream.read(&mut self.buf[self.filled..]).await?;
+    /// Cancel-safe: bytes count as received only once a read completes, so dropping this
+    /// future (in a select) loses nothing.
+    async fn next_frame(&mut self) -> Result<&[u8], ClientError> {
+        let protocol_error = |e: protocol::CodecError| ClientError::Protocol(e.to_string());
+        while !self
+            .frames
+            .has_frame(self.max_frame)
+            .map_err(protocol_error)?
+        {
+            let n = self.stream.read(self.frames.spare(self.read_chunk)).await?;
             if n == 0 {
                 return Err(ClientError::Closed);
             }
-            self.filled += n;
+            self.frames.filled(n);
         }
+        self.frames
+            .next_frame(self.max_frame)
+            .map_err(protocol_error)?
+            .ok_or_else(|| ClientError::Protocol("frame vanished from the buffer".into()))
     }
 }
 

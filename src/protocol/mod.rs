@@ -15,6 +15,8 @@
 //!    non-allocating `Ok(None)`; an oversized or empty frame is an error as soon as the prefix
 //!    is readable, without waiting for (or buffering) its body. `Ok(Some(n))` means a whole
 //!    frame occupies `buf[..n]`.
+//!    The loop over a byte stream that runs this check and keeps partial frames is in
+//!    [`reader`], shared by every receiver.
 //! 2. [`decode_client`] / [`decode_server`] run the FlatBuffers verifier over the payload
 //!    (`buf[LEN_PREFIX..n]`) and borrow strings and bodies from it (zero copy). Arbitrary bytes
 //!    give an error, never a panic or an out-of-bounds read.
@@ -53,6 +55,7 @@
 mod codec;
 mod layout;
 mod messages;
+pub mod reader;
 #[allow(
     clippy::all,
     clippy::pedantic,
@@ -72,4 +75,5 @@ pub use codec::{
 };
 pub use layout::{LEN_PREFIX, MAX_DEVICE_ID, MAX_USER_ID};
 pub use messages::{ClientMsg, ServerMsg};
+pub use reader::{Flow, FrameReader};
 pub use ringpost_generated::ringpost::wire::Code;
