@@ -20,27 +20,33 @@
 //!
 //! ## Data path of a 1:1 message
 //!
+//! Each stage is one file of [`shard`]: `session` (socket I/O), `ingress` (dispatch and
+//! admission), `transport` (the mesh), `inbox` (seq, append, group commit), `delivery` (from
+//! the log to the devices).
+//!
 //! ```text
 //!  client A ──TCP──▶ shard a (owner of A)                      shard b (owner of B) ──TCP──▶ client B
 //!                    session::read_ready                         │
-//!                     check → decode_client → Shard::on_send     │
+//!                     reader::feed → decode_client               │
+//!                    ingress: Shard::on_send                     │
 //!                     rate limit, dedup(A, client_msg_id)        │
-//!                     owner(B) == b ≠ a                          │
-//!                     Mesh::push(b, Message) ──SPSC a→b (batch)──▶ Shard::handle_envelope
-//!                                                                │ accept_message: seq = head(B)+1,
-//!                                                                │ Log::append → index(B) += (seq, pos)
-//!                                                                │ Shard::commit (once per batch):
-//!                                                                │   msync on the blocking pool,
-//!                                                                │   durable(B) = seq, devices refill
-//!                                                                │   from the log → one send(2) per conn
-//!                     Shard::complete_send ◀──SPSC b→a (batch)── SendAck{OK}
+//!                     route: owner(B) == b ≠ a                   │
+//!                    transport: Mesh::push(b, Message) ─SPSC a→b─▶ ingress: Shard::handle_envelope
+//!                                                                │ inbox: accept_message: seq = head(B)+1,
+//!                                                                │  Log::append → index(B) += (seq, pos)
+//!                                                                │ inbox: Shard::commit (once per batch):
+//!                                                                │  msync on the blocking pool,
+//!                                                                │  durable(B) = seq
+//!                                                                │ delivery: devices refill from the log
+//!                                                                │  → one send(2) per conn (flush_dirty)
+//!                    ingress: Shard::complete_send ◀─SPSC b→a─── SendAck{OK}
 //!  client A ◀──SendAck{OK}
 //! ```
 //!
 //! A connection may land on any shard (SO_REUSEPORT). The accepting shard reads the Login
 //! frame, verifies the token and, if another shard owns the user, hands over the fd and any
-//! bytes already read through the same mesh (`shard::acceptor`). From then on the owner does
-//! all I/O for it.
+//! bytes already read through the same mesh (`shard::acceptor`); the owner starts the
+//! connection's session (`session::start`) and does all I/O for it from then on.
 //!
 //! ## Idle connections
 //!

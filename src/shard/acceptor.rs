@@ -18,12 +18,13 @@ use glommio::net::{TcpListener, TcpStream};
 use super::conn::recv_nonblocking;
 use super::envelope::{Envelope, Handoff};
 use super::routing::owner;
-use super::session::linger_close;
+use super::session::{self, linger_close};
 use super::state::Shard;
-use super::wake::Signal;
 use crate::auth::AuthError;
-use crate::protocol::{self, ClientMsg, Code, ServerMsg};
+use crate::protocol::{self, ClientMsg, Code, FrameReader, ServerMsg};
 
+/// Bytes asked of the socket per read while waiting for the Login frame.
+const LOGIN_READ: usize = 1024;
 /// Pause after accept(2) fails (e.g. EMFILE), so a full fd table does not spin the shard.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(20);
 
@@ -43,21 +44,15 @@ enum Refusal {
     Gone,
 }
 
-/// Accepts until `stop` fires.
-pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stop: Rc<Signal>) {
+/// Accepts until the task is stopped (dropping it closes nothing but the pending accept).
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     loop {
-        let accepted = future::or(async { Some(listener.accept().await) }, async {
-            stop.wait().await;
-            None
-        })
-        .await;
-        match accepted {
-            None => return,
-            Some(Ok(stream)) => {
+        match listener.accept().await {
+            Ok(stream) => {
                 let _ = stream.set_nodelay(true);
                 glommio::spawn_local(login(shard.clone(), stream)).detach();
             }
-            Some(Err(e)) => {
+            Err(e) => {
                 tracing::warn!(shard = shard.id, error = %e, "accept failed");
                 glommio::timer::sleep(ACCEPT_ERROR_BACKOFF).await;
             }
@@ -114,58 +109,69 @@ async fn login(shard: Rc<Shard>, mut stream: TcpStream) {
 
 /// Reads until one complete frame is buffered; it must be a Login.
 async fn read_login(stream: &mut TcpStream, max_frame: usize) -> Result<Login, Refusal> {
-    let mut buf: Vec<u8> = Vec::with_capacity(256);
-    let mut chunk = [0u8; 1024];
+    let mut frames = FrameReader::new();
     loop {
-        match protocol::check(&buf, max_frame) {
+        let login = match frames.next_frame(max_frame) {
             Err(e) => return Err(Refusal::Frame(e.code(), e.to_string())),
-            Ok(Some(n)) => {
-                let payload = &buf[protocol::LEN_PREFIX..n];
-                return match protocol::decode_client(payload) {
-                    Ok(ClientMsg::Login {
-                        token,
-                        device_id,
-                        last_seq,
-                    }) => Ok(Login {
-                        token: token.to_owned(),
-                        device_id: device_id.to_owned(),
-                        last_seq,
-                        leftover: buf[n..].to_vec(),
-                    }),
-                    Ok(_) => Err(Refusal::Frame(
+            Ok(Some(payload)) => match protocol::decode_client(payload) {
+                Ok(ClientMsg::Login {
+                    token,
+                    device_id,
+                    last_seq,
+                }) => Login {
+                    token: token.to_owned(),
+                    device_id: device_id.to_owned(),
+                    last_seq,
+                    leftover: Vec::new(),
+                },
+                Ok(_) => {
+                    return Err(Refusal::Frame(
                         Code::NOT_LOGGED_IN,
                         "the first frame must be Login".into(),
-                    )),
-                    Err(e) => Err(Refusal::Frame(e.code(), e.to_string())),
-                };
-            }
+                    ))
+                }
+                Err(e) => return Err(Refusal::Frame(e.code(), e.to_string())),
+            },
             Ok(None) => {
-                // Wait with a 1-byte read, then take the rest without waiting. glommio arms a
-                // fresh readiness poll after any read that leaves its buffer unfilled; that
-                // poll would still be pending when the stream is dropped at hand-off, and
-                // cancelling it walks the ring's poll hash chain, which holds every connection
-                // of this shard (at 19k connections that was 18% of the CPU of a login storm).
-                let mut first = [0u8; 1];
-                match stream.read(&mut first).await {
-                    Ok(0) | Err(_) => return Err(Refusal::Gone),
-                    Ok(_) => buf.push(first[0]),
-                }
-                loop {
-                    match recv_nonblocking(stream.as_raw_fd(), &mut chunk) {
-                        Ok(n) if n > 0 => {
-                            buf.extend_from_slice(&chunk[..n]);
-                            if n < chunk.len() {
-                                break;
-                            }
-                        }
-                        // End of stream: the next wait reads 0 and refuses.
-                        Ok(_) => break,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(_) => return Err(Refusal::Gone),
-                    }
+                read_more(stream, &mut frames).await?;
+                continue;
+            }
+        };
+        return Ok(Login {
+            leftover: frames.buffered().to_vec(),
+            ..login
+        });
+    }
+}
+
+/// Waits for input, then takes everything the socket holds, into `frames`.
+///
+/// Waits with a 1-byte read, then takes the rest without waiting. glommio arms a fresh
+/// readiness poll after any read that leaves its buffer unfilled; that poll would still be
+/// pending when the stream is dropped at hand-off, and cancelling it walks the ring's poll hash
+/// chain, which holds every connection of this shard (at 19k connections that was 18% of the
+/// CPU of a login storm).
+async fn read_more(stream: &mut TcpStream, frames: &mut FrameReader) -> Result<(), Refusal> {
+    let mut first = [0u8; 1];
+    match stream.read(&mut first).await {
+        Ok(0) | Err(_) => return Err(Refusal::Gone),
+        Ok(_) => frames.extend(&first),
+    }
+    loop {
+        let room = frames.spare(LOGIN_READ);
+        let room_len = room.len();
+        match recv_nonblocking(stream.as_raw_fd(), room) {
+            Ok(n) if n > 0 => {
+                frames.filled(n);
+                if n < room_len {
+                    return Ok(());
                 }
             }
+            // End of stream: the next wait reads 0 and refuses.
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(Refusal::Gone),
         }
     }
 }
@@ -206,7 +212,7 @@ async fn hand_off(shard: &Rc<Shard>, stream: TcpStream, user: Arc<str>, login: L
     };
     drop(stream);
     if dest == shard.id {
-        shard.adopt(fd, user, device_id, login.last_seq, login.leftover);
+        session::start(shard, fd, user, device_id, login.last_seq, login.leftover);
         return;
     }
     shard.mesh.wait_for_space().await;

@@ -5,44 +5,36 @@
 //! and spawns one glommio executor per shard pinned to its CPU. It returns once every shard has
 //! connected its mesh queues and is accepting.
 //!
-//! Shutdown ([`ShutdownHandle::shutdown`], or SIGINT/SIGTERM in the binary), per shard:
-//! 1. stop accepting and stop reading clients; tell every peer `Drained`;
-//! 2. keep serving the mesh until every peer has drained and every message this shard sent
-//!    has its SendAck back, then hand the acks we owe to the queues;
-//! 3. GoAway(SHUTDOWN) to every connection, flush, close; exit.
-//!
-//! All of it is bounded by `[server] shutdown_grace`.
+//! Each shard then builds its state, connects its ends of the mesh ([`super::transport`]),
+//! registers its named tasks ([`super::tasks`]) and waits for the shutdown trigger
+//! ([`ShutdownHandle::shutdown`], or SIGINT/SIGTERM in the binary), which runs the drain
+//! sequence ([`super::drain`]).
 
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use futures_lite::future;
-use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use glommio::net::TcpListener;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use super::acceptor::accept_loop;
-use super::park::{self, Parking};
+use super::drain;
+use super::park::Parking;
 use super::recovery::{recover, shard_dir, Recovered};
 use super::session;
 use super::state::Shard;
-use super::transport::{build_mesh, Batch, Mesh, MeshPorts};
-use super::wake::Signal;
+use super::tasks::{self, StopAt, Tasks};
+use super::transport::{self, build_mesh, Mesh, MeshPorts};
 use crate::auth::Verifier;
-use crate::config::{Config, FsyncPolicy};
+use crate::config::Config;
 
 /// Memory glommio registers with each ring for its own DMA buffers; we do no DMA file I/O, so
 /// keep it small (it counts against RLIMIT_MEMLOCK for unprivileged users).
 pub const IO_MEMORY: usize = 512 * 1024;
 /// Envelopes an outbox may hold before session tasks pause reading (see transport).
 pub const OUTBOX_HIGH_WATER: usize = 4096;
-/// How often each shard sweeps its idle-timeout wheel.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
-/// Retention runs every this many sweeps.
-const RETENTION_EVERY_TICKS: u64 = 60;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -295,84 +287,24 @@ async fn run_shard(ctx: ShardStart, ready: Arc<Barrier>) {
         ctx.recovered,
         ctx.parking,
     ));
-
-    // Each queue end connects in its own task: connect() waits for the other end, so doing
-    // them one after another on every shard could deadlock.
-    let pending = Rc::new(std::cell::Cell::new(0usize));
-    let connected = Rc::new(Signal::default());
-    for (peer, sender) in ctx.ports.senders.into_iter().enumerate() {
-        if let Some(sender) = sender {
-            pending.set(pending.get() + 1);
-            let (mesh, pending, connected) = (mesh.clone(), pending.clone(), connected.clone());
-            glommio::spawn_local(async move {
-                let sender = connect_sender(sender, &pending, &connected).await;
-                mesh.flush_to(peer, sender).await;
-            })
-            .detach();
+    let receiving = shard.clone();
+    transport::connect(ctx.ports, mesh, move |peer, batch| {
+        for env in batch {
+            if let Some(handoff) = receiving.handle_envelope(peer, env) {
+                session::start_handoff(&receiving, handoff);
+            }
         }
-    }
-    for (peer, receiver) in ctx.ports.receivers.into_iter().enumerate() {
-        if let Some(receiver) = receiver {
-            pending.set(pending.get() + 1);
-            let (shard, pending, connected) = (shard.clone(), pending.clone(), connected.clone());
-            glommio::spawn_local(async move {
-                let receiver = connect_receiver(receiver, &pending, &connected).await;
-                while let Some(batch) = receiver.recv().await {
-                    for env in batch {
-                        shard.handle_envelope(peer, env);
-                    }
-                    shard.flush_dirty();
-                }
-            })
-            .detach();
-        }
-    }
-    while pending.get() > 0 {
-        connected.wait().await;
-    }
+        receiving.flush_dirty();
+    })
+    .await;
 
     // SAFETY: the fd is a listening TCP socket we bound for this shard; ownership moves here.
     let listener = unsafe { TcpListener::from_raw_fd(ctx.listener.into_raw_fd()) };
-    let stop = Rc::new(Signal::default());
-    let acceptor = glommio::spawn_local(accept_loop(shard.clone(), listener, stop.clone()));
-    let poller = glommio::spawn_local(poll_parked(shard.clone()));
-    let sweeper = {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            let mut ticks = 0u64;
-            loop {
-                glommio::timer::sleep(SWEEP_EVERY).await;
-                shard.sweep_idle();
-                ticks += 1;
-                if ticks.is_multiple_of(RETENTION_EVERY_TICKS) {
-                    shard.apply_retention();
-                }
-            }
-        })
-    };
-    // Group commit: runs once the current batch of work has yielded, so every append made
-    // in that batch shares one sync.
-    let committer = {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            loop {
-                shard.commit_due.wait().await;
-                shard.commit().await;
-            }
-        })
-    };
-    let syncer = (ctx.cfg.storage.fsync == FsyncPolicy::Interval).then(|| {
-        let shard = shard.clone();
-        let every = ctx.cfg.storage.fsync_interval;
-        glommio::spawn_local(async move {
-            loop {
-                glommio::timer::sleep(every).await;
-                if let Err(e) = shard.sync_off_thread().await {
-                    tracing::error!(shard = shard.id, error = %e, "periodic log sync failed");
-                }
-            }
-        })
-    });
+    let mut tasks = Tasks::default();
+    tasks
+        .spawn("acceptor", accept_loop(shard.clone(), listener))
+        .on_shutdown(StopAt::Accepting);
+    tasks::start(&shard, &mut tasks);
     ready.wait();
     tracing::debug!(shard = ctx.id, "accepting");
 
@@ -382,93 +314,5 @@ async fn run_shard(ctx: ShardStart, ready: Arc<Barrier>) {
     let _ = trigger.peek(&mut byte).await;
 
     let deadline = Instant::now() + ctx.cfg.server.shutdown_grace;
-    tracing::info!(
-        shard = ctx.id,
-        connections = shard.connection_count(),
-        "shutting down"
-    );
-    stop.notify();
-    acceptor.await;
-    session::read_pending_input(&shard);
-    shard.begin_drain();
-    wait_until(&shard, deadline, |s| s.quiesced()).await;
-    let _ = future::or(mesh.wait_idle(), sleep_until(deadline)).await;
-    shard.say_goodbye();
-    wait_until(&shard, deadline, |s| s.live_sessions.get() == 0).await;
-    if !shard.quiesced() || shard.live_sessions.get() > 0 {
-        tracing::warn!(
-            shard = ctx.id,
-            sessions = shard.live_sessions.get(),
-            "shutdown_grace ran out before the shard was quiet"
-        );
-    }
-    sweeper.cancel().await;
-    poller.cancel().await;
-    // The committer drains what is left (a running sync holds pointers into the log, so it
-    // is never cancelled); once it idles, one last sync covers cursor records too.
-    shard.commit_due.notify();
-    wait_until(&shard, deadline, |s| {
-        !s.is_committing() && !s.has_uncommitted()
-    })
-    .await;
-    drop(committer); // idle now (or the grace ran out): dropping a glommio task cancels it
-                     // The periodic syncer may be mid-sync; stop it only between syncs.
-    if let Some(syncer) = syncer {
-        wait_until(&shard, deadline, |s| !s.sync_in_flight()).await;
-        drop(syncer);
-    }
-    shard.sync_log();
-    mesh.close();
-}
-
-/// Wakes parked connections that have input (or a hang-up) waiting.
-async fn poll_parked(shard: Rc<Shard>) {
-    let mut ids = Vec::new();
-    let mut empty_rounds = 0u32;
-    loop {
-        shard.parking.readable().await;
-        ids.clear();
-        if shard.parking.take_ready(&mut ids) == 0 {
-            empty_rounds += 1;
-            if empty_rounds >= 3 {
-                glommio::timer::sleep(park::IDLE_RETRY).await;
-            }
-            continue;
-        }
-        empty_rounds = 0;
-        shard.wake_connections(&ids);
-    }
-}
-
-async fn connect_sender(
-    sender: SharedSender<Batch>,
-    pending: &std::cell::Cell<usize>,
-    connected: &Signal,
-) -> glommio::channels::shared_channel::ConnectedSender<Batch> {
-    let sender = sender.connect().await;
-    pending.set(pending.get() - 1);
-    connected.notify();
-    sender
-}
-
-async fn connect_receiver(
-    receiver: SharedReceiver<Batch>,
-    pending: &std::cell::Cell<usize>,
-    connected: &Signal,
-) -> glommio::channels::shared_channel::ConnectedReceiver<Batch> {
-    let receiver = receiver.connect().await;
-    pending.set(pending.get() - 1);
-    connected.notify();
-    receiver
-}
-
-async fn sleep_until(deadline: Instant) {
-    glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
-}
-
-/// Waits until `cond` holds (re-checked on every shard state change) or `deadline` passes.
-async fn wait_until(shard: &Shard, deadline: Instant, cond: impl Fn(&Shard) -> bool) {
-    while !cond(shard) && Instant::now() < deadline {
-        future::or(shard.changed.wait(), sleep_until(deadline)).await;
-    }
+    drain::shutdown(&shard, &mut tasks, deadline).await;
 }

@@ -2,14 +2,21 @@
 //!
 //! | module | role |
 //! |---|---|
-//! | [`bootstrap`] | bind listeners, build the mesh, spawn pinned executors, graceful shutdown |
+//! | [`bootstrap`] | bind listeners, build the mesh, spawn pinned executors, wait for shutdown |
 //! | [`routing`] | the pure owner function `owner(user) = stable_hash(user) % shards` |
-//! | [`transport`] | the N×N mesh of SPSC queues, batching, backpressure, why it cannot deadlock |
+//! | [`transport`] | the N×N mesh of SPSC queues: sending and receiving sides, batching, backpressure, why it cannot deadlock |
 //! | [`envelope`] | what crosses the mesh: hand-offs, messages, send-acks |
+//! | [`tasks`] | the shard's named long-running tasks and when each stops |
 //! | [`acceptor`] | accept, read Login, verify the token, hand off to the owner |
-//! | [`state`] | per-shard users, seq assignment, log appends, group commit, delivery, acks |
+//! | [`state`] | the `Shard` struct: what one core owns, and where each stage of the path lives |
+//! | [`connections`] | registering and forgetting connections, the idle-timeout wheel |
+//! | [`ingress`] | frame dispatch, send admission (rate limit, dedup, routing), work from peers |
+//! | [`inbox`] | seq assignment, log appends, group commit, retention |
+//! | [`delivery`] | LoginOk and replay, refill from the log, acks and cursors, end-of-batch flush |
+//! | [`drain`] | the graceful shutdown sequence |
+//! | [`users`] | the user index: head and durable seq, log positions, devices |
 //! | [`recovery`] | rebuilding users (heads, indexes, cursors) from the log at start |
-//! | [`session`] | the per-connection task: reads, frame dispatch, blocked writes |
+//! | [`session`] | the per-connection task: starts on adoption, reads, blocked writes, parking |
 //! | [`park`] | idle connections parked in a shard epoll set instead of a task each |
 //! | [`conn`] | a connection's outbound queue and non-blocking flush |
 //! | [`cursors`] | per-user device cursors (highest acked seq per device) |
@@ -20,16 +27,23 @@
 pub mod acceptor;
 pub mod bootstrap;
 pub mod conn;
+pub mod connections;
 pub mod cursors;
 pub mod dedup;
+pub mod delivery;
+pub mod drain;
 pub mod envelope;
+pub mod inbox;
+pub mod ingress;
 pub mod park;
 pub mod ratelimit;
 pub mod recovery;
 pub mod routing;
 pub mod session;
 pub mod state;
+pub mod tasks;
 pub mod transport;
+pub mod users;
 pub mod wake;
 
 pub use bootstrap::{Broker, ShutdownHandle, StartError};

@@ -13,18 +13,20 @@
 //! the closing linger) are boxed so that they do not inflate every idle connection's task.
 
 use std::io::ErrorKind;
-use std::os::fd::FromRawFd;
+use std::os::fd::{FromRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use super::conn::{self, recv_nonblocking, Conn, ConnState};
+use super::conn::{recv_nonblocking, Conn, ConnState};
+use super::envelope::Handoff;
 use super::park;
 use super::state::Shard;
-use crate::protocol::{self, Code, ServerMsg};
+use crate::protocol::{self, Code, Flow, ServerMsg};
 
 /// Reads per wake-up before yielding to other connections (fairness).
 const READS_PER_WAKE: usize = 4;
@@ -49,8 +51,33 @@ enum Wake {
     Park,
 }
 
-/// Serves `conn` until it closes. The caller has counted it in `live_sessions`; [`Shard::forget`]
-/// uncounts it at the end.
+/// Takes over a logged-in connection on its owner shard (from this shard's acceptor or a peer's
+/// hand-off): registers it with the shard (LoginOk, replay) and starts its task.
+pub fn start(
+    shard: &Rc<Shard>,
+    fd: RawFd,
+    user: Arc<str>,
+    device_id: Box<str>,
+    last_seq: u64,
+    leftover: Vec<u8>,
+) {
+    let conn = shard.adopt(fd, user, device_id, last_seq);
+    glommio::spawn_local(run(shard.clone(), conn, leftover)).detach();
+    shard.flush_dirty();
+}
+
+/// Starts a connection handed over by a peer shard.
+pub fn start_handoff(shard: &Rc<Shard>, mut h: Handoff) {
+    // The accepting shard dup'ed this fd for us and closed its own copy; take_fd makes us
+    // its only owner.
+    let fd = h.take_fd();
+    let leftover = std::mem::take(&mut h.leftover);
+    let device_id = std::mem::take(&mut h.device_id);
+    start(shard, fd, h.user.clone(), device_id, h.last_seq, leftover);
+}
+
+/// Serves `conn` until it closes. [`Shard::adopt`] counted it in `live_sessions`;
+/// [`Shard::forget`] uncounts it at the end.
 ///
 /// The active part is boxed, so while the connection is parked its task is only this stub:
 /// two `Rc`s and a wait on the connection's wake-up, which the shard's epoll poller fires when
@@ -59,7 +86,7 @@ enum Wake {
 /// A new connection with no input pending starts parked: its socket goes straight into the
 /// epoll set without ever getting a glommio stream, so a login storm leaves no readiness polls
 /// on the ring (each pending poll lengthens the hash chain every io_uring cancel walks).
-pub async fn run(shard: Rc<Shard>, conn: Rc<Conn>, leftover: Vec<u8>) {
+async fn run(shard: Rc<Shard>, conn: Rc<Conn>, leftover: Vec<u8>) {
     let start_parked = leftover.is_empty()
         && !shard.cfg.server.park_after.is_zero()
         && shard.parking.watch(conn.fd.get(), conn.id).is_ok();
@@ -313,50 +340,23 @@ fn peer_closed(conn: &Conn) {
     }
 }
 
-/// Appends `data` to whatever partial frame the connection holds and handles complete frames.
-fn feed(shard: &Rc<Shard>, conn: &Rc<Conn>, data: &[u8]) {
+/// Hands the complete frames in the connection's partial frame plus `data` to the shard
+/// (through the shared frame reader); keeps a trailing partial frame in `conn.rx`.
+fn feed(shard: &Shard, conn: &Rc<Conn>, data: &[u8]) {
     let mut rx = conn.rx.borrow_mut();
-    if rx.is_empty() {
-        let used = parse(shard, conn, data);
-        if used < data.len() && conn.is_open() {
-            rx.extend_from_slice(&data[used..]);
+    let fed = protocol::reader::feed(&mut rx, data, shard.cfg.limits.max_frame, |payload| {
+        match protocol::decode_client(payload) {
+            Ok(msg) => shard.on_frame(conn, msg),
+            Err(e) => reject(shard, conn, &e),
         }
-    } else {
-        rx.extend_from_slice(data);
-        let used = parse(shard, conn, &rx);
-        rx.drain(..used);
-        if !conn.is_open() {
-            rx.clear();
+        if conn.is_open() {
+            Flow::More
+        } else {
+            Flow::Stop
         }
-        conn::shrink(&mut rx);
-    }
-}
-
-/// Check-then-parse over `buf`; returns the bytes consumed (whole frames only).
-fn parse(shard: &Rc<Shard>, conn: &Rc<Conn>, buf: &[u8]) -> usize {
-    let max_frame = shard.cfg.limits.max_frame;
-    let mut off = 0;
-    while conn.is_open() {
-        match protocol::check(&buf[off..], max_frame) {
-            Ok(None) => break,
-            Ok(Some(n)) => {
-                let payload = &buf[off + protocol::LEN_PREFIX..off + n];
-                off += n;
-                match protocol::decode_client(payload) {
-                    Ok(msg) => shard.on_frame(conn, msg),
-                    Err(e) => reject(shard, conn, &e),
-                }
-            }
-            Err(e) => {
-                reject(shard, conn, &e);
-                break;
-            }
-        }
-    }
-    if conn.is_open() {
-        off
-    } else {
-        buf.len()
+    });
+    if let Err(e) = fed {
+        reject(shard, conn, &e);
     }
 }
 

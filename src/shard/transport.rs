@@ -10,6 +10,10 @@
 //! [`MAX_BATCH`]. While the flusher waits for room in a full queue, envelopes keep accumulating
 //! in the outbox, so batches grow exactly when the peer is busy.
 //!
+//! Receiving side, per peer: a receiver task takes batches off the peer's queue and hands each
+//! to the shard's handler ([`connect`] starts both sides and returns once every queue end is
+//! connected).
+//!
 //! Backpressure: when any outbox holds more than `high_water` envelopes, session tasks stop
 //! reading their sockets ([`Mesh::wait_for_space`]) until flushers make room, so a slow peer
 //! slows the clients that feed it; nothing is dropped. The overshoot past `high_water` is bounded
@@ -25,7 +29,9 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
+use glommio::channels::shared_channel::{
+    self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
+};
 
 use super::envelope::Envelope;
 use super::wake::{Broadcast, Signal};
@@ -171,5 +177,57 @@ impl Mesh {
                 self.progress.notify_all();
             }
         }
+    }
+}
+
+/// Connects this shard's ends of the mesh: for every peer, a flusher task feeding the peer's
+/// queue from `mesh`'s outbox, and a receiver task handing each batch from the peer to
+/// `on_batch(peer, batch)`. Returns once every end is connected (each `connect` waits for the
+/// other side, so they all connect concurrently; one after another could deadlock).
+pub async fn connect(
+    ports: MeshPorts,
+    mesh: Rc<Mesh>,
+    on_batch: impl Fn(usize, Batch) + Clone + 'static,
+) {
+    let pending = Rc::new(Cell::new(0usize));
+    let connected = Rc::new(Signal::default());
+    for (peer, sender) in ports.senders.into_iter().enumerate() {
+        let Some(sender) = sender else { continue };
+        pending.set(pending.get() + 1);
+        let (mesh, pending, connected) = (mesh.clone(), pending.clone(), connected.clone());
+        glommio::spawn_local(async move {
+            let sender = sender.connect().await;
+            pending.set(pending.get() - 1);
+            connected.notify();
+            mesh.flush_to(peer, sender).await;
+        })
+        .detach();
+    }
+    for (peer, receiver) in ports.receivers.into_iter().enumerate() {
+        let Some(receiver) = receiver else { continue };
+        pending.set(pending.get() + 1);
+        let (pending, connected, on_batch) = (pending.clone(), connected.clone(), on_batch.clone());
+        glommio::spawn_local(async move {
+            let receiver = receiver.connect().await;
+            pending.set(pending.get() - 1);
+            connected.notify();
+            receive_from(peer, receiver, on_batch).await;
+        })
+        .detach();
+    }
+    while pending.get() > 0 {
+        connected.wait().await;
+    }
+}
+
+/// The receiving side of one queue: every batch from `peer` goes to `on_batch`, synchronously
+/// (see the module doc for why a receiver never waits on its own sending side).
+async fn receive_from(
+    peer: usize,
+    receiver: ConnectedReceiver<Batch>,
+    on_batch: impl Fn(usize, Batch),
+) {
+    while let Some(batch) = receiver.recv().await {
+        on_batch(peer, batch);
     }
 }

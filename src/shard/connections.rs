@@ -1,0 +1,137 @@
+//! The shard's connections: registering a logged-in connection, forgetting a closed one, waking
+//! parked ones, and the idle-timeout wheel.
+//!
+//! Registering ([`Shard::adopt`]) builds the connection record, sends LoginOk and starts its
+//! replay ([`Shard::register_device`] in `delivery`); the caller (`session::start`) then runs
+//! the connection's task.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use super::conn::{Conn, ConnState};
+use super::envelope::ConnId;
+use super::ratelimit::Bucket;
+use super::state::Shard;
+use crate::protocol::Code;
+
+/// Idle-timeout wheel: connection ids bucketed by the second their deadline falls in. Each
+/// connection sits in exactly one bucket; a sweep re-files those that were active since, so the
+/// cost is O(expiring buckets), not O(connections), and there is no timer per connection.
+#[derive(Default)]
+pub struct IdleWheel {
+    buckets: BTreeMap<u64, Vec<ConnId>>,
+}
+
+impl IdleWheel {
+    fn insert(&mut self, deadline_ms: u64, id: ConnId) {
+        self.buckets
+            .entry(deadline_ms.div_ceil(1000))
+            .or_default()
+            .push(id);
+    }
+
+    fn take_due(&mut self, now_ms: u64) -> Vec<ConnId> {
+        let later = self.buckets.split_off(&(now_ms / 1000 + 1));
+        let due = std::mem::replace(&mut self.buckets, later);
+        due.into_values().flatten().collect()
+    }
+}
+
+impl Shard {
+    pub fn connection_count(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    /// Takes over a logged-in connection: registers it, says LoginOk and queues its replay.
+    /// `fd` is the connection's socket, owned from here on. The caller starts its task (see
+    /// `session::start`), which ends with [`Shard::forget`].
+    pub fn adopt(&self, fd: RawFd, user: Arc<str>, device_id: Box<str>, last_seq: u64) -> Rc<Conn> {
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        let now = self.mono_ms();
+        let conn = Rc::new(Conn {
+            id,
+            fd: Cell::new(fd),
+            user,
+            device_id,
+            tx: RefCell::default(),
+            writing: Cell::new(0),
+            rx: RefCell::default(),
+            state: Cell::new(ConnState::Open),
+            last_seen_ms: Cell::new(now),
+            acked: Cell::new(0),
+            sent_seq: Cell::new(0),
+            behind: Cell::new(false),
+            bucket: Cell::new(Bucket::new(self.cfg.limits.sends_per_sec, now)),
+            dirty: Cell::new(false),
+            wake: Default::default(),
+        });
+        if self.draining.get() {
+            conn.go_away(Code::SHUTDOWN, "broker is shutting down");
+        } else {
+            self.register_device(&conn, last_seq);
+        }
+        self.conns.borrow_mut().insert(id, conn.clone());
+        let idle_ms = self.cfg.limits.idle_timeout.as_millis() as u64;
+        self.idle.borrow_mut().insert(now + idle_ms, id);
+        self.mark_dirty(&conn);
+        self.live_sessions.set(self.live_sessions.get() + 1);
+        conn
+    }
+
+    /// Stops delivering to `conn` (it is closing or gone).
+    pub fn detach(&self, conn: &Conn) {
+        let mut users = self.users.borrow_mut();
+        if let Some(user) = users.get_mut(&conn.user) {
+            user.devices.retain(|d| d.id != conn.id);
+        }
+    }
+
+    /// Wakes the live connections among `ids` (parked connections whose sockets have events).
+    /// A wake-up only schedules the connection's task, so holding the map borrow is safe.
+    pub fn wake_connections(&self, ids: &[ConnId]) {
+        let conns = self.conns.borrow();
+        for conn in ids.iter().filter_map(|id| conns.get(id)) {
+            conn.wake.notify();
+        }
+    }
+
+    /// Called by the session task when it ends.
+    pub fn forget(&self, conn: &Conn) {
+        self.detach(conn);
+        self.conns.borrow_mut().remove(&conn.id);
+        self.live_sessions.set(self.live_sessions.get() - 1);
+        self.changed.notify_all();
+    }
+
+    /// Every live connection (a snapshot: handling one may change the map).
+    pub fn connections(&self) -> Vec<Rc<Conn>> {
+        self.conns.borrow().values().cloned().collect()
+    }
+
+    /// Closes connections silent for longer than `idle_timeout`.
+    pub fn sweep_idle(&self) {
+        let now = self.mono_ms();
+        let idle_ms = self.cfg.limits.idle_timeout.as_millis() as u64;
+        let due = self.idle.borrow_mut().take_due(now);
+        let conns = self.conns.borrow();
+        for id in due {
+            let Some(conn) = conns.get(&id) else { continue };
+            let deadline = conn.last_seen_ms.get() + idle_ms;
+            if deadline <= now {
+                if conn.is_open() {
+                    self.detach(conn);
+                    conn.go_away(Code::IDLE_TIMEOUT, "no frame received within idle_timeout");
+                    self.mark_dirty(conn);
+                }
+            } else {
+                self.idle.borrow_mut().insert(deadline, id);
+            }
+        }
+        drop(conns);
+        self.flush_dirty();
+    }
+}

@@ -1,0 +1,185 @@
+//! Delivery: from a user's durable messages in the log to each of their devices.
+//!
+//! Every device has `sent_seq`, the last seq queued to it. A device is refilled from the log,
+//! in seq order, up to the user's durable seq, while its queue holds less than `max_outbound`
+//! bytes ([`Shard::after_drain`]). Live delivery, replay at login and catch-up of a slow reader
+//! are all this one refill, so they can neither gap nor reorder at a switch, and a slow reader
+//! costs memory only up to `max_outbound`.
+//!
+//! Output is batched: whatever touches a connection marks it dirty, and the end of each batch
+//! of work ([`Shard::flush_dirty`]) hands every dirty connection's bytes to the kernel with one
+//! non-blocking `send(2)` each.
+//!
+//! Acks move the device's cursor; cursor records ride along with the next group commit.
+
+use std::rc::Rc;
+
+use super::conn::Conn;
+use super::state::Shard;
+use super::users::User;
+use crate::log::record::{CursorRecord, Record};
+use crate::log::Log;
+use crate::protocol::{Code, ServerMsg};
+
+impl Shard {
+    /// A logged-in device joins its user: replaces an older connection with the same
+    /// device_id, enforces `max_devices`, says LoginOk (with the gap signal) and queues the
+    /// first slice of its replay.
+    pub(super) fn register_device(&self, conn: &Rc<Conn>, last_seq: u64) {
+        let mut users = self.users.borrow_mut();
+        let user = users.of_conn(&conn.user);
+        if !conn.device_id.is_empty() {
+            if let Some(pos) = user
+                .devices
+                .iter()
+                .position(|d| d.device_id == conn.device_id)
+            {
+                let old = user.devices.remove(pos);
+                old.go_away(
+                    Code::SESSION_REPLACED,
+                    "another connection logged in with this device_id",
+                );
+                self.mark_dirty(&old);
+            }
+        }
+        let max = self.cfg.limits.max_devices;
+        if user.devices.len() >= max {
+            let message = format!("user already has {max} devices connected (max_devices)");
+            conn.close_with(&ServerMsg::Error {
+                code: Code::TOO_MANY_DEVICES,
+                message: &message,
+            });
+            return;
+        }
+        let oldest = user.oldest_seq();
+        let first_retained = user.first_retained();
+        // last_seq 0: resume from this device's stored cursor (a new device has none and gets
+        // everything still retained).
+        let last_seq = match last_seq {
+            0 => user.cursors.get(&conn.device_id).unwrap_or(0),
+            n => n,
+        };
+        // Replay starts after last_seq, or at the oldest retained message if that is later;
+        // in the latter case part of what the device asked for is gone, and LoginOk says so.
+        let start_after = last_seq.min(user.head_seq).max(first_retained - 1);
+        let gap = last_seq > 0 && last_seq < user.head_seq && first_retained > last_seq + 1;
+        conn.push(&ServerMsg::LoginOk {
+            user_id: &conn.user,
+            shard: self.id as u16,
+            head_seq: user.head_seq,
+            heartbeat_ms: self.cfg.heartbeat().as_millis() as u32,
+            oldest_seq: oldest,
+            gap,
+        });
+        conn.acked.set(start_after);
+        conn.sent_seq.set(start_after);
+        conn.behind.set(start_after < user.durable_seq);
+        user.devices.push(conn.clone());
+        Self::refill_from(user, conn, self.cfg.limits.max_outbound, &self.log.borrow());
+    }
+
+    pub fn mark_dirty(&self, conn: &Rc<Conn>) {
+        if !conn.dirty.replace(true) {
+            self.dirty.borrow_mut().push(conn.clone());
+        }
+    }
+
+    /// End of a batch of work: hand every touched connection's bytes to the kernel, refilling
+    /// devices that are catching up; wake the committer if anything was appended.
+    pub fn flush_dirty(&self) {
+        if self.has_uncommitted() {
+            self.commit_due.notify();
+        }
+        let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+        for conn in dirty {
+            conn.dirty.set(false);
+            conn.flush();
+            self.after_drain(&conn);
+        }
+    }
+
+    /// If `conn`'s queue is empty and it is behind, queue the next slice of its messages.
+    pub fn after_drain(&self, conn: &Rc<Conn>) {
+        while conn.behind.get()
+            && conn.is_open()
+            && conn.writing.get() == 0
+            && conn.tx.borrow().is_empty()
+        {
+            {
+                let users = self.users.borrow();
+                let Some(user) = users.get(&conn.user) else {
+                    return;
+                };
+                Self::refill_from(user, conn, self.cfg.limits.max_outbound, &self.log.borrow());
+            }
+            conn.flush();
+        }
+    }
+
+    /// Queues durable messages after `conn.sent_seq`, read from the log, until `max_outbound`
+    /// bytes are queued or the device has caught up.
+    fn refill_from(user: &User, conn: &Conn, max_outbound: usize, log: &Log) {
+        while conn.behind.get() {
+            let next = conn.sent_seq.get() + 1;
+            if next > user.durable_seq {
+                conn.behind.set(false);
+                break;
+            }
+            if conn.queued_bytes() >= max_outbound || !conn.is_open() {
+                break;
+            }
+            let Some(pos) = user.position(next) else {
+                // Removed by retention while the device was behind: continue with what is
+                // retained (the device learns of the gap at its next login).
+                let resume = if user.index.is_empty() {
+                    user.durable_seq
+                } else {
+                    user.first_retained().max(next) - 1
+                };
+                conn.sent_seq.set(resume.max(next));
+                continue;
+            };
+            let framed = log.with_message(pos, |m| m.encode_deliver(&mut conn.tx.borrow_mut()));
+            if let Err(e) = framed {
+                tracing::error!(user = %conn.user, seq = next, error = %e, "cannot read a logged message; skipping it");
+            }
+            conn.sent_seq.set(next);
+        }
+    }
+
+    /// Marks the user's devices behind after their durable seq moved, so the end-of-batch
+    /// flush refills them.
+    pub(super) fn wake_devices(&self, user: &User) {
+        for dev in &user.devices {
+            dev.behind.set(true);
+            self.mark_dirty(dev);
+        }
+    }
+
+    /// A device processed everything up to `up_to_seq`: move its cursor (logged with the next
+    /// group commit).
+    pub(super) fn on_ack(&self, conn: &Rc<Conn>, up_to_seq: u64) {
+        // A device cannot ack what it was never sent.
+        let acked = up_to_seq.min(conn.sent_seq.get()).max(conn.acked.get());
+        if acked == conn.acked.get() {
+            return;
+        }
+        conn.acked.set(acked);
+        let mut users = self.users.borrow_mut();
+        let Some(user) = users.get_mut(&conn.user) else {
+            return;
+        };
+        user.cursors.set(&conn.device_id, acked);
+        // Losing the newest cursor records in a crash only means re-delivering a few messages
+        // (at-least-once), never losing one.
+        let record = Record::Cursor(CursorRecord {
+            user: conn.user.to_string(),
+            device: conn.device_id.to_string(),
+            acked,
+            at_ms: Self::wall_ms(),
+        });
+        if let Err(e) = self.log.borrow_mut().append(&record) {
+            tracing::warn!(user = %conn.user, error = %e, "cannot log an ack cursor");
+        }
+    }
+}

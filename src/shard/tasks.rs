@@ -1,0 +1,181 @@
+//! The shard's long-running tasks, each registered by name with the point of shutdown at which
+//! it stops ([`StopAt`]), so the shutdown order is written down once ([`super::drain`]) instead
+//! of being implied by code in bootstrap.
+//!
+//! | task | kind | stops at |
+//! |---|---|---|
+//! | `acceptor` | accept loop ([`super::acceptor`]) | [`StopAt::Accepting`] |
+//! | `idle-sweep` | every [`SWEEP_EVERY`]: idle-timeout wheel | [`StopAt::SessionsGone`] |
+//! | `retention` | every [`RETENTION_EVERY`]: delete expired segments | [`StopAt::SessionsGone`] |
+//! | `park-poller` | wakes parked connections with input | [`StopAt::SessionsGone`] |
+//! | `committer` | group commit after each batch of work | [`StopAt::Committed`] |
+//! | `syncer` | fsync = "interval": periodic log sync | [`StopAt::Synced`] |
+//!
+//! The mesh's flusher and receiver tasks are not here: they live as long as the mesh and end
+//! when it closes ([`super::transport`]).
+
+use std::future::Future;
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::Task;
+
+use super::park;
+use super::state::Shard;
+
+/// How often each shard sweeps its idle-timeout wheel.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often each shard applies time-based retention (size-based retention also runs at every
+/// segment roll).
+pub const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
+/// The point of the shutdown sequence at which a task is stopped, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopAt {
+    /// First: no new connections.
+    Accepting,
+    /// Once every session has ended: tasks that touch connections.
+    SessionsGone,
+    /// Once nothing is left to commit. A running sync holds pointers into the log, so the
+    /// committer is only ever stopped while idle.
+    Committed,
+    /// Once no sync is running (the periodic syncer, for the same reason).
+    Synced,
+}
+
+struct Registered {
+    name: &'static str,
+    stop_at: StopAt,
+    task: Task<()>,
+}
+
+/// The shard's named tasks.
+#[derive(Default)]
+pub struct Tasks {
+    running: Vec<Registered>,
+}
+
+/// A task being registered: says when it stops ([`Spawn::on_shutdown`]), which starts it.
+#[must_use = "a task starts only once on_shutdown says when it stops"]
+pub struct Spawn<'a, F> {
+    tasks: &'a mut Tasks,
+    name: &'static str,
+    body: F,
+}
+
+impl<F: Future<Output = ()> + 'static> Spawn<'_, F> {
+    pub fn on_shutdown(self, stop_at: StopAt) {
+        tracing::trace!(task = self.name, ?stop_at, "task started");
+        let task = glommio::spawn_local(self.body);
+        self.tasks.running.push(Registered {
+            name: self.name,
+            stop_at,
+            task,
+        });
+    }
+}
+
+impl Tasks {
+    /// A task running `body` until it is stopped.
+    pub fn spawn<F: Future<Output = ()> + 'static>(
+        &mut self,
+        name: &'static str,
+        body: F,
+    ) -> Spawn<'_, F> {
+        Spawn {
+            tasks: self,
+            name,
+            body,
+        }
+    }
+
+    /// A task calling `tick` every `period`.
+    pub fn every(
+        &mut self,
+        name: &'static str,
+        period: Duration,
+        mut tick: impl FnMut() + 'static,
+    ) -> Spawn<'_, impl Future<Output = ()> + 'static> {
+        self.spawn(name, async move {
+            loop {
+                glommio::timer::sleep(period).await;
+                tick();
+            }
+        })
+    }
+
+    /// Stops (cancels) every task registered for `at`.
+    pub async fn stop(&mut self, at: StopAt) {
+        let (stopping, keep) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(|t| t.stop_at == at);
+        self.running = keep;
+        for t in stopping {
+            tracing::trace!(task = t.name, "task stopped");
+            t.task.cancel().await;
+        }
+    }
+}
+
+/// Registers the shard's own tasks (everything but the acceptor, which bootstrap starts with
+/// its listener).
+pub fn start(shard: &Rc<Shard>, tasks: &mut Tasks) {
+    let s = shard.clone();
+    tasks
+        .every("idle-sweep", SWEEP_EVERY, move || s.sweep_idle())
+        .on_shutdown(StopAt::SessionsGone);
+    let s = shard.clone();
+    tasks
+        .every("retention", RETENTION_EVERY, move || s.apply_retention())
+        .on_shutdown(StopAt::SessionsGone);
+    tasks
+        .spawn("park-poller", poll_parked(shard.clone()))
+        .on_shutdown(StopAt::SessionsGone);
+    tasks
+        .spawn("committer", commit_loop(shard.clone()))
+        .on_shutdown(StopAt::Committed);
+    if shard.cfg.storage.fsync == crate::config::FsyncPolicy::Interval {
+        tasks
+            .spawn("syncer", sync_loop(shard.clone()))
+            .on_shutdown(StopAt::Synced);
+    }
+}
+
+/// Group commit: runs once the current batch of work has yielded, so every append made in
+/// that batch shares one sync.
+async fn commit_loop(shard: Rc<Shard>) {
+    loop {
+        shard.commit_due.wait().await;
+        shard.commit().await;
+    }
+}
+
+/// fsync = "interval": syncs whatever was appended every `fsync_interval`.
+async fn sync_loop(shard: Rc<Shard>) {
+    let every = shard.cfg.storage.fsync_interval;
+    loop {
+        glommio::timer::sleep(every).await;
+        if let Err(e) = shard.sync_off_thread().await {
+            tracing::error!(shard = shard.id, error = %e, "periodic log sync failed");
+        }
+    }
+}
+
+/// Wakes parked connections that have input (or a hang-up) waiting.
+async fn poll_parked(shard: Rc<Shard>) {
+    let mut ids = Vec::new();
+    let mut empty_rounds = 0u32;
+    loop {
+        shard.parking.readable().await;
+        ids.clear();
+        if shard.parking.take_ready(&mut ids) == 0 {
+            empty_rounds += 1;
+            if empty_rounds >= 3 {
+                glommio::timer::sleep(park::IDLE_RETRY).await;
+            }
+            continue;
+        }
+        empty_rounds = 0;
+        shard.wake_connections(&ids);
+    }
+}
