@@ -2,19 +2,17 @@
 //! first start (mode 0600, kept across restarts), an existing file, the environment variable
 //! overriding it, an empty file refusing startup, and `[auth] leeway`.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use common::*;
 use ringpost::protocol::Code;
+use ringpost_harness::*;
 
 fn mint(secret: &str, user: &str) -> String {
     ringpost::auth::mint(secret.as_bytes(), user, Duration::from_secs(600)).expect("mint")
 }
 
-fn assert_logs_in(broker: &Broker, token: &str, user: &str) {
+fn assert_logs_in(broker: &TestBroker, token: &str, user: &str) {
     match try_login(broker.addr, token, "d") {
         Ok((got, shard)) => {
             assert_eq!(got, user);
@@ -28,7 +26,7 @@ fn assert_logs_in(broker: &Broker, token: &str, user: &str) {
     }
 }
 
-fn assert_refused(broker: &Broker, token: &str, code: Code) {
+fn assert_refused(broker: &TestBroker, token: &str, code: Code) {
     match try_login(broker.addr, token, "d") {
         Ok(ok) => panic!("expected {code:?}, logged in as {ok:?}"),
         Err((got, message)) => assert_eq!(got, code, "{message}"),
@@ -37,15 +35,11 @@ fn assert_refused(broker: &Broker, token: &str, code: Code) {
 
 #[test]
 fn a_missing_secret_file_is_created_with_mode_0600_and_kept_across_restarts() {
-    let dir = test_dir("secret-created");
-    let secret_path = dir.join("auth.secret");
+    let dir = TempDir::new("secret-created");
+    let secret_path = dir.path().join("auth.secret");
     assert!(!secret_path.exists());
-    let setup = Setup {
-        shards: 2,
-        env_secret: None,
-        ..Setup::default()
-    };
-    let mut broker = Broker::start(&dir, &setup);
+    let config = test_broker().dir(dir.path()).secret_file();
+    let mut broker = config.start();
 
     let meta = std::fs::metadata(&secret_path).expect("the broker created the secret file");
     assert_eq!(
@@ -72,43 +66,30 @@ fn a_missing_secret_file_is_created_with_mode_0600_and_kept_across_restarts() {
     );
 
     broker.stop(Duration::from_secs(6));
-    let broker = Broker::start(&dir, &setup);
+    let broker = config.start();
     assert_eq!(
         std::fs::read_to_string(&secret_path).unwrap(),
         text,
         "a restart keeps the secret"
     );
     assert_logs_in(&broker, &token, "first-start");
-    drop(broker);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn an_existing_secret_file_is_used_trimmed_and_the_environment_overrides_it() {
-    let dir = test_dir("secret-file");
-    let secret_path = dir.join("auth.secret");
+    let dir = TempDir::new("secret-file");
+    let secret_path = dir.path().join("auth.secret");
     std::fs::write(&secret_path, "  from-the-file \n").unwrap();
 
-    let mut broker = Broker::start(
-        &dir,
-        &Setup {
-            shards: 2,
-            env_secret: None,
-            ..Setup::default()
-        },
-    );
+    let mut broker = test_broker().dir(dir.path()).secret_file().start();
     assert_logs_in(&broker, &mint("from-the-file", "filed"), "filed");
     assert_refused(&broker, &mint("from-the-env", "x"), Code::AUTH_FAILED);
     broker.stop(Duration::from_secs(6));
 
-    let broker = Broker::start(
-        &dir,
-        &Setup {
-            shards: 2,
-            env_secret: Some("from-the-env".into()),
-            ..Setup::default()
-        },
-    );
+    let broker = test_broker()
+        .dir(dir.path())
+        .env_secret("from-the-env")
+        .start();
     assert_logs_in(&broker, &mint("from-the-env", "envied"), "envied");
     assert_refused(&broker, &mint("from-the-file", "x"), Code::AUTH_FAILED);
     assert_eq!(
@@ -116,23 +97,17 @@ fn an_existing_secret_file_is_used_trimmed_and_the_environment_overrides_it() {
         "  from-the-file \n",
         "the file is left alone"
     );
-    drop(broker);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn an_empty_secret_file_stops_startup_with_a_message_naming_it() {
-    let dir = test_dir("secret-empty");
-    let secret_path = dir.join("auth.secret");
+    let dir = TempDir::new("secret-empty");
+    let secret_path = dir.path().join("auth.secret");
     std::fs::write(&secret_path, " \n").unwrap();
-    let (status, stdout, stderr) = start_expecting_failure(
-        &dir,
-        &Setup {
-            shards: 2,
-            env_secret: None,
-            ..Setup::default()
-        },
-    );
+    let (status, stdout, stderr) = test_broker()
+        .dir(dir.path())
+        .secret_file()
+        .start_expecting_failure();
     assert!(!status.success(), "exit status {status:?}");
     assert!(
         !stdout.contains("listening"),
@@ -143,20 +118,17 @@ fn an_empty_secret_file_stops_startup_with_a_message_naming_it() {
         "stderr names the file: {stderr}"
     );
     assert!(!stderr.contains("panicked"), "no panic: {stderr}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn token_expiry_allows_the_configured_leeway_and_no_more() {
     const SECRET: &str = "leeway-secret";
-    let dir = test_dir("leeway");
-    let setup = |leeway: &str| Setup {
-        shards: 2,
-        auth: format!("leeway = \"{leeway}\""),
-        env_secret: Some(SECRET.into()),
-        ..Setup::default()
+    let setup = |leeway: &str| {
+        test_broker()
+            .auth(&format!("leeway = \"{leeway}\""))
+            .env_secret(SECRET)
     };
-    let broker = Broker::start(&dir, &setup("10s"));
+    let broker = setup("10s").start();
     let now = now_unix();
     let just_late = ringpost::auth::mint_with_exp(SECRET.as_bytes(), "just-late", now - 3).unwrap();
     assert_logs_in(&broker, &just_late, "just-late");
@@ -164,14 +136,10 @@ fn token_expiry_allows_the_configured_leeway_and_no_more() {
     assert_refused(&broker, &too_late, Code::TOKEN_EXPIRED);
     drop(broker);
 
-    let dir0 = test_dir("leeway-zero");
-    let broker = Broker::start(&dir0, &setup("0s"));
+    let broker = setup("0s").start();
     let now = now_unix();
     let late = ringpost::auth::mint_with_exp(SECRET.as_bytes(), "late", now - 3).unwrap();
     assert_refused(&broker, &late, Code::TOKEN_EXPIRED);
     let fresh = ringpost::auth::mint_with_exp(SECRET.as_bytes(), "fresh", now + 60).unwrap();
     assert_logs_in(&broker, &fresh, "fresh");
-    drop(broker);
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(&dir0);
 }

@@ -3,8 +3,6 @@
 //! sent by a client, oversized frames after login and at the max_frame boundary, invalid
 //! recipients, and the device over the limit. Each ends by proving the broker still serves.
 
-mod support;
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -13,7 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ringpost::client::Event;
 use ringpost::protocol::{self, ClientMsg, Code, ServerMsg};
-use support::*;
+use ringpost_harness::*;
 
 fn now_unix() -> i64 {
     SystemTime::now()
@@ -63,7 +61,7 @@ fn alg_none_token(sub: &str, exp: i64) -> String {
 fn every_bad_token_gets_its_error_frame_then_a_close() {
     use jsonwebtoken::Algorithm;
 
-    let broker = TestBroker::start(2, "", "");
+    let broker = test_broker().start();
     let now = now_unix();
     let good_claims = Claims {
         sub: Some("mallory".into()),
@@ -154,7 +152,7 @@ fn every_bad_token_gets_its_error_frame_then_a_close() {
 
 #[test]
 fn zero_length_frames_are_malformed_before_and_after_login() {
-    let broker = TestBroker::start(2, "", "");
+    let broker = test_broker().start();
     let mut s = raw_connect(broker.addr);
     s.write_all(&0u32.to_le_bytes()).unwrap();
     expect_error_then_close(&mut s, Code::MALFORMED_FRAME);
@@ -167,7 +165,7 @@ fn zero_length_frames_are_malformed_before_and_after_login() {
 
 #[test]
 fn a_second_login_on_a_logged_in_connection_is_already_logged_in() {
-    let broker = TestBroker::start(2, "", "");
+    let broker = test_broker().start();
     let user = user_on_shard("twice", 1, 2);
     let mut s = raw_login(&broker, &user);
     s.write_all(&frame(&ClientMsg::Login {
@@ -182,7 +180,7 @@ fn a_second_login_on_a_logged_in_connection_is_already_logged_in() {
 
 #[test]
 fn a_server_frame_sent_by_a_logged_in_client_is_unexpected_frame() {
-    let broker = TestBroker::start(2, "", "");
+    let broker = test_broker().start();
     for (what, msg) in [
         ("Pong", ServerMsg::Pong { nonce: 7 }),
         (
@@ -225,7 +223,7 @@ fn a_server_frame_sent_by_a_logged_in_client_is_unexpected_frame() {
 
 #[test]
 fn an_oversized_frame_after_login_closes_only_that_device() {
-    let broker = TestBroker::start(2, "max_frame = \"1KiB\"", "");
+    let broker = test_broker().limits("max_frame = \"1KiB\"").start();
     let (a, b) = (user_on_shard("a", 0, 2), user_on_shard("b", 1, 2));
     let mut bad = raw_login(&broker, &b);
     run(async {
@@ -248,7 +246,7 @@ fn an_oversized_frame_after_login_closes_only_that_device() {
 #[test]
 fn the_largest_frame_under_max_frame_is_delivered_and_one_over_is_refused() {
     const MAX: usize = 2048;
-    let broker = TestBroker::start(2, "max_frame = \"2KiB\"", "");
+    let broker = test_broker().limits("max_frame = \"2KiB\"").start();
     let (a, b) = (user_on_shard("big-a", 0, 2), user_on_shard("big-b", 1, 2));
     let encoded = |body: &[u8]| {
         frame(&ClientMsg::Send {
@@ -289,7 +287,7 @@ fn the_largest_frame_under_max_frame_is_delivered_and_one_over_is_refused() {
 
 #[test]
 fn sends_to_an_invalid_recipient_are_refused_and_the_connection_stays() {
-    let broker = TestBroker::start(2, "", "");
+    let broker = test_broker().start();
     run(async {
         let mut c = broker.connect(&user_on_shard("picky", 1, 2), "d").await;
         c.send(1, "", b"to nobody").await.unwrap();
@@ -312,7 +310,7 @@ fn sends_to_an_invalid_recipient_are_refused_and_the_connection_stays() {
 
 #[test]
 fn the_device_over_the_limit_gets_an_error_frame_then_a_close() {
-    let broker = TestBroker::start(2, "max_devices = 3", "");
+    let broker = test_broker().limits("max_devices = 3").start();
     let (a, u) = (user_on_shard("a", 0, 2), user_on_shard("crowded", 1, 2));
     run(async {
         let mut devices = Vec::new();

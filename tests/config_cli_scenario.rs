@@ -2,35 +2,15 @@
 //! file, every kind of bad value is refused with exit code 2 naming the key and what is allowed,
 //! unreadable files are refused, and a running broker has exactly the shards it was given.
 
-mod common;
-
 use std::collections::BTreeSet;
-use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::*;
-
-fn ringpost(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ringpost"))
-        .args(args)
-        .output()
-        .expect("run ringpost")
-}
-
-fn check_config(dir: &std::path::Path, name: &str, body: &str) -> (Option<i32>, String) {
-    let p = dir.join(name);
-    std::fs::write(&p, body).unwrap();
-    let out = ringpost(&["--check-config", p.to_str().unwrap()]);
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use ringpost_harness::*;
 
 #[test]
 fn the_printed_default_config_is_itself_a_valid_config_file() {
     let dir = test_dir("cli-roundtrip");
-    let out = ringpost(&["--print-config"]);
+    let out = ringpost_cli(&["--print-config"]);
     assert!(out.status.success());
     let (code, stderr) = check_config(
         &dir,
@@ -130,12 +110,12 @@ fn unreadable_and_non_toml_config_files_are_refused_with_exit_2() {
     assert!(stderr.contains("prose.toml"), "{stderr}");
 
     let missing = dir.join("missing.toml");
-    let out = ringpost(&["--check-config", missing.to_str().unwrap()]);
+    let out = ringpost_cli(&["--check-config", missing.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("missing.toml"), "{stderr}");
 
-    let out = ringpost(&["--config", missing.to_str().unwrap()]);
+    let out = ringpost_cli(&["--config", missing.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         !String::from_utf8_lossy(&out.stdout).contains("listening"),
@@ -146,34 +126,18 @@ fn unreadable_and_non_toml_config_files_are_refused_with_exit_2() {
 
 #[test]
 fn a_config_with_an_unknown_key_does_not_start_the_broker() {
-    let dir = test_dir("cli-unknown-start");
-    let (status, stdout, stderr) = start_expecting_failure(
-        &dir,
-        &Setup {
-            shards: 2,
-            limits: "max_inbox_size = 3".into(),
-            env_secret: Some("s".into()),
-            ..Setup::default()
-        },
-    );
+    let (status, stdout, stderr) = test_broker()
+        .limits("max_inbox_size = 3")
+        .start_expecting_failure();
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("limits.max_inbox_size"), "{stderr}");
     assert!(!stdout.contains("listening"), "{stdout}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn the_broker_runs_exactly_the_configured_number_of_shards() {
     const SECRET: &str = "shards-secret";
-    let dir = test_dir("cli-shards");
-    let mut broker = Broker::start(
-        &dir,
-        &Setup {
-            shards: 3,
-            env_secret: Some(SECRET.into()),
-            ..Setup::default()
-        },
-    );
+    let mut broker = test_broker().shards(3).env_secret(SECRET).start();
     assert_eq!(broker.shards, 3, "the listening line names 3 shards");
     let mut shards = BTreeSet::new();
     for i in 0..24 {
@@ -192,5 +156,4 @@ fn the_broker_runs_exactly_the_configured_number_of_shards() {
         "24 users land on all 3 shards and no other"
     );
     broker.stop(Duration::from_secs(6));
-    let _ = std::fs::remove_dir_all(&dir);
 }

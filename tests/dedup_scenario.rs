@@ -2,13 +2,11 @@
 //! a resend after the sender reconnects, the per-sender scope of client_msg_id, the
 //! `dedup_entries` bound and `dedup_window = "0s"` turning dedup off.
 
-mod support;
-
 use std::io::Write;
 
 use ringpost::client::{Client, Event};
 use ringpost::protocol::{self, ClientMsg, Code, ServerMsg};
-use support::*;
+use ringpost_harness::*;
 
 fn send_frame(id: u64, to: &str, body: &[u8]) -> Vec<u8> {
     frame(&ClientMsg::Send {
@@ -39,7 +37,7 @@ async fn assert_next_delivery_is_probe(
 
 #[test]
 fn a_resend_racing_its_original_is_acked_twice_and_delivered_once() {
-    let broker = TestBroker::start(2, "", "");
+    let broker = test_broker().start();
     let (a, b) = (user_on_shard("racer", 0, 2), user_on_shard("target", 1, 2));
     // One write: the original, its resend and another message, before any ack can come back
     // from the recipient's shard.
@@ -83,7 +81,7 @@ fn a_resend_racing_its_original_is_acked_twice_and_delivered_once() {
 
 #[test]
 fn a_resend_after_the_sender_reconnects_is_still_recognised() {
-    let broker = TestBroker::start(2, "", "");
+    let broker = test_broker().start();
     let (a, b) = (user_on_shard("flaky", 1, 2), user_on_shard("steady", 0, 2));
     run(async {
         let mut cb = broker.connect(&b, "d").await;
@@ -103,7 +101,7 @@ fn a_resend_after_the_sender_reconnects_is_still_recognised() {
 
 #[test]
 fn the_same_client_msg_id_from_two_senders_is_two_messages() {
-    let broker = TestBroker::start(2, "", "");
+    let broker = test_broker().start();
     let b = user_on_shard("popular", 0, 2);
     run(async {
         let mut cb = broker.connect(&b, "d").await;
@@ -125,7 +123,7 @@ fn the_same_client_msg_id_from_two_senders_is_two_messages() {
 
 #[test]
 fn dedup_remembers_at_most_dedup_entries_sends_per_sender() {
-    let broker = TestBroker::start(2, "dedup_entries = 2", "");
+    let broker = test_broker().limits("dedup_entries = 2").start();
     let (a, b) = (
         user_on_shard("forgetful", 0, 2),
         user_on_shard("inbox", 1, 2),
@@ -157,7 +155,7 @@ fn dedup_remembers_at_most_dedup_entries_sends_per_sender() {
 
 #[test]
 fn a_zero_dedup_window_turns_dedup_off() {
-    let broker = TestBroker::start(2, "dedup_window = \"0s\"", "");
+    let broker = test_broker().limits("dedup_window = \"0s\"").start();
     let (a, b) = (user_on_shard("twice", 1, 2), user_on_shard("both", 0, 2));
     run(async {
         let mut ca = broker.connect(&a, "d").await;

@@ -1,14 +1,11 @@
 //! Durability: what was acked survives kill -9, cursors survive restarts, and a data directory
 //! is never served by a different shard count.
 
-mod support;
-
 use std::collections::HashMap;
-use std::process::Command;
 
 use ringpost::client::Event;
 use ringpost::protocol::Code;
-use support::*;
+use ringpost_harness::*;
 
 /// Sends a stream of cross-shard messages to offline users, kills the broker with SIGKILL once
 /// `kill_after` SendAck{OK} have arrived (more are in flight), restarts it on the same data,
@@ -17,8 +14,8 @@ fn acked_messages_survive_kill_9(kill_after: usize) {
     const SENT: u64 = 3000;
     let limits = "sends_per_sec = 1000000";
     let storage = "fsync = \"always\"";
-    let dir = fresh_dir(&format!("crash-{kill_after}"));
-    let broker = TestBroker::start_in(dir, 2, limits, "", storage);
+    let config = test_broker().limits(limits).storage(storage);
+    let broker = config.start();
     let sender = user_on_shard("crash-sender", 0, 2);
     let rcpts: Vec<String> = (0..4)
         .map(|i| user_on_shard(&format!("crash-rcpt{i}"), (i % 2) as usize, 2))
@@ -50,7 +47,7 @@ fn acked_messages_survive_kill_9(kill_after: usize) {
     });
     let dir = broker.crash();
 
-    let broker = TestBroker::start_in(dir.clone(), 2, limits, "", storage);
+    let broker = config.dir(&dir).start();
     run(async {
         for rcpt in &rcpts {
             let mut c = broker.connect(rcpt, "d").await;
@@ -98,7 +95,7 @@ fn acked_messages_survive_kill_9_late() {
 
 #[test]
 fn offline_messages_and_device_cursors_survive_a_restart() {
-    let mut broker = TestBroker::start(2, "", "");
+    let mut broker = test_broker().start();
     let (a, b) = (user_on_shard("a", 0, 2), user_on_shard("b", 1, 2));
     run(async {
         let mut ca = broker.connect(&a, "d").await;
@@ -120,7 +117,7 @@ fn offline_messages_and_device_cursors_survive_a_restart() {
         .is_some_and(|s| s.success()));
     let dir = broker.crash();
 
-    let broker = TestBroker::start_in(dir, 2, "", "", "");
+    let broker = test_broker().dir(&dir).start();
     run(async {
         // last_seq 0 on a known device resumes from its stored cursor...
         let mut phone = broker.connect(&b, "phone").await;
@@ -143,43 +140,26 @@ fn offline_messages_and_device_cursors_survive_a_restart() {
 
 #[test]
 fn a_data_directory_is_refused_by_a_different_shard_count() {
-    let broker = TestBroker::start(2, "", "");
+    let broker = test_broker().start();
     let dir = broker.crash();
-    let config = dir.join("other.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nshards = 3\n[storage]\ndata_dir = \"{d}/data\"\n[auth]\nsecret_file = \"{d}/auth.secret\"\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ringpost"))
-        .arg("--config")
-        .arg(&config)
-        .env("RINGPOST_AUTH_SECRET", SECRET)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (status, stdout, stderr) = test_broker().dir(&dir).shards(3).start_expecting_failure();
+    assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("written by 2 shards") && stderr.contains("shards = 2"),
         "the refusal names the fix: {stderr}"
     );
-    assert!(out.stdout.is_empty(), "it never started listening");
+    assert!(stdout.is_empty(), "it never started listening");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_full_disk_refuses_sends_with_storage_unavailable_and_recovers_by_itself() {
     // 64 KiB segments fill after a few dozen 1 KiB messages; then a new one must be created.
-    let broker = TestBroker::start_in(
-        fresh_dir("enospc"),
-        1,
-        "max_frame = \"4KiB\"\nsends_per_sec = 100000",
-        "",
-        "segment_size = \"64KiB\"",
-    );
+    let broker = test_broker()
+        .shards(1)
+        .limits("max_frame = \"4KiB\"\nsends_per_sec = 100000")
+        .storage("segment_size = \"64KiB\"")
+        .start();
     run(async {
         let mut a = broker.connect("full-a", "d").await;
         let mut b = broker.connect("full-b", "d").await;
@@ -230,13 +210,11 @@ fn a_full_disk_refuses_sends_with_storage_unavailable_and_recovers_by_itself() {
 #[test]
 fn retention_moves_oldest_seq_and_logins_are_told_about_the_gap() {
     // 64 KiB segments, at most three of them: old messages are dropped as new ones arrive.
-    let broker = TestBroker::start_in(
-        fresh_dir("retain"),
-        1,
-        "max_frame = \"4KiB\"\nsends_per_sec = 1000000",
-        "",
-        "segment_size = \"64KiB\"\nmax_bytes_per_shard = \"192KiB\"",
-    );
+    let broker = test_broker()
+        .shards(1)
+        .limits("max_frame = \"4KiB\"\nsends_per_sec = 1000000")
+        .storage("segment_size = \"64KiB\"\nmax_bytes_per_shard = \"192KiB\"")
+        .start();
     run(async {
         let body = vec![1u8; 1000];
         let mut a = broker.connect("ret-a", "d").await;

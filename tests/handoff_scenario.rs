@@ -3,8 +3,6 @@
 //! connection, devices joining mid-stream see the one order every other device sees, and a
 //! minimal mesh queue is backpressure, never loss.
 
-mod support;
-
 use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
@@ -16,7 +14,7 @@ use glommio::channels::local_channel;
 use ringpost::client::{Client, Event};
 use ringpost::protocol::{self, ClientMsg, Code, ServerMsg};
 use ringpost::shard::owner;
-use support::*;
+use ringpost_harness::*;
 
 /// (seq, from_user, client_msg_id) of every delivery, in arrival order.
 type Seen = Vec<(u64, String, u64)>;
@@ -52,7 +50,7 @@ async fn collect(c: &mut Client, n: u64) -> Seen {
 fn every_login_is_served_by_its_owner_shard_whichever_shard_accepted_it() {
     const SHARDS: usize = 4;
     const PER_SHARD: usize = 8;
-    let broker = TestBroker::start(SHARDS, "", "");
+    let broker = test_broker().shards(SHARDS).start();
     run(async {
         // Users spread over every shard; with SO_REUSEPORT most of these 32 connections are
         // accepted by a shard that does not own their user and must be handed off.
@@ -150,7 +148,7 @@ fn send_frame(id: u64, to: &str, body: &[u8]) -> Vec<u8> {
 #[test]
 fn frames_pipelined_behind_the_login_travel_with_the_connection() {
     const SHARDS: usize = 4;
-    let broker = TestBroker::start(SHARDS, "", "");
+    let broker = test_broker().shards(SHARDS).start();
     let rcpt = user_on_shard("rcpt", 0, SHARDS);
     let senders: Vec<String> = (0..SHARDS)
         .flat_map(|s| (0..4).map(move |i| user_on_shard(&format!("pipe{i}"), s, SHARDS)))
@@ -211,7 +209,7 @@ fn frames_pipelined_behind_the_login_travel_with_the_connection() {
 #[test]
 fn a_large_burst_written_with_the_login_is_served_in_full() {
     const N: u64 = 60;
-    let broker = TestBroker::start(2, "sends_per_sec = 100000", "");
+    let broker = test_broker().limits("sends_per_sec = 100000").start();
     let (a, b) = (user_on_shard("burst", 1, 2), user_on_shard("sink", 0, 2));
     let mut s = raw_connect(broker.addr);
     let mut bytes = frame(&ClientMsg::Login {
@@ -243,7 +241,10 @@ fn devices_joining_mid_stream_see_the_same_order_as_the_others() {
     const CHUNKS: u64 = 10;
     const CHUNK: u64 = 30;
     const N: u64 = SHARDS as u64 * CHUNKS * CHUNK;
-    let broker = TestBroker::start(SHARDS, "sends_per_sec = 100000", "");
+    let broker = test_broker()
+        .shards(SHARDS)
+        .limits("sends_per_sec = 100000")
+        .start();
     run(async {
         let rcpt = user_on_shard("fan", 0, SHARDS);
         let mut early = Vec::new();
@@ -326,11 +327,11 @@ fn devices_joining_mid_stream_see_the_same_order_as_the_others() {
 fn a_minimal_mesh_queue_is_backpressure_not_loss() {
     const SHARDS: usize = 4;
     const PER_SENDER: u64 = 2000;
-    let broker = TestBroker::start(
-        SHARDS,
-        "sends_per_sec = 1000000\nmax_inbox = 100000",
-        "mesh_queue = 16",
-    );
+    let broker = test_broker()
+        .shards(SHARDS)
+        .limits("sends_per_sec = 1000000\nmax_inbox = 100000")
+        .server("mesh_queue = 16")
+        .start();
     run(async {
         let rcpt = user_on_shard("hot", 0, SHARDS);
         let mut r = broker.connect(&rcpt, "d").await;

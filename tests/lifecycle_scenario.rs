@@ -1,17 +1,14 @@
 //! Process lifecycle: graceful shutdown, and the config CLI.
 
-mod support;
-
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ringpost::client::Event;
 use ringpost::protocol::{ClientMsg, Code};
-use support::*;
+use ringpost_harness::*;
 
 #[test]
 fn sigterm_acks_in_flight_sends_then_says_goaway_and_exits_zero() {
-    let mut broker = TestBroker::start(2, "", "");
+    let mut broker = test_broker().start();
     let (a, b) = (user_on_shard("a", 0, 2), user_on_shard("b", 1, 2));
     run(async {
         let mut ca = broker.connect(&a, "d").await;
@@ -84,7 +81,7 @@ fn sigterm_acks_in_flight_sends_then_says_goaway_and_exits_zero() {
 
 #[test]
 fn sigint_with_idle_clients_exits_promptly() {
-    let mut broker = TestBroker::start(2, "", "");
+    let mut broker = test_broker().start();
     run(async {
         let mut c = broker.connect("idle-one", "d").await;
         broker.signal(libc::SIGINT);
@@ -94,16 +91,9 @@ fn sigint_with_idle_clients_exits_promptly() {
     assert!(status.success());
 }
 
-fn ringpost(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ringpost"))
-        .args(args)
-        .output()
-        .expect("run ringpost")
-}
-
 #[test]
 fn print_config_prints_the_embedded_default() {
-    let out = ringpost(&["--print-config"]);
+    let out = ringpost_cli(&["--print-config"]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text, ringpost::config::Config::DEFAULT_TOML);
@@ -112,45 +102,40 @@ fn print_config_prints_the_embedded_default() {
 
 #[test]
 fn check_config_names_the_bad_key_and_exits_2() {
-    let dir = std::env::temp_dir().join(format!("ringpost-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let check = |name: &str, body: &str| {
-        let p = dir.join(name);
-        std::fs::write(&p, body).unwrap();
-        ringpost(&["--check-config", p.to_str().unwrap()])
-    };
-    let out = check("unknown.toml", "[limits]\nmax_fraem = \"1MiB\"\n");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("limits.max_fraem"));
+    let dir = TempDir::new("cli");
+    let (code, err) = check_config(
+        dir.path(),
+        "unknown.toml",
+        "[limits]\nmax_fraem = \"1MiB\"\n",
+    );
+    assert_eq!(code, Some(2));
+    assert!(err.contains("limits.max_fraem"), "{err}");
 
-    let out = check("bad.toml", "[limits]\nidle_timeout = \"soon\"\n");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let (code, err) = check_config(
+        dir.path(),
+        "bad.toml",
+        "[limits]\nidle_timeout = \"soon\"\n",
+    );
+    assert_eq!(code, Some(2));
     assert!(
         err.contains("limits.idle_timeout") && err.contains("90s"),
         "{err}"
     );
 
-    let out = check(
+    let (code, err) = check_config(
+        dir.path(),
         "good.toml",
         "[server]\nshards = 2\n[limits]\nmax_frame = \"1MiB\"\n",
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, Some(0), "{err}");
 }
 
 #[test]
 fn a_config_with_a_bad_value_does_not_start() {
-    let dir = std::env::temp_dir().join(format!("ringpost-cli-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join("c.toml");
+    let dir = TempDir::new("cli-bad");
+    let p = dir.path().join("c.toml");
     std::fs::write(&p, "[server]\nlisten = \"nowhere\"\n").unwrap();
-    let out = ringpost(&["--config", p.to_str().unwrap()]);
+    let out = ringpost_cli(&["--config", p.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("server.listen"));
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,8 +2,6 @@
 //! refill, what counts as activity for the idle timeout, the login deadline against a client
 //! that trickles its Login, and `max_inbox` counting what no device has acked.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ringpost::client::{Client, Event};
 use ringpost::protocol::{self, ClientMsg, Code, ServerMsg};
-use support::*;
+use ringpost_harness::*;
 
 /// Sends `ids` in one write (so the burst cannot straddle a refill) and returns each status.
 async fn burst(
@@ -50,7 +48,7 @@ fn count(statuses: &BTreeMap<u64, Code>, code: Code) -> usize {
 
 #[test]
 fn the_rate_limit_is_per_connection_and_refills_at_the_configured_rate() {
-    let broker = TestBroker::start(2, "sends_per_sec = 5", "");
+    let broker = test_broker().limits("sends_per_sec = 5").start();
     let (a, b) = (user_on_shard("bursty", 0, 2), user_on_shard("calm", 1, 2));
     run(async {
         let mut phone = broker.connect(&a, "phone").await;
@@ -104,7 +102,7 @@ fn the_rate_limit_is_per_connection_and_refills_at_the_configured_rate() {
 
 #[test]
 fn only_what_the_client_sends_counts_as_activity_for_the_idle_timeout() {
-    let broker = TestBroker::start(2, "idle_timeout = \"1s\"", "");
+    let broker = test_broker().limits("idle_timeout = \"1s\"").start();
     let (s, r, k) = (
         user_on_shard("talker", 0, 2),
         user_on_shard("listener", 1, 2),
@@ -163,7 +161,7 @@ fn only_what_the_client_sends_counts_as_activity_for_the_idle_timeout() {
 
 #[test]
 fn a_login_trickled_byte_by_byte_still_hits_the_login_deadline() {
-    let broker = TestBroker::start(2, "login_timeout = \"500ms\"", "");
+    let broker = test_broker().limits("login_timeout = \"500ms\"").start();
     let login = frame(&ClientMsg::Login {
         token: &broker.token("slowloris"),
         device_id: "d",
@@ -207,7 +205,7 @@ fn a_login_trickled_byte_by_byte_still_hits_the_login_deadline() {
 
 #[test]
 fn max_inbox_counts_what_no_device_has_acked_from_every_sender() {
-    let broker = TestBroker::start(2, "max_inbox = 3", "");
+    let broker = test_broker().limits("max_inbox = 3").start();
     let b = user_on_shard("busy", 0, 2);
     run(async {
         let mut senders = Vec::new();

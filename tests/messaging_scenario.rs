@@ -1,14 +1,12 @@
 //! 1:1 messaging over the wire: within and across shards, ordering, dedup, offline inboxes.
 
-mod support;
-
 use ringpost::client::{Client, Event};
 use ringpost::protocol::Code;
-use support::*;
+use ringpost_harness::*;
 
 #[test]
 fn delivery_within_a_shard_and_across_shards() {
-    let broker = TestBroker::start(2, "", "");
+    let broker = test_broker().start();
     run(async {
         let a0 = user_on_shard("alice", 0, 2);
         let b0 = user_on_shard("bob", 0, 2);
@@ -57,7 +55,10 @@ fn delivery_within_a_shard_and_across_shards() {
 #[test]
 fn per_recipient_order_holds_under_concurrent_senders() {
     const PER_SENDER: u64 = 300;
-    let broker = TestBroker::start(3, "sends_per_sec = 100000", "");
+    let broker = test_broker()
+        .shards(3)
+        .limits("sends_per_sec = 100000")
+        .start();
     run(async {
         let rcpt = user_on_shard("rcpt", 0, 3);
         let mut r = broker.connect(&rcpt, "d").await;
@@ -102,7 +103,7 @@ fn per_recipient_order_holds_under_concurrent_senders() {
 
 #[test]
 fn a_resend_of_the_same_client_msg_id_is_delivered_once() {
-    let broker = TestBroker::start(2, "", "");
+    let broker = test_broker().start();
     run(async {
         let (a, b) = (user_on_shard("a", 0, 2), user_on_shard("b", 1, 2));
         let mut ca = broker.connect(&a, "d").await;
@@ -130,7 +131,7 @@ fn a_resend_of_the_same_client_msg_id_is_delivered_once() {
 
 #[test]
 fn offline_messages_are_delivered_in_order_at_next_login() {
-    let broker = TestBroker::start(2, "", "");
+    let broker = test_broker().start();
     run(async {
         let (a, b) = (user_on_shard("a", 1, 2), user_on_shard("b", 0, 2));
         let mut ca = broker.connect(&a, "d").await;
@@ -164,7 +165,7 @@ fn offline_messages_are_delivered_in_order_at_next_login() {
 
 #[test]
 fn a_full_inbox_is_reported_to_the_sender() {
-    let broker = TestBroker::start(2, "max_inbox = 3", "");
+    let broker = test_broker().limits("max_inbox = 3").start();
     run(async {
         let (a, b) = (user_on_shard("a", 0, 2), user_on_shard("b", 1, 2));
         let mut ca = broker.connect(&a, "d").await;
@@ -192,7 +193,7 @@ fn a_full_inbox_is_reported_to_the_sender() {
 
 #[test]
 fn sending_to_yourself_reaches_your_other_devices_too() {
-    let broker = TestBroker::start(2, "", "");
+    let broker = test_broker().start();
     run(async {
         let a = user_on_shard("self", 1, 2);
         let mut phone = broker.connect(&a, "phone").await;

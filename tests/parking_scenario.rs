@@ -5,13 +5,11 @@
 //! "Parked" is observed from outside through /proc: the broker's epoll sets list the fds they
 //! watch, so the number of distinct watched fds is the number of parked connections.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use ringpost::protocol::Code;
-use support::*;
+use ringpost_harness::*;
 
 const PARK: &str = "park_after = \"100ms\"";
 
@@ -62,7 +60,7 @@ async fn wait_parked(broker: &TestBroker, n: usize) {
 
 #[test]
 fn parked_connections_receive_and_send_and_park_again() {
-    let broker = TestBroker::start(2, "", PARK);
+    let broker = test_broker().server(PARK).start();
     run(async {
         let (a, b) = (user_on_shard("pa", 0, 2), user_on_shard("pb", 1, 2));
         let mut ca = broker.connect(&a, "d").await;
@@ -99,7 +97,10 @@ fn parked_connections_receive_and_send_and_park_again() {
 
 #[test]
 fn a_parked_connection_still_times_out() {
-    let broker = TestBroker::start(2, "idle_timeout = \"1s\"", PARK);
+    let broker = test_broker()
+        .limits("idle_timeout = \"1s\"")
+        .server(PARK)
+        .start();
     run(async {
         let mut silent = broker.connect(&user_on_shard("quiet", 1, 2), "d").await;
         wait_parked(&broker, 1).await;
@@ -111,7 +112,7 @@ fn a_parked_connection_still_times_out() {
 
 #[test]
 fn a_parked_connection_that_hangs_up_is_forgotten() {
-    let broker = TestBroker::start(2, "max_devices = 1", PARK);
+    let broker = test_broker().limits("max_devices = 1").server(PARK).start();
     run(async {
         let u = user_on_shard("gone", 0, 2);
         let c = broker.connect(&u, "phone").await;
@@ -131,7 +132,10 @@ fn a_parked_connection_that_hangs_up_is_forgotten() {
 
 #[test]
 fn a_parked_slow_reader_gets_its_whole_backlog_in_order() {
-    let broker = TestBroker::start(2, "sends_per_sec = 1000000", PARK);
+    let broker = test_broker()
+        .limits("sends_per_sec = 1000000")
+        .server(PARK)
+        .start();
     run(async {
         let (a, b) = (user_on_shard("fast", 0, 2), user_on_shard("slow", 1, 2));
         let mut sender = broker.connect(&a, "d").await;
@@ -145,7 +149,7 @@ fn a_parked_slow_reader_gets_its_whole_backlog_in_order() {
 
 #[test]
 fn shutdown_says_goaway_to_parked_connections() {
-    let mut broker = TestBroker::start(2, "", PARK);
+    let mut broker = test_broker().server(PARK).start();
     run(async {
         let mut clients = Vec::new();
         for i in 0..4 {

@@ -1,17 +1,15 @@
 //! Bad input and abuse: each gets its stable code and a close, and the broker keeps serving.
 
-mod support;
-
 use std::io::Write;
 use std::time::Duration;
 
 use ringpost::client::{Client, ClientError, Event};
 use ringpost::protocol::{self, ClientMsg, Code};
-use support::*;
+use ringpost_harness::*;
 
 #[test]
 fn garbage_payload_is_malformed_frame() {
-    let broker = TestBroker::start(2, "", "");
+    let broker = test_broker().start();
     let mut s = raw_connect(broker.addr);
     let mut bytes = 12u32.to_le_bytes().to_vec();
     bytes.extend_from_slice(b"\xde\xad\xbe\xef garbage");
@@ -22,7 +20,7 @@ fn garbage_payload_is_malformed_frame() {
 
 #[test]
 fn plain_text_is_rejected_too() {
-    let broker = TestBroker::start(2, "", "");
+    let broker = test_broker().start();
     let mut s = raw_connect(broker.addr);
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     // "GET " read as a length is ~542 MB: over max_frame.
@@ -32,7 +30,7 @@ fn plain_text_is_rejected_too() {
 
 #[test]
 fn oversized_length_is_refused_before_the_body_arrives() {
-    let broker = TestBroker::start(2, "max_frame = \"1KiB\"", "");
+    let broker = test_broker().limits("max_frame = \"1KiB\"").start();
     let mut s = raw_connect(broker.addr);
     s.write_all(&2048u32.to_le_bytes()).unwrap(); // no body follows
     let message = expect_error_then_close(&mut s, Code::FRAME_TOO_LARGE);
@@ -42,7 +40,7 @@ fn oversized_length_is_refused_before_the_body_arrives() {
 
 #[test]
 fn truncated_login_then_silence_hits_the_login_timeout() {
-    let broker = TestBroker::start(2, "login_timeout = \"500ms\"", "");
+    let broker = test_broker().limits("login_timeout = \"500ms\"").start();
     let mut s = raw_connect(broker.addr);
     let login = frame(&ClientMsg::Login {
         token: &broker.token("slow"),
@@ -56,14 +54,14 @@ fn truncated_login_then_silence_hits_the_login_timeout() {
 
 #[test]
 fn a_silent_raw_connection_hits_the_login_timeout() {
-    let broker = TestBroker::start(2, "login_timeout = \"300ms\"", "");
+    let broker = test_broker().limits("login_timeout = \"300ms\"").start();
     let mut s = raw_connect(broker.addr);
     expect_error_then_close(&mut s, Code::LOGIN_TIMEOUT);
 }
 
 #[test]
 fn truncated_frame_after_login_then_silence_hits_the_idle_timeout() {
-    let broker = TestBroker::start(2, "idle_timeout = \"1s\"", "");
+    let broker = test_broker().limits("idle_timeout = \"1s\"").start();
     let mut s = raw_login(&broker, &user_on_shard("trunc", 1, 2));
     let send = frame(&ClientMsg::Send {
         client_msg_id: 1,
@@ -82,7 +80,7 @@ fn truncated_frame_after_login_then_silence_hits_the_idle_timeout() {
 
 #[test]
 fn unknown_frame_type_is_unknown_frame_before_and_after_login() {
-    let broker = TestBroker::start(2, "", "");
+    let broker = test_broker().start();
     let mut unknown = Vec::new();
     protocol::encode_raw_union(200, &mut unknown);
     let mut s = raw_connect(broker.addr);
@@ -97,7 +95,7 @@ fn unknown_frame_type_is_unknown_frame_before_and_after_login() {
 
 #[test]
 fn send_before_login_is_not_logged_in() {
-    let broker = TestBroker::start(2, "", "");
+    let broker = test_broker().start();
     let mut s = raw_connect(broker.addr);
     s.write_all(&frame(&ClientMsg::Send {
         client_msg_id: 1,
@@ -125,7 +123,7 @@ fn expect_login_refused(broker: &TestBroker, token: String, code: Code) {
 
 #[test]
 fn forged_expired_and_wrong_algorithm_tokens_are_refused() {
-    let broker = TestBroker::start(2, "", "");
+    let broker = test_broker().start();
     let forged =
         ringpost::auth::mint(b"not-the-secret", "mallory", Duration::from_secs(60)).unwrap();
     expect_login_refused(&broker, forged, Code::AUTH_FAILED);
@@ -158,7 +156,7 @@ fn forged_expired_and_wrong_algorithm_tokens_are_refused() {
 
 #[test]
 fn a_bad_frame_closes_only_that_connection() {
-    let broker = TestBroker::start(2, "", "");
+    let broker = test_broker().start();
     let (a, b) = (user_on_shard("a", 0, 2), user_on_shard("b", 1, 2));
     let mut bad = raw_login(&broker, &b);
     run(async {
@@ -179,7 +177,7 @@ fn a_bad_frame_closes_only_that_connection() {
 
 #[test]
 fn sends_past_the_rate_limit_are_refused_and_a_flood_is_cut_off() {
-    let broker = TestBroker::start(2, "sends_per_sec = 5", "");
+    let broker = test_broker().limits("sends_per_sec = 5").start();
     run(async {
         let (a, b) = (user_on_shard("a", 0, 2), user_on_shard("b", 1, 2));
         let mut c = broker.connect(&a, "d").await;

@@ -1,16 +1,14 @@
 //! Devices and connection lifecycle: fan-out, device limits, replacement, heartbeats, logout.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use ringpost::client::{Client, ClientError};
 use ringpost::protocol::Code;
-use support::*;
+use ringpost_harness::*;
 
 #[test]
 fn every_device_of_a_user_gets_every_message_in_the_same_order() {
-    let broker = TestBroker::start(2, "max_devices = 3", "");
+    let broker = test_broker().limits("max_devices = 3").start();
     run(async {
         let (a, b) = (user_on_shard("a", 0, 2), user_on_shard("b", 1, 2));
         let mut sender = broker.connect(&a, "d").await;
@@ -35,7 +33,7 @@ fn every_device_of_a_user_gets_every_message_in_the_same_order() {
 
 #[test]
 fn a_device_over_max_devices_is_refused() {
-    let broker = TestBroker::start(2, "max_devices = 3", "");
+    let broker = test_broker().limits("max_devices = 3").start();
     run(async {
         let u = user_on_shard("many", 1, 2);
         let mut kept = Vec::new();
@@ -65,7 +63,7 @@ fn a_device_over_max_devices_is_refused() {
 
 #[test]
 fn logging_in_again_with_the_same_device_id_replaces_the_old_session() {
-    let broker = TestBroker::start(2, "", "");
+    let broker = test_broker().start();
     run(async {
         let (a, b) = (user_on_shard("a", 0, 2), user_on_shard("b", 1, 2));
         let mut old = broker.connect(&b, "phone").await;
@@ -80,7 +78,7 @@ fn logging_in_again_with_the_same_device_id_replaces_the_old_session() {
 
 #[test]
 fn a_silent_connection_times_out_and_a_pinging_one_does_not() {
-    let broker = TestBroker::start(2, "idle_timeout = \"1s\"", "");
+    let broker = test_broker().limits("idle_timeout = \"1s\"").start();
     run(async {
         let mut silent = broker.connect(&user_on_shard("quiet", 0, 2), "d").await;
         let mut chatty = broker.connect(&user_on_shard("chatty", 1, 2), "d").await;
@@ -117,7 +115,7 @@ fn a_silent_connection_times_out_and_a_pinging_one_does_not() {
 
 #[test]
 fn logout_is_answered_with_goaway_logged_out() {
-    let broker = TestBroker::start(1, "", "");
+    let broker = test_broker().shards(1).start();
     run(async {
         let mut c = broker.connect("leaver", "d").await;
         c.logout().await.unwrap();
@@ -131,11 +129,7 @@ fn a_slow_reader_catches_up_without_loss_or_reorder() {
     // loopback socket buffers hold, so most of it must wait in the inbox and flow through the
     // catch-up path (max_outbound is tiny) when the reader starts reading.
     const N: u64 = 12_000;
-    let broker = TestBroker::start(
-        2,
-        "max_outbound = \"4KiB\"\nmax_frame = \"2KiB\"\nsends_per_sec = 1000000\nmax_inbox = 20000",
-        "",
-    );
+    let broker = test_broker().limits("max_outbound = \"4KiB\"\nmax_frame = \"2KiB\"\nsends_per_sec = 1000000\nmax_inbox = 20000").start();
     run(async {
         let (a, b) = (user_on_shard("a", 0, 2), user_on_shard("b", 1, 2));
         let mut reader = broker.connect(&b, "d").await;
@@ -146,7 +140,7 @@ fn a_slow_reader_catches_up_without_loss_or_reorder() {
 
 #[test]
 fn a_client_reconnects_with_backoff_and_resumes_after_its_last_seq() {
-    let broker = TestBroker::start(2, "", "");
+    let broker = test_broker().start();
     run(async {
         let (a, b) = (user_on_shard("a", 0, 2), user_on_shard("b", 1, 2));
         let mut sender = broker.connect(&a, "d").await;
@@ -184,11 +178,9 @@ fn a_client_reconnects_with_backoff_and_resumes_after_its_last_seq() {
 #[test]
 fn a_client_that_stops_reading_is_closed_and_loses_nothing() {
     const N: u64 = 6000;
-    let broker = TestBroker::start(
-        2,
-        "slow_consumer_timeout = \"1s\"\nsends_per_sec = 1000000\nmax_frame = \"2KiB\"",
-        "",
-    );
+    let broker = test_broker()
+        .limits("slow_consumer_timeout = \"1s\"\nsends_per_sec = 1000000\nmax_frame = \"2KiB\"")
+        .start();
     run(async {
         let (a, b) = (user_on_shard("a", 0, 2), user_on_shard("b", 1, 2));
         let mut stuck = broker.connect(&b, "phone").await;

@@ -2,47 +2,20 @@
 //! connection still in its login phase, a client that stopped reading, and a sender streaming
 //! through the SIGTERM — every acked message (and only those) is there after a restart.
 
-mod common;
-mod support;
-
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use common::{Broker, Setup};
 use futures_lite::future;
 use glommio::channels::local_channel;
 use glommio::sync::Semaphore;
-use ringpost::client::{Client, ClientError, ClientOptions, Event};
+use ringpost::client::{ClientError, Event};
 use ringpost::protocol::{ClientMsg, Code};
-use support::{expect_deliver, expect_event, expect_goaway_then_close, run, user_on_shard, WAIT};
-
-const SECRET: &str = "shutdown-secret";
-
-fn setup(shards: usize, server: &str, limits: &str) -> Setup {
-    Setup {
-        shards,
-        server: server.into(),
-        limits: limits.into(),
-        env_secret: Some(SECRET.into()),
-        ..Setup::default()
-    }
-}
-
-fn opts(broker: &Broker, user: &str, device: &str) -> ClientOptions {
-    let token = ringpost::auth::mint(SECRET.as_bytes(), user, Duration::from_secs(600)).unwrap();
-    ClientOptions::new(broker.addr, token, device)
-}
-
-async fn connect(broker: &Broker, user: &str, device: &str) -> Client {
-    Client::connect(&opts(broker, user, device), 0)
-        .await
-        .unwrap_or_else(|e| panic!("{user}/{device} could not log in: {e}"))
-}
+use ringpost_harness::*;
 
 /// Waits for the exit; asserts status 0 within `limit` of `since`.
-fn assert_exits_zero(broker: &mut Broker, since: Instant, limit: Duration) {
+fn assert_exits_zero(broker: &mut TestBroker, since: Instant, limit: Duration) {
     let status = broker
         .wait_exit(limit.saturating_sub(since.elapsed()))
         .unwrap_or_else(|| {
@@ -61,8 +34,10 @@ fn assert_exits_zero(broker: &mut Broker, since: Instant, limit: Duration) {
 #[test]
 fn sigterm_says_goaway_on_every_shard_closes_logins_in_progress_and_exits_zero_in_the_grace() {
     const SHARDS: usize = 4;
-    let dir = common::test_dir("shutdown-all");
-    let mut broker = Broker::start(&dir, &setup(SHARDS, "shutdown_grace = \"2s\"", ""));
+    let mut broker = test_broker()
+        .shards(SHARDS)
+        .server("shutdown_grace = \"2s\"")
+        .start();
     assert_eq!(
         broker.shards, SHARDS,
         "the listening line names the shard count"
@@ -76,7 +51,7 @@ fn sigterm_says_goaway_on_every_shard_closes_logins_in_progress_and_exits_zero_i
         let mut clients = Vec::new();
         for s in 0..SHARDS {
             let user = user_on_shard("bye", s, SHARDS);
-            let c = connect(&broker, &user, "d").await;
+            let c = broker.connect(&user, "d").await;
             assert_eq!(c.login_info().shard as usize, s);
             clients.push(c);
         }
@@ -107,17 +82,17 @@ fn sigterm_says_goaway_on_every_shard_closes_logins_in_progress_and_exits_zero_i
         std::net::TcpStream::connect(broker.addr).is_err(),
         "no connections after exit"
     );
-    drop(broker);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_client_that_stopped_reading_does_not_hold_up_shutdown_and_loses_nothing() {
     const N: u64 = 5000;
-    let dir = common::test_dir("shutdown-stuck");
-    let limits = "sends_per_sec = 1000000\nmax_frame = \"2KiB\"";
-    let server = "shutdown_grace = \"2s\"";
-    let mut broker = Broker::start(&dir, &setup(2, server, limits));
+    let dir = TempDir::new("shutdown-stuck");
+    let config = test_broker()
+        .dir(dir.path())
+        .limits("sends_per_sec = 1000000\nmax_frame = \"2KiB\"")
+        .server("shutdown_grace = \"2s\"");
+    let mut broker = config.start();
     let (a, b, c) = (
         user_on_shard("a", 0, 2),
         user_on_shard("stuck", 1, 2),
@@ -126,15 +101,15 @@ fn a_client_that_stopped_reading_does_not_hold_up_shutdown_and_loses_nothing() {
     let mut signalled = Instant::now();
     run(async {
         // `stuck` logs in and never reads: 5 MB for it is more than socket buffers hold.
-        let stuck = connect(&broker, &b, "phone").await;
-        let mut reader = connect(&broker, &c, "d").await;
-        let mut sender = connect(&broker, &a, "d").await;
+        let stuck = broker.connect(&b, "phone").await;
+        let mut reader = broker.connect(&c, "d").await;
+        let mut sender = broker.connect(&a, "d").await;
         let body = vec![b's'; 1000];
         for i in 1..=N {
             sender.send(i, &b, &body).await.unwrap();
         }
         for i in 1..=N {
-            support::expect_ack(&mut sender, i, Code::OK).await;
+            expect_ack(&mut sender, i, Code::OK).await;
         }
         signalled = Instant::now();
         broker.sigterm();
@@ -147,29 +122,29 @@ fn a_client_that_stopped_reading_does_not_hold_up_shutdown_and_loses_nothing() {
     drop(broker);
 
     // Everything acked for the stuck user is there after a restart, in order.
-    let broker = Broker::start(&dir, &setup(2, server, limits));
+    let broker = config.start();
     run(async {
-        let mut again = connect(&broker, &b, "phone").await;
+        let mut again = broker.connect(&b, "phone").await;
         assert_eq!(again.login_info().head_seq, N);
         for seq in 1..=N {
             let d = expect_deliver(&mut again).await;
             assert_eq!((d.seq, d.client_msg_id), (seq, seq));
         }
     });
-    drop(broker);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_sender_streaming_through_sigterm_has_exactly_its_acked_messages_kept() {
-    let dir = common::test_dir("shutdown-stream");
-    let limits = "sends_per_sec = 1000000";
-    let server = "shutdown_grace = \"5s\"";
-    let mut broker = Broker::start(&dir, &setup(2, server, limits));
+    let dir = TempDir::new("shutdown-stream");
+    let config = test_broker()
+        .dir(dir.path())
+        .limits("sends_per_sec = 1000000")
+        .server("shutdown_grace = \"5s\"");
+    let mut broker = config.start();
     let (a, b) = (user_on_shard("streamer", 0, 2), user_on_shard("away", 1, 2));
     let mut signalled = Instant::now();
     let acked: BTreeSet<u64> = run(async {
-        let (mut rx, mut tx) = connect(&broker, &a, "d").await.split();
+        let (mut rx, mut tx) = broker.connect(&a, "d").await.split();
         // Flow control like a real client's: at most WINDOW unacked sends in flight.
         const WINDOW: u64 = 200;
         let window = Rc::new(Semaphore::new(WINDOW));
@@ -249,9 +224,9 @@ fn a_sender_streaming_through_sigterm_has_exactly_its_acked_messages_kept() {
     assert_exits_zero(&mut broker, signalled, Duration::from_secs(6));
     drop(broker);
 
-    let broker = Broker::start(&dir, &setup(2, server, limits));
+    let broker = config.start();
     run(async {
-        let mut c = connect(&broker, &b, "d").await;
+        let mut c = broker.connect(&b, "d").await;
         assert_eq!(
             c.login_info().head_seq,
             acked.len() as u64,
@@ -271,6 +246,4 @@ fn a_sender_streaming_through_sigterm_has_exactly_its_acked_messages_kept() {
         c.ping(1).await.unwrap();
         assert_eq!(expect_event(&mut c).await, Event::Pong { nonce: 1 });
     });
-    drop(broker);
-    let _ = std::fs::remove_dir_all(&dir);
 }

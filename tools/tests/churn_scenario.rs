@@ -2,12 +2,10 @@
 //! (backoff, resume after the last processed seq, resends with the same client_msg_id) while
 //! messages flow, and nothing acked is lost, duplicated or reordered.
 
-mod common;
-
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{tools, Broker, TempDir};
+use ringpost_harness::{tools, tools_broker, TempDir};
 
 /// Runs the tool to its exit; kills it (and fails) if it runs past `limit`.
 fn run_tool(args: &[&str], limit: Duration) -> Output {
@@ -39,8 +37,11 @@ fn run_tool(args: &[&str], limit: Duration) -> Output {
 #[test]
 fn churning_users_lose_nothing_and_see_nothing_twice() {
     let dir = TempDir::new("churn");
-    let broker = Broker::start(&dir.0, "[limits]\nsends_per_sec = 100000\n");
-    let (addr, secret) = (broker.addr.clone(), broker.secret.clone());
+    let broker = tools_broker()
+        .dir(dir.path())
+        .limits("sends_per_sec = 100000")
+        .start();
+    let (addr, secret) = (broker.addr_string(), broker.secret_path());
     let started = Instant::now();
     let out = run_tool(
         &[
@@ -66,7 +67,7 @@ fn churning_users_lose_nothing_and_see_nothing_twice() {
         ],
         Duration::from_secs(60),
     );
-    broker.kill();
+    broker.crash();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not one JSON object ({e}): stderr: {stderr}"));
@@ -126,7 +127,7 @@ fn churning_users_lose_nothing_and_see_nothing_twice() {
 #[test]
 fn bad_arguments_exit_2_before_touching_the_network() {
     let dir = TempDir::new("churn-args");
-    let secret = dir.0.join("auth.secret");
+    let secret = dir.path().join("auth.secret");
     std::fs::write(&secret, "00112233445566778899aabbccddeeff").unwrap();
     let secret = secret.to_str().unwrap();
     // Port 1 on localhost: nothing listens, so reaching the network would fail differently.

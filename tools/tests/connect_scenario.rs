@@ -2,15 +2,13 @@
 //! addresses, log in, hold with pings, and the report carries the broker's memory per
 //! connection; failures are counted by their stable code.
 
-mod common;
-
 use std::path::Path;
 
-use common::{tools, Broker, TempDir};
+use ringpost_harness::{tools, tools_broker, TempDir, TestBroker};
 use serde_json::Value;
 
-fn connect(broker: &Broker, secret: &Path, extra: &[&str]) -> (bool, Value, String) {
-    let out = tools(&["load", "connect", "--json", "--addr", &broker.addr])
+fn connect(broker: &TestBroker, secret: &Path, extra: &[&str]) -> (bool, Value, String) {
+    let out = tools(&["load", "connect", "--json", "--addr", &broker.addr_string()])
         .arg("--secret-file")
         .arg(secret)
         .args(extra)
@@ -32,11 +30,11 @@ fn percentiles_present(v: &Value) {
 #[test]
 fn holds_connections_from_many_source_addresses_across_processes() {
     let dir = TempDir::new("connect-hold");
-    let broker = Broker::start(&dir.0, "");
+    let broker = tools_broker().dir(dir.path()).start();
     let pid = broker.pid().to_string();
     let (ok, r, stderr) = connect(
         &broker,
-        &broker.secret,
+        &broker.secret_path(),
         &[
             "--conns",
             "400",
@@ -93,10 +91,10 @@ fn source_address_binding_is_real() {
     // 192.0.2.1 (TEST-NET-1) is not an address of this machine: binding to it must fail, and
     // the failure is reported by name, not as a hang or a success.
     let dir = TempDir::new("connect-badsrc");
-    let broker = Broker::start(&dir.0, "");
+    let broker = tools_broker().dir(dir.path()).start();
     let (ok, r, stderr) = connect(
         &broker,
-        &broker.secret,
+        &broker.secret_path(),
         &[
             "--conns",
             "20",
@@ -117,8 +115,8 @@ fn source_address_binding_is_real() {
 #[test]
 fn refused_logins_are_counted_by_code() {
     let dir = TempDir::new("connect-badtoken");
-    let broker = Broker::start(&dir.0, "");
-    let wrong = dir.0.join("other.secret");
+    let broker = tools_broker().dir(dir.path()).start();
+    let wrong = dir.path().join("other.secret");
     std::fs::write(
         &wrong,
         "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",

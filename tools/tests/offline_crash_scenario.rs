@@ -1,20 +1,18 @@
 //! Crash test through the load tool: kill -9 the broker during `load offline --phase send`,
 //! restart it, and `--phase verify` that every acknowledged message arrives exactly once.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{tools, Broker, TempDir};
+use ringpost_harness::{tools, tools_broker, TempDir};
 
 fn crash_during_send(kill_after_acks: usize) {
     let tmp = TempDir::new(&format!("offline-crash-{kill_after_acks}"));
     let dir = &tmp.0;
-    const LIMITS: &str = "[limits]\nsends_per_sec = 1000000\n";
+    const LIMITS: &str = "sends_per_sec = 1000000";
     let record = dir.join("acked.record");
-    let broker = Broker::start(dir, LIMITS);
-    let (addr, secret) = (broker.addr.clone(), broker.secret.clone());
+    let broker = tools_broker().dir(dir).limits(LIMITS).start();
+    let (addr, secret) = (broker.addr_string(), broker.secret_path());
 
     let mut sender = tools(&[
         "load",
@@ -46,15 +44,15 @@ fn crash_during_send(kill_after_acks: usize) {
         assert!(Instant::now() < deadline, "only {lines} acks recorded");
         std::thread::sleep(Duration::from_millis(5));
     }
-    broker.kill();
+    broker.crash();
     let status = sender.wait().unwrap();
     assert!(
         status.success(),
         "the send phase ends cleanly when the broker dies"
     );
 
-    let broker = Broker::start(dir, LIMITS);
-    let addr = broker.addr.clone();
+    let broker = tools_broker().dir(dir).limits(LIMITS).start();
+    let addr = broker.addr_string();
     let out = tools(&[
         "load", "offline", "--phase", "verify", "--users", "4", "--json", "--addr", &addr,
     ])

@@ -2,21 +2,22 @@
 //! checks every message and reports latency percentiles, and the same run refused when the
 //! pairing promise cannot hold.
 
-mod common;
-
-use common::{tools, Broker, TempDir};
+use ringpost_harness::{tools, tools_broker, TempDir};
 use serde_json::Value;
 
 #[test]
 fn cross_shard_pairs_deliver_everything_in_order_with_percentiles() {
     let dir = TempDir::new("p2p");
-    let broker = Broker::start(&dir.0, "[limits]\nsends_per_sec = 100000\n");
+    let broker = tools_broker()
+        .dir(dir.path())
+        .limits("sends_per_sec = 100000")
+        .start();
     let out = tools(&[
         "load",
         "p2p",
         "--json",
         "--addr",
-        &broker.addr,
+        &broker.addr_string(),
         "--users",
         "20",
         "--rate",
@@ -34,7 +35,7 @@ fn cross_shard_pairs_deliver_everything_in_order_with_percentiles() {
         "2",
     ])
     .arg("--secret-file")
-    .arg(&broker.secret)
+    .arg(broker.secret_path())
     .output()
     .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
