@@ -24,7 +24,34 @@ use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use rand::Rng;
 
-use crate::protocol::{self, ClientMsg, Code, FrameReader, ServerMsg};
+use std::cell::RefCell;
+use std::collections::{HashSet, VecDeque};
+use std::rc::Rc;
+
+use crate::protocol::{self, ClientMsg, Code, EntryKind, FrameReader, GroupOp, Names, ServerMsg};
+
+/// How many recent client_msg_ids a connection remembers to recognise its own echoes.
+const ECHO_MEMORY: usize = 4096;
+
+/// The client_msg_ids this connection sent recently (shared by its two halves).
+#[derive(Debug, Default)]
+struct SentIds {
+    set: HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+impl SentIds {
+    fn note(&mut self, id: u64) {
+        if self.set.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > ECHO_MEMORY {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+}
 
 /// Bytes the reader asks the socket for at a time.
 const READ_CHUNK: usize = 16 * 1024;
@@ -70,14 +97,53 @@ pub struct LoginInfo {
     pub gap: bool,
 }
 
-/// A delivered message.
+/// An entry of the user's stream: a message to them, one they sent (own-send sync), or a
+/// group event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     pub seq: u64,
+    /// The sender, or who made a group change.
     pub from_user: String,
     pub client_msg_id: u64,
     pub sent_at_ms: u64,
     pub body: Vec<u8>,
+    /// Group entries: the group ("" for 1:1) and the entry's group_seq.
+    pub group_id: String,
+    pub group_seq: u64,
+    pub kind: EntryKind,
+    /// The user sent this (from this device or another).
+    pub outgoing: bool,
+    /// Outgoing 1:1 messages: the recipient.
+    pub to_user: String,
+    /// Group events: the users concerned.
+    pub members: Vec<String>,
+    /// The echo of a send made on this very connection (`outgoing`, and this connection sent
+    /// its client_msg_id): an application that already shows its sent messages skips it, so
+    /// each message is presented once.
+    pub echo: bool,
+}
+
+impl Delivery {
+    pub fn is_group(&self) -> bool {
+        !self.group_id.is_empty()
+    }
+}
+
+/// The answer to a group operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupResult {
+    pub request_id: u64,
+    pub status: Code,
+    pub group_id: String,
+    pub group_seq: u64,
+    /// GroupList: the user's groups.
+    pub groups: Vec<String>,
+    /// GroupInfo: (user, admin), a page.
+    pub members: Vec<(String, bool)>,
+    /// GroupInfo: `after` for the next page; "" on the last one.
+    pub next_after: String,
+    pub member_count: u32,
+    pub message: String,
 }
 
 /// A frame from the server after login.
@@ -101,6 +167,8 @@ pub enum Event {
         code: Code,
         reason: String,
     },
+    /// The answer to a group operation.
+    GroupReply(GroupResult),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,12 +209,14 @@ pub struct Reader {
     max_frame: usize,
     read_chunk: usize,
     last_seq: u64,
+    sent: Rc<RefCell<SentIds>>,
 }
 
 /// The sending half.
 pub struct Writer {
     stream: TcpStream,
     out: Vec<u8>,
+    sent: Rc<RefCell<SentIds>>,
 }
 
 /// A logged-in connection.
@@ -174,6 +244,7 @@ impl Client {
             let mut writer = Writer {
                 stream: write_stream,
                 out: Vec::new(),
+                sent: reader.sent.clone(),
             };
             writer
                 .send_msg(&ClientMsg::Login {
@@ -247,6 +318,40 @@ impl Client {
         self.writer.send_msg(&ClientMsg::Logout).await
     }
 
+    pub async fn group_send(
+        &mut self,
+        client_msg_id: u64,
+        group_id: &str,
+        body: &[u8],
+    ) -> Result<(), ClientError> {
+        self.writer.group_send(client_msg_id, group_id, body).await
+    }
+
+    pub async fn group_op(
+        &mut self,
+        request_id: u64,
+        group_id: &str,
+        op: GroupOp<'_>,
+    ) -> Result<(), ClientError> {
+        self.writer.group_op(request_id, group_id, op).await
+    }
+
+    /// Creates `group_id` with the caller as its first admin and `members`.
+    pub async fn group_create(
+        &mut self,
+        request_id: u64,
+        group_id: &str,
+        members: &[&str],
+    ) -> Result<(), ClientError> {
+        let members = Names::Slice(members);
+        self.group_op(request_id, group_id, GroupOp::Create { members })
+            .await
+    }
+
+    pub async fn group_list(&mut self, request_id: u64) -> Result<(), ClientError> {
+        self.writer.group_list(request_id).await
+    }
+
     pub async fn recv(&mut self) -> Result<Event, ClientError> {
         self.reader.recv().await
     }
@@ -265,6 +370,12 @@ impl Client {
 impl Writer {
     /// Appends a frame to the local buffer without writing (see [`Writer::flush`]).
     pub fn queue(&mut self, msg: &ClientMsg<'_>) {
+        match msg {
+            ClientMsg::Send { client_msg_id, .. } | ClientMsg::GroupSend { client_msg_id, .. } => {
+                self.sent.borrow_mut().note(*client_msg_id)
+            }
+            _ => {}
+        }
         protocol::encode_client(msg, &mut self.out);
     }
 
@@ -303,6 +414,41 @@ impl Writer {
 
     pub async fn ping(&mut self, nonce: u64) -> Result<(), ClientError> {
         self.send_msg(&ClientMsg::Ping { nonce }).await
+    }
+
+    /// A message to a group (answered by a SendAck like a 1:1 send).
+    pub async fn group_send(
+        &mut self,
+        client_msg_id: u64,
+        group_id: &str,
+        body: &[u8],
+    ) -> Result<(), ClientError> {
+        self.send_msg(&ClientMsg::GroupSend {
+            client_msg_id,
+            group_id,
+            body,
+        })
+        .await
+    }
+
+    /// A group operation (answered by [`Event::GroupReply`] with `request_id`).
+    pub async fn group_op(
+        &mut self,
+        request_id: u64,
+        group_id: &str,
+        op: GroupOp<'_>,
+    ) -> Result<(), ClientError> {
+        self.send_msg(&ClientMsg::Group {
+            request_id,
+            group_id,
+            op,
+        })
+        .await
+    }
+
+    /// The groups the user is in (answered by [`Event::GroupReply`] with `groups`).
+    pub async fn group_list(&mut self, request_id: u64) -> Result<(), ClientError> {
+        self.send_msg(&ClientMsg::GroupList { request_id }).await
     }
 
     /// Half-closes the socket (no more frames from us).
@@ -378,6 +524,7 @@ impl Reader {
             max_frame: opts.max_frame,
             read_chunk: opts.read_chunk.max(64),
             last_seq,
+            sent: Rc::default(),
         }
     }
 
@@ -388,12 +535,13 @@ impl Reader {
     /// Next frame from the server. `Err(Closed)` when the server closed the connection.
     pub async fn recv(&mut self) -> Result<Event, ClientError> {
         let payload = self.next_frame().await?;
-        let event = match protocol::decode_server(payload) {
+        let mut event = match protocol::decode_server(payload) {
             Ok(msg) => to_event(msg)?,
             Err(e) => return Err(ClientError::Protocol(e.to_string())),
         };
-        if let Event::Deliver(d) = &event {
+        if let Event::Deliver(d) = &mut event {
             self.last_seq = self.last_seq.max(d.seq);
+            d.echo = d.outgoing && self.sent.borrow().set.contains(&d.client_msg_id);
         }
         Ok(event)
     }
@@ -457,18 +605,30 @@ impl Reader {
 
 fn to_event(msg: ServerMsg<'_>) -> Result<Event, ClientError> {
     Ok(match msg {
-        ServerMsg::Deliver {
-            seq,
-            from_user,
-            client_msg_id,
-            sent_at_ms,
-            body,
-        } => Event::Deliver(Delivery {
-            seq,
-            from_user: from_user.to_owned(),
-            client_msg_id,
-            sent_at_ms,
-            body: body.to_vec(),
+        ServerMsg::Deliver(d) => Event::Deliver(Delivery {
+            seq: d.seq,
+            from_user: d.from_user.to_owned(),
+            client_msg_id: d.client_msg_id,
+            sent_at_ms: d.sent_at_ms,
+            body: d.body.to_vec(),
+            group_id: d.group_id.to_owned(),
+            group_seq: d.group_seq,
+            kind: d.kind,
+            outgoing: d.outgoing,
+            to_user: d.to_user.to_owned(),
+            members: d.members.to_vec(),
+            echo: false,
+        }),
+        ServerMsg::GroupReply(r) => Event::GroupReply(GroupResult {
+            request_id: r.request_id,
+            status: r.status,
+            group_id: r.group_id.to_owned(),
+            group_seq: r.group_seq,
+            groups: r.groups.to_vec(),
+            members: r.members.iter().map(|(u, a)| (u.to_owned(), a)).collect(),
+            next_after: r.next_after.to_owned(),
+            member_count: r.member_count,
+            message: r.message.to_owned(),
         }),
         ServerMsg::SendAck {
             client_msg_id,

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ringpost::client::Event;
-use ringpost::protocol::{self, ClientMsg, Code, ServerMsg};
+use ringpost::protocol::{self, ClientMsg, Code, Deliver, ServerMsg};
 use ringpost_harness::*;
 
 fn now_unix() -> i64 {
@@ -185,13 +185,7 @@ fn a_server_frame_sent_by_a_logged_in_client_is_unexpected_frame() {
         ("Pong", ServerMsg::Pong { nonce: 7 }),
         (
             "Deliver",
-            ServerMsg::Deliver {
-                seq: 1,
-                from_user: "forged",
-                client_msg_id: 1,
-                sent_at_ms: 0,
-                body: b"spoof",
-            },
+            ServerMsg::Deliver(Deliver::message(1, "forged", 1, 0, b"spoof")),
         ),
         (
             "SendAck",

@@ -76,8 +76,8 @@ fn replay(n: u64, size: usize) -> f64 {
         .collect();
     let mut out = Vec::with_capacity(1 << 20);
     let t = Instant::now();
-    for pos in &positions {
-        let r = log.with_message(*pos, |m| m.encode_deliver(&mut out));
+    for (seq, pos) in positions.iter().enumerate() {
+        let r = log.with_entry(*pos, |e| e.encode_deliver(seq as u64 + 1, "bob", &mut out));
         if let Err(e) = r {
             panic!("read: {e}");
         }

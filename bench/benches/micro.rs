@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use glommio::{LocalExecutorBuilder, Placement};
-use ringpost::protocol::{self, ClientMsg, ServerMsg};
+use ringpost::protocol::{self, ClientMsg, Deliver, ServerMsg};
 use ringpost::shard::bootstrap::OUTBOX_HIGH_WATER;
 use ringpost::shard::envelope::{Envelope, Message};
 use ringpost::shard::transport::{build_mesh, Mesh};
@@ -84,13 +84,7 @@ fn main() {
         for i in 0..n {
             out.clear();
             protocol::encode_server(
-                &ServerMsg::Deliver {
-                    seq: i,
-                    from_user: "user-7",
-                    client_msg_id: i,
-                    sent_at_ms: 1,
-                    body: &body,
-                },
+                &ServerMsg::Deliver(Deliver::message(i, "user-7", i, 1, &body)),
                 &mut out,
             );
             black_box(&out);

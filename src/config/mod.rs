@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub listen_backlog: u32,
     /// A connection with no traffic for this long is parked (0 = never).
     pub park_after: Duration,
+    /// Every message a user sends also enters their own stream (their other devices see it).
+    pub own_send_sync: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -75,6 +77,8 @@ pub struct LimitsConfig {
     pub max_devices: usize,
     pub sends_per_sec: u32,
     pub max_inbox: usize,
+    pub max_group_members: usize,
+    pub max_groups_per_user: usize,
     pub max_outbound: usize,
     pub slow_consumer_timeout: Duration,
 }
@@ -203,6 +207,7 @@ struct RawServer {
     mesh_queue: Value,
     listen_backlog: Value,
     park_after: Value,
+    own_send_sync: Value,
 }
 
 #[derive(Deserialize)]
@@ -234,6 +239,8 @@ struct RawLimits {
     max_devices: Value,
     sends_per_sec: Value,
     max_inbox: Value,
+    max_group_members: Value,
+    max_groups_per_user: Value,
     max_outbound: Value,
     slow_consumer_timeout: Value,
 }
@@ -373,6 +380,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             3600 * SEC,
             ("0s", "1h"),
         )?,
+        own_send_sync: field("server.own_send_sync", s.own_send_sync, "true or false")?,
     };
     let path = |key: &str, v: Value| -> Result<PathBuf, ConfigError> {
         let p: String = field(key, v, "a path")?;
@@ -477,6 +485,18 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         max_devices: int("limits.max_devices", l.max_devices, 1, 64)? as usize,
         sends_per_sec: int("limits.sends_per_sec", l.sends_per_sec, 1, 1_000_000)? as u32,
         max_inbox: int("limits.max_inbox", l.max_inbox, 1, 100_000_000)? as usize,
+        max_group_members: int(
+            "limits.max_group_members",
+            l.max_group_members,
+            1,
+            1_000_000,
+        )? as usize,
+        max_groups_per_user: int(
+            "limits.max_groups_per_user",
+            l.max_groups_per_user,
+            1,
+            1_000_000,
+        )? as usize,
         max_outbound: size(
             "limits.max_outbound",
             l.max_outbound,

@@ -130,17 +130,18 @@ impl Log {
             let path = dir.join(segment::file_name(base));
             let mut failure = None;
             let mut newest = 0u64;
-            let (seg, scan) = Segment::recover(base, path, |off, _kind, payload| {
-                match record::decode(payload) {
-                    Ok(rec) => {
-                        newest = newest.max(rec.time_ms());
-                        visit(base + off as u64, rec);
+            let (seg, scan) =
+                Segment::recover(base, path, |off, kind, payload| {
+                    match record::decode(kind, payload) {
+                        Ok(rec) => {
+                            newest = newest.max(rec.time_ms());
+                            visit(base + off as u64, rec);
+                        }
+                        Err(e) => {
+                            failure.get_or_insert((base + off as u64, e.to_string()));
+                        }
                     }
-                    Err(e) => {
-                        failure.get_or_insert((base + off as u64, e.to_string()));
-                    }
-                }
-            })?;
+                })?;
             if let Some((pos, why)) = failure {
                 return Err(LogError::Corrupt { pos, why });
             }
@@ -169,19 +170,42 @@ impl Log {
 
     /// Appends `rec`; returns its position. Not durable until [`Log::sync`].
     pub fn append(&mut self, rec: &Record) -> Result<u64, LogError> {
-        let framed = record::frame(rec).map_err(|e| LogError::Serialize(e.to_string()))?;
-        if framed.len() > self.segment_size {
+        let framed = Self::frame(rec)?;
+        self.prepare(framed.len())?;
+        Ok(self.append_framed(&framed, rec.time_ms()))
+    }
+
+    /// Frames `rec` for [`Log::append_framed`].
+    pub fn frame(rec: &Record) -> Result<Vec<u8>, LogError> {
+        record::frame(rec).map_err(|e| LogError::Serialize(e.to_string()))
+    }
+
+    /// Makes sure the active segment can take `bytes` more (rolling to a new one if not), so
+    /// records appended together land in one segment; returns the active segment's base.
+    pub fn prepare(&mut self, bytes: usize) -> Result<u64, LogError> {
+        if bytes > self.segment_size {
             return Err(LogError::TooLarge {
-                size: framed.len(),
+                size: bytes,
                 segment_size: self.segment_size,
             });
         }
-        if self.active().remaining() < framed.len() {
+        if self.active().remaining() < bytes {
             self.roll()?;
         }
+        Ok(self.active().base)
+    }
+
+    /// Appends a record framed by [`Log::frame`] into room made by [`Log::prepare`]; returns
+    /// its position.
+    pub fn append_framed(&mut self, framed: &[u8], time_ms: u64) -> u64 {
         let seg = self.active_mut();
-        let off = seg.append(&framed, rec.time_ms());
-        Ok(seg.base + off as u64)
+        let off = seg.append(framed, time_ms);
+        seg.base + off as u64
+    }
+
+    /// Base position of the active segment.
+    pub fn active_base(&self) -> u64 {
+        self.active().base
     }
 
     /// Plans the sync of everything appended so far, to run with [`SyncPlan::run`] elsewhere;
@@ -236,40 +260,36 @@ impl Log {
         Ok((seg, off))
     }
 
-    /// The validated frame payload at `pos`.
-    fn payload_at(&self, pos: u64) -> Result<&[u8], LogError> {
+    /// The kind and validated frame payload at `pos`.
+    fn payload_at(&self, pos: u64) -> Result<(u8, &[u8]), LogError> {
         let (seg, off) = self.locate(pos)?;
         match seg.frame_at(off) {
-            Framed::Record { payload, .. } => Ok(payload),
+            Framed::Record { kind, payload, .. } => Ok((kind, payload)),
             Framed::End | Framed::Bad(_) => Err(LogError::BadPosition(pos)),
         }
     }
 
     /// Reads and validates the record at `pos`.
     pub fn read(&self, pos: u64) -> Result<Record, LogError> {
-        record::decode(self.payload_at(pos)?).map_err(|e| LogError::Corrupt {
+        let (kind, payload) = self.payload_at(pos)?;
+        record::decode(kind, payload).map_err(|e| LogError::Corrupt {
             pos,
             why: e.to_string(),
         })
     }
 
-    /// Calls `f` with the validated, zero-copy archive of the message at `pos` (replay path:
-    /// nothing is deserialised or copied but what `f` copies).
-    pub fn with_message<T>(
+    /// Calls `f` with the validated, zero-copy archive of the stream entry (message, outgoing
+    /// or group record) at `pos` (replay path: nothing is deserialised or copied but what `f`
+    /// copies).
+    pub fn with_entry<T>(
         &self,
         pos: u64,
-        f: impl FnOnce(&record::ArchivedMessageRecord) -> T,
+        f: impl FnOnce(&record::ArchivedEntry<'_>) -> T,
     ) -> Result<T, LogError> {
-        let payload = self.payload_at(pos)?;
-        let archived = rkyv::access::<record::ArchivedRecord, rkyv::rancor::Error>(payload)
-            .map_err(|e| LogError::Corrupt {
-                pos,
-                why: e.to_string(),
-            })?;
-        match archived {
-            record::ArchivedRecord::Message(m) => Ok(f(m)),
-            record::ArchivedRecord::Cursor(_) => Err(LogError::BadPosition(pos)),
-        }
+        let (kind, payload) = self.payload_at(pos)?;
+        let entry =
+            record::access_entry(kind, payload).map_err(|why| LogError::Corrupt { pos, why })?;
+        Ok(f(&entry))
     }
 
     /// Every record from `pos` on, in order (for inspection and tests; replay follows
@@ -278,9 +298,14 @@ impl Log {
         let mut out = Vec::new();
         for seg in self.segments.iter().filter(|s| s.base + s.len as u64 > pos) {
             let mut off = usize::try_from(pos.saturating_sub(seg.base)).unwrap_or(0);
-            while let Framed::Record { payload, size, .. } = seg.frame_at(off) {
+            while let Framed::Record {
+                kind,
+                payload,
+                size,
+            } = seg.frame_at(off)
+            {
                 let at = seg.base + off as u64;
-                let rec = record::decode(payload).map_err(|e| LogError::Corrupt {
+                let rec = record::decode(kind, payload).map_err(|e| LogError::Corrupt {
                     pos: at,
                     why: e.to_string(),
                 })?;
@@ -292,9 +317,15 @@ impl Log {
     }
 
     /// Deletes sealed segments whose newest record is older than `cutoff_ms`, and then the
-    /// oldest sealed segments while the log is larger than `max_bytes`. Returns the position
-    /// of the oldest byte still retained.
-    pub fn retain(&mut self, cutoff_ms: u64, max_bytes: u64) -> Result<u64, LogError> {
+    /// oldest sealed segments while the log is larger than `max_bytes`, but never one holding
+    /// a position at or after `keep_from` (records the shard still needs). Returns the
+    /// position of the oldest byte still retained.
+    pub fn retain(
+        &mut self,
+        cutoff_ms: u64,
+        max_bytes: u64,
+        keep_from: u64,
+    ) -> Result<u64, LogError> {
         // A running SyncPlan points into the maps; deleting waits for the next round.
         while !self.sync_in_flight {
             let sealed = self.segments.len() > 1;
@@ -303,7 +334,8 @@ impl Log {
             };
             let too_old = oldest.newest_ms < cutoff_ms;
             let too_big = self.disk_bytes() > max_bytes;
-            if !sealed || !(too_old || too_big) {
+            let needed = oldest.base + oldest.capacity() as u64 > keep_from;
+            if !sealed || needed || !(too_old || too_big) {
                 break;
             }
             let seg = self.segments.remove(0);
@@ -312,6 +344,33 @@ impl Log {
             std::fs::remove_file(&path).map_err(|e| LogError::io(&path, "delete segment", e))?;
         }
         Ok(self.oldest_position())
+    }
+
+    /// The oldest position [`Log::retain`] with these arguments would keep (what it deletes
+    /// lies below it), without deleting anything.
+    pub fn retention_survivor(&self, cutoff_ms: u64, max_bytes: u64, keep_from: u64) -> u64 {
+        let mut bytes = self.disk_bytes();
+        let mut i = 0;
+        while i + 1 < self.segments.len() {
+            let seg = &self.segments[i];
+            let needed = seg.base + seg.capacity() as u64 > keep_from;
+            if needed || !(seg.newest_ms < cutoff_ms || bytes > max_bytes) {
+                break;
+            }
+            bytes -= seg.capacity() as u64;
+            i += 1;
+        }
+        self.segments[i].base
+    }
+
+    /// True once every byte before `pos` has been synced (and no sync is still running).
+    pub fn is_synced(&self, pos: u64) -> bool {
+        !self.sync_in_flight
+            && self
+                .segments
+                .iter()
+                .filter(|s| s.base < pos)
+                .all(|s| s.base + s.synced_len() as u64 >= pos.min(s.base + s.len as u64))
     }
 
     /// Bytes of segment files on disk (they are preallocated, so this is capacity).

@@ -4,11 +4,15 @@
 //! offset  size  field
 //! 0       4     payload length N (u32 LE), excluding header and padding
 //! 4       4     CRC32C over byte 8 (kind) followed by the N payload bytes
-//! 8       1     kind: 1 = message, 2 = cursor (mirrors the payload's variant)
+//! 8       1     kind: which archive the payload holds (KIND_* below)
 //! 9       7     reserved, zero
-//! 16      N     rkyv archive of `Record`
+//! 16      N     rkyv archive (kinds 1 and 2: `Legacy`; kind k >= 3: that kind's struct)
 //! 16+N    pad   zeros up to the next multiple of RECORD_ALIGN
 //! ```
+//!
+//! Each kind from 3 on archives its own struct, so adding a kind never changes how an older
+//! one is laid out: logs written before a kind existed stay readable. Kinds 1 and 2 predate
+//! that rule and share one archived enum ([`Legacy`]), kept exactly as it was.
 //!
 //! Records start at multiples of [`RECORD_ALIGN`] so the rkyv archive can be read in place
 //! from the map. Preallocated segments are zero-filled, and a zero header (length 0, kind 0)
@@ -28,6 +32,16 @@ pub const KIND_AT: usize = 8;
 /// Header `kind` values.
 pub const KIND_MESSAGE: u8 = 1;
 pub const KIND_CURSOR: u8 = 2;
+pub const KIND_OUTGOING: u8 = 3;
+pub const KIND_GROUP: u8 = 4;
+pub const KIND_GROUP_SNAPSHOT: u8 = 5;
+pub const KIND_FANOUT: u8 = 6;
+pub const KIND_ANCHOR: u8 = 7;
+
+/// Every kind this build reads.
+pub fn known_kind(kind: u8) -> bool {
+    (KIND_MESSAGE..=KIND_ANCHOR).contains(&kind)
+}
 
 /// No previous record (end of a per-user back-pointer chain).
 pub const NO_POSITION: u64 = u64::MAX;
@@ -55,10 +69,92 @@ pub struct CursorRecord {
     pub at_ms: u64,
 }
 
+/// Own-send sync: a 1:1 message `user` sent, as an entry of `user`'s own stream, on the
+/// sender's owner shard (the recipient's copy is a [`MessageRecord`] on theirs).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingRecord {
+    pub user: String,
+    pub seq: u64,
+    pub to: String,
+    pub client_msg_id: u64,
+    pub sent_at_ms: u64,
+    pub body: Vec<u8>,
+}
+
+/// One entry of a group (a message or a membership change), once per shard: on the group's
+/// owner shard it is the authoritative record; on every other shard with members it is the
+/// fan-out copy. It names no member streams: each local member's seq for it is assigned in log
+/// order from the shard's view of the group's members, so recovery re-derives them.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    pub group: String,
+    pub group_seq: u64,
+    /// `protocol::EntryKind` value (message, created, added, removed, left).
+    pub kind: u8,
+    /// The sender, or who made the change.
+    pub from: String,
+    pub client_msg_id: u64,
+    pub sent_at_ms: u64,
+    pub body: Vec<u8>,
+    /// Membership changes: the users created with, added, removed, or who left.
+    pub members: Vec<String>,
+}
+
+/// The state of one group as this shard knows it, written before retention deletes the
+/// records it was built from: on the owner, every member with its role and the group's head
+/// group_seq; elsewhere, the local members and the last group_seq applied.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct GroupSnapshotRecord {
+    pub group: String,
+    pub group_seq: u64,
+    pub owned: bool,
+    /// (user, admin)
+    pub members: Vec<(String, bool)>,
+    /// Owner: (shard, group_seq it has applied) for every shard that has not applied
+    /// everything yet.
+    pub fanout: Vec<(u32, u64)>,
+    pub at_ms: u64,
+}
+
+/// On the group's owner shard: `shard` has durably applied the group's entries up to
+/// `applied`, so they need no re-drive after a restart.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FanoutRecord {
+    pub group: String,
+    pub shard: u32,
+    pub applied: u64,
+    pub at_ms: u64,
+}
+
+/// Users' positions, restated so that a segment can be replayed without the ones before it:
+/// written before a user's first derived-seq (group) entry in a segment, and before retention
+/// deletes the last records a user's head seq or cursors were known from.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct AnchorRecord {
+    /// (user, head seq)
+    pub heads: Vec<(String, u64)>,
+    /// (user, device, acked)
+    pub cursors: Vec<(String, String, u64)>,
+    pub at_ms: u64,
+}
+
+/// The archive of kinds 1 and 2 (its layout is fixed: logs already hold it).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Legacy {
+    Message(MessageRecord),
+    Cursor(CursorRecord),
+}
+
+/// Any record, in memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     Message(MessageRecord),
     Cursor(CursorRecord),
+    Outgoing(OutgoingRecord),
+    Group(GroupRecord),
+    GroupSnapshot(GroupSnapshotRecord),
+    Fanout(FanoutRecord),
+    Anchor(AnchorRecord),
 }
 
 impl Record {
@@ -66,6 +162,11 @@ impl Record {
         match self {
             Record::Message(_) => KIND_MESSAGE,
             Record::Cursor(_) => KIND_CURSOR,
+            Record::Outgoing(_) => KIND_OUTGOING,
+            Record::Group(_) => KIND_GROUP,
+            Record::GroupSnapshot(_) => KIND_GROUP_SNAPSHOT,
+            Record::Fanout(_) => KIND_FANOUT,
+            Record::Anchor(_) => KIND_ANCHOR,
         }
     }
 
@@ -74,24 +175,83 @@ impl Record {
         match self {
             Record::Message(m) => m.sent_at_ms,
             Record::Cursor(c) => c.at_ms,
+            Record::Outgoing(o) => o.sent_at_ms,
+            Record::Group(g) => g.sent_at_ms,
+            Record::GroupSnapshot(s) => s.at_ms,
+            Record::Fanout(f) => f.at_ms,
+            Record::Anchor(a) => a.at_ms,
+        }
+    }
+
+    /// The archive bytes of this record (what follows the header).
+    fn archive(&self) -> Result<rkyv::util::AlignedVec, rkyv::rancor::Error> {
+        use rkyv::rancor::Error;
+        match self {
+            // Kinds 1 and 2 are stored as the `Legacy` enum; cloning keeps this simple and only
+            // costs on the append path of those two kinds (bodies are small next to a sync).
+            Record::Message(m) => rkyv::to_bytes::<Error>(&Legacy::Message(m.clone())),
+            Record::Cursor(c) => rkyv::to_bytes::<Error>(&Legacy::Cursor(c.clone())),
+            Record::Outgoing(o) => rkyv::to_bytes::<Error>(o),
+            Record::Group(g) => rkyv::to_bytes::<Error>(g),
+            Record::GroupSnapshot(s) => rkyv::to_bytes::<Error>(s),
+            Record::Fanout(f) => rkyv::to_bytes::<Error>(f),
+            Record::Anchor(a) => rkyv::to_bytes::<Error>(a),
         }
     }
 }
 
-impl ArchivedMessageRecord {
-    /// Appends this message's Deliver frame to `out`, straight from the archive (every
+/// A stream entry read in place from the log: what a user's index can point at.
+pub enum ArchivedEntry<'a> {
+    Message(&'a ArchivedMessageRecord),
+    Outgoing(&'a ArchivedOutgoingRecord),
+    Group(&'a ArchivedGroupRecord),
+}
+
+impl ArchivedEntry<'_> {
+    /// Appends the Deliver frame of this entry as entry `seq` of `user`'s stream (every
     /// delivery — live, replay, catch-up — is encoded here).
-    pub fn encode_deliver(&self, out: &mut Vec<u8>) {
-        crate::protocol::encode_server(
-            &crate::protocol::ServerMsg::Deliver {
-                seq: self.seq.to_native(),
-                from_user: self.from.as_str(),
-                client_msg_id: self.client_msg_id.to_native(),
-                sent_at_ms: self.sent_at_ms.to_native(),
-                body: self.body.as_slice(),
+    pub fn encode_deliver(&self, seq: u64, user: &str, out: &mut Vec<u8>) {
+        use crate::protocol::{encode_server, Deliver, EntryKind, Names, ServerMsg};
+        let deliver = match self {
+            ArchivedEntry::Message(m) => Deliver::message(
+                seq,
+                m.from.as_str(),
+                m.client_msg_id.to_native(),
+                m.sent_at_ms.to_native(),
+                m.body.as_slice(),
+            ),
+            ArchivedEntry::Outgoing(o) => Deliver {
+                outgoing: true,
+                to_user: o.to.as_str(),
+                ..Deliver::message(
+                    seq,
+                    user,
+                    o.client_msg_id.to_native(),
+                    o.sent_at_ms.to_native(),
+                    o.body.as_slice(),
+                )
             },
-            out,
-        );
+            ArchivedEntry::Group(g) => {
+                let members: Vec<&str> = g.members.iter().map(|m| m.as_str()).collect();
+                let deliver = Deliver {
+                    group_id: g.group.as_str(),
+                    group_seq: g.group_seq.to_native(),
+                    kind: EntryKind(g.kind),
+                    outgoing: g.from.as_str() == user,
+                    members: Names::Slice(&members),
+                    ..Deliver::message(
+                        seq,
+                        g.from.as_str(),
+                        g.client_msg_id.to_native(),
+                        g.sent_at_ms.to_native(),
+                        g.body.as_slice(),
+                    )
+                };
+                encode_server(&ServerMsg::Deliver(deliver), out);
+                return;
+            }
+        };
+        encode_server(&ServerMsg::Deliver(deliver), out);
     }
 }
 
@@ -107,7 +267,7 @@ pub fn checksum(kind: u8, payload: &[u8]) -> u32 {
 
 /// Serialises `record` into a complete framed record (header, archive, padding).
 pub fn frame(record: &Record) -> Result<Vec<u8>, rkyv::rancor::Error> {
-    let payload = rkyv::to_bytes::<rkyv::rancor::Error>(record)?;
+    let payload = record.archive()?;
     let kind = record.kind();
     let mut out = vec![0u8; HEADER_LEN + aligned(payload.len())];
     out[LEN_AT..LEN_AT + 4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -151,7 +311,7 @@ pub fn parse(buf: &[u8]) -> Framed<'_> {
             Framed::Bad("kind 0 with a non-zero header")
         };
     }
-    if kind != KIND_MESSAGE && kind != KIND_CURSOR {
+    if !known_kind(kind) {
         return Framed::Bad("unknown record kind");
     }
     let size = HEADER_LEN + aligned(len);
@@ -169,16 +329,66 @@ pub fn parse(buf: &[u8]) -> Framed<'_> {
     }
 }
 
-/// Validates and deserialises a payload.
-pub fn decode(payload: &[u8]) -> Result<Record, rkyv::rancor::Error> {
+/// Validates and deserialises the payload of a record of `kind`.
+pub fn decode(kind: u8, payload: &[u8]) -> Result<Record, rkyv::rancor::Error> {
     // The payload sits at a RECORD_ALIGN-aligned offset of a page-aligned map, which satisfies
     // the archive's alignment; copy into an aligned buffer otherwise (tests, odd callers).
     if (payload.as_ptr() as usize).is_multiple_of(RECORD_ALIGN) {
-        rkyv::from_bytes::<Record, rkyv::rancor::Error>(payload)
+        decode_aligned(kind, payload)
     } else {
         let mut copy = rkyv::util::AlignedVec::<RECORD_ALIGN>::with_capacity(payload.len());
         copy.extend_from_slice(payload);
-        rkyv::from_bytes::<Record, rkyv::rancor::Error>(&copy)
+        decode_aligned(kind, &copy)
+    }
+}
+
+fn decode_aligned(kind: u8, payload: &[u8]) -> Result<Record, rkyv::rancor::Error> {
+    use rkyv::rancor::{Error, Source};
+    Ok(match kind {
+        KIND_MESSAGE | KIND_CURSOR => match rkyv::from_bytes::<Legacy, Error>(payload)? {
+            Legacy::Message(m) => Record::Message(m),
+            Legacy::Cursor(c) => Record::Cursor(c),
+        },
+        KIND_OUTGOING => Record::Outgoing(rkyv::from_bytes::<OutgoingRecord, Error>(payload)?),
+        KIND_GROUP => Record::Group(rkyv::from_bytes::<GroupRecord, Error>(payload)?),
+        KIND_GROUP_SNAPSHOT => {
+            Record::GroupSnapshot(rkyv::from_bytes::<GroupSnapshotRecord, Error>(payload)?)
+        }
+        KIND_FANOUT => Record::Fanout(rkyv::from_bytes::<FanoutRecord, Error>(payload)?),
+        KIND_ANCHOR => Record::Anchor(rkyv::from_bytes::<AnchorRecord, Error>(payload)?),
+        other => return Err(Error::new(UnknownKind(other))),
+    })
+}
+
+/// A kind byte no decoder knows (parse() refuses those before decode is reached).
+#[derive(Debug)]
+struct UnknownKind(u8);
+
+impl std::fmt::Display for UnknownKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unknown record kind {}", self.0)
+    }
+}
+
+impl std::error::Error for UnknownKind {}
+
+/// Validates the archive of a stream entry (message, outgoing or group record) in place.
+pub fn access_entry(kind: u8, payload: &[u8]) -> Result<ArchivedEntry<'_>, String> {
+    use rkyv::rancor::Error;
+    let wrong = || format!("record kind {kind} is not a stream entry");
+    match kind {
+        KIND_MESSAGE => match rkyv::access::<ArchivedLegacy, Error>(payload) {
+            Ok(ArchivedLegacy::Message(m)) => Ok(ArchivedEntry::Message(m)),
+            Ok(ArchivedLegacy::Cursor(_)) => Err(wrong()),
+            Err(e) => Err(e.to_string()),
+        },
+        KIND_OUTGOING => rkyv::access::<ArchivedOutgoingRecord, Error>(payload)
+            .map(ArchivedEntry::Outgoing)
+            .map_err(|e| e.to_string()),
+        KIND_GROUP => rkyv::access::<ArchivedGroupRecord, Error>(payload)
+            .map(ArchivedEntry::Group)
+            .map_err(|e| e.to_string()),
+        _ => Err(wrong()),
     }
 }
 
@@ -212,7 +422,7 @@ mod tests {
                 size,
             } => {
                 assert_eq!((kind, size), (KIND_MESSAGE, bytes.len()));
-                assert_eq!(decode(payload).unwrap(), sample());
+                assert_eq!(decode(kind, payload).unwrap(), sample());
             }
             other => panic!("{other:?}"),
         }

@@ -127,6 +127,11 @@ impl Segment {
         self.map.len()
     }
 
+    /// Bytes already synced (`[0, synced_len)`).
+    pub fn synced_len(&self) -> usize {
+        self.synced
+    }
+
     pub fn remaining(&self) -> usize {
         self.map.len() - self.len
     }

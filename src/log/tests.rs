@@ -156,9 +156,9 @@ fn retention_deletes_whole_sealed_segments_only() {
     let segments = log.segment_count();
     assert!(segments >= 4);
     // Nothing is older than 0 ms: nothing goes.
-    assert_eq!(log.retain(0, u64::MAX).unwrap(), 0);
+    assert_eq!(log.retain(0, u64::MAX, u64::MAX).unwrap(), 0);
     // Everything is older than the cutoff: every sealed segment goes, the active one stays.
-    let oldest = log.retain(u64::MAX, u64::MAX).unwrap();
+    let oldest = log.retain(u64::MAX, u64::MAX, u64::MAX).unwrap();
     assert_eq!(log.segment_count(), 1);
     assert!(oldest > 0);
     let remaining = log.scan_from(0).unwrap();
@@ -176,7 +176,7 @@ fn retention_by_size_keeps_the_newest_segments() {
     for seq in 1..=60 {
         log.append(&msg(seq, 100, seq)).unwrap();
     }
-    log.retain(0, 2 * 2048).unwrap();
+    log.retain(0, 2 * 2048, u64::MAX).unwrap();
     assert_eq!(log.segment_count(), 2);
     assert!(log.disk_bytes() <= 2 * 2048);
 }
@@ -241,7 +241,7 @@ proptest! {
                     log = l;
                 }
                 Op::Retain => {
-                    let oldest = log.retain(t / 2, u64::MAX).unwrap();
+                    let oldest = log.retain(t / 2, u64::MAX, u64::MAX).unwrap();
                     model.retain(|(p, _)| *p >= oldest);
                 }
             }

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, VerifierOptions, WIPOffset};
 
 use super::layout::{LEN_PREFIX, MIN_PAYLOAD};
-use super::messages::{ClientMsg, ServerMsg};
+use super::messages::{ClientMsg, Deliver, GroupOp, GroupReply, Members, Names, ServerMsg};
 use super::ringpost_generated::ringpost::wire as fb;
 use super::Code;
 
@@ -151,9 +151,92 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientMsg<'_>, CodecError> {
             ClientMsg::Ping { nonce: m.nonce() }
         }
         fb::Body::Logout => ClientMsg::Logout,
+        fb::Body::GroupCreate => {
+            let m = frame
+                .body_as_group_create()
+                .ok_or_else(|| missing("GroupCreate body"))?;
+            ClientMsg::Group {
+                request_id: m.request_id(),
+                group_id: m.group_id(),
+                op: GroupOp::Create {
+                    members: names(m.members()),
+                },
+            }
+        }
+        fb::Body::GroupAdd => {
+            let m = frame
+                .body_as_group_add()
+                .ok_or_else(|| missing("GroupAdd body"))?;
+            ClientMsg::Group {
+                request_id: m.request_id(),
+                group_id: m.group_id(),
+                op: GroupOp::Add {
+                    members: names(m.members()),
+                },
+            }
+        }
+        fb::Body::GroupRemove => {
+            let m = frame
+                .body_as_group_remove()
+                .ok_or_else(|| missing("GroupRemove body"))?;
+            ClientMsg::Group {
+                request_id: m.request_id(),
+                group_id: m.group_id(),
+                op: GroupOp::Remove {
+                    members: names(m.members()),
+                },
+            }
+        }
+        fb::Body::GroupLeave => {
+            let m = frame
+                .body_as_group_leave()
+                .ok_or_else(|| missing("GroupLeave body"))?;
+            ClientMsg::Group {
+                request_id: m.request_id(),
+                group_id: m.group_id(),
+                op: GroupOp::Leave,
+            }
+        }
+        fb::Body::GroupInfo => {
+            let m = frame
+                .body_as_group_info()
+                .ok_or_else(|| missing("GroupInfo body"))?;
+            ClientMsg::Group {
+                request_id: m.request_id(),
+                group_id: m.group_id(),
+                op: GroupOp::Info {
+                    after: m.after().unwrap_or(""),
+                    limit: m.limit(),
+                },
+            }
+        }
+        fb::Body::GroupList => {
+            let m = frame
+                .body_as_group_list()
+                .ok_or_else(|| missing("GroupList body"))?;
+            ClientMsg::GroupList {
+                request_id: m.request_id(),
+            }
+        }
+        fb::Body::GroupSend => {
+            let m = frame
+                .body_as_group_send()
+                .ok_or_else(|| missing("GroupSend body"))?;
+            ClientMsg::GroupSend {
+                client_msg_id: m.client_msg_id(),
+                group_id: m.group_id(),
+                body: m.body().map_or(&[][..], |v| v.bytes()),
+            }
+        }
         fb::Body::NONE => return Err(missing("frame body")),
         other => return Err(side_error(other)),
     })
+}
+
+fn names<'a>(
+    v: Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>>,
+) -> Names<'a> {
+    v.map_or(Names::EMPTY, Names::Wire)
 }
 
 /// Parse step for frames from the server: `payload` is the `N` bytes after the prefix.
@@ -189,13 +272,19 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerMsg<'_>, CodecError> {
             let m = frame
                 .body_as_deliver()
                 .ok_or_else(|| missing("Deliver body"))?;
-            ServerMsg::Deliver {
+            ServerMsg::Deliver(Deliver {
                 seq: m.seq(),
                 from_user: m.from_user().unwrap_or(""),
                 client_msg_id: m.client_msg_id(),
                 sent_at_ms: m.sent_at_ms(),
                 body: m.body().map_or(&[][..], |v| v.bytes()),
-            }
+                group_id: m.group_id().unwrap_or(""),
+                group_seq: m.group_seq(),
+                kind: m.kind(),
+                outgoing: m.outgoing(),
+                to_user: m.to_user().unwrap_or(""),
+                members: names(m.members()),
+            })
         }
         fb::Body::Pong => {
             let m = frame.body_as_pong().ok_or_else(|| missing("Pong body"))?;
@@ -216,6 +305,22 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerMsg<'_>, CodecError> {
                 code: m.code(),
                 reason: m.reason().unwrap_or(""),
             }
+        }
+        fb::Body::GroupReply => {
+            let m = frame
+                .body_as_group_reply()
+                .ok_or_else(|| missing("GroupReply body"))?;
+            ServerMsg::GroupReply(GroupReply {
+                request_id: m.request_id(),
+                status: m.status(),
+                group_id: m.group_id().unwrap_or(""),
+                group_seq: m.group_seq(),
+                groups: names(m.groups()),
+                members: m.members().map_or(Members::EMPTY, Members::Wire),
+                next_after: m.next_after().unwrap_or(""),
+                member_count: m.member_count(),
+                message: m.message().unwrap_or(""),
+            })
         }
         fb::Body::NONE => return Err(missing("frame body")),
         other => return Err(side_error(other)),
@@ -320,7 +425,105 @@ pub fn encode_client(msg: &ClientMsg<'_>, out: &mut Vec<u8>) {
             fb::Body::Logout,
             fb::Logout::create(fbb, &fb::LogoutArgs {}).as_union_value(),
         ),
+        ClientMsg::Group {
+            request_id,
+            group_id,
+            op,
+        } => {
+            let group_id = Some(fbb.create_string(group_id));
+            match op {
+                GroupOp::Create { members } => {
+                    let members = Some(string_vector(fbb, members));
+                    let args = fb::GroupCreateArgs {
+                        request_id,
+                        group_id,
+                        members,
+                    };
+                    (
+                        fb::Body::GroupCreate,
+                        fb::GroupCreate::create(fbb, &args).as_union_value(),
+                    )
+                }
+                GroupOp::Add { members } => {
+                    let members = Some(string_vector(fbb, members));
+                    let args = fb::GroupAddArgs {
+                        request_id,
+                        group_id,
+                        members,
+                    };
+                    (
+                        fb::Body::GroupAdd,
+                        fb::GroupAdd::create(fbb, &args).as_union_value(),
+                    )
+                }
+                GroupOp::Remove { members } => {
+                    let members = Some(string_vector(fbb, members));
+                    let args = fb::GroupRemoveArgs {
+                        request_id,
+                        group_id,
+                        members,
+                    };
+                    (
+                        fb::Body::GroupRemove,
+                        fb::GroupRemove::create(fbb, &args).as_union_value(),
+                    )
+                }
+                GroupOp::Leave => {
+                    let args = fb::GroupLeaveArgs {
+                        request_id,
+                        group_id,
+                    };
+                    (
+                        fb::Body::GroupLeave,
+                        fb::GroupLeave::create(fbb, &args).as_union_value(),
+                    )
+                }
+                GroupOp::Info { after, limit } => {
+                    let after = Some(fbb.create_string(after));
+                    let args = fb::GroupInfoArgs {
+                        request_id,
+                        group_id,
+                        after,
+                        limit,
+                    };
+                    (
+                        fb::Body::GroupInfo,
+                        fb::GroupInfo::create(fbb, &args).as_union_value(),
+                    )
+                }
+            }
+        }
+        ClientMsg::GroupList { request_id } => (
+            fb::Body::GroupList,
+            fb::GroupList::create(fbb, &fb::GroupListArgs { request_id }).as_union_value(),
+        ),
+        ClientMsg::GroupSend {
+            client_msg_id,
+            group_id,
+            body,
+        } => {
+            let group_id = fbb.create_string(group_id);
+            let body = fbb.create_vector(body);
+            let args = fb::GroupSendArgs {
+                client_msg_id,
+                group_id: Some(group_id),
+                body: Some(body),
+            };
+            (
+                fb::Body::GroupSend,
+                fb::GroupSend::create(fbb, &args).as_union_value(),
+            )
+        }
     });
+}
+
+/// A vector of strings in the builder.
+fn string_vector<'b>(
+    fbb: &mut FlatBufferBuilder<'b>,
+    names: Names<'_>,
+) -> WIPOffset<flatbuffers::Vector<'b, flatbuffers::ForwardsUOffset<&'b str>>> {
+    let offsets: Vec<_> = names.iter().map(|n| fbb.create_string(n)).collect();
+    fbb.create_vector(&offsets)
 }
 
 /// Appends one server frame (prefix + payload) to `out`. Uses the thread's reusable builder.
@@ -361,21 +564,26 @@ pub fn encode_server(msg: &ServerMsg<'_>, out: &mut Vec<u8>) {
                 fb::SendAck::create(fbb, &args).as_union_value(),
             )
         }
-        ServerMsg::Deliver {
-            seq,
-            from_user,
-            client_msg_id,
-            sent_at_ms,
-            body,
-        } => {
-            let from_user = fbb.create_string(from_user);
-            let body = fbb.create_vector(body);
+        ServerMsg::Deliver(d) => {
+            let from_user = fbb.create_string(d.from_user);
+            let body = fbb.create_vector(d.body);
+            // Optional fields are left out when empty: a 1:1 Deliver costs what it did before
+            // groups existed.
+            let group_id = (!d.group_id.is_empty()).then(|| fbb.create_string(d.group_id));
+            let to_user = (!d.to_user.is_empty()).then(|| fbb.create_string(d.to_user));
+            let members = (!d.members.is_empty()).then(|| string_vector(fbb, d.members));
             let args = fb::DeliverArgs {
-                seq,
+                seq: d.seq,
                 from_user: Some(from_user),
-                client_msg_id,
-                sent_at_ms,
+                client_msg_id: d.client_msg_id,
+                sent_at_ms: d.sent_at_ms,
                 body: Some(body),
+                group_id,
+                group_seq: d.group_seq,
+                kind: d.kind,
+                outgoing: d.outgoing,
+                to_user,
+                members,
             };
             (
                 fb::Body::Deliver,
@@ -406,6 +614,38 @@ pub fn encode_server(msg: &ServerMsg<'_>, out: &mut Vec<u8>) {
             (
                 fb::Body::GoAway,
                 fb::GoAway::create(fbb, &args).as_union_value(),
+            )
+        }
+        ServerMsg::GroupReply(r) => {
+            let group_id = fbb.create_string(r.group_id);
+            let groups = (!r.groups.is_empty()).then(|| string_vector(fbb, r.groups));
+            let members = (!r.members.is_empty()).then(|| {
+                let offsets: Vec<_> = r
+                    .members
+                    .iter()
+                    .map(|(user, admin)| {
+                        let user_id = Some(fbb.create_string(user));
+                        fb::GroupMember::create(fbb, &fb::GroupMemberArgs { user_id, admin })
+                    })
+                    .collect();
+                fbb.create_vector(&offsets)
+            });
+            let next_after = fbb.create_string(r.next_after);
+            let message = fbb.create_string(r.message);
+            let args = fb::GroupReplyArgs {
+                request_id: r.request_id,
+                status: r.status,
+                group_id: Some(group_id),
+                group_seq: r.group_seq,
+                groups,
+                members,
+                next_after: Some(next_after),
+                member_count: r.member_count,
+                message: Some(message),
+            };
+            (
+                fb::Body::GroupReply,
+                fb::GroupReply::create(fbb, &args).as_union_value(),
             )
         }
     });
@@ -526,13 +766,7 @@ mod tests {
                 client_msg_id: 0,
                 status: Code::OK,
             },
-            ServerMsg::Deliver {
-                seq: 1,
-                from_user: "bob",
-                client_msg_id: 77,
-                sent_at_ms: 1_700_000_000_000,
-                body,
-            },
+            ServerMsg::Deliver(Deliver::message(1, "bob", 77, 1_700_000_000_000, body)),
             ServerMsg::Pong { nonce: 4 },
             ServerMsg::Error {
                 code: Code::AUTH_FAILED,
@@ -566,18 +800,12 @@ mod tests {
     #[test]
     fn deliver_with_64k_body_round_trips_zero_copy() {
         let body: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
-        let msg = ServerMsg::Deliver {
-            seq: 99,
-            from_user: "carol",
-            client_msg_id: 3,
-            sent_at_ms: 5,
-            body: &body,
-        };
+        let msg = ServerMsg::Deliver(Deliver::message(99, "carol", 3, 5, &body));
         let out = server_frame(&msg);
         let p = payload(&out);
         let decoded = decode_server(p).unwrap();
         assert_eq!(decoded, msg);
-        let ServerMsg::Deliver { body: got, .. } = decoded else {
+        let ServerMsg::Deliver(Deliver { body: got, .. }) = decoded else {
             unreachable!()
         };
         // Borrowed from the payload, not copied.
@@ -753,13 +981,9 @@ mod tests {
 
     #[test]
     fn truncated_payloads_are_errors() {
-        let out = server_frame(&ServerMsg::Deliver {
-            seq: 1,
-            from_user: "bob",
-            client_msg_id: 2,
-            sent_at_ms: 3,
-            body: b"hello",
-        });
+        let out = server_frame(&ServerMsg::Deliver(Deliver::message(
+            1, "bob", 2, 3, b"hello",
+        )));
         let p = payload(&out);
         assert!(decode_server(p).is_ok());
         for cut in 0..p.len() {
@@ -838,13 +1062,7 @@ mod tests {
             decode_server(payload(&login)),
             Err(CodecError::Unexpected("Login"))
         );
-        let deliver = server_frame(&ServerMsg::Deliver {
-            seq: 1,
-            from_user: "a",
-            client_msg_id: 1,
-            sent_at_ms: 1,
-            body: b"",
-        });
+        let deliver = server_frame(&ServerMsg::Deliver(Deliver::message(1, "a", 1, 1, b"")));
         let err = decode_client(payload(&deliver)).unwrap_err();
         assert_eq!(err, CodecError::Unexpected("Deliver"));
         assert_eq!(err.code(), Code::UNEXPECTED_FRAME);
@@ -964,13 +1182,7 @@ mod tests {
         });
         assert_eq!(
             decode_server(&p),
-            Ok(ServerMsg::Deliver {
-                seq: 4,
-                from_user: "",
-                client_msg_id: 0,
-                sent_at_ms: 0,
-                body: &[],
-            })
+            Ok(ServerMsg::Deliver(Deliver::message(4, "", 0, 0, &[])))
         );
         let p = hand_built(|fbb| {
             let token = fbb.create_string("tok");
@@ -1067,9 +1279,76 @@ mod tests {
                 at in any::<u64>(),
                 body in proptest::collection::vec(any::<u8>(), 0..2048),
             ) {
-                let msg = ServerMsg::Deliver {
-                    seq, from_user: &from, client_msg_id: id, sent_at_ms: at, body: &body,
+                let msg = ServerMsg::Deliver(Deliver::message(seq, &from, id, at, &body));
+                let out = server_frame(&msg);
+                prop_assert_eq!(decode_server(payload(&out)), Ok(msg));
+            }
+
+            #[test]
+            fn group_deliver_round_trips(
+                seq in any::<u64>(),
+                group in "\\PC{1,40}",
+                group_seq in any::<u64>(),
+                kind in 0u8..5,
+                members in proptest::collection::vec("\\PC{1,20}", 0..8),
+                outgoing in any::<bool>(),
+            ) {
+                let names: Vec<&str> = members.iter().map(String::as_str).collect();
+                let msg = ServerMsg::Deliver(Deliver {
+                    group_id: &group,
+                    group_seq,
+                    kind: crate::protocol::EntryKind(kind),
+                    outgoing,
+                    to_user: "someone",
+                    members: Names::Slice(&names),
+                    ..Deliver::message(seq, "from", 1, 2, b"body")
+                });
+                let out = server_frame(&msg);
+                prop_assert_eq!(decode_server(payload(&out)), Ok(msg));
+            }
+
+            #[test]
+            fn group_ops_round_trip(
+                request_id in any::<u64>(),
+                group in "\\PC{1,40}",
+                members in proptest::collection::vec("\\PC{1,20}", 0..8),
+                which in 0u8..7,
+            ) {
+                let names: Vec<&str> = members.iter().map(String::as_str).collect();
+                let members = Names::Slice(&names);
+                let msg = match which {
+                    0 => ClientMsg::Group { request_id, group_id: &group, op: GroupOp::Create { members } },
+                    1 => ClientMsg::Group { request_id, group_id: &group, op: GroupOp::Add { members } },
+                    2 => ClientMsg::Group { request_id, group_id: &group, op: GroupOp::Remove { members } },
+                    3 => ClientMsg::Group { request_id, group_id: &group, op: GroupOp::Leave },
+                    4 => ClientMsg::Group { request_id, group_id: &group, op: GroupOp::Info { after: "m", limit: 7 } },
+                    5 => ClientMsg::GroupList { request_id },
+                    _ => ClientMsg::GroupSend { client_msg_id: request_id, group_id: &group, body: b"hi" },
                 };
+                let out = client_frame(&msg);
+                prop_assert_eq!(decode_client(payload(&out)), Ok(msg));
+            }
+
+            #[test]
+            fn group_reply_round_trips(
+                request_id in any::<u64>(),
+                status in any::<u16>(),
+                groups in proptest::collection::vec("\\PC{1,20}", 0..8),
+                admins in proptest::collection::vec(any::<bool>(), 0..8),
+            ) {
+                let names: Vec<&str> = groups.iter().map(String::as_str).collect();
+                let members: Vec<(&str, bool)> = names.iter().copied().zip(admins.iter().copied()).collect();
+                let msg = ServerMsg::GroupReply(GroupReply {
+                    request_id,
+                    status: Code(status),
+                    group_id: "g",
+                    group_seq: 9,
+                    groups: Names::Slice(&names),
+                    members: Members::Slice(&members),
+                    next_after: "after",
+                    member_count: 3,
+                    message: "why",
+                });
                 let out = server_frame(&msg);
                 prop_assert_eq!(decode_server(payload(&out)), Ok(msg));
             }

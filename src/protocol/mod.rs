@@ -74,6 +74,6 @@ pub use codec::{
     CodecError,
 };
 pub use layout::{LEN_PREFIX, MAX_DEVICE_ID, MAX_USER_ID};
-pub use messages::{ClientMsg, ServerMsg};
+pub use messages::{ClientMsg, Deliver, GroupOp, GroupReply, Members, Names, ServerMsg};
 pub use reader::{Flow, FrameReader};
-pub use ringpost_generated::ringpost::wire::Code;
+pub use ringpost_generated::ringpost::wire::{Code, EntryKind};

@@ -13,10 +13,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_CODE: u16 = 501;
+pub const ENUM_MAX_CODE: u16 = 607;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_CODE: [Code; 21] = [
+pub const ENUM_VALUES_CODE: [Code; 29] = [
   Code::OK,
   Code::AUTH_FAILED,
   Code::TOKEN_EXPIRED,
@@ -38,11 +38,19 @@ pub const ENUM_VALUES_CODE: [Code; 21] = [
   Code::INVALID_RECIPIENT,
   Code::STORAGE_UNAVAILABLE,
   Code::INTERNAL,
+  Code::GROUP_NOT_FOUND,
+  Code::GROUP_EXISTS,
+  Code::NOT_A_MEMBER,
+  Code::NOT_GROUP_ADMIN,
+  Code::GROUP_FULL,
+  Code::TOO_MANY_GROUPS,
+  Code::INVALID_GROUP,
+  Code::ALREADY_A_MEMBER,
 ];
 
-/// Stable numeric status and error codes. They appear in SendAck.status, Error.code and
-/// GoAway.code. Grouped by hundreds: 0 success, 1xx auth, 2xx framing, 3xx session,
-/// 4xx send, 5xx server-side.
+/// Stable numeric status and error codes. They appear in SendAck.status, GroupReply.status,
+/// Error.code and GoAway.code. Grouped by hundreds: 0 success, 1xx auth, 2xx framing,
+/// 3xx session, 4xx send, 5xx server-side, 6xx groups.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[repr(transparent)]
 pub struct Code(pub u16);
@@ -93,9 +101,26 @@ impl Code {
   pub const STORAGE_UNAVAILABLE: Self = Self(500);
   /// An internal error; the connection is closed, the broker keeps serving others.
   pub const INTERNAL: Self = Self(501);
+  /// No group with this ID exists.
+  pub const GROUP_NOT_FOUND: Self = Self(600);
+  /// GroupCreate: a group with this ID already exists.
+  pub const GROUP_EXISTS: Self = Self(601);
+  /// The user is not a member of the group (send, leave, info, and removing a non-member).
+  pub const NOT_A_MEMBER: Self = Self(602);
+  /// Only the group's admins may add or remove members.
+  pub const NOT_GROUP_ADMIN: Self = Self(603);
+  /// The group would have more than `limits.max_group_members` members.
+  pub const GROUP_FULL: Self = Self(604);
+  /// A user would be in more than `limits.max_groups_per_user` groups.
+  pub const TOO_MANY_GROUPS: Self = Self(605);
+  /// The group ID is empty or longer than 128 bytes, or a member ID is empty or longer than
+  /// 128 bytes.
+  pub const INVALID_GROUP: Self = Self(606);
+  /// GroupAdd: the user is already a member.
+  pub const ALREADY_A_MEMBER: Self = Self(607);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 501;
+  pub const ENUM_MAX: u16 = 607;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::OK,
     Self::AUTH_FAILED,
@@ -118,6 +143,14 @@ impl Code {
     Self::INVALID_RECIPIENT,
     Self::STORAGE_UNAVAILABLE,
     Self::INTERNAL,
+    Self::GROUP_NOT_FOUND,
+    Self::GROUP_EXISTS,
+    Self::NOT_A_MEMBER,
+    Self::NOT_GROUP_ADMIN,
+    Self::GROUP_FULL,
+    Self::TOO_MANY_GROUPS,
+    Self::INVALID_GROUP,
+    Self::ALREADY_A_MEMBER,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -143,6 +176,14 @@ impl Code {
       Self::INVALID_RECIPIENT => Some("INVALID_RECIPIENT"),
       Self::STORAGE_UNAVAILABLE => Some("STORAGE_UNAVAILABLE"),
       Self::INTERNAL => Some("INTERNAL"),
+      Self::GROUP_NOT_FOUND => Some("GROUP_NOT_FOUND"),
+      Self::GROUP_EXISTS => Some("GROUP_EXISTS"),
+      Self::NOT_A_MEMBER => Some("NOT_A_MEMBER"),
+      Self::NOT_GROUP_ADMIN => Some("NOT_GROUP_ADMIN"),
+      Self::GROUP_FULL => Some("GROUP_FULL"),
+      Self::TOO_MANY_GROUPS => Some("TOO_MANY_GROUPS"),
+      Self::INVALID_GROUP => Some("INVALID_GROUP"),
+      Self::ALREADY_A_MEMBER => Some("ALREADY_A_MEMBER"),
       _ => None,
     }
   }
@@ -198,12 +239,114 @@ impl<'a> ::flatbuffers::Verifiable for Code {
 
 impl ::flatbuffers::SimpleToVerifyInSlice for Code {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MIN_BODY: u8 = 0;
+pub const ENUM_MIN_ENTRY_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 11;
+pub const ENUM_MAX_ENTRY_KIND: u8 = 4;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 12] = [
+pub const ENUM_VALUES_ENTRY_KIND: [EntryKind; 5] = [
+  EntryKind::Message,
+  EntryKind::GroupCreated,
+  EntryKind::MembersAdded,
+  EntryKind::MembersRemoved,
+  EntryKind::MemberLeft,
+];
+
+/// What an entry of a user's stream (a Deliver) is.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct EntryKind(pub u8);
+#[allow(non_upper_case_globals)]
+impl EntryKind {
+  /// A message (1:1 or group).
+  pub const Message: Self = Self(0);
+  /// The group was created; `members` are its first members (the creator first).
+  pub const GroupCreated: Self = Self(1);
+  /// `from_user` added `members` to the group.
+  pub const MembersAdded: Self = Self(2);
+  /// `from_user` removed `members` from the group.
+  pub const MembersRemoved: Self = Self(3);
+  /// `from_user` left the group.
+  pub const MemberLeft: Self = Self(4);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 4;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Message,
+    Self::GroupCreated,
+    Self::MembersAdded,
+    Self::MembersRemoved,
+    Self::MemberLeft,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Message => Some("Message"),
+      Self::GroupCreated => Some("GroupCreated"),
+      Self::MembersAdded => Some("MembersAdded"),
+      Self::MembersRemoved => Some("MembersRemoved"),
+      Self::MemberLeft => Some("MemberLeft"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for EntryKind {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for EntryKind {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for EntryKind {
+    type Output = EntryKind;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for EntryKind {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for EntryKind {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for EntryKind {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_BODY: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_BODY: u8 = 19;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_BODY: [Body; 20] = [
   Body::NONE,
   Body::Login,
   Body::Send,
@@ -216,6 +359,14 @@ pub const ENUM_VALUES_BODY: [Body; 12] = [
   Body::Pong,
   Body::Error,
   Body::GoAway,
+  Body::GroupCreate,
+  Body::GroupAdd,
+  Body::GroupRemove,
+  Body::GroupLeave,
+  Body::GroupList,
+  Body::GroupInfo,
+  Body::GroupSend,
+  Body::GroupReply,
 ];
 
 /// Union tags are part of the wire format: append only.
@@ -236,9 +387,17 @@ impl Body {
   pub const Pong: Self = Self(9);
   pub const Error: Self = Self(10);
   pub const GoAway: Self = Self(11);
+  pub const GroupCreate: Self = Self(12);
+  pub const GroupAdd: Self = Self(13);
+  pub const GroupRemove: Self = Self(14);
+  pub const GroupLeave: Self = Self(15);
+  pub const GroupList: Self = Self(16);
+  pub const GroupInfo: Self = Self(17);
+  pub const GroupSend: Self = Self(18);
+  pub const GroupReply: Self = Self(19);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 11;
+  pub const ENUM_MAX: u8 = 19;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Login,
@@ -252,6 +411,14 @@ impl Body {
     Self::Pong,
     Self::Error,
     Self::GoAway,
+    Self::GroupCreate,
+    Self::GroupAdd,
+    Self::GroupRemove,
+    Self::GroupLeave,
+    Self::GroupList,
+    Self::GroupInfo,
+    Self::GroupSend,
+    Self::GroupReply,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -268,6 +435,14 @@ impl Body {
       Self::Pong => Some("Pong"),
       Self::Error => Some("Error"),
       Self::GoAway => Some("GoAway"),
+      Self::GroupCreate => Some("GroupCreate"),
+      Self::GroupAdd => Some("GroupAdd"),
+      Self::GroupRemove => Some("GroupRemove"),
+      Self::GroupLeave => Some("GroupLeave"),
+      Self::GroupList => Some("GroupList"),
+      Self::GroupInfo => Some("GroupInfo"),
+      Self::GroupSend => Some("GroupSend"),
+      Self::GroupReply => Some("GroupReply"),
       _ => None,
     }
   }
@@ -865,6 +1040,898 @@ impl ::core::fmt::Debug for Logout<'_> {
       ds.finish()
   }
 }
+pub enum GroupCreateOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Creates a group with the sender as its first admin and `members` (the sender need not be
+/// listed). Answered by GroupReply. Group IDs are 1..=128 bytes of UTF-8.
+pub struct GroupCreate<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GroupCreate<'a> {
+  type Inner = GroupCreate<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GroupCreate<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_MEMBERS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GroupCreate { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GroupCreateArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GroupCreate<'bldr>> {
+    let mut builder = GroupCreateBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    if let Some(x) = args.members { builder.add_members(x); }
+    if let Some(x) = args.group_id { builder.add_group_id(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GroupCreate::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn group_id(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupCreate::VT_GROUP_ID, None).unwrap()}
+  }
+  #[inline]
+  pub fn members(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(GroupCreate::VT_MEMBERS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GroupCreate<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("group_id", Self::VT_GROUP_ID, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("members", Self::VT_MEMBERS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GroupCreateArgs<'a> {
+    pub request_id: u64,
+    pub group_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub members: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+}
+impl<'a> Default for GroupCreateArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GroupCreateArgs {
+      request_id: 0,
+      group_id: None, // required field
+      members: None,
+    }
+  }
+}
+
+pub struct GroupCreateBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupCreateBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(GroupCreate::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupCreate::VT_GROUP_ID, group_id);
+  }
+  #[inline]
+  pub fn add_members(&mut self, members: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupCreate::VT_MEMBERS, members);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GroupCreateBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GroupCreateBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GroupCreate<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, GroupCreate::VT_GROUP_ID,"group_id");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GroupCreate<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GroupCreate");
+      ds.field("request_id", &self.request_id());
+      ds.field("group_id", &self.group_id());
+      ds.field("members", &self.members());
+      ds.finish()
+  }
+}
+pub enum GroupAddOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Admins only: adds `members`. Answered by GroupReply.
+pub struct GroupAdd<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GroupAdd<'a> {
+  type Inner = GroupAdd<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GroupAdd<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_MEMBERS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GroupAdd { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GroupAddArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GroupAdd<'bldr>> {
+    let mut builder = GroupAddBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    if let Some(x) = args.members { builder.add_members(x); }
+    if let Some(x) = args.group_id { builder.add_group_id(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GroupAdd::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn group_id(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupAdd::VT_GROUP_ID, None).unwrap()}
+  }
+  #[inline]
+  pub fn members(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(GroupAdd::VT_MEMBERS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GroupAdd<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("group_id", Self::VT_GROUP_ID, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("members", Self::VT_MEMBERS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GroupAddArgs<'a> {
+    pub request_id: u64,
+    pub group_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub members: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+}
+impl<'a> Default for GroupAddArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GroupAddArgs {
+      request_id: 0,
+      group_id: None, // required field
+      members: None,
+    }
+  }
+}
+
+pub struct GroupAddBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupAddBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(GroupAdd::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupAdd::VT_GROUP_ID, group_id);
+  }
+  #[inline]
+  pub fn add_members(&mut self, members: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupAdd::VT_MEMBERS, members);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GroupAddBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GroupAddBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GroupAdd<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, GroupAdd::VT_GROUP_ID,"group_id");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GroupAdd<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GroupAdd");
+      ds.field("request_id", &self.request_id());
+      ds.field("group_id", &self.group_id());
+      ds.field("members", &self.members());
+      ds.finish()
+  }
+}
+pub enum GroupRemoveOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Admins only: removes `members`. Answered by GroupReply.
+pub struct GroupRemove<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GroupRemove<'a> {
+  type Inner = GroupRemove<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GroupRemove<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_MEMBERS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GroupRemove { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GroupRemoveArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GroupRemove<'bldr>> {
+    let mut builder = GroupRemoveBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    if let Some(x) = args.members { builder.add_members(x); }
+    if let Some(x) = args.group_id { builder.add_group_id(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GroupRemove::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn group_id(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupRemove::VT_GROUP_ID, None).unwrap()}
+  }
+  #[inline]
+  pub fn members(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(GroupRemove::VT_MEMBERS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GroupRemove<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("group_id", Self::VT_GROUP_ID, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("members", Self::VT_MEMBERS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GroupRemoveArgs<'a> {
+    pub request_id: u64,
+    pub group_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub members: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+}
+impl<'a> Default for GroupRemoveArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GroupRemoveArgs {
+      request_id: 0,
+      group_id: None, // required field
+      members: None,
+    }
+  }
+}
+
+pub struct GroupRemoveBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupRemoveBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(GroupRemove::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupRemove::VT_GROUP_ID, group_id);
+  }
+  #[inline]
+  pub fn add_members(&mut self, members: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupRemove::VT_MEMBERS, members);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GroupRemoveBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GroupRemoveBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GroupRemove<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, GroupRemove::VT_GROUP_ID,"group_id");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GroupRemove<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GroupRemove");
+      ds.field("request_id", &self.request_id());
+      ds.field("group_id", &self.group_id());
+      ds.field("members", &self.members());
+      ds.finish()
+  }
+}
+pub enum GroupLeaveOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Any member: leaves the group. Answered by GroupReply.
+pub struct GroupLeave<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GroupLeave<'a> {
+  type Inner = GroupLeave<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GroupLeave<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GroupLeave { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GroupLeaveArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GroupLeave<'bldr>> {
+    let mut builder = GroupLeaveBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    if let Some(x) = args.group_id { builder.add_group_id(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GroupLeave::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn group_id(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupLeave::VT_GROUP_ID, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GroupLeave<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("group_id", Self::VT_GROUP_ID, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GroupLeaveArgs<'a> {
+    pub request_id: u64,
+    pub group_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for GroupLeaveArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GroupLeaveArgs {
+      request_id: 0,
+      group_id: None, // required field
+    }
+  }
+}
+
+pub struct GroupLeaveBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupLeaveBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(GroupLeave::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupLeave::VT_GROUP_ID, group_id);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GroupLeaveBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GroupLeaveBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GroupLeave<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, GroupLeave::VT_GROUP_ID,"group_id");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GroupLeave<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GroupLeave");
+      ds.field("request_id", &self.request_id());
+      ds.field("group_id", &self.group_id());
+      ds.finish()
+  }
+}
+pub enum GroupListOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The groups the user is a member of. Answered by GroupReply (`groups`).
+pub struct GroupList<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GroupList<'a> {
+  type Inner = GroupList<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GroupList<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GroupList { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GroupListArgs
+  ) -> ::flatbuffers::WIPOffset<GroupList<'bldr>> {
+    let mut builder = GroupListBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GroupList::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GroupList<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GroupListArgs {
+    pub request_id: u64,
+}
+impl<'a> Default for GroupListArgs {
+  #[inline]
+  fn default() -> Self {
+    GroupListArgs {
+      request_id: 0,
+    }
+  }
+}
+
+pub struct GroupListBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupListBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(GroupList::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GroupListBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GroupListBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GroupList<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GroupList<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GroupList");
+      ds.field("request_id", &self.request_id());
+      ds.finish()
+  }
+}
+pub enum GroupInfoOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Members of a group, a page at a time in user-ID order, starting after `after` ("" = from
+/// the start), at most `limit` (0 = 1000). Members only. Answered by GroupReply.
+pub struct GroupInfo<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GroupInfo<'a> {
+  type Inner = GroupInfo<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GroupInfo<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_AFTER: ::flatbuffers::VOffsetT = 8;
+  pub const VT_LIMIT: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GroupInfo { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GroupInfoArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GroupInfo<'bldr>> {
+    let mut builder = GroupInfoBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    builder.add_limit(args.limit);
+    if let Some(x) = args.after { builder.add_after(x); }
+    if let Some(x) = args.group_id { builder.add_group_id(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GroupInfo::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn group_id(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupInfo::VT_GROUP_ID, None).unwrap()}
+  }
+  #[inline]
+  pub fn after(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupInfo::VT_AFTER, None)}
+  }
+  #[inline]
+  pub fn limit(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(GroupInfo::VT_LIMIT, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GroupInfo<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("group_id", Self::VT_GROUP_ID, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("after", Self::VT_AFTER, false)?
+     .visit_field::<u32>("limit", Self::VT_LIMIT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GroupInfoArgs<'a> {
+    pub request_id: u64,
+    pub group_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub after: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub limit: u32,
+}
+impl<'a> Default for GroupInfoArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GroupInfoArgs {
+      request_id: 0,
+      group_id: None, // required field
+      after: None,
+      limit: 0,
+    }
+  }
+}
+
+pub struct GroupInfoBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupInfoBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(GroupInfo::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupInfo::VT_GROUP_ID, group_id);
+  }
+  #[inline]
+  pub fn add_after(&mut self, after: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupInfo::VT_AFTER, after);
+  }
+  #[inline]
+  pub fn add_limit(&mut self, limit: u32) {
+    self.fbb_.push_slot::<u32>(GroupInfo::VT_LIMIT, limit, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GroupInfoBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GroupInfoBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GroupInfo<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, GroupInfo::VT_GROUP_ID,"group_id");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GroupInfo<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GroupInfo");
+      ds.field("request_id", &self.request_id());
+      ds.field("group_id", &self.group_id());
+      ds.field("after", &self.after());
+      ds.field("limit", &self.limit());
+      ds.finish()
+  }
+}
+pub enum GroupSendOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A message to a group; members only. Idempotent per (sender, client_msg_id) within the dedup
+/// window, like Send, and answered by SendAck the same way.
+pub struct GroupSend<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GroupSend<'a> {
+  type Inner = GroupSend<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GroupSend<'a> {
+  pub const VT_CLIENT_MSG_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_BODY: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GroupSend { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GroupSendArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GroupSend<'bldr>> {
+    let mut builder = GroupSendBuilder::new(_fbb);
+    builder.add_client_msg_id(args.client_msg_id);
+    if let Some(x) = args.body { builder.add_body(x); }
+    if let Some(x) = args.group_id { builder.add_group_id(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn client_msg_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GroupSend::VT_CLIENT_MSG_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn group_id(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupSend::VT_GROUP_ID, None).unwrap()}
+  }
+  #[inline]
+  pub fn body(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(GroupSend::VT_BODY, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GroupSend<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("client_msg_id", Self::VT_CLIENT_MSG_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("group_id", Self::VT_GROUP_ID, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("body", Self::VT_BODY, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GroupSendArgs<'a> {
+    pub client_msg_id: u64,
+    pub group_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub body: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for GroupSendArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GroupSendArgs {
+      client_msg_id: 0,
+      group_id: None, // required field
+      body: None,
+    }
+  }
+}
+
+pub struct GroupSendBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupSendBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_client_msg_id(&mut self, client_msg_id: u64) {
+    self.fbb_.push_slot::<u64>(GroupSend::VT_CLIENT_MSG_ID, client_msg_id, 0);
+  }
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupSend::VT_GROUP_ID, group_id);
+  }
+  #[inline]
+  pub fn add_body(&mut self, body: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupSend::VT_BODY, body);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GroupSendBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GroupSendBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GroupSend<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, GroupSend::VT_GROUP_ID,"group_id");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GroupSend<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GroupSend");
+      ds.field("client_msg_id", &self.client_msg_id());
+      ds.field("group_id", &self.group_id());
+      ds.field("body", &self.body());
+      ds.finish()
+  }
+}
 pub enum LoginOkOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1167,6 +2234,8 @@ impl ::core::fmt::Debug for SendAck<'_> {
 pub enum DeliverOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
+/// One entry of the user's stream: a message to them, a message they sent (`outgoing`), or a
+/// group event.
 pub struct Deliver<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -1185,6 +2254,12 @@ impl<'a> Deliver<'a> {
   pub const VT_CLIENT_MSG_ID: ::flatbuffers::VOffsetT = 8;
   pub const VT_SENT_AT_MS: ::flatbuffers::VOffsetT = 10;
   pub const VT_BODY: ::flatbuffers::VOffsetT = 12;
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 14;
+  pub const VT_GROUP_SEQ: ::flatbuffers::VOffsetT = 16;
+  pub const VT_KIND: ::flatbuffers::VOffsetT = 18;
+  pub const VT_OUTGOING: ::flatbuffers::VOffsetT = 20;
+  pub const VT_TO_USER: ::flatbuffers::VOffsetT = 22;
+  pub const VT_MEMBERS: ::flatbuffers::VOffsetT = 24;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1196,11 +2271,17 @@ impl<'a> Deliver<'a> {
     args: &'args DeliverArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Deliver<'bldr>> {
     let mut builder = DeliverBuilder::new(_fbb);
+    builder.add_group_seq(args.group_seq);
     builder.add_sent_at_ms(args.sent_at_ms);
     builder.add_client_msg_id(args.client_msg_id);
     builder.add_seq(args.seq);
+    if let Some(x) = args.members { builder.add_members(x); }
+    if let Some(x) = args.to_user { builder.add_to_user(x); }
+    if let Some(x) = args.group_id { builder.add_group_id(x); }
     if let Some(x) = args.body { builder.add_body(x); }
     if let Some(x) = args.from_user { builder.add_from_user(x); }
+    builder.add_outgoing(args.outgoing);
+    builder.add_kind(args.kind);
     builder.finish()
   }
 
@@ -1212,6 +2293,7 @@ impl<'a> Deliver<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Deliver::VT_SEQ, Some(0)).unwrap()}
   }
+  /// The sender (messages), or who made the change (group events).
   #[inline]
   pub fn from_user(&self) -> Option<&'a str> {
     // Safety:
@@ -1226,7 +2308,7 @@ impl<'a> Deliver<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Deliver::VT_CLIENT_MSG_ID, Some(0)).unwrap()}
   }
-  /// Broker wall clock (ms since the Unix epoch) when the recipient's shard accepted it.
+  /// Broker wall clock (ms since the Unix epoch) when the message was accepted.
   #[inline]
   pub fn sent_at_ms(&self) -> u64 {
     // Safety:
@@ -1241,6 +2323,52 @@ impl<'a> Deliver<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Deliver::VT_BODY, None)}
   }
+  /// Group messages and events: the group, and the entry's place in the group's own order.
+  #[inline]
+  pub fn group_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Deliver::VT_GROUP_ID, None)}
+  }
+  #[inline]
+  pub fn group_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Deliver::VT_GROUP_SEQ, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn kind(&self) -> EntryKind {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<EntryKind>(Deliver::VT_KIND, Some(EntryKind::Message)).unwrap()}
+  }
+  /// The user sent this message (from this device or another one): own-send sync.
+  #[inline]
+  pub fn outgoing(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Deliver::VT_OUTGOING, Some(false)).unwrap()}
+  }
+  /// Outgoing 1:1 messages: the recipient.
+  #[inline]
+  pub fn to_user(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Deliver::VT_TO_USER, None)}
+  }
+  /// Group events: the users created with, added, removed, or who left.
+  #[inline]
+  pub fn members(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(Deliver::VT_MEMBERS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Deliver<'_> {
@@ -1254,6 +2382,12 @@ impl ::flatbuffers::Verifiable for Deliver<'_> {
      .visit_field::<u64>("client_msg_id", Self::VT_CLIENT_MSG_ID, false)?
      .visit_field::<u64>("sent_at_ms", Self::VT_SENT_AT_MS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("body", Self::VT_BODY, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("group_id", Self::VT_GROUP_ID, false)?
+     .visit_field::<u64>("group_seq", Self::VT_GROUP_SEQ, false)?
+     .visit_field::<EntryKind>("kind", Self::VT_KIND, false)?
+     .visit_field::<bool>("outgoing", Self::VT_OUTGOING, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("to_user", Self::VT_TO_USER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("members", Self::VT_MEMBERS, false)?
      .finish();
     Ok(())
   }
@@ -1264,6 +2398,12 @@ pub struct DeliverArgs<'a> {
     pub client_msg_id: u64,
     pub sent_at_ms: u64,
     pub body: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub group_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub group_seq: u64,
+    pub kind: EntryKind,
+    pub outgoing: bool,
+    pub to_user: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub members: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
 }
 impl<'a> Default for DeliverArgs<'a> {
   #[inline]
@@ -1274,6 +2414,12 @@ impl<'a> Default for DeliverArgs<'a> {
       client_msg_id: 0,
       sent_at_ms: 0,
       body: None,
+      group_id: None,
+      group_seq: 0,
+      kind: EntryKind::Message,
+      outgoing: false,
+      to_user: None,
+      members: None,
     }
   }
 }
@@ -1304,6 +2450,30 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DeliverBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Deliver::VT_BODY, body);
   }
   #[inline]
+  pub fn add_group_id(&mut self, group_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Deliver::VT_GROUP_ID, group_id);
+  }
+  #[inline]
+  pub fn add_group_seq(&mut self, group_seq: u64) {
+    self.fbb_.push_slot::<u64>(Deliver::VT_GROUP_SEQ, group_seq, 0);
+  }
+  #[inline]
+  pub fn add_kind(&mut self, kind: EntryKind) {
+    self.fbb_.push_slot::<EntryKind>(Deliver::VT_KIND, kind, EntryKind::Message);
+  }
+  #[inline]
+  pub fn add_outgoing(&mut self, outgoing: bool) {
+    self.fbb_.push_slot::<bool>(Deliver::VT_OUTGOING, outgoing, false);
+  }
+  #[inline]
+  pub fn add_to_user(&mut self, to_user: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Deliver::VT_TO_USER, to_user);
+  }
+  #[inline]
+  pub fn add_members(&mut self, members: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Deliver::VT_MEMBERS, members);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DeliverBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     DeliverBuilder {
@@ -1326,6 +2496,12 @@ impl ::core::fmt::Debug for Deliver<'_> {
       ds.field("client_msg_id", &self.client_msg_id());
       ds.field("sent_at_ms", &self.sent_at_ms());
       ds.field("body", &self.body());
+      ds.field("group_id", &self.group_id());
+      ds.field("group_seq", &self.group_seq());
+      ds.field("kind", &self.kind());
+      ds.field("outgoing", &self.outgoing());
+      ds.field("to_user", &self.to_user());
+      ds.field("members", &self.members());
       ds.finish()
   }
 }
@@ -1653,6 +2829,358 @@ impl ::core::fmt::Debug for GoAway<'_> {
       ds.finish()
   }
 }
+pub enum GroupMemberOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct GroupMember<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GroupMember<'a> {
+  type Inner = GroupMember<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GroupMember<'a> {
+  pub const VT_USER_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ADMIN: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GroupMember { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GroupMemberArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GroupMember<'bldr>> {
+    let mut builder = GroupMemberBuilder::new(_fbb);
+    if let Some(x) = args.user_id { builder.add_user_id(x); }
+    builder.add_admin(args.admin);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn user_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupMember::VT_USER_ID, None)}
+  }
+  #[inline]
+  pub fn admin(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(GroupMember::VT_ADMIN, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GroupMember<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user_id", Self::VT_USER_ID, false)?
+     .visit_field::<bool>("admin", Self::VT_ADMIN, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GroupMemberArgs<'a> {
+    pub user_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub admin: bool,
+}
+impl<'a> Default for GroupMemberArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GroupMemberArgs {
+      user_id: None,
+      admin: false,
+    }
+  }
+}
+
+pub struct GroupMemberBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupMemberBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_user_id(&mut self, user_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupMember::VT_USER_ID, user_id);
+  }
+  #[inline]
+  pub fn add_admin(&mut self, admin: bool) {
+    self.fbb_.push_slot::<bool>(GroupMember::VT_ADMIN, admin, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GroupMemberBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GroupMemberBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GroupMember<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GroupMember<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GroupMember");
+      ds.field("user_id", &self.user_id());
+      ds.field("admin", &self.admin());
+      ds.finish()
+  }
+}
+pub enum GroupReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The answer to a group operation.
+pub struct GroupReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GroupReply<'a> {
+  type Inner = GroupReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GroupReply<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_STATUS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 8;
+  pub const VT_GROUP_SEQ: ::flatbuffers::VOffsetT = 10;
+  pub const VT_GROUPS: ::flatbuffers::VOffsetT = 12;
+  pub const VT_MEMBERS: ::flatbuffers::VOffsetT = 14;
+  pub const VT_NEXT_AFTER: ::flatbuffers::VOffsetT = 16;
+  pub const VT_MEMBER_COUNT: ::flatbuffers::VOffsetT = 18;
+  pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 20;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GroupReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GroupReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GroupReply<'bldr>> {
+    let mut builder = GroupReplyBuilder::new(_fbb);
+    builder.add_group_seq(args.group_seq);
+    builder.add_request_id(args.request_id);
+    if let Some(x) = args.message { builder.add_message(x); }
+    builder.add_member_count(args.member_count);
+    if let Some(x) = args.next_after { builder.add_next_after(x); }
+    if let Some(x) = args.members { builder.add_members(x); }
+    if let Some(x) = args.groups { builder.add_groups(x); }
+    if let Some(x) = args.group_id { builder.add_group_id(x); }
+    builder.add_status(args.status);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GroupReply::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn status(&self) -> Code {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Code>(GroupReply::VT_STATUS, Some(Code::OK)).unwrap()}
+  }
+  #[inline]
+  pub fn group_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupReply::VT_GROUP_ID, None)}
+  }
+  /// Create/Add/Remove/Leave: the group_seq of the change (0 when nothing changed).
+  #[inline]
+  pub fn group_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GroupReply::VT_GROUP_SEQ, Some(0)).unwrap()}
+  }
+  /// GroupList: the user's groups, in ID order.
+  #[inline]
+  pub fn groups(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(GroupReply::VT_GROUPS, None)}
+  }
+  /// GroupInfo: a page of members, in user-ID order.
+  #[inline]
+  pub fn members(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupMember<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupMember>>>>(GroupReply::VT_MEMBERS, None)}
+  }
+  /// GroupInfo: pass as `after` for the next page; "" on the last page.
+  #[inline]
+  pub fn next_after(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupReply::VT_NEXT_AFTER, None)}
+  }
+  /// GroupInfo: how many members the group has.
+  #[inline]
+  pub fn member_count(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(GroupReply::VT_MEMBER_COUNT, Some(0)).unwrap()}
+  }
+  /// Why, when status is not OK.
+  #[inline]
+  pub fn message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupReply::VT_MESSAGE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GroupReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<Code>("status", Self::VT_STATUS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("group_id", Self::VT_GROUP_ID, false)?
+     .visit_field::<u64>("group_seq", Self::VT_GROUP_SEQ, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("groups", Self::VT_GROUPS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<GroupMember>>>>("members", Self::VT_MEMBERS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("next_after", Self::VT_NEXT_AFTER, false)?
+     .visit_field::<u32>("member_count", Self::VT_MEMBER_COUNT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GroupReplyArgs<'a> {
+    pub request_id: u64,
+    pub status: Code,
+    pub group_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub group_seq: u64,
+    pub groups: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+    pub members: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupMember<'a>>>>>,
+    pub next_after: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub member_count: u32,
+    pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for GroupReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GroupReplyArgs {
+      request_id: 0,
+      status: Code::OK,
+      group_id: None,
+      group_seq: 0,
+      groups: None,
+      members: None,
+      next_after: None,
+      member_count: 0,
+      message: None,
+    }
+  }
+}
+
+pub struct GroupReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(GroupReply::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_status(&mut self, status: Code) {
+    self.fbb_.push_slot::<Code>(GroupReply::VT_STATUS, status, Code::OK);
+  }
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupReply::VT_GROUP_ID, group_id);
+  }
+  #[inline]
+  pub fn add_group_seq(&mut self, group_seq: u64) {
+    self.fbb_.push_slot::<u64>(GroupReply::VT_GROUP_SEQ, group_seq, 0);
+  }
+  #[inline]
+  pub fn add_groups(&mut self, groups: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupReply::VT_GROUPS, groups);
+  }
+  #[inline]
+  pub fn add_members(&mut self, members: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<GroupMember<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupReply::VT_MEMBERS, members);
+  }
+  #[inline]
+  pub fn add_next_after(&mut self, next_after: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupReply::VT_NEXT_AFTER, next_after);
+  }
+  #[inline]
+  pub fn add_member_count(&mut self, member_count: u32) {
+    self.fbb_.push_slot::<u32>(GroupReply::VT_MEMBER_COUNT, member_count, 0);
+  }
+  #[inline]
+  pub fn add_message(&mut self, message: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupReply::VT_MESSAGE, message);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GroupReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GroupReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GroupReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GroupReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GroupReply");
+      ds.field("request_id", &self.request_id());
+      ds.field("status", &self.status());
+      ds.field("group_id", &self.group_id());
+      ds.field("group_seq", &self.group_seq());
+      ds.field("groups", &self.groups());
+      ds.field("members", &self.members());
+      ds.field("next_after", &self.next_after());
+      ds.field("member_count", &self.member_count());
+      ds.field("message", &self.message());
+      ds.finish()
+  }
+}
 pub enum FrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1867,6 +3395,126 @@ impl<'a> Frame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_group_create(&self) -> Option<GroupCreate<'a>> {
+    if self.body_type() == Body::GroupCreate {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GroupCreate::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_group_add(&self) -> Option<GroupAdd<'a>> {
+    if self.body_type() == Body::GroupAdd {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GroupAdd::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_group_remove(&self) -> Option<GroupRemove<'a>> {
+    if self.body_type() == Body::GroupRemove {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GroupRemove::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_group_leave(&self) -> Option<GroupLeave<'a>> {
+    if self.body_type() == Body::GroupLeave {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GroupLeave::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_group_list(&self) -> Option<GroupList<'a>> {
+    if self.body_type() == Body::GroupList {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GroupList::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_group_info(&self) -> Option<GroupInfo<'a>> {
+    if self.body_type() == Body::GroupInfo {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GroupInfo::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_group_send(&self) -> Option<GroupSend<'a>> {
+    if self.body_type() == Body::GroupSend {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GroupSend::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_group_reply(&self) -> Option<GroupReply<'a>> {
+    if self.body_type() == Body::GroupReply {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GroupReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -1888,6 +3536,14 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           Body::Pong => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Pong>>("Body::Pong", pos),
           Body::Error => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Error>>("Body::Error", pos),
           Body::GoAway => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GoAway>>("Body::GoAway", pos),
+          Body::GroupCreate => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GroupCreate>>("Body::GroupCreate", pos),
+          Body::GroupAdd => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GroupAdd>>("Body::GroupAdd", pos),
+          Body::GroupRemove => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GroupRemove>>("Body::GroupRemove", pos),
+          Body::GroupLeave => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GroupLeave>>("Body::GroupLeave", pos),
+          Body::GroupList => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GroupList>>("Body::GroupList", pos),
+          Body::GroupInfo => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GroupInfo>>("Body::GroupInfo", pos),
+          Body::GroupSend => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GroupSend>>("Body::GroupSend", pos),
+          Body::GroupReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GroupReply>>("Body::GroupReply", pos),
           _ => Ok(()),
         }
      })?
@@ -2014,6 +3670,62 @@ impl ::core::fmt::Debug for Frame<'_> {
         },
         Body::GoAway => {
           if let Some(x) = self.body_as_go_away() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::GroupCreate => {
+          if let Some(x) = self.body_as_group_create() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::GroupAdd => {
+          if let Some(x) = self.body_as_group_add() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::GroupRemove => {
+          if let Some(x) = self.body_as_group_remove() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::GroupLeave => {
+          if let Some(x) = self.body_as_group_leave() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::GroupList => {
+          if let Some(x) = self.body_as_group_list() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::GroupInfo => {
+          if let Some(x) = self.body_as_group_info() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::GroupSend => {
+          if let Some(x) = self.body_as_group_send() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::GroupReply => {
+          if let Some(x) = self.body_as_group_reply() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -22,7 +22,7 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use super::acceptor::accept_loop;
 use super::drain;
 use super::park::Parking;
-use super::recovery::{recover, shard_dir, Recovered};
+use super::recovery::{recover, shard_dir, Recovered, RecoveryContext};
 use super::session;
 use super::state::Shard;
 use super::tasks::{self, StopAt, Tasks};
@@ -234,8 +234,16 @@ fn recover_all(cfg: &Config, n: usize) -> Result<Vec<Recovered>, StartError> {
             .map(|shard| {
                 let dir = shard_dir(&cfg.storage.data_dir, shard);
                 let segment_size = cfg.storage.segment_size;
+                let ctx = RecoveryContext {
+                    shard,
+                    shards: n,
+                    now_ms: Shard::wall_ms(),
+                    dedup_window_ms: cfg.limits.dedup_window.as_millis() as u64,
+                    dedup_entries: cfg.limits.dedup_entries,
+                };
                 scope.spawn(move || {
-                    recover(&dir, segment_size).map_err(|source| StartError::Log { shard, source })
+                    recover(&dir, segment_size, ctx)
+                        .map_err(|source| StartError::Log { shard, source })
                 })
             })
             .collect();
@@ -261,6 +269,7 @@ fn recover_all(cfg: &Config, n: usize) -> Result<Vec<Recovered>, StartError> {
             records = rep.records,
             bytes = rep.bytes,
             users = r.users.len(),
+            groups = r.groups.owned.len(),
             ms = rep.elapsed.as_millis() as u64,
             "log recovered"
         );
@@ -297,6 +306,8 @@ async fn run_shard(ctx: ShardStart, ready: Arc<Barrier>) {
         receiving.flush_dirty();
     })
     .await;
+    // Group entries committed before a crash that some shard has not applied yet.
+    shard.redrive_fanout();
 
     // SAFETY: the fd is a listening TCP socket we bound for this shard; ownership moves here.
     let listener = unsafe { TcpListener::from_raw_fd(ctx.listener.into_raw_fd()) };

@@ -112,6 +112,15 @@ impl Shard {
         self.conns.borrow().values().cloned().collect()
     }
 
+    /// Drops dedup entries past the window and reservations whose operation never ended.
+    pub fn expire(&self) {
+        let window = self.cfg.limits.dedup_window.as_millis() as u64;
+        self.windows
+            .borrow_mut()
+            .expire_all(Self::wall_ms(), window);
+        self.expire_reservations();
+    }
+
     /// Closes connections silent for longer than `idle_timeout`.
     pub fn sweep_idle(&self) {
         let now = self.mono_ms();

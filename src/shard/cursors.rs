@@ -32,6 +32,15 @@ impl Cursors {
     }
 
     /// The highest cursor over all devices (0 when none).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// (device, acked) pairs.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.0.iter().map(|(d, s)| (&**d, *s))
+    }
+
     pub fn max(&self) -> u64 {
         self.0.iter().map(|&(_, s)| s).max().unwrap_or(0)
     }

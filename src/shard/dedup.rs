@@ -1,54 +1,85 @@
-//! Idempotent send: remembers recent `(sender, client_msg_id)` outcomes per sender.
+//! Idempotent send: remembers recent `(sender, client_msg_id)` outcomes.
 //!
-//! One [`Dedup`] lives in each sender's user state on the sender's owner shard (where all of
-//! the sender's connections are served), so a resend from any of the sender's devices finds it.
-//! Entries expire after the dedup window and at most `capacity` are kept per sender (the
-//! oldest goes first); a resend after either limit is treated as a new message.
+//! The check lives where the message is ordered: on the recipient's owner shard for a 1:1
+//! message, on the group's owner shard for a group message — the shard whose log holds the
+//! message. So a resend from any of the sender's devices, over any connection, finds it, and
+//! after a restart the window is rebuilt from the very records it protects (each carries its
+//! sender and client_msg_id): a message acked before a kill -9, or appended but not yet acked
+//! when the kill landed, is answered OK and never stored twice.
+//!
+//! Entries expire after the dedup window and at most `capacity` are kept per sender per shard
+//! (the oldest goes first); a resend after either limit is treated as a new message. An entry
+//! whose send is still in flight is never dropped, by either limit (its waiters would never be
+//! answered and a resend would be stored twice), and a slot left behind by an entry that was
+//! dropped and re-created never removes the newer entry.
 //!
 //! Only successful outcomes are remembered: a send refused with INBOX_FULL or
 //! STORAGE_UNAVAILABLE may be retried and must then be tried again, not answered from memory.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
-use super::envelope::ConnId;
 use crate::protocol::Code;
 
 /// What a send with this `client_msg_id` should do.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Never seen (or forgotten): route it.
+    /// Never seen (or forgotten): accept it.
     New,
-    /// The original is still in flight; the caller was added to its waiters.
+    /// The first copy is still being stored; the caller was added as a waiter and is answered
+    /// with it.
     InFlight,
-    /// Already done: answer with this status, do not deliver again.
+    /// Already stored: answer with this status at once.
     Done(Code),
 }
 
 #[derive(Debug)]
-enum State {
-    InFlight { waiters: Vec<ConnId> },
+enum State<W> {
+    InFlight { waiters: Vec<W> },
     Done(Code),
 }
 
 #[derive(Debug)]
-struct Entry {
+struct Entry<W> {
+    /// When the send was first seen (the window counts from it).
     at_ms: u64,
-    state: State,
+    /// Which insertion this is (a slot of an earlier insertion of the same id is stale).
+    generation: u64,
+    state: State<W>,
 }
 
-/// Per-sender dedup window.
-#[derive(Debug, Default)]
-pub struct Dedup {
-    entries: HashMap<u64, Entry>,
-    order: VecDeque<(u64, u64)>, // (inserted at ms, client_msg_id), oldest first
+/// A place in the age order: (inserted at ms, client_msg_id, generation).
+type Slot = (u64, u64, u64);
+
+/// One sender's window. `W` is whoever waits for an in-flight send's outcome.
+#[derive(Debug)]
+pub struct Dedup<W> {
+    entries: HashMap<u64, Entry<W>>,
+    /// Slots of finished entries, in the order they finished (about the order they were
+    /// seen); may hold stale slots of entries that were removed (the entry is gone, or was
+    /// inserted again with a later generation). In-flight entries have no slot: they are
+    /// never dropped, so nothing needs to find them by age.
+    order: VecDeque<Slot>,
+    next_generation: u64,
 }
 
-impl Dedup {
-    /// Looks up `id`; records it as in flight when new. `window_ms == 0` disables dedup.
+impl<W> Default for Dedup<W> {
+    fn default() -> Self {
+        Dedup {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            next_generation: 0,
+        }
+    }
+}
+
+impl<W> Dedup<W> {
+    /// Looks `id` up; a new one is recorded as in flight. `waiter` is kept only when the
+    /// first copy is still in flight.
     pub fn check(
         &mut self,
         id: u64,
-        conn: ConnId,
+        waiter: W,
         now_ms: u64,
         window_ms: u64,
         capacity: usize,
@@ -61,65 +92,150 @@ impl Dedup {
             return match &mut e.state {
                 State::Done(code) => Verdict::Done(*code),
                 State::InFlight { waiters } => {
-                    waiters.push(conn);
+                    waiters.push(waiter);
                     Verdict::InFlight
                 }
             };
         }
-        while self.entries.len() >= capacity.max(1) {
-            match self.order.pop_front() {
-                Some((_, old)) => {
-                    self.entries.remove(&old);
-                }
-                None => break,
-            }
-        }
-        self.entries.insert(
+        self.make_room(capacity.max(1));
+        self.insert(
             id,
-            Entry {
-                at_ms: now_ms,
-                state: State::InFlight {
-                    waiters: Vec::new(),
-                },
+            now_ms,
+            State::InFlight {
+                waiters: Vec::new(),
             },
         );
-        self.order.push_back((now_ms, id));
         Verdict::New
     }
 
-    /// Records the outcome of `id` and returns the resends waiting for it.
-    pub fn complete(&mut self, id: u64, status: Code) -> Vec<ConnId> {
+    /// Records the outcome of the in-flight send `id`; returns its waiters. Failures are
+    /// forgotten (a retry must be tried again).
+    pub fn complete(&mut self, id: u64, status: Code) -> Vec<W> {
         let Some(e) = self.entries.get_mut(&id) else {
             return Vec::new();
         };
         let waiters = match std::mem::replace(&mut e.state, State::Done(status)) {
             State::InFlight { waiters } => waiters,
-            State::Done(_) => Vec::new(),
+            State::Done(_) => return Vec::new(),
         };
-        if status != Code::OK {
-            // Failures are not remembered: a retry gets a fresh attempt. The stale `order`
-            // slot is skipped by `expire`/eviction because the id is no longer in `entries`
-            // (or points to a newer entry, which then simply expires a little early).
+        if status == Code::OK {
+            self.order.push_back((e.at_ms, id, e.generation));
+        } else {
             self.entries.remove(&id);
         }
         waiters
     }
 
-    /// True when nothing is remembered (lets the owner drop idle user state).
+    /// Recovery: `id` was stored at `at_ms` (a record in the log says so).
+    pub fn remember(&mut self, id: u64, at_ms: u64, now_ms: u64, window_ms: u64, capacity: usize) {
+        if window_ms == 0 || now_ms.saturating_sub(at_ms) >= window_ms {
+            return;
+        }
+        if self.entries.contains_key(&id) {
+            return;
+        }
+        self.make_room(capacity.max(1));
+        self.insert(id, at_ms, State::Done(Code::OK));
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
-    fn expire(&mut self, now_ms: u64, window_ms: u64) {
-        while let Some(&(at, id)) = self.order.front() {
-            if now_ms.saturating_sub(at) < window_ms {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn insert(&mut self, id: u64, at_ms: u64, state: State<W>) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        if matches!(state, State::Done(_)) {
+            self.order.push_back((at_ms, id, generation));
+        }
+        self.entries.insert(
+            id,
+            Entry {
+                at_ms,
+                generation,
+                state,
+            },
+        );
+    }
+
+    /// The slot's entry, if the slot is not stale.
+    fn live(&self, slot: Slot) -> Option<&Entry<W>> {
+        self.entries.get(&slot.1).filter(|e| e.generation == slot.2)
+    }
+
+    /// Drops the oldest finished entries until fewer than `capacity` remain (in-flight ones
+    /// stay, so the window may exceed `capacity` by the sends in flight).
+    fn make_room(&mut self, capacity: usize) {
+        while self.entries.len() >= capacity {
+            let Some(slot) = self.order.pop_front() else {
+                break; // only sends in flight left
+            };
+            if self.live(slot).is_some() {
+                self.entries.remove(&slot.1);
+            }
+        }
+    }
+
+    /// Drops finished entries older than the window.
+    pub fn expire(&mut self, now_ms: u64, window_ms: u64) {
+        while let Some(&slot) = self.order.front() {
+            if now_ms.saturating_sub(slot.0) < window_ms {
                 break;
             }
             self.order.pop_front();
-            if self.entries.get(&id).is_some_and(|e| e.at_ms == at) {
-                self.entries.remove(&id);
+            if self.live(slot).is_some() {
+                self.entries.remove(&slot.1);
             }
         }
+        if self.order.is_empty() && self.order.capacity() > 16 {
+            self.order = VecDeque::new();
+        }
+    }
+}
+
+/// Every sender's window on one shard.
+#[derive(Debug)]
+pub struct Windows<W> {
+    by_sender: HashMap<Arc<str>, Dedup<W>>,
+}
+
+impl<W> Default for Windows<W> {
+    fn default() -> Self {
+        Windows {
+            by_sender: HashMap::new(),
+        }
+    }
+}
+
+impl<W> Windows<W> {
+    /// `sender`'s window (created empty).
+    pub fn sender(&mut self, sender: &str) -> &mut Dedup<W> {
+        let key: Arc<str> = match self.by_sender.get_key_value(sender) {
+            Some((key, _)) => key.clone(),
+            None => Arc::from(sender),
+        };
+        self.by_sender.entry(key).or_default()
+    }
+
+    pub fn get_mut(&mut self, sender: &str) -> Option<&mut Dedup<W>> {
+        self.by_sender.get_mut(sender)
+    }
+
+    /// Expires every window; forgets senders whose window emptied.
+    pub fn expire_all(&mut self, now_ms: u64, window_ms: u64) {
+        self.by_sender.retain(|_, d| {
+            d.expire(now_ms, window_ms);
+            !d.is_empty()
+        });
+    }
+
+    /// Entries over all senders.
+    pub fn entries(&self) -> usize {
+        self.by_sender.values().map(Dedup::len).sum()
     }
 }
 
@@ -127,9 +243,11 @@ impl Dedup {
 mod tests {
     use super::*;
 
+    type D = Dedup<u64>;
+
     #[test]
     fn resend_after_ok_is_answered_from_memory() {
-        let mut d = Dedup::default();
+        let mut d = D::default();
         assert_eq!(d.check(7, 1, 0, 1000, 16), Verdict::New);
         assert_eq!(d.check(7, 2, 10, 1000, 16), Verdict::InFlight);
         assert_eq!(d.complete(7, Code::OK), vec![2]);
@@ -138,7 +256,7 @@ mod tests {
 
     #[test]
     fn failures_are_not_remembered() {
-        let mut d = Dedup::default();
+        let mut d = D::default();
         assert_eq!(d.check(1, 1, 0, 1000, 16), Verdict::New);
         d.complete(1, Code::INBOX_FULL);
         assert_eq!(d.check(1, 1, 5, 1000, 16), Verdict::New);
@@ -146,25 +264,93 @@ mod tests {
 
     #[test]
     fn entries_expire_after_the_window_and_respect_capacity() {
-        let mut d = Dedup::default();
+        let mut d = D::default();
         d.check(1, 1, 0, 100, 2);
         d.complete(1, Code::OK);
         assert_eq!(d.check(1, 1, 100, 100, 2), Verdict::New, "expired");
+        d.complete(1, Code::OK);
         d.check(2, 1, 101, 100, 2);
+        d.complete(2, Code::OK);
         d.check(3, 1, 102, 100, 2); // evicts 1
         assert_eq!(
             d.check(1, 1, 103, 100, 2),
             Verdict::New,
             "evicted by capacity"
         );
-        assert!(d.entries.len() <= 2);
+        assert!(
+            d.entries.len() <= 3,
+            "only in-flight entries exceed capacity"
+        );
+    }
+
+    #[test]
+    fn capacity_never_evicts_a_send_in_flight() {
+        let mut d = D::default();
+        assert_eq!(d.check(1, 1, 0, 10_000, 2), Verdict::New); // in flight
+        assert_eq!(d.check(2, 1, 1, 10_000, 2), Verdict::New);
+        d.complete(2, Code::OK);
+        assert_eq!(d.check(3, 1, 2, 10_000, 2), Verdict::New); // evicts 2, not 1
+        assert_eq!(
+            d.check(1, 9, 3, 10_000, 2),
+            Verdict::InFlight,
+            "the in-flight send is still there and gains a waiter"
+        );
+        assert_eq!(d.complete(1, Code::OK), vec![9]);
+        assert_eq!(d.check(2, 1, 4, 10_000, 2), Verdict::New, "2 was evicted");
+    }
+
+    #[test]
+    fn the_window_never_expires_a_send_in_flight() {
+        let mut d = D::default();
+        assert_eq!(d.check(1, 1, 0, 100, 16), Verdict::New);
+        assert_eq!(d.check(1, 2, 500, 100, 16), Verdict::InFlight);
+        assert_eq!(d.complete(1, Code::OK), vec![2]);
+    }
+
+    #[test]
+    fn a_stale_slot_never_removes_a_newer_entry() {
+        let mut d = D::default();
+        // 1 is refused (forgotten, its slot stale), then 2, then 1 again: age order is
+        // [stale 1, 2, 1].
+        assert_eq!(d.check(1, 1, 0, 10_000, 2), Verdict::New);
+        d.complete(1, Code::INBOX_FULL);
+        assert_eq!(d.check(2, 1, 5, 10_000, 2), Verdict::New);
+        d.complete(2, Code::OK);
+        assert_eq!(d.check(1, 1, 10, 10_000, 2), Verdict::New);
+        d.complete(1, Code::OK);
+        // At capacity: the oldest live entry (2) goes, not the newer 1 through its stale slot.
+        assert_eq!(d.check(3, 1, 11, 10_000, 2), Verdict::New);
+        assert_eq!(d.check(1, 1, 12, 10_000, 2), Verdict::Done(Code::OK));
+        d.complete(3, Code::OK);
+        assert_eq!(d.check(2, 1, 13, 10_000, 3), Verdict::New);
+    }
+
+    #[test]
+    fn remembered_entries_answer_ok_within_the_window_only() {
+        let mut d = D::default();
+        d.remember(4, 1_000, 1_500, 1_000, 16);
+        d.remember(5, 100, 1_500, 1_000, 16); // older than the window: not kept
+        assert_eq!(d.check(4, 1, 1_600, 1_000, 16), Verdict::Done(Code::OK));
+        assert_eq!(d.check(5, 1, 1_600, 1_000, 16), Verdict::New);
     }
 
     #[test]
     fn zero_window_disables_dedup() {
-        let mut d = Dedup::default();
+        let mut d = D::default();
         assert_eq!(d.check(1, 1, 0, 0, 16), Verdict::New);
         assert_eq!(d.check(1, 1, 0, 0, 16), Verdict::New);
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn windows_forget_senders_whose_entries_expired() {
+        let mut w: Windows<u64> = Windows::default();
+        w.sender("alice").check(1, 0, 0, 100, 16);
+        w.sender("alice").complete(1, Code::OK);
+        w.expire_all(50, 100);
+        assert_eq!(w.entries(), 1);
+        w.expire_all(100, 100);
+        assert_eq!(w.entries(), 0);
+        assert!(w.get_mut("alice").is_none());
     }
 }

@@ -17,7 +17,6 @@ use std::rc::Rc;
 use super::conn::Conn;
 use super::state::Shard;
 use super::users::User;
-use crate::log::record::{CursorRecord, Record};
 use crate::log::Log;
 use crate::protocol::{Code, ServerMsg};
 
@@ -139,7 +138,9 @@ impl Shard {
                 conn.sent_seq.set(resume.max(next));
                 continue;
             };
-            let framed = log.with_message(pos, |m| m.encode_deliver(&mut conn.tx.borrow_mut()));
+            let framed = log.with_entry(pos, |e| {
+                e.encode_deliver(next, &conn.user, &mut conn.tx.borrow_mut())
+            });
             if let Err(e) = framed {
                 tracing::error!(user = %conn.user, seq = next, error = %e, "cannot read a logged message; skipping it");
             }
@@ -172,14 +173,8 @@ impl Shard {
         user.cursors.set(&conn.device_id, acked);
         // Losing the newest cursor records in a crash only means re-delivering a few messages
         // (at-least-once), never losing one.
-        let record = Record::Cursor(CursorRecord {
-            user: conn.user.to_string(),
-            device: conn.device_id.to_string(),
-            acked,
-            at_ms: Self::wall_ms(),
-        });
-        if let Err(e) = self.log.borrow_mut().append(&record) {
-            tracing::warn!(user = %conn.user, error = %e, "cannot log an ack cursor");
+        if let Some(pos) = self.append_cursor(&conn.user, &conn.device_id, acked) {
+            user.last_pos = pos;
         }
     }
 }

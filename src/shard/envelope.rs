@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::protocol::Code;
+use crate::protocol::{Code, EntryKind};
 
 /// Shard-local connection identifier (unique per shard for the process lifetime).
 pub type ConnId = u64;
@@ -21,11 +21,93 @@ pub enum Envelope {
     Handoff(Handoff),
     /// A 1:1 message for a user owned by the receiving shard.
     Message(Message),
-    /// The outcome of a `Message`, back to the shard that owns the sender.
+    /// The outcome of a `Message` or `GroupSend`, back to the shard that owns the sender.
     SendAck(SendAck),
     /// Shutdown: the sending shard has stopped reading clients and accepting connections;
     /// nothing but acks will follow on this queue.
     Drained,
+    /// A member's shard → the group's owner: an operation on the group.
+    GroupRequest(GroupRequest),
+    /// The owner's answer to a `GroupRequest`, back to the requester's shard.
+    GroupAnswer(GroupAnswer),
+    /// A member's shard → the group's owner: a message to the group.
+    GroupSend(GroupSend),
+    /// The group owner → one destination shard: committed entries of the owner's groups, in
+    /// group_seq order per group. One envelope per destination shard per commit, whatever the
+    /// number of members there; each entry's body is shared by all destinations.
+    Fanout(Vec<Arc<GroupEntry>>),
+    /// A destination shard → the owner: it has durably applied (group, up to group_seq).
+    Applied(Vec<(Arc<str>, u64)>),
+    /// The owner → a user's shard: hold a place in `users`' group count
+    /// (`max_groups_per_user`) for operation `op` on `group`.
+    Reserve {
+        op: u64,
+        group: Arc<str>,
+        users: Vec<Arc<str>>,
+    },
+    /// The answer to `Reserve`: the users refused (already at the limit).
+    Reserved { op: u64, refused: Vec<Arc<str>> },
+    /// The owner → a user's shard: operation `op` is over (committed or refused); its places
+    /// are released.
+    Release { op: u64 },
+}
+
+/// One entry of a group (a message or a membership change) as committed by its owner.
+#[derive(Debug)]
+pub struct GroupEntry {
+    pub group: Arc<str>,
+    pub group_seq: u64,
+    pub kind: EntryKind,
+    /// The sender, or who made the change.
+    pub from: Arc<str>,
+    pub client_msg_id: u64,
+    pub sent_at_ms: u64,
+    pub body: Bytes,
+    /// Membership changes: the users concerned.
+    pub members: Vec<Arc<str>>,
+}
+
+/// A group operation, owned, as it crosses the mesh.
+#[derive(Debug, Clone)]
+pub enum GroupOpRequest {
+    Create { members: Vec<Arc<str>> },
+    Add { members: Vec<Arc<str>> },
+    Remove { members: Vec<Arc<str>> },
+    Leave,
+    Info { after: Box<str>, limit: u32 },
+}
+
+#[derive(Debug)]
+pub struct GroupRequest {
+    pub user: Arc<str>,
+    pub origin_conn: ConnId,
+    pub request_id: u64,
+    pub group: Arc<str>,
+    pub op: GroupOpRequest,
+}
+
+/// An owned GroupReply, on its way to the requester's connection.
+#[derive(Debug, Default)]
+pub struct GroupAnswer {
+    pub origin_conn: ConnId,
+    pub request_id: u64,
+    pub status: Code,
+    pub message: Box<str>,
+    pub group: Arc<str>,
+    pub group_seq: u64,
+    /// GroupInfo: (user, admin), a page.
+    pub members: Vec<(Arc<str>, bool)>,
+    pub next_after: Box<str>,
+    pub member_count: u32,
+}
+
+#[derive(Debug)]
+pub struct GroupSend {
+    pub from: Arc<str>,
+    pub group: Arc<str>,
+    pub client_msg_id: u64,
+    pub body: Bytes,
+    pub origin_conn: ConnId,
 }
 
 /// Owns `fd` until [`Handoff::take_fd`]; a hand-off dropped undelivered (the peer shut down)
@@ -56,6 +138,9 @@ pub struct SendAck {
     pub origin_conn: ConnId,
     pub client_msg_id: u64,
     pub status: Code,
+    /// The message had already been stored (a resend): the sender's shard must not record it
+    /// in the sender's own stream again.
+    pub duplicate: bool,
 }
 
 impl Handoff {

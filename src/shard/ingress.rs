@@ -1,7 +1,8 @@
 //! Ingress: what comes into the shard — frames from its connections and envelopes from its
-//! peers — and the admission of sends: rate limit, dedup of (sender, client_msg_id), routing to
-//! the recipient's owner shard. The answer to a send ([`Shard::complete_send`]) also lands
-//! here, whether it comes from this shard's own commit or back over the mesh.
+//! peers — and the admission of sends: rate limit, recipient check, routing to the owner of
+//! the recipient (1:1) or of the group. Dedup happens where the message is stored (see
+//! [`super::dedup`]); the SendAck that comes back lands here ([`Shard::on_send_ack`]), and
+//! with own-send sync the accepted 1:1 message enters the sender's own stream.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -9,9 +10,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::conn::Conn;
-use super::dedup::Verdict;
-use super::envelope::{ConnId, Envelope, Handoff, Message, SendAck};
-use super::inbox::PendingAck;
+use super::envelope::{Envelope, Handoff, Message, SendAck};
+use super::inbox::AckTarget;
 use super::ratelimit::RateVerdict;
 use super::routing::owner;
 use super::state::Shard;
@@ -31,6 +31,21 @@ impl Shard {
                 conn.push(&ServerMsg::Pong { nonce });
             }
             ClientMsg::Logout => conn.go_away(Code::LOGGED_OUT, "logged out"),
+            ClientMsg::Group {
+                request_id,
+                group_id,
+                op,
+            } => self.on_group_frame(conn, request_id, group_id, op),
+            ClientMsg::GroupList { request_id } => self.on_group_list(conn, request_id),
+            ClientMsg::GroupSend {
+                client_msg_id,
+                group_id,
+                body,
+            } => {
+                if self.admit_send(conn, client_msg_id) {
+                    self.on_group_send(conn, client_msg_id, group_id, body);
+                }
+            }
             ClientMsg::Login { .. } => conn.close_with(&ServerMsg::Error {
                 code: Code::ALREADY_LOGGED_IN,
                 message: "this connection is already logged in",
@@ -39,28 +54,35 @@ impl Shard {
         self.mark_dirty(conn);
     }
 
-    fn on_send(&self, conn: &Rc<Conn>, client_msg_id: u64, to: &str, body: &[u8]) {
+    /// The rate limit, shared by 1:1 and group sends. False: refused (answered here).
+    fn admit_send(&self, conn: &Rc<Conn>, client_msg_id: u64) -> bool {
         let now = self.mono_ms();
-        let limits = &self.cfg.limits;
+        let rate = self.cfg.limits.sends_per_sec;
         let mut bucket = conn.bucket.get();
-        let verdict = bucket.take(limits.sends_per_sec, now);
+        let verdict = bucket.take(rate, now);
         conn.bucket.set(bucket);
         match verdict {
-            RateVerdict::Allowed => {}
+            RateVerdict::Allowed => true,
             RateVerdict::Limited => {
                 conn.push(&ServerMsg::SendAck {
                     client_msg_id,
                     status: Code::RATE_LIMITED,
                 });
-                return;
+                false
             }
             RateVerdict::Abusive => {
                 conn.go_away(
                     Code::RATE_LIMITED,
                     "kept sending past the rate limit (sends_per_sec)",
                 );
-                return;
+                false
             }
+        }
+    }
+
+    fn on_send(&self, conn: &Rc<Conn>, client_msg_id: u64, to: &str, body: &[u8]) {
+        if !self.admit_send(conn, client_msg_id) {
+            return;
         }
         if to.is_empty() || to.len() > protocol::MAX_USER_ID {
             conn.push(&ServerMsg::SendAck {
@@ -69,83 +91,51 @@ impl Shard {
             });
             return;
         }
-        let verdict = {
-            let mut users = self.users.borrow_mut();
-            match users.get_mut(&conn.user) {
-                Some(user) => user.sent.get_or_insert_with(Box::default).check(
-                    client_msg_id,
-                    conn.id,
-                    now,
-                    limits.dedup_window.as_millis() as u64,
-                    limits.dedup_entries,
-                ),
-                None => Verdict::New,
-            }
-        };
-        match verdict {
-            Verdict::Done(status) => {
-                conn.push(&ServerMsg::SendAck {
-                    client_msg_id,
-                    status,
-                });
-            }
-            Verdict::InFlight => {}
-            Verdict::New => self.route(conn, client_msg_id, to, body),
-        }
-    }
-
-    /// Sends an admitted message to the recipient's owner: appended here, or over the mesh.
-    fn route(&self, conn: &Conn, client_msg_id: u64, to: &str, body: &[u8]) {
         let dest = owner(to, self.shards);
         if dest == self.id {
-            match self.accept_message(&conn.user, to, client_msg_id, body) {
-                Ok(()) => self.pending.borrow_mut().push(PendingAck::Local {
-                    sender: conn.user.clone(),
-                    origin_conn: conn.id,
-                    client_msg_id,
-                }),
-                Err(status) => self.complete_send(&conn.user, conn.id, client_msg_id, status),
+            let target = AckTarget::Local { conn: conn.id };
+            let stored = self.accept_send(&conn.user, to, client_msg_id, body, target);
+            if stored && self.cfg.server.own_send_sync {
+                self.append_outgoing(&conn.user, to, client_msg_id, body);
             }
-        } else {
-            self.in_flight.set(self.in_flight.get() + 1);
-            self.mesh.push(
-                dest,
-                Envelope::Message(Message {
-                    from: conn.user.clone(),
-                    to: Arc::from(to),
-                    client_msg_id,
-                    body: Bytes::copy_from_slice(body),
-                    origin_conn: conn.id,
-                }),
+            return;
+        }
+        let body = Bytes::copy_from_slice(body);
+        let to: Arc<str> = Arc::from(to);
+        if self.cfg.server.own_send_sync {
+            self.outbound.borrow_mut().insert(
+                (conn.user.clone(), client_msg_id),
+                (to.clone(), body.clone()),
             );
         }
+        self.in_flight.set(self.in_flight.get() + 1);
+        self.mesh.push(
+            dest,
+            Envelope::Message(Message {
+                from: conn.user.clone(),
+                to,
+                client_msg_id,
+                body,
+                origin_conn: conn.id,
+            }),
+        );
     }
 
-    /// Answers the sender (on the sender's owner shard) and settles the dedup entry.
-    pub(super) fn complete_send(
-        &self,
-        sender: &str,
-        origin_conn: ConnId,
-        client_msg_id: u64,
-        status: Code,
-    ) {
-        let waiters = self
-            .users
+    /// The outcome of a send this shard forwarded: to the sending connection, and (own-send
+    /// sync) into the sender's stream if the message was stored for the first time.
+    fn on_send_ack(&self, a: SendAck) {
+        self.in_flight.set(self.in_flight.get().saturating_sub(1));
+        self.ack_conn(a.origin_conn, a.client_msg_id, a.status);
+        let copy = self
+            .outbound
             .borrow_mut()
-            .get_mut(sender)
-            .and_then(|u| u.sent.as_mut())
-            .map(|d| d.complete(client_msg_id, status))
-            .unwrap_or_default();
-        let conns = self.conns.borrow();
-        for cid in std::iter::once(origin_conn).chain(waiters) {
-            if let Some(c) = conns.get(&cid) {
-                c.push(&ServerMsg::SendAck {
-                    client_msg_id,
-                    status,
-                });
-                self.mark_dirty(c);
+            .remove(&(a.sender.clone(), a.client_msg_id));
+        if let Some((to, body)) = copy {
+            if a.status == Code::OK && !a.duplicate {
+                self.append_outgoing(&a.sender, &to, a.client_msg_id, &body);
             }
         }
+        self.changed.notify_all();
     }
 
     /// Work from peer `from_shard`. A hand-off is returned to the caller, which starts the
@@ -153,33 +143,19 @@ impl Shard {
     pub fn handle_envelope(&self, from_shard: usize, env: Envelope) -> Option<Handoff> {
         match env {
             Envelope::Message(m) => {
-                let outcome = self.accept_message(&m.from, &m.to, m.client_msg_id, &m.body);
-                let ack = SendAck {
-                    sender: m.from,
+                let target = AckTarget::Remote {
+                    peer: from_shard,
                     origin_conn: m.origin_conn,
-                    client_msg_id: m.client_msg_id,
-                    status: Code::OK,
                 };
-                match outcome {
-                    Ok(()) => self.pending.borrow_mut().push(PendingAck::Remote {
-                        peer: from_shard,
-                        ack,
-                    }),
-                    Err(status) => self
-                        .mesh
-                        .push(from_shard, Envelope::SendAck(SendAck { status, ..ack })),
-                }
+                self.accept_send(&m.from, &m.to, m.client_msg_id, &m.body, target);
             }
-            Envelope::SendAck(a) => {
-                self.in_flight.set(self.in_flight.get().saturating_sub(1));
-                self.complete_send(&a.sender, a.origin_conn, a.client_msg_id, a.status);
-                self.changed.notify_all();
-            }
+            Envelope::SendAck(a) => self.on_send_ack(a),
             Envelope::Handoff(h) => return Some(h),
             Envelope::Drained => {
                 self.drained_peers.set(self.drained_peers.get() + 1);
                 self.changed.notify_all();
             }
+            other => self.handle_group_envelope(from_shard, other),
         }
         None
     }

@@ -11,7 +11,9 @@
 //! | [`state`] | the `Shard` struct: what one core owns, and where each stage of the path lives |
 //! | [`connections`] | registering and forgetting connections, the idle-timeout wheel |
 //! | [`ingress`] | frame dispatch, send admission (rate limit, dedup, routing), work from peers |
-//! | [`inbox`] | seq assignment, log appends, group commit, retention |
+//! | [`inbox`] | dedup, seq assignment, log appends (own-send copies too), group commit, retention |
+//! | [`groups`] | group operations, sends and fan-out on the message path |
+//! | [`group_state`] | groups as data: the owner's view, each shard's replica, the rules both apply |
 //! | [`delivery`] | LoginOk and replay, refill from the log, acks and cursors, end-of-batch flush |
 //! | [`drain`] | the graceful shutdown sequence |
 //! | [`users`] | the user index: head and durable seq, log positions, devices |
@@ -20,7 +22,7 @@
 //! | [`park`] | idle connections parked in a shard epoll set instead of a task each |
 //! | [`conn`] | a connection's outbound queue and non-blocking flush |
 //! | [`cursors`] | per-user device cursors (highest acked seq per device) |
-//! | [`dedup`] | the idempotent-send window per sender |
+//! | [`dedup`] | the idempotent-send windows, kept where messages are stored |
 //! | [`ratelimit`] | the per-connection token bucket |
 //! | [`wake`] | single-threaded wake-ups between a shard's tasks |
 
@@ -33,6 +35,8 @@ pub mod dedup;
 pub mod delivery;
 pub mod drain;
 pub mod envelope;
+pub mod group_state;
+pub mod groups;
 pub mod inbox;
 pub mod ingress;
 pub mod park;
@@ -47,4 +51,4 @@ pub mod users;
 pub mod wake;
 
 pub use bootstrap::{Broker, ShutdownHandle, StartError};
-pub use routing::{owner, stable_hash, HASH_VERSION};
+pub use routing::{group_owner, owner, stable_group_hash, stable_hash, HASH_VERSION};

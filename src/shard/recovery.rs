@@ -1,30 +1,54 @@
-//! Rebuilding a shard's users from its log at start.
+//! Rebuilding a shard from its log at start: users (heads, indexes, cursors, groups), the
+//! groups this shard owns or serves members of, and the dedup windows.
 //!
 //! Runs before the shard's executor starts (one thread per shard, in parallel), so what it
-//! builds is plain `Send` data that the shard then owns.
+//! builds is plain `Send` data that the shard then owns. Records are replayed in log order
+//! with the same rules the live path used ([`super::group_state`]), so derived member seqs
+//! come out as they were assigned.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
 use super::cursors::Cursors;
-use crate::log::record::Record;
+use super::dedup::Windows;
+use super::group_state::{EntryRef, GroupsState, OwnedGroup, Unacked};
+use super::inbox::AckTarget;
+use super::routing::{group_owner, owner};
+use crate::log::record::{GroupRecord, GroupSnapshotRecord, Record};
 use crate::log::{Log, LogError, Recovery};
+use crate::protocol::EntryKind;
 
 /// What the log says about one user.
 #[derive(Debug, Default)]
 pub struct RecoveredUser {
     pub head_seq: u64,
-    /// Retained messages, (seq, position), oldest first, contiguous seqs.
+    /// Retained stream entries, (seq, position), oldest first, contiguous seqs.
     pub index: VecDeque<(u64, u64)>,
     /// Device → highest seq it acked.
     pub cursors: Cursors,
+    /// Groups the user is a member of (this shard serves the user), in ID order.
+    pub groups: Vec<Arc<str>>,
+    /// Position of the newest record about the user.
+    pub last_pos: u64,
 }
 
 pub struct Recovered {
     pub log: Log,
     pub users: HashMap<Arc<str>, RecoveredUser>,
+    pub groups: GroupsState,
+    pub windows: Windows<AckTarget>,
     pub report: Recovery,
+}
+
+/// Who this shard is and what the dedup window keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct RecoveryContext {
+    pub shard: usize,
+    pub shards: usize,
+    pub now_ms: u64,
+    pub dedup_window_ms: u64,
+    pub dedup_entries: usize,
 }
 
 /// The directory of shard `shard` inside `data_dir`.
@@ -32,19 +56,200 @@ pub fn shard_dir(data_dir: &Path, shard: usize) -> std::path::PathBuf {
     data_dir.join(format!("shard-{shard:03}"))
 }
 
-/// Opens the shard's log and replays it into per-user state.
-pub fn recover(dir: &Path, segment_size: usize) -> Result<Recovered, LogError> {
-    let mut users: HashMap<Arc<str>, RecoveredUser> = HashMap::new();
-    let (log, report) = Log::open(dir, segment_size, |pos, rec| match rec {
-        Record::Message(m) => {
-            let user = users.entry(Arc::from(m.to.as_str())).or_default();
-            user.head_seq = user.head_seq.max(m.seq);
-            user.index.push_back((m.seq, pos));
+/// Opens the shard's log and replays it.
+pub fn recover(
+    dir: &Path,
+    segment_size: usize,
+    ctx: RecoveryContext,
+) -> Result<Recovered, LogError> {
+    let mut r = Rebuild {
+        ctx,
+        users: HashMap::new(),
+        groups: GroupsState::default(),
+        windows: Windows::default(),
+    };
+    let (log, report) = Log::open(dir, segment_size, |pos, rec| r.visit(pos, rec))?;
+    Ok(Recovered {
+        log,
+        users: r.users,
+        groups: r.groups,
+        windows: r.windows,
+        report,
+    })
+}
+
+struct Rebuild {
+    ctx: RecoveryContext,
+    users: HashMap<Arc<str>, RecoveredUser>,
+    groups: GroupsState,
+    windows: Windows<AckTarget>,
+}
+
+impl Rebuild {
+    fn user(&mut self, name: &str) -> &mut RecoveredUser {
+        let key = match self.users.get_key_value(name) {
+            Some((key, _)) => key.clone(),
+            None => Arc::from(name),
+        };
+        self.users.entry(key).or_default()
+    }
+
+    fn remember_send(&mut self, sender: &str, client_msg_id: u64, at_ms: u64) {
+        let c = self.ctx;
+        self.windows.sender(sender).remember(
+            client_msg_id,
+            at_ms,
+            c.now_ms,
+            c.dedup_window_ms,
+            c.dedup_entries,
+        );
+    }
+
+    fn visit(&mut self, pos: u64, rec: Record) {
+        match rec {
+            Record::Message(m) => {
+                self.remember_send(&m.from, m.client_msg_id, m.sent_at_ms);
+                self.explicit_entry(&m.to, m.seq, pos);
+            }
+            Record::Outgoing(o) => self.explicit_entry(&o.user, o.seq, pos),
+            Record::Cursor(c) => {
+                let user = self.user(&c.user);
+                user.cursors.raise(&c.device, c.acked);
+                user.last_pos = pos;
+            }
+            Record::Anchor(a) => {
+                for (name, head) in &a.heads {
+                    let user = self.user(name);
+                    user.head_seq = user.head_seq.max(*head);
+                    user.last_pos = pos;
+                }
+                for (name, device, acked) in &a.cursors {
+                    let user = self.user(name);
+                    user.cursors.raise(device, *acked);
+                    user.last_pos = pos;
+                }
+            }
+            Record::Group(g) => self.group_entry(&g, pos),
+            Record::GroupSnapshot(s) => self.group_snapshot(&s),
+            Record::Fanout(f) => {
+                if let Some(g) = self.groups.owned.get_mut(f.group.as_str()) {
+                    g.ack(f.shard as usize, f.applied);
+                }
+            }
         }
-        Record::Cursor(c) => {
-            let user = users.entry(Arc::from(c.user.as_str())).or_default();
-            user.cursors.raise(&c.device, c.acked);
+    }
+
+    fn explicit_entry(&mut self, name: &str, seq: u64, pos: u64) {
+        let user = self.user(name);
+        user.head_seq = user.head_seq.max(seq);
+        push_index(user, seq, pos);
+        user.last_pos = pos;
+    }
+
+    fn group_entry(&mut self, g: &GroupRecord, pos: u64) {
+        let RecoveryContext { shard, shards, .. } = self.ctx;
+        let members: Vec<Arc<str>> = g.members.iter().map(|m| Arc::from(m.as_str())).collect();
+        let entry = EntryRef {
+            group_seq: g.group_seq,
+            kind: EntryKind(g.kind),
+            from: &g.from,
+            members: &members,
+        };
+        let name: Arc<str> = Arc::from(g.group.as_str());
+        if group_owner(&g.group, shards) == shard {
+            let owned = self
+                .groups
+                .owned
+                .entry(name.clone())
+                .or_insert_with(|| OwnedGroup::new(shards));
+            let targets = owned.apply(&entry, shard, |u| owner(u, shards));
+            if !targets.is_empty() {
+                owned.unacked.push_back(Unacked {
+                    group_seq: g.group_seq,
+                    pos,
+                    shards: targets,
+                    entry: None,
+                });
+            }
+            if entry.kind == EntryKind::Message {
+                self.remember_send(&g.from, g.client_msg_id, g.sent_at_ms);
+            }
         }
-    })?;
-    Ok(Recovered { log, users, report })
+        let replica = self.groups.replicas.entry(name.clone()).or_default();
+        let applied = replica.apply(&entry, |u| owner(u, shards) == shard);
+        for user in &applied.recipients {
+            let u = self.user(user);
+            u.head_seq += 1;
+            let seq = u.head_seq;
+            push_index(u, seq, pos);
+            u.last_pos = pos;
+        }
+        for user in &applied.joined {
+            insert_sorted(&mut self.user(user).groups, &name);
+        }
+        for user in &applied.left {
+            remove_sorted(&mut self.user(user).groups, &name);
+        }
+    }
+
+    fn group_snapshot(&mut self, s: &GroupSnapshotRecord) {
+        let RecoveryContext { shard, shards, .. } = self.ctx;
+        let name: Arc<str> = Arc::from(s.group.as_str());
+        let is_local = |u: &str| owner(u, shards) == shard;
+        if s.owned {
+            let members = s.members.iter().map(|(u, a)| (Arc::from(u.as_str()), *a));
+            let mut restored = OwnedGroup::restore(shards, s.group_seq, members, &s.fanout, |u| {
+                owner(u, shards)
+            });
+            if let Some(old) = self.groups.owned.remove(&name) {
+                // Entries before the snapshot that some shard still lacks stay due.
+                restored.unacked = old.unacked;
+                for (shard, applied) in restored.applied.clone().into_iter().enumerate() {
+                    restored.applied[shard] = 0;
+                    restored.ack(shard, applied);
+                }
+            }
+            self.groups.owned.insert(name.clone(), restored);
+        }
+        let local: Vec<Arc<str>> = {
+            let mut v: Vec<Arc<str>> = s
+                .members
+                .iter()
+                .filter(|(u, _)| is_local(u))
+                .map(|(u, _)| Arc::from(u.as_str()))
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        let replica = self.groups.replicas.entry(name.clone()).or_default();
+        let before = std::mem::replace(&mut replica.local, local.clone());
+        replica.applied = replica.applied.max(s.group_seq);
+        for user in before.iter().filter(|u| local.binary_search(u).is_err()) {
+            remove_sorted(&mut self.user(user).groups, &name);
+        }
+        for user in local.iter().filter(|u| before.binary_search(u).is_err()) {
+            insert_sorted(&mut self.user(user).groups, &name);
+        }
+    }
+}
+
+/// Index entries are contiguous in seq; a gap (entries deleted by retention before an anchor
+/// restated the head) starts the index afresh.
+fn push_index(user: &mut RecoveredUser, seq: u64, pos: u64) {
+    if user.index.back().is_some_and(|&(last, _)| last + 1 != seq) {
+        user.index.clear();
+    }
+    user.index.push_back((seq, pos));
+}
+
+pub fn insert_sorted(v: &mut Vec<Arc<str>>, name: &Arc<str>) {
+    if let Err(at) = v.binary_search(name) {
+        v.insert(at, name.clone());
+    }
+}
+
+pub fn remove_sorted(v: &mut Vec<Arc<str>>, name: &str) {
+    if let Ok(at) = v.binary_search_by(|g| (**g).cmp(name)) {
+        v.remove(at);
+    }
 }

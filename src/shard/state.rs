@@ -9,7 +9,8 @@
 //! |---|---|---|
 //! | connections | [`super::connections`] | `adopt` (register a logged-in connection), `forget`, idle sweep |
 //! | ingress | [`super::ingress`] | `on_frame` (dispatch), `on_send` (rate limit, dedup, routing), `handle_envelope` (work from peers) |
-//! | inbox | [`super::inbox`] | `accept_message` (seq, append), `commit` (group commit), retention |
+//! | inbox | [`super::inbox`] | `accept_send` (dedup, seq, append), own-send copies, `commit` (group commit), retention |
+//! | groups | [`super::groups`] | group operations and sends on the owner, fan-out to the shards with members, member-side apply |
 //! | delivery | [`super::delivery`] | `register_device` (LoginOk, replay start), refill from the log, acks, end-of-batch flush |
 //! | drain | [`super::drain`] | the shutdown sequence |
 //!
@@ -22,10 +23,15 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+
 use super::conn::Conn;
 use super::connections::IdleWheel;
+use super::dedup::Windows;
 use super::envelope::ConnId;
-use super::inbox::PendingAck;
+use super::group_state::GroupsState;
+use super::groups::{OwnerOps, Reservation};
+use super::inbox::{AckTarget, PendingAck};
 use super::park::Parking;
 use super::recovery::Recovered;
 use super::transport::Mesh;
@@ -61,6 +67,21 @@ pub struct Shard {
     pub(super) touched: RefCell<Vec<(Arc<str>, u64)>>,
     /// A commit is between taking its batch and releasing it.
     pub(super) committing: Cell<bool>,
+    /// A segment rolled since the last commit (size-based retention runs then).
+    pub(super) rolled: Cell<bool>,
+    /// Retention restated state at this position and deletes once it is durable.
+    pub(super) restated: Cell<Option<u64>>,
+    /// Dedup windows of the senders whose messages this shard stores.
+    pub(super) windows: RefCell<Windows<AckTarget>>,
+    /// Own-send sync: (sender, client_msg_id) → (recipient, body) of 1:1 messages on their way
+    /// to another shard, recorded in the sender's stream once accepted there.
+    pub(super) outbound: RefCell<HashMap<(Arc<str>, u64), (Arc<str>, Bytes)>>,
+    /// Groups this shard owns or serves members of.
+    pub(super) groups: RefCell<GroupsState>,
+    /// The owner's group operations waiting for reservations.
+    pub(super) ops: RefCell<OwnerOps>,
+    /// Places held for owners' operations: (owner shard, op) → users.
+    pub(super) reservations: RefCell<HashMap<(usize, u64), Reservation>>,
     /// Wakes the committer task.
     pub commit_due: Signal,
     /// Shutdown has begun: no new connections, no more client reads.
@@ -93,6 +114,13 @@ impl Shard {
             next_conn: Cell::new(1),
             conns: RefCell::default(),
             users: RefCell::new(Users::recovered(recovered.users)),
+            windows: RefCell::new(recovered.windows),
+            outbound: RefCell::default(),
+            groups: RefCell::new(recovered.groups),
+            ops: RefCell::default(),
+            reservations: RefCell::default(),
+            rolled: Cell::new(false),
+            restated: Cell::new(None),
             dirty: RefCell::default(),
             idle: RefCell::default(),
             scratch: RefCell::new(vec![0; READ_CHUNK]),

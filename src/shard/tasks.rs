@@ -7,6 +7,7 @@
 //! | `acceptor` | accept loop ([`super::acceptor`]) | [`StopAt::Accepting`] |
 //! | `idle-sweep` | every [`SWEEP_EVERY`]: idle-timeout wheel | [`StopAt::SessionsGone`] |
 //! | `retention` | every [`RETENTION_EVERY`]: delete expired segments | [`StopAt::SessionsGone`] |
+//! | `expiry` | every [`EXPIRY_EVERY`]: dedup windows, group reservations left by a crash | [`StopAt::SessionsGone`] |
 //! | `park-poller` | wakes parked connections with input | [`StopAt::SessionsGone`] |
 //! | `committer` | group commit after each batch of work | [`StopAt::Committed`] |
 //! | `syncer` | fsync = "interval": periodic log sync | [`StopAt::Synced`] |
@@ -28,6 +29,9 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// How often each shard applies time-based retention (size-based retention also runs at every
 /// segment roll).
 pub const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
+/// How often expired dedup entries and abandoned group reservations are dropped.
+pub const EXPIRY_EVERY: Duration = Duration::from_secs(10);
 
 /// The point of the shutdown sequence at which a task is stopped, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +131,10 @@ pub fn start(shard: &Rc<Shard>, tasks: &mut Tasks) {
     let s = shard.clone();
     tasks
         .every("retention", RETENTION_EVERY, move || s.apply_retention())
+        .on_shutdown(StopAt::SessionsGone);
+    let s = shard.clone();
+    tasks
+        .every("expiry", EXPIRY_EVERY, move || s.expire())
         .on_shutdown(StopAt::SessionsGone);
     tasks
         .spawn("park-poller", poll_parked(shard.clone()))

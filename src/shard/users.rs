@@ -6,26 +6,50 @@ use std::sync::Arc;
 
 use super::conn::Conn;
 use super::cursors::Cursors;
-use super::dedup::Dedup;
 use super::recovery::RecoveredUser;
 
+/// `User::anchor_base` before the user was anchored in any segment.
+pub const NOT_ANCHORED: u64 = u64::MAX;
+
 /// One user, on the shard that owns it.
-#[derive(Default)]
 pub struct User {
     /// Newest assigned seq (0 = none yet).
     pub head_seq: u64,
     /// Newest seq whose log record is durable (per the fsync policy): what may be delivered.
     pub durable_seq: u64,
-    /// Retained messages in the log: (seq, position), oldest first, contiguous seqs. Replay
-    /// of K messages is K reads at known positions, never a scan of the shard's log.
+    /// Retained stream entries in the log (messages to the user, the user's own sends, group
+    /// entries): (seq, position), oldest first, contiguous seqs. Replay of K entries is K
+    /// reads at known positions, never a scan of the shard's log.
     pub index: VecDeque<(u64, u64)>,
     /// Device → highest seq it acked (durable as cursor records in the log).
     pub cursors: Cursors,
     /// Connected devices.
     pub devices: Vec<Rc<Conn>>,
-    /// The user's own recent sends (idempotency window); allocated at the first send, so a
-    /// user who only receives pays 8 bytes for it.
-    pub sent: Option<Box<Dedup>>,
+    /// Groups the user is a member of, in ID order.
+    pub groups: Vec<Arc<str>>,
+    /// Places held in `groups` for group operations not yet committed (max_groups_per_user).
+    pub reserved: u32,
+    /// Base of the log segment where the user's head seq was last stated (an explicit-seq
+    /// record or an anchor); a group entry in another segment needs an anchor first.
+    pub anchor_base: u64,
+    /// Position of the newest record about the user (retention restates what would be lost).
+    pub last_pos: u64,
+}
+
+impl Default for User {
+    fn default() -> User {
+        User {
+            head_seq: 0,
+            durable_seq: 0,
+            index: VecDeque::new(),
+            cursors: Cursors::default(),
+            devices: Vec::new(),
+            groups: Vec::new(),
+            reserved: 0,
+            anchor_base: NOT_ANCHORED,
+            last_pos: 0,
+        }
+    }
 }
 
 impl User {
@@ -35,8 +59,22 @@ impl User {
             durable_seq: r.head_seq,
             index: r.index,
             cursors: r.cursors,
+            groups: r.groups,
+            last_pos: r.last_pos,
             ..User::default()
         }
+    }
+
+    /// Appends stream entry `seq` at log position `pos` (the caller assigned `seq`).
+    pub fn push_entry(&mut self, seq: u64, pos: u64) {
+        self.head_seq = seq;
+        self.index.push_back((seq, pos));
+        self.last_pos = pos;
+    }
+
+    /// Groups held or reserved.
+    pub fn group_count(&self) -> usize {
+        self.groups.len() + self.reserved as usize
     }
 
     pub fn oldest_seq(&self) -> u64 {
@@ -115,5 +153,9 @@ impl Users {
 
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut User> {
         self.0.values_mut()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &User)> {
+        self.0.iter()
     }
 }

@@ -1,8 +1,12 @@
 //! `ringpost-tools chat`: an interactive client.
 //!
-//! Stdin lines `@user text` send; deliveries print as they arrive (plain, or one JSON object per
-//! event with `--json`) and are acked once printed. Pings keep the session alive; an unexpected
-//! close reconnects with backoff and resumes after the last seq printed.
+//! Stdin lines (see [`USAGE`]): `@user text` sends to a user, `#group text` to a group, and
+//! `/create`, `/add`, `/remove`, `/leave`, `/groups`, `/members` manage groups. Deliveries
+//! print as they arrive (plain, or one JSON object per event with `--json`) and are acked once
+//! printed. With own-send sync, what this user sends from other devices prints as `me -> …`;
+//! the echo of this device's own sends is printed only in `--json` (as `"echo": true`), so each
+//! message shows once. Pings keep the session alive; an unexpected close reconnects with
+//! backoff and resumes after the last seq printed.
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -14,8 +18,10 @@ use futures_lite::future;
 use futures_lite::io::{AsyncBufReadExt, BufReader};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::{LocalExecutorBuilder, Placement};
-use ringpost::client::{Backoff, Client, ClientError, ClientOptions, Event, Reader, Writer};
-use ringpost::protocol::{code_name, Code};
+use ringpost::client::{
+    Backoff, Client, ClientError, ClientOptions, Delivery, Event, Reader, Writer,
+};
+use ringpost::protocol::{code_name, Code, EntryKind, GroupOp, Names};
 use serde_json::json;
 
 #[derive(clap::Args, Debug)]
@@ -39,9 +45,35 @@ pub struct ChatArgs {
 
 /// What the stdin task asks the session to do.
 enum Command {
-    Send { to: String, text: String },
+    Send {
+        to: String,
+        text: String,
+    },
+    GroupSend {
+        group: String,
+        text: String,
+    },
+    /// A group operation; the reply prints as it comes.
+    Group {
+        group: String,
+        op: GroupCommand,
+    },
+    ListGroups,
     Eof,
 }
+
+#[derive(Debug)]
+enum GroupCommand {
+    Create(Vec<String>),
+    Add(Vec<String>),
+    Remove(Vec<String>),
+    Leave,
+    Members(String),
+}
+
+/// What stdin lines mean.
+pub const USAGE: &str = "@user text | #group text | /create GROUP [user …] | /add GROUP user … | \
+/remove GROUP user … | /leave GROUP | /groups | /members GROUP [after]";
 
 /// How one connection ended.
 enum Ended {
@@ -225,6 +257,32 @@ async fn serve(
                 *next_id += 1;
                 writer.send(*next_id, &to, text.as_bytes()).await
             }
+            Step::Stdin(Some(Command::GroupSend { group, text })) => {
+                *next_id += 1;
+                writer.group_send(*next_id, &group, text.as_bytes()).await
+            }
+            Step::Stdin(Some(Command::Group { group, op })) => {
+                *next_id += 1;
+                let names: Vec<&str> = match &op {
+                    GroupCommand::Create(m) | GroupCommand::Add(m) | GroupCommand::Remove(m) => {
+                        m.iter().map(String::as_str).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                let members = Names::Slice(&names);
+                let op = match &op {
+                    GroupCommand::Create(_) => GroupOp::Create { members },
+                    GroupCommand::Add(_) => GroupOp::Add { members },
+                    GroupCommand::Remove(_) => GroupOp::Remove { members },
+                    GroupCommand::Leave => GroupOp::Leave,
+                    GroupCommand::Members(after) => GroupOp::Info { after, limit: 0 },
+                };
+                writer.group_op(*next_id, &group, op).await
+            }
+            Step::Stdin(Some(Command::ListGroups)) => {
+                *next_id += 1;
+                writer.group_list(*next_id).await
+            }
             Step::Stdin(Some(Command::Eof)) | Step::Stdin(None) => {
                 logging_out = Some(Instant::now());
                 next_ping = Instant::now() + Duration::from_secs(1);
@@ -251,11 +309,73 @@ fn show(json_mode: bool, event: &Event, logging_out: bool) -> Option<Ended> {
     match event {
         Event::Deliver(d) => {
             let body = String::from_utf8_lossy(&d.body);
+            let text = delivery_text(d, &body);
+            let value = json!({"event": "deliver", "seq": d.seq, "from": d.from_user,
+                   "client_msg_id": d.client_msg_id, "sent_at_ms": d.sent_at_ms, "body": body,
+                   "group": (!d.group_id.is_empty()).then_some(&d.group_id),
+                   "group_seq": (d.group_seq > 0).then_some(d.group_seq),
+                   "kind": d.kind.variant_name().unwrap_or("Unknown"),
+                   "outgoing": d.outgoing, "echo": d.echo,
+                   "to": (!d.to_user.is_empty()).then_some(&d.to_user),
+                   "members": (!d.members.is_empty()).then_some(&d.members)});
+            if json_mode || !d.echo {
+                print_event(json_mode, value, &text);
+            }
+            None
+        }
+        Event::GroupReply(r) => {
+            let members: Vec<serde_json::Value> = r
+                .members
+                .iter()
+                .map(|(u, admin)| json!({"user": u, "admin": admin}))
+                .collect();
+            let text = if r.status != Code::OK {
+                format!(
+                    "(group request #{}: {} ({}): {})",
+                    r.request_id,
+                    code_name(r.status),
+                    r.status.0,
+                    r.message
+                )
+            } else if !r.members.is_empty() {
+                let names: Vec<String> = r
+                    .members
+                    .iter()
+                    .map(|(u, admin)| {
+                        if *admin {
+                            format!("{u} (admin)")
+                        } else {
+                            u.clone()
+                        }
+                    })
+                    .collect();
+                let more = if r.next_after.is_empty() {
+                    String::new()
+                } else {
+                    format!(" … more after {}", r.next_after)
+                };
+                format!(
+                    "#{} has {} members: {}{more}",
+                    r.group_id,
+                    r.member_count,
+                    names.join(", ")
+                )
+            } else if r.group_id.is_empty() {
+                format!("groups: {}", r.groups.join(", "))
+            } else {
+                format!(
+                    "(group request #{}: OK, #{} at group_seq {})",
+                    r.request_id, r.group_id, r.group_seq
+                )
+            };
             print_event(
                 json_mode,
-                json!({"event": "deliver", "seq": d.seq, "from": d.from_user,
-                       "client_msg_id": d.client_msg_id, "sent_at_ms": d.sent_at_ms, "body": body}),
-                &format!("[{}] {}: {}", d.seq, d.from_user, body),
+                json!({"event": "group_reply", "request_id": r.request_id,
+                       "status": code_name(r.status), "code": r.status.0, "group": r.group_id,
+                       "group_seq": r.group_seq, "groups": r.groups, "members": members,
+                       "member_count": r.member_count, "next_after": r.next_after,
+                       "message": r.message}),
+                &text,
             );
             None
         }
@@ -304,6 +424,45 @@ fn show(json_mode: bool, event: &Event, logging_out: bool) -> Option<Ended> {
     }
 }
 
+/// One delivery as a line of text.
+fn delivery_text(d: &Delivery, body: &str) -> String {
+    let who = |u: &str| u.to_owned();
+    match d.kind {
+        EntryKind::GroupCreated => format!(
+            "[{}] #{}: {} created the group with {}",
+            d.seq,
+            d.group_id,
+            d.from_user,
+            d.members.join(", ")
+        ),
+        EntryKind::MembersAdded => format!(
+            "[{}] #{}: {} added {}",
+            d.seq,
+            d.group_id,
+            d.from_user,
+            d.members.join(", ")
+        ),
+        EntryKind::MembersRemoved => format!(
+            "[{}] #{}: {} removed {}",
+            d.seq,
+            d.group_id,
+            d.from_user,
+            d.members.join(", ")
+        ),
+        EntryKind::MemberLeft => format!("[{}] #{}: {} left", d.seq, d.group_id, d.from_user),
+        _ if d.is_group() => {
+            let from = if d.outgoing {
+                "me".into()
+            } else {
+                who(&d.from_user)
+            };
+            format!("[{}] #{} {from}: {body}", d.seq, d.group_id)
+        }
+        _ if d.outgoing => format!("[{}] me -> {}: {body}", d.seq, d.to_user),
+        _ => format!("[{}] {}: {body}", d.seq, d.from_user),
+    }
+}
+
 fn print_event(json_mode: bool, value: serde_json::Value, text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = if json_mode {
@@ -327,18 +486,84 @@ async fn read_stdin(stdin: glommio::net::UnixStream, commands: LocalSender<Comma
         if text.trim().is_empty() {
             continue;
         }
-        match text.strip_prefix('@').and_then(|rest| rest.split_once(' ')) {
-            Some((to, msg)) if !to.is_empty() => {
-                let cmd = Command::Send {
-                    to: to.to_string(),
-                    text: msg.to_string(),
-                };
+        match parse_command(text) {
+            Some(cmd) => {
                 if commands.send(cmd).await.is_err() {
                     return;
                 }
             }
-            _ => eprintln!("usage: @user message"),
+            None => eprintln!("usage: {USAGE}"),
         }
     }
     let _ = commands.send(Command::Eof).await;
+}
+
+/// One stdin line as a command (None: not one; the usage is printed).
+fn parse_command(text: &str) -> Option<Command> {
+    if let Some(rest) = text.strip_prefix('@') {
+        let (to, msg) = rest.split_once(' ')?;
+        return (!to.is_empty()).then(|| Command::Send {
+            to: to.to_string(),
+            text: msg.to_string(),
+        });
+    }
+    if let Some(rest) = text.strip_prefix('#') {
+        let (group, msg) = rest.split_once(' ')?;
+        return (!group.is_empty()).then(|| Command::GroupSend {
+            group: group.to_string(),
+            text: msg.to_string(),
+        });
+    }
+    let mut words = text.strip_prefix('/')?.split_whitespace();
+    let verb = words.next()?;
+    if verb == "groups" {
+        return Some(Command::ListGroups);
+    }
+    let group = words.next()?.to_string();
+    let rest: Vec<String> = words.map(str::to_string).collect();
+    let op = match verb {
+        "create" => GroupCommand::Create(rest),
+        "add" if !rest.is_empty() => GroupCommand::Add(rest),
+        "remove" if !rest.is_empty() => GroupCommand::Remove(rest),
+        "leave" => GroupCommand::Leave,
+        "members" => GroupCommand::Members(rest.first().cloned().unwrap_or_default()),
+        _ => return None,
+    };
+    Some(Command::Group { group, op })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stdin_lines_parse_into_commands() {
+        assert!(
+            matches!(parse_command("@bob hi there"), Some(Command::Send { to, text }) if to == "bob" && text == "hi there")
+        );
+        assert!(
+            matches!(parse_command("#team hello"), Some(Command::GroupSend { group, .. }) if group == "team")
+        );
+        assert!(matches!(
+            parse_command("/create team bob carol"),
+            Some(Command::Group { group, op: GroupCommand::Create(m) }) if group == "team" && m == ["bob", "carol"]
+        ));
+        assert!(matches!(
+            parse_command("/leave team"),
+            Some(Command::Group {
+                op: GroupCommand::Leave,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_command("/groups"),
+            Some(Command::ListGroups)
+        ));
+        assert!(
+            matches!(parse_command("/members team carol"), Some(Command::Group { op: GroupCommand::Members(a), .. }) if a == "carol")
+        );
+        assert!(parse_command("/add team").is_none(), "add needs users");
+        assert!(parse_command("hello").is_none());
+        assert!(parse_command("@bob").is_none());
+    }
 }

@@ -44,6 +44,8 @@ pub fn run(args: &InspectArgs) -> ExitCode {
     let mut segments = Vec::new();
     let mut users: BTreeMap<String, UserSummary> = BTreeMap::new();
     let (mut messages, mut cursors, mut problems) = (0u64, 0u64, 0u64);
+    // Records of the other kinds (own-send copies, group entries, checkpoints…), by name.
+    let mut others: BTreeMap<&'static str, u64> = BTreeMap::new();
     for base in bases {
         let path = args.shard_dir.join(segment::file_name(base));
         let bytes = match std::fs::read(&path) {
@@ -70,7 +72,7 @@ pub fn run(args: &InspectArgs) -> ExitCode {
                     payload,
                     size,
                 } => {
-                    match record::decode(payload) {
+                    match record::decode(kind, payload) {
                         Ok(Record::Message(m)) => {
                             let u = users.entry(m.to).or_default();
                             u.head_seq = u.head_seq.max(m.seq);
@@ -82,6 +84,17 @@ pub fn run(args: &InspectArgs) -> ExitCode {
                             let cur = u.cursors.entry(c.device).or_default();
                             *cur = (*cur).max(c.acked);
                             cursors += 1;
+                        }
+                        Ok(other) => {
+                            let name = match other {
+                                Record::Outgoing(_) => "outgoing",
+                                Record::Group(_) => "group",
+                                Record::GroupSnapshot(_) => "group_snapshot",
+                                Record::Fanout(_) => "fanout",
+                                Record::Anchor(_) => "anchor",
+                                Record::Message(_) | Record::Cursor(_) => "other",
+                            };
+                            *others.entry(name).or_default() += 1;
                         }
                         Err(e) => {
                             problem = Some(format!(
@@ -115,7 +128,7 @@ pub fn run(args: &InspectArgs) -> ExitCode {
         println!(
             "{}",
             json!({"segments": segments, "messages": messages, "cursors": cursors,
-                   "users": users, "problems": problems})
+                   "other_records": others, "users": users, "problems": problems})
         );
     } else {
         println!(
@@ -137,6 +150,9 @@ pub fn run(args: &InspectArgs) -> ExitCode {
             );
         }
         println!("records: {messages} messages (kind {KIND_MESSAGE}), {cursors} cursors (kind {KIND_CURSOR})");
+        for (name, n) in &others {
+            println!("         {n} {name}");
+        }
         println!("users: {}", users.len());
         for (name, u) in &users {
             let cur: Vec<String> = u.cursors.iter().map(|(d, a)| format!("{d}={a}")).collect();

@@ -12,6 +12,12 @@
 //!
 //! Every broker gets its own directory under the system temp dir, removed when the test
 //! passes and kept (with the broker's stderr printed) when it fails.
+//!
+//! Defaults that differ from the embedded config, for tests: 4 MiB segments (many brokers run
+//! at once), a 5 s shutdown grace, and `own_send_sync = false`, so that in scenarios about
+//! other concerns a sender's connection carries its SendAcks and nothing else. The own-send
+//! and group scenarios, and the tools' brokers ([`tools_broker`]), run with own-send sync on,
+//! as the embedded default has it.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -152,10 +158,14 @@ pub fn test_broker() -> BrokerBuilder {
     }
 }
 
-/// A broker for the tools' tests: [`test_broker`] with fsync = "always" and its own secret
-/// file (the tools read `--secret-file`; see [`TestBroker::secret_path`]).
+/// A broker for the tools' tests: [`test_broker`] with fsync = "always", own-send sync on (the
+/// embedded default: the load tools must handle it) and its own secret file (the tools read
+/// `--secret-file`; see [`TestBroker::secret_path`]).
 pub fn tools_broker() -> BrokerBuilder {
-    test_broker().storage("fsync = \"always\"").secret_file()
+    test_broker()
+        .server("own_send_sync = true")
+        .storage("fsync = \"always\"")
+        .secret_file()
 }
 
 impl BrokerBuilder {
@@ -226,6 +236,7 @@ impl BrokerBuilder {
                     ("listen", q("127.0.0.1:0".into())),
                     ("shards", self.shards.to_string()),
                     ("shutdown_grace", q("5s".into())),
+                    ("own_send_sync", "false".into()),
                 ],
             ),
             (

@@ -857,6 +857,10 @@ fn on_event(
             client_msg_id,
             status,
         }) => on_send_ack(shared, me, client_msg_id, status),
+        Ok(Event::Deliver(d)) if d.outgoing => {
+            // Own-send sync: the echo of one of this user's sends, in the same stream.
+            track_seq(shared, me, d.seq);
+        }
         Ok(Event::Deliver(d)) => {
             let received = Instant::now();
             *last_delivery = received.saturating_duration_since(shared.t0);
@@ -870,7 +874,7 @@ fn on_event(
                 received,
             );
         }
-        Ok(Event::Pong { .. }) => {}
+        Ok(Event::Pong { .. }) | Ok(Event::GroupReply(_)) => {}
         Ok(Event::GoAway { code, .. }) => return Some(format!("GOAWAY_{}", code_name(code))),
         Ok(Event::Error { code, .. }) => return Some(format!("ERROR_{}", code_name(code))),
         Err(e) => return Some(error_name(&e)),
@@ -937,6 +941,32 @@ fn on_send_ack(shared: &Shared, me: &User, k: u64, status: Code) {
 
 /// Checks and records one delivery (this is "processing" it: `last_seq` moves, so it is acked
 /// and a later login resumes after it).
+/// Checks `seq` against the user's stream so far (gaps, repeats, late arrivals); false for a
+/// seq already processed.
+fn track_seq(shared: &Shared, me: &User, seq: u64) -> bool {
+    let last = me.last_seq.get();
+    if seq <= last {
+        // Either a seq this receiver already processed (a duplicate: the same Deliver.seq
+        // twice), or one a gap skipped, arriving late (out of order).
+        if me.missing.borrow_mut().remove(&seq) {
+            bump(&shared.out_of_order);
+        } else {
+            bump(&shared.duplicated);
+            return false;
+        }
+    } else {
+        if seq > last + 1 {
+            let gap = seq - last - 1;
+            shared.seq_gaps.set(shared.seq_gaps.get() + gap);
+            if gap <= MAX_REMEMBERED_GAP {
+                me.missing.borrow_mut().extend(last + 1..seq);
+            }
+        }
+        me.last_seq.set(seq);
+    }
+    true
+}
+
 fn on_deliver(
     shared: &Shared,
     me: &User,
@@ -948,25 +978,8 @@ fn on_deliver(
 ) {
     bump(&shared.delivered);
     Live::add(&shared.live.delivered, 1);
-    let last = me.last_seq.get();
-    if seq <= last {
-        // Either a seq this receiver already processed (a duplicate: the same Deliver.seq
-        // twice), or one a gap skipped, arriving late (out of order).
-        if me.missing.borrow_mut().remove(&seq) {
-            bump(&shared.out_of_order);
-        } else {
-            bump(&shared.duplicated);
-            return; // the same delivery again: its message was counted the first time
-        }
-    } else {
-        if seq > last + 1 {
-            let gap = seq - last - 1;
-            shared.seq_gaps.set(shared.seq_gaps.get() + gap);
-            if gap <= MAX_REMEMBERED_GAP {
-                me.missing.borrow_mut().extend(last + 1..seq);
-            }
-        }
-        me.last_seq.set(seq);
+    if !track_seq(shared, me, seq) {
+        return; // the same delivery again: its message was counted the first time
     }
     let (Some(stamp), Some(k)) = (read_u64(body, 0), read_u64(body, 8)) else {
         shared.mismatch();

@@ -457,6 +457,14 @@ async fn receive_loop(shared: Rc<Shared>, me: Rc<UserState>, mut reader: Reader)
                     Live::add(&shared.live.errors, 1);
                 }
             }
+            Ok(Event::Deliver(d)) if d.outgoing => {
+                // Own-send sync: the echo of one of this user's sends, in the same stream.
+                if d.seq <= me.last_seq.get() {
+                    shared.out_of_order.set(shared.out_of_order.get() + 1);
+                }
+                me.last_seq.set(d.seq);
+                me.ack_due.set(d.seq);
+            }
             Ok(Event::Deliver(d)) => {
                 let received = Instant::now();
                 shared.delivered.set(shared.delivered.get() + 1);
@@ -491,7 +499,7 @@ async fn receive_loop(shared: Rc<Shared>, me: Rc<UserState>, mut reader: Reader)
                         .set(received.saturating_duration_since(shared.t0));
                 }
             }
-            Ok(Event::Pong { .. }) => {}
+            Ok(Event::Pong { .. }) | Ok(Event::GroupReply(_)) => {}
             Ok(Event::GoAway { .. }) | Ok(Event::Error { .. }) | Err(_) => {
                 if !shared.stop.get() {
                     shared.errors.set(shared.errors.get() + 1);
