@@ -18,7 +18,7 @@ fn crash_during_send(kill_after_acks: usize) -> serde_json::Value {
     let broker = Broker::start(dir, LIMITS);
     let (addr, secret) = (broker.addr.clone(), broker.secret.clone());
 
-    let mut sender = tools(&[
+    let sender = tools(&[
         "load",
         "offline",
         "--phase",

@@ -15,6 +15,7 @@
 //! and its JSON says how many), and `--phase verify --record FILE` logs the recipients in and
 //! checks that every recorded message arrives exactly once, in order.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use futures_lite::future;
 use glommio::{LocalExecutorBuilder, Placement};
 use ringpost::client::{Client, ClientOptions, Event};
 use serde_json::json;
@@ -216,6 +218,17 @@ async fn scenario(args: OfflineArgs, tokens: Tokens) -> ExitCode {
     }
 }
 
+/// How one sender's connection ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Everything written and answered.
+    Done,
+    /// The broker closed it.
+    Closed,
+    /// No SendAck for --ack-timeout with sends outstanding.
+    TimedOut,
+}
+
 /// What the send phase saw.
 #[derive(Default)]
 struct SendReport {
@@ -301,7 +314,7 @@ async fn send(
                 args.users
             )
             .map_err(|e| e.to_string())?;
-            Some(Rc::new(std::cell::RefCell::new(f)))
+            Some(Rc::new(RefCell::new(f)))
         }
         _ => None,
     };
@@ -331,76 +344,95 @@ async fn send(
         let record = record.clone();
         tasks.push(glommio::spawn_local(async move {
             let (mut reader, mut writer) = client.split();
-            let mut sent_at = HashMap::new();
+            // The writer and the reader run side by side, so acks are read (and recorded)
+            // while sends are still going out, and a broker that stops answering is noticed
+            // even while a write is blocked on it.
+            let sent_at = RefCell::new(HashMap::new());
+            let ledger = RefCell::new(Ledger::new(count as usize));
+            let acks = RefCell::new(AckTally::default());
+            let all_written = Cell::new(false);
+            let all_answered = || acks.borrow().answered() >= ledger.borrow().written();
+            let write = async {
+                let body_tail = vec![0u8; size - 8];
+                for id in 1..=count {
+                    let mut body = id.to_le_bytes().to_vec();
+                    body.extend_from_slice(&body_tail);
+                    writer.queue(&ringpost::protocol::ClientMsg::Send {
+                        client_msg_id: id,
+                        to_user: &to,
+                        body: &body,
+                    });
+                    sent_at.borrow_mut().insert(id, Instant::now());
+                    // Written from the moment it is queued: if the flush fails it may still
+                    // have reached the broker, and it owes an answer either way.
+                    ledger.borrow_mut().wrote(id);
+                    if (id % 64 == 0 || id == count) && writer.flush().await.is_err() {
+                        break;
+                    }
+                }
+                all_written.set(true);
+                if !all_answered() {
+                    future::pending::<()>().await; // the reader ends the task
+                }
+                Ending::Done
+            };
             let mut hist = new_histogram().ok();
-            let mut ledger = Ledger::new(count as usize);
-            let mut acks = AckTally::default();
-            let body_tail = vec![0u8; size - 8];
-            for id in 1..=count {
-                let mut body = id.to_le_bytes().to_vec();
-                body.extend_from_slice(&body_tail);
-                writer.queue(&ringpost::protocol::ClientMsg::Send {
-                    client_msg_id: id,
-                    to_user: &to,
-                    body: &body,
-                });
-                sent_at.insert(id, Instant::now());
-                // Written from the moment it is queued: if the flush fails it may still have
-                // reached the broker, and it owes an answer either way.
-                ledger.wrote(id);
-                if (id % 64 == 0 || id == count) && writer.flush().await.is_err() {
-                    break;
-                }
-            }
             let (mut acked, mut record_errors) = (Vec::new(), 0u64);
-            let (mut timed_out, mut closed) = (false, false);
-            while acks.answered() < ledger.written() {
-                let event = futures_lite::future::or(async { Some(reader.recv().await) }, async {
-                    glommio::timer::sleep(ack_timeout).await;
-                    None
-                })
-                .await;
-                let (client_msg_id, status) = match event {
-                    Some(Ok(Event::SendAck {
-                        client_msg_id,
-                        status,
-                    })) => (client_msg_id, status),
-                    Some(Ok(_)) => continue,
-                    Some(Err(_)) => {
-                        closed = true; // broker gone (crash tests): what was acked is recorded
-                        break;
+            let read = async {
+                loop {
+                    if all_written.get() && all_answered() {
+                        return Ending::Done;
                     }
-                    None => {
-                        timed_out = true;
-                        break;
+                    let event = future::or(async { Some(reader.recv().await) }, async {
+                        glommio::timer::sleep(ack_timeout).await;
+                        None
+                    })
+                    .await;
+                    let (client_msg_id, status) = match event {
+                        Some(Ok(Event::SendAck {
+                            client_msg_id,
+                            status,
+                        })) => (client_msg_id, status),
+                        Some(Ok(_)) => continue,
+                        // Broker gone (crash tests): what was acked is recorded.
+                        Some(Err(_)) => return Ending::Closed,
+                        None if all_answered() => continue, // nothing outstanding yet
+                        None => return Ending::TimedOut,
+                    };
+                    let outcome =
+                        ledger
+                            .borrow_mut()
+                            .on_ack(&mut acks.borrow_mut(), client_msg_id, status);
+                    if outcome != AckOutcome::Ok {
+                        continue;
                     }
-                };
-                if ledger.on_ack(&mut acks, client_msg_id, status) != AckOutcome::Ok {
-                    continue;
-                }
-                if let Some(rec) = &record {
-                    // Flushed per ack: a broker crash must leave a true record.
-                    let mut f = rec.borrow_mut();
-                    if writeln!(f, "{i} {client_msg_id}")
-                        .and_then(|_| f.flush())
-                        .is_err()
-                    {
-                        record_errors += 1;
+                    if let Some(rec) = &record {
+                        // Flushed per ack: a broker crash must leave a true record.
+                        let mut f = rec.borrow_mut();
+                        if writeln!(f, "{i} {client_msg_id}")
+                            .and_then(|_| f.flush())
+                            .is_err()
+                        {
+                            record_errors += 1;
+                        }
                     }
+                    let sent = sent_at.borrow_mut().remove(&client_msg_id);
+                    if let (Some(h), Some(t)) = (hist.as_mut(), sent) {
+                        let _ = h.record((t.elapsed().as_micros() as u64).max(1));
+                    }
+                    acked.push((i, client_msg_id));
                 }
-                if let (Some(h), Some(t)) = (hist.as_mut(), sent_at.get(&client_msg_id)) {
-                    let _ = h.record((t.elapsed().as_micros() as u64).max(1));
-                }
-                acked.push((i, client_msg_id));
-            }
+            };
+            let ending = future::or(write, read).await;
+            let ledger = ledger.into_inner();
             let unanswered = ledger.unanswered();
             let part = SendReport {
                 sent: ledger.written(),
-                acks,
+                acks: acks.into_inner(),
                 unanswered,
                 record_errors,
-                timed_out: u64::from(timed_out && unanswered > 0),
-                closed: u64::from(closed && unanswered > 0),
+                timed_out: u64::from(ending == Ending::TimedOut && unanswered > 0),
+                closed: u64::from(ending == Ending::Closed && unanswered > 0),
                 ..SendReport::default()
             };
             (acked, part, hist)
@@ -504,7 +536,7 @@ async fn verify(
         let mut seen = HashSet::new();
         let (mut last_seq, mut last_id) = (0u64, 0u64);
         while last_seq < head {
-            let event = futures_lite::future::or(async { Some(c.recv().await) }, async {
+            let event = future::or(async { Some(c.recv().await) }, async {
                 glommio::timer::sleep(Duration::from_secs(10)).await;
                 None
             })
