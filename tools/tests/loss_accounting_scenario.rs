@@ -423,3 +423,67 @@ fn connect_login_latency_counts_the_wait_behind_the_in_flight_cap() {
         "{r}"
     );
 }
+
+#[test]
+fn connect_ping_rtt_counts_from_when_each_ping_was_due() {
+    // 10 connections ping every 50 ms for 3 s; the broker stalls for 600 ms in the middle.
+    // Every ping slot is still used (none skipped), and the ~12 pings per connection that fell
+    // due in the stall count their wait: at least a tenth of all pings took 100 ms or more.
+    let dir = TempDir::new("loss-connect-ping");
+    let broker = Broker::start(&dir.0, "");
+    let mut child = tools(&[
+        "load",
+        "connect",
+        "--json",
+        "--addr",
+        &broker.addr,
+        "--conns",
+        "10",
+        "--connect-rate",
+        "1000",
+        "--hold",
+        "3s",
+        "--ping-interval",
+        "50ms",
+        "--ping-timeout",
+        "5s",
+        "--threads",
+        "1",
+    ])
+    .arg("--secret-file")
+    .arg(&broker.secret)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    // The first progress line with pings answered: the hold is on.
+    let mut progress = BufReader::new(child.stderr.take().unwrap());
+    loop {
+        let mut line = String::new();
+        assert!(progress.read_line(&mut line).unwrap() > 0, "no progress");
+        let pings = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("pings="))
+            .and_then(|v| v.parse::<u64>().ok());
+        if pings.is_some_and(|p| p > 0) {
+            break;
+        }
+    }
+    let stalled = Stopped::new(broker.pid());
+    std::thread::sleep(Duration::from_millis(600)); // the stall itself, not a wait for anything
+    drop(stalled);
+    let drain = std::thread::spawn(move || {
+        let _ = std::io::Read::read_to_string(&mut progress, &mut String::new());
+    });
+    let (code, r, _) = parse(wait_within(child, Duration::from_secs(60)));
+    let _ = drain.join();
+    assert_eq!(code, Some(0), "{r}");
+    assert_eq!(n(&r, "pings_lost"), 0, "{r}");
+    // 60 slots per connection in the hold (the last may be cut off by its end).
+    assert!(n(&r, "pings") >= 540, "ping slots were skipped: {r}");
+    let p90 = r["ping_rtt_us"]["p90"].as_u64().unwrap();
+    assert!(
+        p90 >= 100_000,
+        "the stall is hidden: ping p90 {p90} µs: {r}"
+    );
+}
