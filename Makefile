@@ -6,7 +6,7 @@ FLATC_WANT := 25.12.19
 CONFIG     ?=
 RUN_ARGS   := $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: build run test bench bench-micro schema schema-check flatc fmt lint tune bench-1m clean
+.PHONY: build run test bench bench-micro soak schema schema-check flatc fmt lint tune bench-1m clean
 
 ## build: release binaries (target/release/ringpost, target/release/ringpost-tools)
 build:
@@ -24,6 +24,12 @@ test: schema-check
 ## "End-to-end (make bench)" section of BENCHMARKS.md (about 3 minutes)
 bench: build
 	python3 scripts/bench_e2e.py
+
+## soak: kill -9 soak (load soak: >= 20 SIGKILLs under churn traffic, fsync=always, restart on the
+## same data dir, exactly-once check on every device and in the log); appends a row to
+## RELIABILITY.md (about 2 minutes; SOAK_KILLS, SOAK_DURATION, ... in scripts/soak.py)
+soak: build
+	ulimit -n $$(ulimit -Hn) 2>/dev/null; python3 scripts/soak.py
 
 ## bench-micro: only the micro-benchmarks in bench/ (printed, nothing written)
 bench-micro:

@@ -73,14 +73,20 @@ class Broker:
 
 
 def load(broker, scenario, args):
+    """Runs one load command; stops the whole bench, loudly, unless it exited 0 (a run that
+    lost, duplicated, reordered, left unanswered or got error acks is not a benchmark)."""
     cmd = [TOOLS, "load", scenario, "--json", "--addr", broker.addr,
            "--secret-file", broker.secret] + args
     shown = "ringpost-tools load " + scenario + " " + " ".join(args)
-    out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tail = "\n".join(out.stderr.splitlines()[-15:])
     try:
         report = json.loads(out.stdout)
     except json.JSONDecodeError:
-        raise SystemExit(f"{shown}: no JSON (exit {out.returncode})")
+        raise SystemExit(f"{shown}: no JSON (exit {out.returncode})\n{tail}")
+    if out.returncode != 0:
+        raise SystemExit(f"{shown}: FAILED with exit {out.returncode}; nothing written.\n"
+                         f"report: {json.dumps(report)}\n{tail}")
     return shown, report, out.returncode
 
 
@@ -171,6 +177,11 @@ def lat(h):
     return f"{h['p50']} / {h['p99']} / {h['p999']} / {h['p9999']} / {h['max']}"
 
 
+def losses(r):
+    """lost/dup/ooo/unanswered of a p2p report (a run only gets here with all of them 0)."""
+    return f"{r['lost']}/{r['duplicated']}/{r['out_of_order']}/{r['unanswered']}"
+
+
 def main():
     nofile = raise_nofile()
     duration = "2s" if QUICK else "5s"
@@ -183,13 +194,13 @@ def main():
         lines += ["### Micro-benchmarks (cargo bench -p ringpost-bench)", "", "```"] + micro() + ["```", ""]
 
     lines += ["### 1:1 messages (load p2p, 200 users, 64 B, durable)", "",
-              "| shards | offered msg/s | delivered msg/s | latency µs p50 / p99 / p99.9 / p99.99 / max | lost/dup/ooo |",
+              "| shards | offered msg/s | delivered msg/s | latency µs p50 / p99 / p99.9 / p99.99 / max | lost/dup/ooo/unanswered |",
               "|---:|---:|---:|---|---|"]
     for shards in (1, 2):
         peak, half, rows = p2p(shards, duration)
         for _, r in ((None, peak), (None, half)):
             lines.append(f"| {shards} | {r['rate']:.0f} | {r['throughput_per_s']:.0f} | "
-                         f"{lat(r['latency_us'])} | {r['lost']}/{r['duplicated']}/{r['out_of_order']} |")
+                         f"{lat(r['latency_us'])} | {losses(r)} |")
         commands += [f"# broker: shards = {shards}, fsync = \"always\"\n{c}" for c, _ in rows]
         print(f"p2p {shards} shard(s): peak {peak['throughput_per_s']:.0f} msg/s, "
               f"p99 at half {half['latency_us']['p99']} µs", file=sys.stderr)
@@ -197,13 +208,13 @@ def main():
               "Both processes are CPU-bound there: the generator and the broker share the 2 cores, "
               "and the kernel's loopback TCP work is charged to whichever side sends.", "",
               "Fixed, modest rate (1 shard):", "",
-              "| fsync | offered msg/s | delivered msg/s | latency µs p50 / p99 / p99.9 / p99.99 / max | lost/dup/ooo |",
+              "| fsync | offered msg/s | delivered msg/s | latency µs p50 / p99 / p99.9 / p99.99 / max | lost/dup/ooo/unanswered |",
               "|---|---:|---:|---|---|"]
     for fsync in ("always", "interval"):
         cmd, r = fixed_rate(1, fsync, 20_000, duration)
         commands.append(f"# broker: shards = 1, fsync = \"{fsync}\"\n{cmd}")
         lines.append(f"| {fsync} | {r['rate']:.0f} | {r['throughput_per_s']:.0f} | "
-                     f"{lat(r['latency_us'])} | {r['lost']}/{r['duplicated']}/{r['out_of_order']} |")
+                     f"{lat(r['latency_us'])} | {losses(r)} |")
     lines.append("")
 
     # Each generator process holds at most ~nofile connections; leave room for the broker's
@@ -237,8 +248,10 @@ def main():
     commands.append(cmd)
     lines += ["### Login rate (load connect, no rate limit, 512 logins in flight per thread)", "",
               f"{r['connected']} connections logged in at **{r['connect_rate_per_s']:.0f}/s**; "
-              f"login latency µs p50 / p99 / p99.9 / p99.99 / max: {lat(r['login_latency_us'])}; "
-              f"failed {r['failed']}.", ""]
+              f"failed {r['failed']}. Login latency µs p50 / p99 / p99.9 / p99.99 / max, per "
+              f"attempt (from its connect call): {lat(r['login_attempt_latency_us'])}; from the "
+              f"intended start (all were due at once, so this includes the wait behind the "
+              f"in-flight cap): {lat(r['login_latency_us'])}.", ""]
     lines += ["Commands (each against a fresh broker; `--addr`/`--secret-file` omitted):", "",
               "```"] + commands + ["```", "", END]
     section = "\n".join(lines) + "\n"

@@ -72,6 +72,9 @@ pub struct Reservation {
     at_ms: u64,
 }
 
+/// What an operation changes: the entry kind and the users it names.
+type Change = (EntryKind, Vec<Arc<str>>);
+
 /// Is `id` a valid user or group ID (1..=128 bytes)?
 fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= protocol::MAX_USER_ID
@@ -256,7 +259,7 @@ impl Shard {
             }
             Ok(g)
         };
-        let outcome: Result<(EntryKind, Vec<Arc<str>>), (Code, String)> = match &req.op {
+        let outcome: Result<Change, (Code, String)> = match &req.op {
             GroupOpRequest::Info { after, limit } => {
                 let answer = match check(false) {
                     Ok(g) => info_page(g, &req, after, *limit),
@@ -343,9 +346,7 @@ impl Shard {
         drop(groups);
         match outcome {
             Err((code, message)) => self.answer_now(&req, target, code, &message),
-            Ok((kind, users))
-                if matches!(kind, EntryKind::GroupCreated | EntryKind::MembersAdded) =>
-            {
+            Ok((EntryKind::GroupCreated | EntryKind::MembersAdded, users)) => {
                 self.reserve_then_commit(req, target, users)
             }
             Ok((kind, users)) => self.commit_group_op(req, target, kind, users, 0, Vec::new()),

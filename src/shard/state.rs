@@ -40,6 +40,9 @@ use super::wake::{Broadcast, Signal};
 use crate::config::Config;
 use crate::log::Log;
 
+/// Own-send sync: the recipient and body of a 1:1 send on its way to another shard.
+pub type OutboundCopy = (Arc<str>, Bytes);
+
 /// Bytes read from a socket per `recv` call.
 pub const READ_CHUNK: usize = 64 * 1024;
 
@@ -75,7 +78,7 @@ pub struct Shard {
     pub(super) windows: RefCell<Windows<AckTarget>>,
     /// Own-send sync: (sender, client_msg_id) → (recipient, body) of 1:1 messages on their way
     /// to another shard, recorded in the sender's stream once accepted there.
-    pub(super) outbound: RefCell<HashMap<(Arc<str>, u64), (Arc<str>, Bytes)>>,
+    pub(super) outbound: RefCell<HashMap<(Arc<str>, u64), OutboundCopy>>,
     /// Groups this shard owns or serves members of.
     pub(super) groups: RefCell<GroupsState>,
     /// The owner's group operations waiting for reservations.

@@ -1,20 +1,22 @@
 //! Crash test through the load tool: kill -9 the broker during `load offline --phase send`,
-//! restart it, and `--phase verify` that every acknowledged message arrives exactly once.
+//! restart it, and `--phase verify` that every acknowledged message arrives exactly once. The
+//! send phase itself fails (exit 1) and counts the sends the kill left unanswered.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ringpost_harness::{tools, tools_broker, TempDir};
 
-fn crash_during_send(kill_after_acks: usize) {
+/// Kills the broker once `kill_after_acks` acks are recorded; returns the send phase's report.
+fn crash_during_send(kill_after_acks: usize) -> serde_json::Value {
     let tmp = TempDir::new(&format!("offline-crash-{kill_after_acks}"));
-    let dir = &tmp.0;
+    let dir = tmp.path();
     const LIMITS: &str = "sends_per_sec = 1000000";
     let record = dir.join("acked.record");
     let broker = tools_broker().dir(dir).limits(LIMITS).start();
     let (addr, secret) = (broker.addr_string(), broker.secret_path());
 
-    let mut sender = tools(&[
+    let sender = tools(&[
         "load",
         "offline",
         "--phase",
@@ -31,7 +33,7 @@ fn crash_during_send(kill_after_acks: usize) {
     .arg(&secret)
     .arg("--record")
     .arg(&record)
-    .stdout(Stdio::null())
+    .stdout(Stdio::piped())
     .spawn()
     .unwrap();
     // The record grows one flushed line per SendAck{OK}: kill the broker once it holds enough.
@@ -45,11 +47,18 @@ fn crash_during_send(kill_after_acks: usize) {
         std::thread::sleep(Duration::from_millis(5));
     }
     broker.crash();
-    let status = sender.wait().unwrap();
-    assert!(
-        status.success(),
-        "the send phase ends cleanly when the broker dies"
-    );
+    let out = sender.wait_with_output().unwrap();
+    let sent: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Every send is accounted for: acked, or never answered because the broker died.
+    let n = |k: &str| sent[k].as_u64().unwrap_or_else(|| panic!("no {k}: {sent}"));
+    assert_eq!(n("sent"), n("acked") + n("unanswered"), "{sent}");
+    assert_eq!(n("errors"), 0, "{sent}");
+    // A send phase that left sends unanswered fails, and says the broker closed them.
+    assert_eq!(out.status.success(), n("unanswered") == 0, "{sent}");
+    if n("unanswered") > 0 {
+        assert_eq!(out.status.code(), Some(1), "{sent}");
+        assert!(n("closed_connections") > 0, "{sent}");
+    }
 
     let broker = tools_broker().dir(dir).limits(LIMITS).start();
     let addr = broker.addr_string();
@@ -75,11 +84,14 @@ fn crash_during_send(kill_after_acks: usize) {
     assert!(report["acked"].as_u64().unwrap() > kill_after_acks as u64);
     assert!(report["delivered"].as_u64() >= report["acked"].as_u64());
     drop(broker);
+    sent
 }
 
 #[test]
 fn kill_9_early_in_the_send_phase_loses_no_acked_message() {
-    crash_during_send(200);
+    let sent = crash_during_send(200);
+    // 40,000 sends are written at once; the kill lands after ~200 acks.
+    assert!(sent["unanswered"].as_u64().unwrap() > 0, "{sent}");
 }
 
 #[test]

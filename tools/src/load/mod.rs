@@ -1,22 +1,28 @@
 //! `ringpost-tools load`: load scenarios against a running broker.
 //!
 //! Shared pieces for every scenario: options common to all, tokens from the secret file,
-//! HdrHistogram percentiles as JSON, the once-a-second progress line.
+//! HdrHistogram percentiles as JSON, the once-a-second progress line, the broker address a
+//! scenario connects to (which `soak` moves when it restarts the broker). What every scenario
+//! checks about answers and deliveries is in [`verify`].
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use rand::seq::SliceRandom;
 use serde_json::{json, Value};
 
 mod churn;
 mod connect;
 mod offline;
 mod p2p;
+mod soak;
+mod verify;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum LoadCommand {
@@ -33,6 +39,10 @@ pub enum LoadCommand {
     /// A fraction of connections keeps disconnecting and reconnecting (backoff + resume) while
     /// messages flow; checks that nothing acked is lost or duplicated across the reconnects.
     Churn(churn::ChurnArgs),
+    /// Starts a broker, runs churn traffic while killing it with SIGKILL at random moments and
+    /// restarting it on the same data directory, then checks that every acked message reached
+    /// every device exactly once and in order, and that nothing was delivered twice.
+    Soak(soak::SoakArgs),
 }
 
 pub fn run(cmd: LoadCommand) -> ExitCode {
@@ -41,6 +51,7 @@ pub fn run(cmd: LoadCommand) -> ExitCode {
         LoadCommand::Offline(args) => offline::run(args),
         LoadCommand::Connect(args) => connect::run(args),
         LoadCommand::Churn(args) => churn::run(args),
+        LoadCommand::Soak(args) => soak::run(args),
     }
 }
 
@@ -175,7 +186,9 @@ where
         }
     }
     start.barrier.wait();
-    let _ = start.t0.set(Instant::now() + Duration::from_millis(50));
+    let t0 = Instant::now() + Duration::from_millis(50);
+    let _ = start.t0.set(t0);
+    let _ = live.started.set(t0);
     start.barrier.wait();
     let progress = spawn_progress(live.clone());
     let mut outcomes = Vec::new();
@@ -201,6 +214,8 @@ pub struct Live {
     /// Latest p99 (µs) reported by any thread over its last second.
     pub p99_us: AtomicU64,
     pub stop: AtomicBool,
+    /// The common start, once every generator thread has logged its connections in.
+    pub started: OnceLock<Instant>,
 }
 
 impl Live {
@@ -239,4 +254,103 @@ pub fn spawn_progress(live: Arc<Live>) -> std::thread::JoinHandle<()> {
             last = delivered;
         }
     })
+}
+
+/// The broker a scenario talks to: its address, which `soak` changes when it restarts the
+/// broker on a new port, and whether it may still go away (`soak` kills it until `stable`).
+pub struct Target {
+    ip: IpAddr,
+    port: AtomicU16,
+    stable: AtomicBool,
+}
+
+impl Target {
+    /// A broker that stays where it is (every scenario but `soak`).
+    pub fn fixed(addr: SocketAddr) -> Arc<Target> {
+        Arc::new(Target {
+            ip: addr.ip(),
+            port: AtomicU16::new(addr.port()),
+            stable: AtomicBool::new(true),
+        })
+    }
+
+    /// A broker that will be killed and restarted: not stable until [`Target::settle`].
+    pub fn moving(addr: SocketAddr) -> Arc<Target> {
+        let t = Target::fixed(addr);
+        t.stable.store(false, Ordering::Release);
+        t
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port.load(Ordering::Acquire))
+    }
+
+    pub fn set_port(&self, port: u16) {
+        self.port.store(port, Ordering::Release);
+    }
+
+    /// No more kills: the broker is up and stays up.
+    pub fn settle(&self) {
+        self.stable.store(true, Ordering::Release);
+    }
+
+    pub fn is_stable(&self) -> bool {
+        self.stable.load(Ordering::Acquire)
+    }
+}
+
+/// `round(fraction × n)` of `n` items picked at random (at least `min`, at most `n`).
+pub fn pick_fraction(n: usize, fraction: f64, min: usize) -> Vec<bool> {
+    let k = ((n as f64 * fraction).round() as usize).clamp(min.min(n), n);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rand::rng());
+    let mut picked = vec![false; n];
+    for &i in &order[..k] {
+        picked[i] = true;
+    }
+    picked
+}
+
+/// Options that give some users several devices (p2p, churn, soak).
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct DeviceArgs {
+    /// Devices (connections, each its own device ID) that a multi-device user logs in with.
+    /// Device 0 sends; every device receives, acks, and must get every message once, in order.
+    #[arg(long, default_value_t = 1)]
+    pub devices_per_user: usize,
+    /// Share of users that log in with --devices-per-user devices (the others with one), in
+    /// [0, 1]; at least one user when --devices-per-user is more than 1.
+    #[arg(long, default_value_t = 0.5)]
+    pub multi_device_fraction: f64,
+}
+
+impl DeviceArgs {
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=64).contains(&self.devices_per_user) {
+            return Err(
+                "--devices-per-user must be in 1..=64 (the broker's max_devices caps it too)"
+                    .into(),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.multi_device_fraction) {
+            return Err("--multi-device-fraction must be in [0, 1]".into());
+        }
+        Ok(())
+    }
+
+    /// Devices of each of `users` users.
+    pub fn plan(&self, users: usize) -> Vec<usize> {
+        if self.devices_per_user == 1 {
+            return vec![1; users];
+        }
+        pick_fraction(users, self.multi_device_fraction, 1)
+            .into_iter()
+            .map(|multi| if multi { self.devices_per_user } else { 1 })
+            .collect()
+    }
+}
+
+/// A `{name: count}` map as a JSON object.
+pub fn counts_json(m: &BTreeMap<String, u64>) -> Value {
+    Value::Object(m.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
 }

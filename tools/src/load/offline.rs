@@ -3,13 +3,19 @@
 //! Senders `off-<run>-s<i>` each send their share of `--messages` to recipient `off-<run>-r<i>`
 //! while the recipients are offline; then the recipients log in as new devices and receive
 //! everything from the log. Checks: every message acked OK is delivered exactly once, in seq
-//! order. Reports send throughput, send→ack latency and replay msgs/s.
+//! order, from its sender with its `client_msg_id` (anything else is **mismatched**). Every
+//! send must be answered: one never answered (the broker closed the connection, or no SendAck
+//! came for `--ack-timeout`) is **unanswered**, one answered with another code than OK is an
+//! **error ack** (by code); either fails the run. Reports send throughput, send→ack latency
+//! and replay msgs/s.
 //!
 //! For crash tests the two halves run separately: `--phase send --record FILE` appends a line
 //! per SendAck{OK} to FILE and flushes it at once (so killing the broker mid-run leaves a true
-//! record of what was acknowledged), and `--phase verify --record FILE` logs the recipients in
-//! and checks that every recorded message arrives exactly once, in order.
+//! record of what was acknowledged; the sends the kill left unanswered make that phase exit 1,
+//! and its JSON says how many), and `--phase verify --record FILE` logs the recipients in and
+//! checks that every recorded message arrives exactly once, in order.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -17,12 +23,13 @@ use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use futures_lite::future;
 use glommio::{LocalExecutorBuilder, Placement};
 use ringpost::client::{Client, ClientOptions, Event};
-use ringpost::protocol::Code;
 use serde_json::json;
 
-use super::{new_histogram, percentiles_json, CommonArgs, Tokens};
+use super::verify::{counts_text, AckOutcome, AckTally, Ledger};
+use super::{counts_json, new_histogram, parse_duration, percentiles_json, CommonArgs, Tokens};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -49,6 +56,10 @@ pub struct OfflineArgs {
     /// Record of acknowledged messages (written by --phase send, read by --phase verify).
     #[arg(long)]
     pub record: Option<PathBuf>,
+    /// A connection with sends outstanding that gets no SendAck for this long gives up: its
+    /// outstanding sends count as unanswered and the run fails.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub ack_timeout: Duration,
 }
 
 pub fn run(args: OfflineArgs) -> ExitCode {
@@ -103,20 +114,33 @@ async fn scenario(args: OfflineArgs, tokens: Tokens) -> ExitCode {
             }
         }
     };
+    let send_failed = send_report.as_ref().is_some_and(|r| r.failed());
+    if let Some(r) = &send_report {
+        r.explain();
+    }
     if args.phase == Phase::Send {
-        let (sent, acked_n, errors, _, _) = send_report.unwrap_or_default();
+        let r = send_report.unwrap_or_default();
         if args.common.json {
-            println!(
-                "{}",
-                json!({"scenario": "offline", "phase": "send", "sent": sent, "acked": acked_n, "errors": errors})
-            );
+            let mut v = r.json();
+            v["phase"] = json!("send");
+            println!("{v}");
         } else {
             println!(
-                "sent {sent}, acked {acked_n}, errors {errors}; record in {:?}",
+                "sent {}, acked {}, unanswered {}, error acks {} ({}), errors {}; record in {:?}",
+                r.sent,
+                r.acks.acked,
+                r.unanswered,
+                r.acks.error_acks_total(),
+                counts_text(&r.acks.error_acks),
+                r.errors(),
                 args.record
             );
         }
-        return ExitCode::SUCCESS;
+        return if send_failed {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        };
     }
     let verdict = match verify(&args, &tokens, run_id, &acked).await {
         Ok(v) => v,
@@ -125,27 +149,43 @@ async fn scenario(args: OfflineArgs, tokens: Tokens) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (sent, acked_n, errors, throughput, latency) =
-        send_report.unwrap_or((0, acked.len() as u64, 0, 0.0, json!(null)));
+    let r = send_report.unwrap_or_else(|| SendReport {
+        acks: AckTally {
+            acked: acked.len() as u64,
+            ..AckTally::default()
+        },
+        ..SendReport::default()
+    });
     let v = &verdict;
     if args.common.json {
-        println!(
-            "{}",
-            json!({"scenario": "offline", "sent": sent, "acked": acked_n, "delivered": v.delivered,
-                   "lost": v.lost.len(), "duplicated": v.duplicated, "out_of_order": v.out_of_order,
-                   "errors": errors, "throughput_per_s": throughput, "latency_us": latency,
-                   "replay_msgs_per_s": v.replay_rate})
-        );
+        let mut out = r.json();
+        out["delivered"] = json!(v.delivered);
+        out["lost"] = json!(v.lost.len());
+        out["duplicated"] = json!(v.duplicated);
+        out["out_of_order"] = json!(v.out_of_order);
+        out["mismatched"] = json!(r.acks.mismatched + v.mismatched);
+        out["errors"] = json!(r.errors() + v.mismatched);
+        out["replay_msgs_per_s"] = json!(v.replay_rate);
+        println!("{out}");
     } else {
         println!(
-            "acked {acked_n}, delivered {} on replay at {:.0} msg/s",
+            "sent {}, acked {}, unanswered {}, error acks {} ({})",
+            r.sent,
+            r.acks.acked,
+            r.unanswered,
+            r.acks.error_acks_total(),
+            counts_text(&r.acks.error_acks)
+        );
+        println!(
+            "delivered {} on replay at {:.0} msg/s",
             v.delivered, v.replay_rate
         );
         println!(
-            "lost {} duplicated {} out of order {}",
+            "lost {} duplicated {} out of order {} mismatched {}",
             v.lost.len(),
             v.duplicated,
-            v.out_of_order
+            v.out_of_order,
+            r.acks.mismatched + v.mismatched
         );
     }
     if !v.lost.is_empty() {
@@ -161,10 +201,96 @@ async fn scenario(args: OfflineArgs, tokens: Tokens) -> ExitCode {
             shown.join(" ")
         );
     }
-    if v.lost.is_empty() && v.duplicated == 0 && v.out_of_order == 0 {
-        ExitCode::SUCCESS
+    if v.mismatched > 0 {
+        eprintln!(
+            "MISMATCHED {} deliveries (wrong sender or client_msg_id)",
+            v.mismatched
+        );
+    }
+    if v.lost.is_empty() && v.duplicated == 0 && v.out_of_order == 0 && v.mismatched == 0 {
+        if send_failed {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        }
     } else {
         ExitCode::from(1)
+    }
+}
+
+/// How one sender's connection ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Everything written and answered.
+    Done,
+    /// The broker closed it.
+    Closed,
+    /// No SendAck for --ack-timeout with sends outstanding.
+    TimedOut,
+}
+
+/// What the send phase saw.
+#[derive(Default)]
+struct SendReport {
+    sent: u64,
+    acks: AckTally,
+    unanswered: u64,
+    /// Lines of the record that could not be written.
+    record_errors: u64,
+    /// Connections that got no SendAck for --ack-timeout with sends outstanding.
+    timed_out: u64,
+    /// Connections the broker closed with sends outstanding.
+    closed: u64,
+    ack_timeout: Duration,
+    throughput: f64,
+    latency: serde_json::Value,
+}
+
+impl SendReport {
+    fn errors(&self) -> u64 {
+        self.acks.error_acks_total() + self.acks.mismatched + self.record_errors
+    }
+
+    fn failed(&self) -> bool {
+        self.unanswered > 0 || self.errors() > 0
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "scenario": "offline", "sent": self.sent, "acked": self.acks.acked,
+            "unanswered": self.unanswered, "error_acks": counts_json(&self.acks.error_acks),
+            "mismatched": self.acks.mismatched, "duplicate_acks": self.acks.duplicate_acks,
+            "record_errors": self.record_errors,
+            "timed_out_connections": self.timed_out, "closed_connections": self.closed,
+            "errors": self.errors(), "throughput_per_s": self.throughput,
+            "latency_us": self.latency,
+        })
+    }
+
+    /// Says on stderr why the send phase fails, if it does.
+    fn explain(&self) {
+        if self.timed_out > 0 {
+            eprintln!(
+                "no SendAck for {:?} on {} connection(s) with sends outstanding: gave up (--ack-timeout)",
+                self.ack_timeout, self.timed_out
+            );
+        }
+        if self.closed > 0 {
+            eprintln!(
+                "the broker closed {} connection(s) with sends outstanding",
+                self.closed
+            );
+        }
+        if self.unanswered > 0 {
+            eprintln!("UNANSWERED {} sends (never got a SendAck)", self.unanswered);
+        }
+        if self.acks.error_acks_total() > 0 {
+            eprintln!(
+                "ERROR ACKS {} ({})",
+                self.acks.error_acks_total(),
+                counts_text(&self.acks.error_acks)
+            );
+        }
     }
 }
 
@@ -172,13 +298,12 @@ fn name(run_id: u32, role: char, i: usize) -> String {
     format!("off-{run_id:08x}-{role}{i}")
 }
 
-/// Sends everything, recording each SendAck{OK}. Returns (acked, (sent, acked, errors,
-/// throughput, latency)).
+/// Sends everything, recording each SendAck{OK}. Returns what was acked and the report.
 async fn send(
     args: &OfflineArgs,
     tokens: &Tokens,
     run_id: u32,
-) -> Result<(Acked, (u64, u64, u64, f64, serde_json::Value)), String> {
+) -> Result<(Acked, SendReport), String> {
     let record = match (&args.record, args.phase) {
         (Some(path), Phase::Send) => {
             let mut f =
@@ -189,7 +314,7 @@ async fn send(
                 args.users
             )
             .map_err(|e| e.to_string())?;
-            Some(Rc::new(std::cell::RefCell::new(f)))
+            Some(Rc::new(RefCell::new(f)))
         }
         _ => None,
     };
@@ -210,6 +335,7 @@ async fn send(
         );
     }
     let started = Instant::now();
+    let ack_timeout = args.ack_timeout;
     let mut tasks = Vec::new();
     for (i, client) in clients.into_iter().enumerate() {
         let count = per_user + u64::from((i as u64) < extra);
@@ -218,71 +344,122 @@ async fn send(
         let record = record.clone();
         tasks.push(glommio::spawn_local(async move {
             let (mut reader, mut writer) = client.split();
-            let mut sent_at = HashMap::new();
-            let mut hist = new_histogram().ok();
-            let body_tail = vec![0u8; size - 8];
-            let mut sent = 0u64;
-            for id in 1..=count {
-                let mut body = id.to_le_bytes().to_vec();
-                body.extend_from_slice(&body_tail);
-                writer.queue(&ringpost::protocol::ClientMsg::Send {
-                    client_msg_id: id,
-                    to_user: &to,
-                    body: &body,
-                });
-                sent_at.insert(id, Instant::now());
-                if (id % 64 == 0 || id == count) && writer.flush().await.is_err() {
-                    break;
-                }
-                sent = id;
-            }
-            let (mut acked, mut errors) = (Vec::new(), 0u64);
-            while (acked.len() as u64) + errors < sent {
-                match reader.recv().await {
-                    Ok(Event::SendAck {
-                        client_msg_id,
-                        status,
-                    }) if status == Code::OK => {
-                        if let Some(rec) = &record {
-                            // Flushed per ack: a broker crash must leave a true record.
-                            let mut f = rec.borrow_mut();
-                            if writeln!(f, "{i} {client_msg_id}")
-                                .and_then(|_| f.flush())
-                                .is_err()
-                            {
-                                errors += 1;
-                            }
-                        }
-                        if let (Some(h), Some(t)) = (hist.as_mut(), sent_at.get(&client_msg_id)) {
-                            let _ = h.record((t.elapsed().as_micros() as u64).max(1));
-                        }
-                        acked.push((i, client_msg_id));
+            // The writer and the reader run side by side, so acks are read (and recorded)
+            // while sends are still going out, and a broker that stops answering is noticed
+            // even while a write is blocked on it.
+            let sent_at = RefCell::new(HashMap::new());
+            let ledger = RefCell::new(Ledger::new(count as usize));
+            let acks = RefCell::new(AckTally::default());
+            let all_written = Cell::new(false);
+            let all_answered = || acks.borrow().answered() >= ledger.borrow().written();
+            let write = async {
+                let body_tail = vec![0u8; size - 8];
+                for id in 1..=count {
+                    let mut body = id.to_le_bytes().to_vec();
+                    body.extend_from_slice(&body_tail);
+                    writer.queue(&ringpost::protocol::ClientMsg::Send {
+                        client_msg_id: id,
+                        to_user: &to,
+                        body: &body,
+                    });
+                    sent_at.borrow_mut().insert(id, Instant::now());
+                    // Written from the moment it is queued: if the flush fails it may still
+                    // have reached the broker, and it owes an answer either way.
+                    ledger.borrow_mut().wrote(id);
+                    if (id % 64 == 0 || id == count) && writer.flush().await.is_err() {
+                        break;
                     }
-                    Ok(Event::SendAck { .. }) => errors += 1,
-                    Ok(_) => {}
-                    Err(_) => break, // broker gone (crash tests): what was acked is recorded
                 }
-            }
-            (sent, acked, errors, hist)
+                all_written.set(true);
+                if !all_answered() {
+                    future::pending::<()>().await; // the reader ends the task
+                }
+                Ending::Done
+            };
+            let mut hist = new_histogram().ok();
+            let (mut acked, mut record_errors) = (Vec::new(), 0u64);
+            let read = async {
+                loop {
+                    if all_written.get() && all_answered() {
+                        return Ending::Done;
+                    }
+                    let event = future::or(async { Some(reader.recv().await) }, async {
+                        glommio::timer::sleep(ack_timeout).await;
+                        None
+                    })
+                    .await;
+                    let (client_msg_id, status) = match event {
+                        Some(Ok(Event::SendAck {
+                            client_msg_id,
+                            status,
+                        })) => (client_msg_id, status),
+                        Some(Ok(_)) => continue,
+                        // Broker gone (crash tests): what was acked is recorded.
+                        Some(Err(_)) => return Ending::Closed,
+                        None if all_answered() => continue, // nothing outstanding yet
+                        None => return Ending::TimedOut,
+                    };
+                    let outcome =
+                        ledger
+                            .borrow_mut()
+                            .on_ack(&mut acks.borrow_mut(), client_msg_id, status);
+                    if outcome != AckOutcome::Ok {
+                        continue;
+                    }
+                    if let Some(rec) = &record {
+                        // Flushed per ack: a broker crash must leave a true record.
+                        let mut f = rec.borrow_mut();
+                        if writeln!(f, "{i} {client_msg_id}")
+                            .and_then(|_| f.flush())
+                            .is_err()
+                        {
+                            record_errors += 1;
+                        }
+                    }
+                    let sent = sent_at.borrow_mut().remove(&client_msg_id);
+                    if let (Some(h), Some(t)) = (hist.as_mut(), sent) {
+                        let _ = h.record((t.elapsed().as_micros() as u64).max(1));
+                    }
+                    acked.push((i, client_msg_id));
+                }
+            };
+            let ending = future::or(write, read).await;
+            let ledger = ledger.into_inner();
+            let unanswered = ledger.unanswered();
+            let part = SendReport {
+                sent: ledger.written(),
+                acks: acks.into_inner(),
+                unanswered,
+                record_errors,
+                timed_out: u64::from(ending == Ending::TimedOut && unanswered > 0),
+                closed: u64::from(ending == Ending::Closed && unanswered > 0),
+                ..SendReport::default()
+            };
+            (acked, part, hist)
         }));
     }
-    let (mut sent, mut acked, mut errors) = (0u64, Vec::new(), 0u64);
+    let mut acked = Vec::new();
+    let mut total = SendReport {
+        ack_timeout,
+        ..SendReport::default()
+    };
     let mut latency = new_histogram()?;
     for t in tasks {
-        let (s, a, e, h) = t.await;
-        sent += s;
+        let (a, part, h) = t.await;
         acked.extend(a);
-        errors += e;
+        total.sent += part.sent;
+        total.acks.merge(&part.acks);
+        total.unanswered += part.unanswered;
+        total.record_errors += part.record_errors;
+        total.timed_out += part.timed_out;
+        total.closed += part.closed;
         if let Some(h) = h {
             let _ = latency.add(&h);
         }
     }
-    let throughput = acked.len() as f64 / started.elapsed().as_secs_f64();
-    let n = acked.len() as u64;
-    Ok((
-        acked,
-        (sent, n, errors, throughput, percentiles_json(&latency)),
-    ))
+    total.throughput = acked.len() as f64 / started.elapsed().as_secs_f64();
+    total.latency = percentiles_json(&latency);
+    Ok((acked, total))
 }
 
 fn read_record(path: Option<&std::path::Path>) -> Result<(u32, usize, Acked), String> {
@@ -321,6 +498,9 @@ struct Verdict {
     lost: Vec<(usize, u64)>,
     duplicated: u64,
     out_of_order: u64,
+    /// Deliveries not from the recipient's sender, or whose `client_msg_id` disagrees with the
+    /// number in the body: not counted as delivering anything.
+    mismatched: u64,
     replay_rate: f64,
 }
 
@@ -337,6 +517,7 @@ async fn verify(
         lost: Vec::new(),
         duplicated: 0,
         out_of_order: 0,
+        mismatched: 0,
         replay_rate: 0.0,
     };
     let mut last_delivery = started;
@@ -351,10 +532,11 @@ async fn verify(
             .await
             .map_err(|e| format!("recipient login: {e}"))?;
         let head = c.login_info().head_seq;
+        let sender = name(run_id, 's', r);
         let mut seen = HashSet::new();
         let (mut last_seq, mut last_id) = (0u64, 0u64);
         while last_seq < head {
-            let event = futures_lite::future::or(async { Some(c.recv().await) }, async {
+            let event = future::or(async { Some(c.recv().await) }, async {
                 glommio::timer::sleep(Duration::from_secs(10)).await;
                 None
             })
@@ -381,6 +563,10 @@ async fn verify(
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_le_bytes)
                 .unwrap_or(0);
+            if d.from_user != sender || d.client_msg_id != id || id == 0 {
+                v.mismatched += 1; // misrouted or mislabelled: it delivers nothing
+                continue;
+            }
             if !seen.insert(id) {
                 v.duplicated += 1;
             } else if id < last_id {
