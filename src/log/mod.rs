@@ -21,8 +21,8 @@
 //! - **Poisoning.** When an msync/fsync fails, Linux may already have marked the pages it
 //!   could not write clean, so a retried sync would report success without writing them
 //!   ("fsyncgate"). The log therefore never retries: the first failed sync poisons it, and
-//!   every later append fails with [`LogError::Poisoned`], as does every sync that has
-//!   records to cover (an idle one stays quiet). The shard answers STORAGE_UNAVAILABLE until
+//!   every later append fails with [`LogError::Poisoned`], as do the next sync and every
+//!   later one that has records to cover (an idle one stays quiet). The shard answers STORAGE_UNAVAILABLE until
 //!   a restart recovers from the log. Pages the kernel dropped that way still sit in the page
 //!   cache, so the restarted broker would read them fine and build on them; the poisoned log
 //!   therefore leaves [`POISON_MARKER`], and the next open writes everything from the first
@@ -179,6 +179,11 @@ pub struct Log {
     sync_in_flight: bool,
     /// A sync failed: no append or sync succeeds again in this process (module doc).
     poisoned: bool,
+    /// Set by poisoning: the next plan fails even if it has nothing new to cover. Records
+    /// appended before the failure may have been synced meanwhile by a roll, but an msync
+    /// that ran alongside the failing one can report success for pages the kernel dropped
+    /// (the error is reported once per file), so they must not be acknowledged either.
+    owe_failure: bool,
     faults: Arc<Faults>,
 }
 
@@ -359,6 +364,7 @@ impl Log {
             segments,
             sync_in_flight: false,
             poisoned: false,
+            owe_failure: false,
             faults,
         };
         if log.segments.is_empty() {
@@ -390,9 +396,9 @@ impl Log {
     }
 
     /// Plans the sync of everything appended so far, to run with [`SyncPlan::run`] elsewhere;
-    /// finish with [`Log::end_sync`]. On a poisoned log, a plan that fails if anything was
-    /// appended since the last plan (an empty one otherwise, so an idle periodic sync stays
-    /// quiet).
+    /// finish with [`Log::end_sync`]. On a poisoned log, a plan that fails: the first one
+    /// after the failure always, later ones if anything was appended since the last plan (an
+    /// empty one otherwise, so an idle periodic sync stays quiet).
     pub fn begin_sync(&mut self) -> SyncPlan {
         let mut plan = SyncPlan {
             ranges: Vec::new(),
@@ -413,7 +419,7 @@ impl Log {
                 });
             }
         }
-        if self.poisoned && !plan.ranges.is_empty() {
+        if self.poisoned && (!plan.ranges.is_empty() || std::mem::take(&mut self.owe_failure)) {
             plan.ranges.clear();
             plan.targets.clear();
             plan.poisoned = true;
@@ -616,6 +622,7 @@ impl Log {
             return;
         }
         self.poisoned = true;
+        self.owe_failure = true;
         let from = self
             .segments
             .iter()

@@ -544,6 +544,12 @@ fn a_failed_sync_poisons_the_log_until_it_is_reopened() {
         Err(LogError::Poisoned { .. })
     ));
     assert!(matches!(log.sync(), Err(LogError::Poisoned { .. })));
+    let owed = log.begin_sync();
+    assert!(
+        !owed.is_empty() && owed.run().is_err(),
+        "the next plan fails, always"
+    );
+    log.end_sync(owed, false);
     assert!(
         log.begin_sync().is_empty(),
         "nothing new to cover: idle syncs stay quiet"
@@ -612,6 +618,37 @@ fn records_appended_while_the_failing_sync_ran_are_never_reported_durable() {
     assert!(next.run().is_err());
     log.end_sync(next, false);
     assert!(!log.is_durable());
+}
+
+/// Records a roll synced while the failing plan ran are not acknowledged either: the kernel
+/// reports a write-back error to one msync only, so the roll's "success" proves nothing.
+#[test]
+fn records_synced_by_a_roll_during_a_failing_sync_are_not_acknowledged() {
+    let dir = TempDir::new();
+    let fail = dir.0.join("fail-sync");
+    let faults = Arc::new(Faults::for_dir(&dir.0).with_sync_fail(&fail));
+    let (mut log, _) = Log::open_with(&dir.0, 4096, faults, |_, _| {}).unwrap();
+    log.append(&msg(1, 100, 1)).unwrap();
+    let failing = log.begin_sync();
+    let mut seq = 1;
+    while log.segment_count() < 2 {
+        seq += 1;
+        log.append(&msg(seq, 100, seq)).unwrap(); // the roll syncs the first segment
+    }
+    let rolled = log.begin_sync(); // the record that rolled, in the new segment
+    rolled.run().unwrap();
+    log.end_sync(rolled, true);
+    std::fs::write(&fail, b"").unwrap();
+    assert!(failing.run().is_err());
+    log.end_sync(failing, false);
+    std::fs::remove_file(&fail).unwrap();
+    let next = log.begin_sync();
+    assert!(
+        !next.is_empty(),
+        "nothing is left unsynced, yet the next commit must fail"
+    );
+    assert!(next.run().is_err());
+    log.end_sync(next, false);
 }
 
 #[test]
