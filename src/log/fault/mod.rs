@@ -4,7 +4,7 @@
 //! | variable | while set |
 //! |---|---|
 //! | `RINGPOST_FAULT_POWER_LOG=<file>` | after every *completed* sync, one line is appended to `<file>` saying what is now durable ([`Event`]); [`simulate_power_cut`] replays it |
-//! | `RINGPOST_FAULT_SYNC_FAIL_FILE=<file>` | while `<file>` exists, every msync of segment data fails with EIO (before touching the disk) |
+//! | `RINGPOST_FAULT_SYNC_FAIL_FILE=<file>` | while `<file>` exists, every msync of appended records (group commit, roll, shutdown) fails with EIO before touching the disk; recovery's own syncs are not affected |
 //! | `RINGPOST_FAULT_SKIP_SYNC_FILE=<file>` | while `<file>` exists, the group-commit sync ([`super::SyncPlan`]) reports success without syncing, and records nothing as durable: the "msync removed" build a power-loss test must catch |
 //! | `RINGPOST_FAULT_NO_SPACE_FILE=<file>` | while `<file>` exists, creating a segment fails with ENOSPC (see [`super::segment`]) |
 //!
