@@ -4,25 +4,70 @@
 //! the position of their first byte. A *position* is `segment base + offset`, unique for the
 //! log's lifetime, so it can be stored (per-user back-pointers, cursors) and read back in O(1).
 //! Records are framed with length + CRC32C + kind ([`record`]) and hold rkyv archives read in
-//! place from the map.
+//! place from the map. Before any log opens, [`DataDir::open`] takes the data directory's lock
+//! ([`lock`]: one broker per directory) and checks its meta file ([`meta`]).
 //!
-//! Durability is the caller's choice: [`Log::append`] only copies into the map; a sync covers
-//! everything appended before it, so one sync serves a whole batch of appends (group commit).
-//! [`Log::begin_sync`] plans that sync as a [`SyncPlan`] to run off the shard's thread;
-//! [`Log::sync`] does it in place.
+//! # Durability rules
+//! - [`Log::append`] only copies into the map. A sync covers everything appended before it,
+//!   so one sync serves a whole batch of appends (group commit). [`Log::begin_sync`] plans
+//!   that sync as a [`SyncPlan`] to run off the shard's thread; [`Log::sync`] does it in place.
+//!   Whoever acknowledges a record waits for a completed sync that covers it.
+//! - A roll syncs the active segment before the next one is created, so only the newest
+//!   segment can ever hold unsynced bytes.
+//! - A new segment is fallocated to its full size and fsync'ed, then its directory is
+//!   fsync'ed, before a record goes into it; deleting a segment (retention) and writing the
+//!   meta file (temp file, fsync, rename) are followed by an fsync of the directory too
+//!   ([`durable`]). Creating a shard directory fsyncs the data directory.
+//! - **Poisoning.** When an msync/fsync fails, Linux may already have marked the pages it
+//!   could not write clean, so a retried sync would report success without writing them
+//!   ("fsyncgate"). The log therefore never retries: the first failed sync poisons it, and
+//!   every later append fails with [`LogError::Poisoned`], as do the next sync and every
+//!   later one that has records to cover (an idle one stays quiet). The shard answers STORAGE_UNAVAILABLE until
+//!   a restart recovers from the log. Pages the kernel dropped that way still sit in the page
+//!   cache, so the restarted broker would read them fine and build on them; the poisoned log
+//!   therefore leaves [`POISON_MARKER`], and the next open writes everything from the first
+//!   unsynced position on again and syncs it before serving.
 //!
-//! Recovery ([`Log::open`]) walks every segment in order, validates each record's CRC, and
-//! stops at the first invalid one in the newest segment: that torn tail is zeroed, so the next
-//! append overwrites it. Retention ([`Log::retain`]) deletes whole sealed segments, oldest
-//! first, never the active one.
+//! # Recovery and the stale-record rule
+//! [`Log::open`] walks every segment in order and validates each record's CRC; in the newest
+//! segment the first invalid record, or the first zero header, is the end of the log.
+//! Nothing after it counts, even if it parses: with write-back in any order, a page past the
+//! end can hold a complete record from before the crash whose predecessors never reached the
+//! disk. New appends land at the end, and had that stale record sat exactly where they end, a
+//! later recovery would have taken it for the next record. So recovery zeroes every non-zero
+//! byte past the end of the newest segment and syncs that (and everything it read) before the
+//! first append: from then on, bytes past the end are zeros on disk, and any valid record
+//! there was written, in order, after this open. Only pages that hold data are rewritten
+//! (holes are skipped with SEEK_DATA), so a clean tail costs a few syscalls. Sealed segments
+//! are never appended to again, so whatever follows their end is never read.
 //!
+//! A newest segment that came back empty or shorter than `segment_size` and holds no valid
+//! record was cut mid-creation by a power loss and is made anew (see [`Log::open_with`]).
+//! Retention ([`Log::retain`]) deletes whole sealed segments, oldest first, never the active
+//! one.
+//!
+//! # Fault modes (tests only)
+//! [`fault`] documents the `RINGPOST_FAULT_*` environment variables: a power log of every
+//! completed sync plus [`fault::simulate_power_cut`], which cuts a killed broker's data
+//! directory back to what was durable; failed syncs; skipped syncs; a full disk. Every record
+//! kind goes through the same append and sync path, so the power-loss tests cover any record
+//! type added later.
+
+pub mod datadir;
+pub mod durable;
+pub mod fault;
+pub mod lock;
 pub mod meta;
 pub mod record;
 pub mod segment;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
+pub use datadir::{DataDir, DataDirError};
+use fault::{Event, Faults};
 use record::{Framed, Record};
 use segment::Segment;
 
@@ -34,6 +79,15 @@ pub enum LogError {
         what: &'static str,
         source: std::io::Error,
     },
+    /// An fsync/msync failed: what it covered may be lost, and the log is poisoned.
+    #[error("{what} {path} failed: {source}")]
+    Sync {
+        path: PathBuf,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the log in {dir} takes no more writes: a sync failed earlier, and the kernel may have dropped those writes (a retried sync would wrongly succeed). Restart the broker to recover from what is on disk, after checking the disk")]
+    Poisoned { dir: PathBuf },
     #[error("record of {size} bytes does not fit in a {segment_size}-byte segment")]
     TooLarge { size: usize, segment_size: usize },
     #[error("cannot serialise record: {0}")]
@@ -52,6 +106,14 @@ impl LogError {
             source,
         }
     }
+
+    pub(crate) fn sync(path: &Path, what: &'static str, source: std::io::Error) -> LogError {
+        LogError::Sync {
+            path: path.to_path_buf(),
+            what,
+            source,
+        }
+    }
 }
 
 /// What [`Log::open`] found.
@@ -62,7 +124,49 @@ pub struct Recovery {
     pub bytes: u64,
     /// Position and reason where a torn tail was cut off.
     pub torn_at: Option<(u64, &'static str)>,
+    /// Stale bytes zeroed past the end of the newest segment's valid records.
+    pub zeroed: u64,
+    /// Base of a trailing segment that came back empty or short and was made anew.
+    pub recreated: Option<u64>,
+    /// Bytes written again because the previous process poisoned the log ([`POISON_MARKER`]).
+    pub rewritten: u64,
     pub elapsed: std::time::Duration,
+}
+
+/// Left in a log directory when a failed sync poisons the log: the position from which writes may have been
+/// lost. The page cache still holds those pages, so recovery reads them fine; but after a
+/// failed write the kernel may keep them as *clean* pages it never wrote, which no later sync
+/// writes either. The next open writes every page from there on again and syncs it (failing
+/// the start if that fails too), then removes the marker.
+pub const POISON_MARKER: &str = "POISONED";
+
+/// See [`POISON_MARKER`]. Returns the bytes written again.
+fn rewrite_after_poisoning(
+    dir: &Path,
+    segments: &mut [Segment],
+    faults: &Faults,
+) -> Result<u64, LogError> {
+    let marker = dir.join(POISON_MARKER);
+    let from = match std::fs::read_to_string(&marker) {
+        // Unreadable: write everything again.
+        Ok(text) => text.trim().parse::<u64>().unwrap_or(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(LogError::io(&marker, "read", e)),
+    };
+    let mut rewritten = 0;
+    for seg in segments.iter_mut() {
+        rewritten += seg.rewrite_from(from)? as u64;
+    }
+    std::fs::remove_file(&marker).map_err(|e| LogError::io(&marker, "remove", e))?;
+    faults.record(Event::Remove(&marker));
+    durable::sync_dir(dir, faults).map_err(|e| LogError::sync(dir, "fsync log dir", e))?;
+    tracing::warn!(
+        dir = %dir.display(),
+        from,
+        bytes = rewritten,
+        "the previous run poisoned this log after a failed sync; rewrote and synced everything from there"
+    );
+    Ok(rewritten)
 }
 
 /// One shard's log.
@@ -73,6 +177,14 @@ pub struct Log {
     segments: Vec<Segment>,
     /// A [`SyncPlan`] is running elsewhere: no segment may be unmapped until it ends.
     sync_in_flight: bool,
+    /// A sync failed: no append or sync succeeds again in this process (module doc).
+    poisoned: bool,
+    /// Set by poisoning: the next plan fails even if it has nothing new to cover. Records
+    /// appended before the failure may have been synced meanwhile by a roll, but an msync
+    /// that ran alongside the failing one can report success for pages the kernel dropped
+    /// (the error is reported once per file), so they must not be acknowledged either.
+    owe_failure: bool,
+    faults: Arc<Faults>,
 }
 
 /// An msync of everything appended up to a point, to run off the shard's thread (glommio's
@@ -82,8 +194,23 @@ pub struct Log {
 pub struct SyncPlan {
     /// (address, length) of page-aligned ranges to msync.
     ranges: Vec<(usize, usize)>,
-    /// (segment base, synced offset before the plan), to undo on failure.
-    undo: Vec<(u64, usize)>,
+    /// What each segment has durable once the plan succeeds.
+    targets: Vec<SyncTarget>,
+    /// The log is poisoned and records were waiting: running fails without touching the disk.
+    poisoned: bool,
+    /// The skip-sync fault answered instead of msync (nothing became durable).
+    skipped: AtomicBool,
+    /// Only when a fault is armed: a shared refcount touched by every shard's commit would
+    /// bounce between cores.
+    faults: Option<Arc<Faults>>,
+}
+
+struct SyncTarget {
+    base: u64,
+    upto: usize,
+    /// For the power log (only when one is recording).
+    path: Option<PathBuf>,
+    size: usize,
 }
 
 // SAFETY: the addresses stay mapped while the plan runs (see the type's doc) and msync only
@@ -93,6 +220,23 @@ unsafe impl Send for SyncPlan {}
 impl SyncPlan {
     /// Runs the msyncs (blocking).
     pub fn run(&self) -> std::io::Result<()> {
+        if self.poisoned {
+            return Err(std::io::Error::other(
+                "the log is poisoned by an earlier failed sync",
+            ));
+        }
+        if self.ranges.is_empty() {
+            return Ok(());
+        }
+        if let Some(faults) = &self.faults {
+            if let Some(e) = faults.sync_failure() {
+                return Err(e);
+            }
+            if faults.skips_sync() {
+                self.skipped.store(true, Ordering::Relaxed);
+                return Ok(());
+            }
+        }
         for &(addr, len) in &self.ranges {
             // SAFETY: a page-aligned range inside a live MAP_SHARED mapping (see above).
             let rc = unsafe { libc::msync(addr as *mut libc::c_void, len, libc::MS_SYNC) };
@@ -100,69 +244,132 @@ impl SyncPlan {
                 return Err(std::io::Error::last_os_error());
             }
         }
+        // Recorded right here, after the msyncs returned, so that the power log stands for
+        // syncs that really ran: take them out of the commit path and the power-loss test
+        // sees acked records vanish.
+        if let Some(faults) = &self.faults {
+            for t in &self.targets {
+                if let Some(path) = &t.path {
+                    faults.record(Event::Synced {
+                        path,
+                        len: t.upto as u64,
+                        size: t.size as u64,
+                    });
+                }
+            }
+        }
         Ok(())
     }
 
+    /// Nothing to run (and nothing that must fail).
     pub fn is_empty(&self) -> bool {
-        self.ranges.is_empty()
+        self.ranges.is_empty() && !self.poisoned
     }
 }
 
 impl Log {
-    /// Opens (or creates) the log in `dir`, recovering every segment. `visit(pos, record)` is
-    /// called for every valid record in position order, to rebuild in-memory state.
+    /// Opens (or creates) the log in `dir`, recovering every segment, with the faults the
+    /// broker installed ([`fault::install`]; none elsewhere). `visit(pos, record)` is called
+    /// for every valid record in position order, to rebuild in-memory state.
     pub fn open(
         dir: &Path,
         segment_size: usize,
+        visit: impl FnMut(u64, Record),
+    ) -> Result<(Log, Recovery), LogError> {
+        Self::open_with(dir, segment_size, fault::active(), visit)
+    }
+
+    /// [`Log::open`] with explicit fault injection (tests).
+    pub fn open_with(
+        dir: &Path,
+        segment_size: usize,
+        faults: Arc<Faults>,
         mut visit: impl FnMut(u64, Record),
     ) -> Result<(Log, Recovery), LogError> {
         let started = Instant::now();
-        std::fs::create_dir_all(dir).map_err(|e| LogError::io(dir, "create log dir", e))?;
+        durable::create_dir(dir, &faults).map_err(|e| LogError::io(dir, "create log dir", e))?;
         let mut bases: Vec<u64> = std::fs::read_dir(dir)
             .map_err(|e| LogError::io(dir, "list log dir", e))?
             .filter_map(|e| e.ok())
             .filter_map(|e| segment::parse_name(&e.file_name().to_string_lossy()))
             .collect();
         bases.sort_unstable();
+        let trailing = bases.last().copied();
         let mut report = Recovery::default();
         let mut segments = Vec::with_capacity(bases.len());
         for base in bases {
             let path = dir.join(segment::file_name(base));
+            let is_trailing = Some(base) == trailing;
             let mut failure = None;
             let mut newest = 0u64;
-            let (seg, scan) =
-                Segment::recover(base, path, |off, kind, payload| {
-                    match record::decode(kind, payload) {
-                        Ok(rec) => {
-                            newest = newest.max(rec.time_ms());
-                            visit(base + off as u64, rec);
-                        }
-                        Err(e) => {
-                            failure.get_or_insert((base + off as u64, e.to_string()));
-                        }
+            let (mut seg, scan) = Segment::recover(
+                base,
+                path.clone(),
+                is_trailing,
+                &faults,
+                |off, kind, payload| match record::decode(kind, payload) {
+                    Ok(rec) => {
+                        newest = newest.max(rec.time_ms());
+                        visit(base + off as u64, rec);
                     }
-                })?;
+                    Err(e) => {
+                        failure.get_or_insert((base + off as u64, e.to_string()));
+                    }
+                },
+            )?;
             if let Some((pos, why)) = failure {
                 return Err(LogError::Corrupt { pos, why });
             }
+            if is_trailing && scan.records == 0 && seg.capacity() != segment_size {
+                // A segment is preallocated and fsync'ed to its full size before its name is
+                // made durable and before any record goes into it, and every later msync of
+                // its data would have made its size durable too. So a newest segment that
+                // came back shorter than a full one and holds no valid record was being
+                // created by a roll when the power went: nothing in it was ever synced, let
+                // alone acknowledged. (Older releases did not fsync new segments; LazyFS found
+                // such a file at 0 bytes, and the next roll then failed with EEXIST.)
+                tracing::warn!(
+                    path = %path.display(),
+                    bytes = seg.capacity(),
+                    "the newest log segment came back empty or short after a crash; recreating it"
+                );
+                drop(seg);
+                std::fs::remove_file(&path)
+                    .map_err(|e| LogError::io(&path, "remove torn segment", e))?;
+                faults.record(Event::Remove(&path));
+                seg = Segment::create(dir, base, segment_size, &faults)?;
+                report.recreated = Some(base);
+            }
             report.records += scan.records;
             report.bytes += seg.len as u64;
+            report.zeroed += scan.zeroed as u64;
             if let Some((off, why)) = scan.torn_at {
                 report.torn_at = Some((base + off as u64, why));
             }
-            let mut seg = seg;
             seg.newest_ms = newest;
             segments.push(seg);
         }
+        if report.zeroed > 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                bytes = report.zeroed,
+                "zeroed stale bytes past the end of the log (written before a crash, never synced)"
+            );
+        }
+        report.rewritten = rewrite_after_poisoning(dir, &mut segments, &faults)?;
         report.segments = segments.len();
         let mut log = Log {
             dir: dir.to_path_buf(),
             segment_size,
             segments,
             sync_in_flight: false,
+            poisoned: false,
+            owe_failure: false,
+            faults,
         };
         if log.segments.is_empty() {
-            log.segments.push(Segment::create(dir, 0, segment_size)?);
+            log.segments
+                .push(Segment::create(dir, 0, segment_size, &log.faults)?);
         }
         report.elapsed = started.elapsed();
         Ok((log, report))
@@ -182,7 +389,11 @@ impl Log {
 
     /// Makes sure the active segment can take `bytes` more (rolling to a new one if not), so
     /// records appended together land in one segment; returns the active segment's base.
+    /// Fails once the log is poisoned (a sync failed): nothing more may be appended.
     pub fn prepare(&mut self, bytes: usize) -> Result<u64, LogError> {
+        if self.poisoned {
+            return Err(self.poisoned_error());
+        }
         if bytes > self.segment_size {
             return Err(LogError::TooLarge {
                 size: bytes,
@@ -209,30 +420,56 @@ impl Log {
     }
 
     /// Plans the sync of everything appended so far, to run with [`SyncPlan::run`] elsewhere;
-    /// finish with [`Log::end_sync`].
+    /// finish with [`Log::end_sync`]. On a poisoned log, a plan that fails: the first one
+    /// after the failure always, later ones if anything was appended since the last plan (an
+    /// empty one otherwise, so an idle periodic sync stays quiet).
     pub fn begin_sync(&mut self) -> SyncPlan {
         let mut plan = SyncPlan {
             ranges: Vec::new(),
-            undo: Vec::new(),
+            targets: Vec::new(),
+            poisoned: false,
+            skipped: AtomicBool::new(false),
+            faults: self.faults.is_armed().then(|| self.faults.clone()),
         };
+        let recording = self.faults.is_recording();
         for seg in &mut self.segments {
-            if let Some((addr, len, prev)) = seg.take_unsynced() {
+            if let Some((addr, len, upto)) = seg.take_unsynced() {
                 plan.ranges.push((addr, len));
-                plan.undo.push((seg.base, prev));
+                plan.targets.push(SyncTarget {
+                    base: seg.base,
+                    upto,
+                    path: recording.then(|| seg.path.clone()),
+                    size: seg.capacity(),
+                });
             }
         }
-        self.sync_in_flight = !plan.is_empty();
+        if self.poisoned && (!plan.ranges.is_empty() || std::mem::take(&mut self.owe_failure)) {
+            plan.ranges.clear();
+            plan.targets.clear();
+            plan.poisoned = true;
+        }
+        self.sync_in_flight = !plan.ranges.is_empty();
         plan
     }
 
-    /// Ends a [`Log::begin_sync`]; after a failure its ranges count as unsynced again.
+    /// Ends a [`Log::begin_sync`]. A failure poisons the log: the kernel may already have
+    /// marked the pages it could not write clean, so syncing them again would "succeed"
+    /// without writing them (fsyncgate).
     pub fn end_sync(&mut self, plan: SyncPlan, ok: bool) {
         self.sync_in_flight = false;
+        if plan.poisoned {
+            return;
+        }
         if !ok {
-            for (base, prev) in plan.undo {
-                if let Some(seg) = self.segments.iter_mut().find(|s| s.base == base) {
-                    seg.restore_unsynced(prev);
-                }
+            self.poison("a group-commit msync failed");
+            return;
+        }
+        if plan.skipped.load(Ordering::Relaxed) {
+            return;
+        }
+        for t in plan.targets {
+            if let Some(seg) = self.segments.iter_mut().find(|s| s.base == t.base) {
+                seg.mark_durable(t.upto);
             }
         }
     }
@@ -241,12 +478,26 @@ impl Log {
         self.sync_in_flight
     }
 
+    /// A sync failed in this process: appends and syncs fail with [`LogError::Poisoned`].
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
     /// Makes everything appended so far durable (msync), sealed segments included.
     pub fn sync(&mut self) -> Result<(), LogError> {
-        for seg in &mut self.segments {
-            seg.sync()?;
+        if self.poisoned {
+            return Err(self.poisoned_error());
+        }
+        for i in 0..self.segments.len() {
+            let result = self.segments[i].sync(&self.faults);
+            self.poison_on_sync_failure(result)?;
         }
         Ok(())
+    }
+
+    /// Whether everything appended so far is covered by a completed sync.
+    pub fn is_durable(&self) -> bool {
+        self.segments.iter().all(Segment::is_durable)
     }
 
     /// The segment holding `pos` and the offset inside it.
@@ -342,6 +593,10 @@ impl Log {
             let path = seg.path.clone();
             drop(seg);
             std::fs::remove_file(&path).map_err(|e| LogError::io(&path, "delete segment", e))?;
+            self.faults.record(Event::Remove(&path));
+            let synced = durable::sync_dir(&self.dir, &self.faults)
+                .map_err(|e| LogError::sync(&self.dir, "fsync log dir", e));
+            self.poison_on_sync_failure(synced)?;
         }
         Ok(self.oldest_position())
     }
@@ -403,14 +658,52 @@ impl Log {
 
     /// Seals the active segment (synced) and starts the next one.
     fn roll(&mut self) -> Result<(), LogError> {
-        let next = {
-            let seg = self.active_mut();
-            seg.sync()?;
-            seg.base + seg.capacity() as u64
-        };
-        let seg = Segment::create(&self.dir, next, self.segment_size)?;
+        let last = self.segments.len() - 1;
+        let synced = self.segments[last].sync(&self.faults);
+        self.poison_on_sync_failure(synced)?;
+        let next = self.segments[last].base + self.segments[last].capacity() as u64;
+        let created = Segment::create(&self.dir, next, self.segment_size, &self.faults);
+        let seg = self.poison_on_sync_failure(created)?;
         self.segments.push(seg);
         Ok(())
+    }
+
+    /// Passes `result` on, poisoning the log first if it is a failed sync.
+    fn poison_on_sync_failure<T>(&mut self, result: Result<T, LogError>) -> Result<T, LogError> {
+        if let Err(LogError::Sync { what, .. }) = &result {
+            self.poison(what);
+        }
+        result
+    }
+
+    fn poison(&mut self, what: &str) {
+        if self.poisoned {
+            return;
+        }
+        self.poisoned = true;
+        self.owe_failure = true;
+        let from = self
+            .segments
+            .iter()
+            .find(|s| !s.is_durable())
+            .map_or_else(|| self.head_position(), |s| s.base + s.durable_len() as u64);
+        // Best effort (the disk is failing): tells the next open to write these pages again.
+        let marker = self.dir.join(POISON_MARKER);
+        let marked = std::fs::write(&marker, format!("{from}\n"))
+            .and_then(|()| std::fs::File::open(&marker)?.sync_all());
+        tracing::error!(
+            dir = %self.dir.display(),
+            failed = what,
+            from,
+            marker_written = marked.is_ok(),
+            "log poisoned: a sync failed, so nothing more is appended or acknowledged until a restart recovers from the disk"
+        );
+    }
+
+    fn poisoned_error(&self) -> LogError {
+        LogError::Poisoned {
+            dir: self.dir.clone(),
+        }
     }
 }
 

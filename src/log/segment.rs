@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use memmap2::MmapMut;
 
+use super::durable;
+use super::fault::{Event, Faults};
 use super::record::{self, Framed};
 use super::LogError;
 
@@ -31,8 +33,10 @@ pub struct Segment {
     map: MmapMut,
     /// Bytes written (the next record goes here).
     pub len: usize,
-    /// `[synced, len)` has not been msync'ed yet.
+    /// `[synced, len)` is not yet covered by a sync (running or done).
     synced: usize,
+    /// `[0, durable)` is covered by a completed sync.
+    durable: usize,
     /// Records in the segment and the newest record time (for retention).
     pub records: u64,
     pub newest_ms: u64,
@@ -44,11 +48,21 @@ pub struct SegmentScan {
     pub records: u64,
     /// Offset and reason of the first invalid record, if the tail was torn.
     pub torn_at: Option<(usize, &'static str)>,
+    /// Bytes past the end of the valid records rewritten with zeros (whole pages that held
+    /// something).
+    pub zeroed: usize,
 }
 
 impl Segment {
-    /// Creates and preallocates a new, empty segment.
-    pub fn create(dir: &Path, base: u64, size: usize) -> Result<Segment, LogError> {
+    /// Creates and preallocates a new, empty segment, durably: the file's full size is
+    /// fsync'ed, then its name (the directory), before any record goes into it. On failure
+    /// the half-made file is removed, so a later attempt can create it again.
+    pub fn create(
+        dir: &Path,
+        base: u64,
+        size: usize,
+        faults: &Faults,
+    ) -> Result<Segment, LogError> {
         let path = dir.join(file_name(base));
         if injected_no_space() {
             return Err(LogError::io(
@@ -63,16 +77,47 @@ impl Segment {
             .create_new(true)
             .open(&path)
             .map_err(|e| LogError::io(&path, "create segment", e))?;
-        preallocate(&file, size).map_err(|e| LogError::io(&path, "preallocate segment", e))?;
-        Self::map(base, path, &file, 0)
+        faults.record(Event::Create(&path));
+        let made = Self::prepare(dir, base, &path, &file, size, faults);
+        if made.is_err() {
+            drop(file);
+            if std::fs::remove_file(&path).is_ok() {
+                faults.record(Event::Remove(&path));
+            }
+        }
+        made
     }
 
-    /// Opens an existing segment and finds the end of its valid records; a torn tail is
-    /// zeroed so the next append overwrites it. Calls `visit(offset, kind, payload)` for each
-    /// valid record.
+    fn prepare(
+        dir: &Path,
+        base: u64,
+        path: &Path,
+        file: &File,
+        size: usize,
+        faults: &Faults,
+    ) -> Result<Segment, LogError> {
+        preallocate(file, size).map_err(|e| LogError::io(path, "preallocate segment", e))?;
+        file.sync_all()
+            .map_err(|e| LogError::sync(path, "fsync new segment", e))?;
+        faults.record(Event::Synced {
+            path,
+            len: 0,
+            size: size as u64,
+        });
+        durable::sync_dir(dir, faults).map_err(|e| LogError::sync(dir, "fsync log dir", e))?;
+        Self::map(base, path.to_path_buf(), file, 0)
+    }
+
+    /// Opens an existing segment and finds the end of its valid records, calling
+    /// `visit(offset, kind, payload)` for each. For the `trailing` (active) segment, every
+    /// non-zero byte past that end is zeroed (see the stale-record rule in the module doc of
+    /// [`super`]). Then the whole segment is synced, so nothing recovery saw, and no zeroing,
+    /// can be lost after it returns.
     pub fn recover(
         base: u64,
         path: PathBuf,
+        trailing: bool,
+        faults: &Faults,
         mut visit: impl FnMut(usize, u8, &[u8]),
     ) -> Result<(Segment, SegmentScan), LogError> {
         let file = OpenOptions::new()
@@ -97,20 +142,32 @@ impl Segment {
                 Framed::End => break,
                 Framed::Bad(why) => {
                     scan.torn_at = Some((off, why));
-                    seg.zero_from(off);
                     break;
                 }
             }
         }
+        if trailing {
+            scan.zeroed = seg.zero_beyond(off, &file);
+        }
+        seg.map
+            .flush()
+            .map_err(|e| LogError::sync(&seg.path, "msync recovered segment", e))?;
+        faults.record(Event::Synced {
+            path: &seg.path,
+            len: off as u64,
+            size: seg.map.len() as u64,
+        });
         seg.len = off;
         seg.synced = off;
+        seg.durable = off;
         seg.records = scan.records;
         Ok((seg, scan))
     }
 
     fn map(base: u64, path: PathBuf, file: &File, len: usize) -> Result<Segment, LogError> {
-        // SAFETY: the file is ours alone (one shard owns its directory) and is never resized
-        // while mapped, so the mapping stays valid for the segment's lifetime.
+        // SAFETY: the file is ours alone (one shard owns its directory, one broker its data
+        // directory) and is never resized while mapped, so the mapping stays valid for the
+        // segment's lifetime.
         let map = unsafe { MmapMut::map_mut(file) }.map_err(|e| LogError::io(&path, "map", e))?;
         Ok(Segment {
             base,
@@ -118,6 +175,7 @@ impl Segment {
             map,
             len,
             synced: len,
+            durable: len,
             records: 0,
             newest_ms: 0,
         })
@@ -154,8 +212,9 @@ impl Segment {
         }
     }
 
-    /// The page-aligned address range covering `[synced, len)`, for a sync run elsewhere
-    /// ([`super::SyncPlan`]); marks it synced. `None` if nothing is pending.
+    /// The page-aligned address range covering `[synced, len)` and the offset a sync of it
+    /// makes durable, for a sync run elsewhere ([`super::SyncPlan`]); marks it taken. `None`
+    /// if nothing is pending.
     pub fn take_unsynced(&mut self) -> Option<(usize, usize, usize)> {
         if self.synced >= self.len {
             return None;
@@ -163,44 +222,132 @@ impl Segment {
         let page = page_size();
         let start = self.synced / page * page;
         let base = self.map.as_ptr() as usize;
-        let range = (base + start, self.len - start, self.synced);
+        let range = (base + start, self.len - start, self.len);
         self.synced = self.len;
         Some(range)
     }
 
-    /// Undoes [`Segment::take_unsynced`] after the sync failed.
-    pub fn restore_unsynced(&mut self, synced: usize) {
-        self.synced = self.synced.min(synced);
+    /// A sync of `[0, upto)` completed.
+    pub fn mark_durable(&mut self, upto: usize) {
+        self.durable = self.durable.max(upto);
     }
 
-    /// msync's what was appended since the last sync.
-    pub fn sync(&mut self) -> Result<(), LogError> {
-        if self.synced < self.len {
-            self.map
-                .flush_range(self.synced, self.len - self.synced)
-                .map_err(|e| LogError::io(&self.path, "msync", e))?;
-            self.synced = self.len;
+    /// `[0, durable_len)` is covered by a completed sync.
+    pub fn durable_len(&self) -> usize {
+        self.durable
+    }
+
+    /// Writes every page holding records at or after position `pos` again and syncs them
+    /// (see [`super::POISON_MARKER`]); returns the bytes covered.
+    pub fn rewrite_from(&mut self, pos: u64) -> Result<usize, LogError> {
+        let Some(off) = pos
+            .checked_sub(self.base)
+            .map_or(Some(0), |o| usize::try_from(o).ok())
+        else {
+            return Ok(0);
+        };
+        if off >= self.len {
+            return Ok(0);
         }
+        let page = page_size();
+        let start = off / page * page;
+        let base = self.map.as_mut_ptr();
+        for p in (start..self.len).step_by(page) {
+            // SAFETY: p < len <= map.len(), so the byte lies in our live, exclusively borrowed
+            // mapping. Volatile, so the store of the value just read is not optimised away:
+            // the store is what makes the kernel treat the page as dirty again.
+            unsafe {
+                let at = base.add(p);
+                std::ptr::write_volatile(at, std::ptr::read_volatile(at));
+            }
+        }
+        self.map
+            .flush_range(start, self.len - start)
+            .map_err(|e| LogError::sync(&self.path, "msync rewritten pages", e))?;
+        Ok(self.len - start)
+    }
+
+    /// Whether everything appended is covered by a completed sync.
+    pub fn is_durable(&self) -> bool {
+        self.durable >= self.len
+    }
+
+    /// msync's everything not yet covered by a *completed* sync (a sync still running
+    /// elsewhere is covered again: the result must not depend on it).
+    pub fn sync(&mut self, faults: &Faults) -> Result<(), LogError> {
+        if self.durable >= self.len {
+            return Ok(());
+        }
+        if let Some(e) = faults.sync_failure() {
+            return Err(LogError::sync(&self.path, "msync", e));
+        }
+        let upto = self.len;
+        self.map
+            .flush_range(self.durable, upto - self.durable)
+            .map_err(|e| LogError::sync(&self.path, "msync", e))?;
+        faults.record(Event::Synced {
+            path: &self.path,
+            len: upto as u64,
+            size: self.map.len() as u64,
+        });
+        self.synced = self.synced.max(upto);
+        self.mark_durable(upto);
         Ok(())
     }
 
-    /// Zeroes a torn tail starting at `off` (up to the first all-zero 4 KiB page, which is
-    /// where the preallocated, never-written part begins) and persists that.
-    fn zero_from(&mut self, off: usize) {
-        const PAGE: usize = 4096;
-        let mut end = off;
-        while end < self.map.len() {
-            let page_end = ((end / PAGE) + 1) * PAGE;
-            let page_end = page_end.min(self.map.len());
-            let all_zero = self.map[end..page_end].iter().all(|&b| b == 0);
-            self.map[end..page_end].fill(0);
-            end = page_end;
-            if all_zero {
+    /// Zeroes every page past `off` that holds a non-zero byte; returns the bytes rewritten. Ranges
+    /// the file system reports as holes (SEEK_DATA; preallocated, never-written extents on
+    /// ext4/xfs) read as zeros and are skipped, so a clean tail costs almost nothing.
+    fn zero_beyond(&mut self, off: usize, file: &File) -> usize {
+        let page = page_size();
+        let end = self.map.len();
+        let mut zeroed = 0;
+        let mut at = off;
+        while at < end {
+            let Some((data, hole)) = next_data(file, at, end) else {
                 break;
+            };
+            let mut p = data;
+            while p < hole {
+                let stop = ((p / page + 1) * page).min(hole);
+                let chunk = &mut self.map[p..stop];
+                if chunk.iter().any(|&b| b != 0) {
+                    chunk.fill(0);
+                    zeroed += stop - p;
+                }
+                p = stop;
             }
+            at = hole;
         }
-        let _ = self.map.flush_range(off, end - off);
+        zeroed
     }
+}
+
+/// The next range `[data, hole)` at or after `from` (and before `end`) that may hold non-zero
+/// bytes. Without SEEK_DATA support the whole rest counts as data.
+fn next_data(file: &File, from: usize, end: usize) -> Option<(usize, usize)> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let Ok(from_off) = libc::off_t::try_from(from) else {
+        return Some((from, end));
+    };
+    // SAFETY: lseek on an fd we own; it only moves the file offset, which nothing else uses.
+    let data = unsafe { libc::lseek(fd, from_off, libc::SEEK_DATA) };
+    if data < 0 {
+        return match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::ENXIO) => None, // nothing but holes from here on
+            _ => Some((from, end)),
+        };
+    }
+    // SAFETY: as above.
+    let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+    let data = usize::try_from(data).unwrap_or(from).max(from);
+    if data >= end {
+        return None;
+    }
+    let hole = usize::try_from(hole).map_or(end, |h| h.min(end));
+    // A hole right at `data` would be a file system bug; scan to the end rather than loop.
+    Some((data, if hole > data { hole } else { end }))
 }
 
 fn page_size() -> usize {

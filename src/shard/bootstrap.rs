@@ -1,6 +1,8 @@
 //! Starting and stopping the shards.
 //!
-//! [`Broker::start`] binds one SO_REUSEPORT listener per shard on the calling thread (so a bad
+//! [`Broker::start`] opens the data directory (its lock, held for the broker's lifetime, and
+//! meta file: [`crate::log::DataDir`]), refuses a listen address another process serves,
+//! binds one SO_REUSEPORT listener per shard on the calling thread (so a bad
 //! address fails fast, and port 0 resolves to one port shared by all shards), builds the mesh,
 //! and spawns one glommio executor per shard pinned to its CPU. It returns once every shard has
 //! connected its mesh queues and is accepting.
@@ -35,6 +37,9 @@ use crate::config::Config;
 pub const IO_MEMORY: usize = 512 * 1024;
 /// Envelopes an outbox may hold before session tasks pause reading (see transport).
 pub const OUTBOX_HIGH_WATER: usize = 4096;
+/// How long a taken listen address is re-checked before another process counts as serving it.
+const SERVED_PROBE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+const SERVED_PROBE_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -49,8 +54,10 @@ pub enum StartError {
     Trigger(std::io::Error),
     #[error("cannot create the epoll set for parked connections: {0}")]
     Parking(std::io::Error),
+    #[error("cannot listen on {addr}: another process already serves it (SO_REUSEPORT would silently split its connections with this broker); stop that process or set [server] listen to a free address")]
+    Served { addr: SocketAddr },
     #[error("{0}")]
-    Meta(#[from] crate::log::meta::MetaError),
+    DataDir(#[from] crate::log::DataDirError),
     #[error("cannot recover shard {shard}'s log: {source}")]
     Log {
         shard: usize,
@@ -64,6 +71,8 @@ pub struct Broker {
     shards: usize,
     joins: Vec<ExecutorJoinHandle<()>>,
     triggers: Vec<std::os::unix::net::UnixStream>,
+    /// Holds the data directory's lock for the broker's lifetime.
+    _data_dir: crate::log::DataDir,
 }
 
 impl Broker {
@@ -72,7 +81,8 @@ impl Broker {
         let cfg = Arc::new(cfg);
         let n = cfg.shard_count();
         let verifier = Arc::new(Verifier::new(secret, cfg.auth.leeway));
-        crate::log::meta::check_or_create(&cfg.storage.data_dir, n)?;
+        let data_dir = crate::log::DataDir::open(&cfg.storage.data_dir, n)?;
+        refuse_if_served(cfg.server.listen)?;
         let recovered = recover_all(&cfg, n)?;
         let listeners = bind_all(cfg.server.listen, n, cfg.server.listen_backlog)?;
         let addr = local_addr(&listeners[0]).map_err(|source| StartError::Bind {
@@ -131,6 +141,7 @@ impl Broker {
             shards: n,
             joins,
             triggers,
+            _data_dir: data_dir,
         })
     }
 
@@ -193,6 +204,34 @@ fn bind_all(addr: SocketAddr, n: usize, backlog: u32) -> Result<Vec<OwnedFd>, St
         all.push(bind_reuseport(actual, backlog)?);
     }
     Ok(all)
+}
+
+/// Binding with SO_REUSEPORT joins any listener group already on `addr`: probe it without
+/// (SO_REUSEADDR still lets a restart reuse a port in TIME_WAIT) and refuse if it is taken.
+fn refuse_if_served(addr: SocketAddr) -> Result<(), StartError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let err = |source| StartError::Bind { addr, source };
+    // A broker killed a moment ago can still hold its port: the kernel tears its io_uring
+    // down asynchronously, after the process is gone, and a pending accept keeps the listener
+    // alive until then. So a taken port is re-checked for a while before it counts as served.
+    let deadline = Instant::now() + SERVED_PROBE_PATIENCE;
+    loop {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .map_err(err)?;
+        probe.set_reuse_address(true).map_err(err)?;
+        match probe.bind(&addr.into()) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                if Instant::now() >= deadline {
+                    return Err(StartError::Served { addr });
+                }
+                std::thread::sleep(SERVED_PROBE_RETRY);
+            }
+            other => return other.map_err(err),
+        }
+    }
 }
 
 fn bind_reuseport(addr: SocketAddr, backlog: u32) -> Result<OwnedFd, StartError> {

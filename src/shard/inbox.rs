@@ -323,16 +323,19 @@ impl Shard {
             match self.sync_off_thread().await {
                 Ok(()) => Code::OK,
                 Err(e) => {
-                    // The records are in the page cache and will be delivered, but we cannot
-                    // promise durability: senders hear so and may retry (at-least-once).
-                    tracing::error!(shard = self.id, error = %e, "log sync failed");
+                    // fsyncgate: the failed pages may already be marked clean, so a retry
+                    // proves nothing. The log is poisoned (no more appends); this batch is
+                    // neither acked nor delivered nor fanned out. Whatever of it reached the
+                    // disk is recovered at the next start, and a resend is then answered
+                    // from the dedup window rebuilt from those records.
+                    tracing::error!(shard = self.id, error = %e, "log sync failed; this shard acknowledges nothing more until it restarts");
                     Code::STORAGE_UNAVAILABLE
                 }
             }
         } else {
             Code::OK
         };
-        {
+        if status == Code::OK {
             let mut users = self.users.borrow_mut();
             for (name, seq) in &touched {
                 let Some(user) = users.get_mut(name) else {
@@ -348,6 +351,11 @@ impl Shard {
         let mut fanout: BTreeMap<usize, Vec<Arc<GroupEntry>>> = BTreeMap::new();
         let mut applied: BTreeMap<usize, Vec<(Arc<str>, u64)>> = BTreeMap::new();
         for ack in pending {
+            if status != Code::OK
+                && matches!(ack, PendingAck::Fanout { .. } | PendingAck::Applied { .. })
+            {
+                continue; // not durable: no other shard may build on it
+            }
             match ack {
                 PendingAck::Send {
                     sender,
@@ -537,8 +545,10 @@ impl Shard {
             acked,
             at_ms: Self::wall_ms(),
         });
-        match self.log.borrow_mut().append(&record) {
+        let mut log = self.log.borrow_mut();
+        match log.append(&record) {
             Ok(pos) => Some(pos),
+            Err(_) if log.is_poisoned() => None, // said once, when the sync failed
             Err(e) => {
                 tracing::warn!(user, error = %e, "cannot log an ack cursor");
                 None

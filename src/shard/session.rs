@@ -185,6 +185,10 @@ async fn serve(
             Wake::Read(Ok(_)) => {
                 read_ready(&shard, &conn, Some(probe[0]));
                 shard.flush_dirty();
+                // A read of a socket that already holds data completes without yielding, so a
+                // client that never pauses would keep this task running: let the committer
+                // (whose sync releases this batch's acks) and other connections go first.
+                future::yield_now().await;
             }
             Wake::Park => {
                 if conn.is_open() && conn.queued_bytes() == 0 && park(&shard, &conn).is_ok() {

@@ -229,5 +229,8 @@ async fn receive_from(
 ) {
     while let Some(batch) = receiver.recv().await {
         on_batch(peer, batch);
+        // A queue that is never empty completes every recv at once: yield, so the committer
+        // and the shard's sessions run between batches.
+        futures_lite::future::yield_now().await;
     }
 }

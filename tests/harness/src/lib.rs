@@ -681,6 +681,24 @@ pub async fn expect_goaway_then_close(c: &mut Client, code: Code) {
 
 // ---- raw sockets ---------------------------------------------------------------------------
 
+/// A port that is free now and below the kernel's ephemeral range (so no client connection
+/// is given it as its source port), for tests that must bind the same port twice.
+pub fn free_port_below_ephemeral() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| {
+            r.split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+        })
+        .unwrap_or(32768);
+    let start = 20_000 + (std::process::id() % 5_000) as u16;
+    (start..low.max(start + 1))
+        .chain(10_000..start)
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port below the ephemeral range")
+}
+
 pub fn raw_connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(WAIT)).expect("timeout");
