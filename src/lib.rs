@@ -12,6 +12,7 @@
 //! |---|---|
 //! | [`config`] | the embedded default TOML, parsing, validation, human units |
 //! | [`protocol`] | wire framing (u32 LE length + FlatBuffers `Frame`), check-then-parse codec, codes |
+//! | [`wire`] | client transports: TCP or WebSocket framing per connection, the HTTP upgrade, origins, the embedded chat page |
 //! | [`auth`] | JWT HS256 login tokens; the shared secret file |
 //! | [`shard`] | executors, ownership (`owner()`), the mesh, accept/login/hand-off, sessions, delivery, group commit |
 //! | [`log`] | the per-shard segment log: framing, segments, recovery, retention, the data-dir meta file |
@@ -64,3 +65,4 @@ pub mod diagnostics;
 pub mod log;
 pub mod protocol;
 pub mod shard;
+pub mod wire;

@@ -77,7 +77,9 @@ fn replay(n: u64, size: usize) -> f64 {
     let mut out = Vec::with_capacity(1 << 20);
     let t = Instant::now();
     for pos in &positions {
-        let r = log.with_message(*pos, |m| m.encode_deliver(&mut out));
+        let r = log.with_message(*pos, |m| {
+            m.encode_deliver(&ringpost::protocol::LenPrefix, &mut out)
+        });
         if let Err(e) = r {
             panic!("read: {e}");
         }

@@ -79,10 +79,11 @@ impl Record {
 }
 
 impl ArchivedMessageRecord {
-    /// Appends this message's Deliver frame to `out`, straight from the archive (every
-    /// delivery — live, replay, catch-up — is encoded here).
-    pub fn encode_deliver(&self, out: &mut Vec<u8>) {
-        crate::protocol::encode_server(
+    /// Appends this message's Deliver frame, with `head` in front (the connection's framing),
+    /// to `out`, straight from the archive (every delivery — live, replay, catch-up — is
+    /// encoded here).
+    pub fn encode_deliver(&self, head: &impl crate::protocol::FrameHead, out: &mut Vec<u8>) {
+        crate::protocol::encode_server_with(
             &crate::protocol::ServerMsg::Deliver {
                 seq: self.seq.to_native(),
                 from_user: self.from.as_str(),
@@ -90,6 +91,7 @@ impl ArchivedMessageRecord {
                 sent_at_ms: self.sent_at_ms.to_native(),
                 body: self.body.as_slice(),
             },
+            head,
             out,
         );
     }

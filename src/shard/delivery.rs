@@ -139,7 +139,9 @@ impl Shard {
                 conn.sent_seq.set(resume.max(next));
                 continue;
             };
-            let framed = log.with_message(pos, |m| m.encode_deliver(&mut conn.tx.borrow_mut()));
+            let framed = log.with_message(pos, |m| {
+                m.encode_deliver(&crate::protocol::LenPrefix, &mut conn.tx.borrow_mut())
+            });
             if let Err(e) = framed {
                 tracing::error!(user = %conn.user, seq = next, error = %e, "cannot read a logged message; skipping it");
             }
