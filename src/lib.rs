@@ -49,6 +49,11 @@
 //! bytes already read through the same mesh (`shard::acceptor`); the owner starts the
 //! connection's session (`session::start`) and does all I/O for it from then on.
 //!
+//! WebSocket connections (`server.ws_listen`) take the same path after an HTTP upgrade
+//! (`shard::ws_accept`): one binary message carries one Frame, and the connection's
+//! [`wire::Framing`] — TCP or WebSocket, with the WebSocket decoder's few bytes of state —
+//! travels with the hand-off and decides how the session decodes reads and frames output.
+//!
 //! ## Idle connections
 //!
 //! A connection without traffic is *parked* (`shard::park`): its socket waits in the shard's

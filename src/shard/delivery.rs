@@ -140,7 +140,7 @@ impl Shard {
                 continue;
             };
             let framed = log.with_message(pos, |m| {
-                m.encode_deliver(&crate::protocol::LenPrefix, &mut conn.tx.borrow_mut())
+                m.encode_deliver(&conn.framing.get(), &mut conn.tx.borrow_mut())
             });
             if let Err(e) = framed {
                 tracing::error!(user = %conn.user, seq = next, error = %e, "cannot read a logged message; skipping it");
