@@ -389,7 +389,7 @@ pub fn run(args: ChurnArgs) -> ExitCode {
             specs.push((name(a), name(b), churners[a]));
             specs.push((name(b), name(a), churners[b]));
         }
-        let (addr, tokens, live) = (args.common.addr, tokens.clone(), live.clone());
+        let (addr, tokens, live) = (args.common.endpoint(), tokens.clone(), live.clone());
         move || async move { generator(addr, tokens, specs, cfg, live, start).await }
     });
     let outcomes = match outcomes {
@@ -449,7 +449,7 @@ fn churning_users(users: usize, fraction: f64) -> Vec<bool> {
 }
 
 async fn generator(
-    addr: std::net::SocketAddr,
+    addr: super::Endpoint,
     tokens: Tokens,
     specs: Vec<(String, String, bool)>,
     cfg: Cfg,
@@ -467,7 +467,7 @@ async fn generator(
             login_failures.push(format!("{me}: cannot mint a token: {e}"));
             String::new()
         });
-        let opts = ClientOptions::new(addr, token, DEVICE_ID);
+        let opts = addr.options(token, DEVICE_ID);
         match Client::connect(&opts, 0).await {
             Ok(c) => clients.push(Some(c)),
             Err(e) => {

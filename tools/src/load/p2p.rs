@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use ringpost::client::{Client, ClientOptions, Event, Reader, Writer};
+use ringpost::client::{Client, Event, Reader, Writer};
 use ringpost::protocol::Code;
 use serde_json::json;
 
@@ -138,7 +138,7 @@ pub fn run(args: P2pArgs) -> ExitCode {
     let outcomes = run_generators("load", threads, &live, |t, start| {
         let my_pairs: Vec<(String, String)> =
             names.iter().skip(t).step_by(threads).cloned().collect();
-        let (addr, tokens, live) = (args.common.addr, tokens.clone(), live.clone());
+        let (addr, tokens, live) = (args.common.endpoint(), tokens.clone(), live.clone());
         let cfg = ThreadCfg {
             interval,
             per_sender,
@@ -188,7 +188,7 @@ struct ThreadCfg {
 }
 
 async fn generator(
-    addr: std::net::SocketAddr,
+    addr: super::Endpoint,
     tokens: Tokens,
     pairs: Vec<(String, String)>,
     cfg: ThreadCfg,
@@ -201,7 +201,7 @@ async fn generator(
     for (a, b) in &pairs {
         let mut pair = Vec::new();
         for (me, partner) in [(a, b), (b, a)] {
-            let opts = ClientOptions::new(addr, tokens.mint(me)?, "load");
+            let opts = addr.options(tokens.mint(me)?, "load");
             match Client::connect(&opts, 0).await {
                 Ok(c) => pair.push((me.clone(), partner.clone(), c)),
                 Err(e) => login_failures.push(format!("{me}: {e}")),
