@@ -1,6 +1,6 @@
 //! Accepting on the WebSocket port (`server.ws_listen`): the HTTP request, the upgrade, then
 //! the Login message, all within `login_timeout`; from there on the connection takes the TCP
-//! path ([`super::acceptor::finish`]: verify, hand off), its framing travelling with it.
+//! path (`acceptor::finish`: verify, hand off), its framing travelling with it.
 //!
 //! 1. Read the request head (at most `wire::upgrade::MAX_REQUEST_HEAD` bytes) and let
 //!    [`upgrade::route`] decide: the chat page, 403/404/4xx, or `101` for `GET /ws`. Anything
