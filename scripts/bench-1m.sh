@@ -31,6 +31,7 @@ dir=$(mktemp -d /tmp/ringpost-1m-XXXXXX)
 cat > "$dir/ringpost.toml" <<CONF
 [server]
 listen = "127.0.0.1:0"
+ws_listen = "127.0.0.1:0"
 shards = $SHARDS
 listen_backlog = 65535
 [storage]

@@ -46,7 +46,7 @@ class Broker:
         conf = os.path.join(self.dir, "ringpost.toml")
         with open(conf, "w") as f:
             f.write(
-                f'[server]\nlisten = "127.0.0.1:0"\nshards = {shards}\n'
+                f'[server]\nlisten = "127.0.0.1:0"\nws_listen = "127.0.0.1:0"\nshards = {shards}\n'
                 f'[storage]\ndata_dir = "{self.dir}/data"\nsegment_size = "64MiB"\nfsync = "{fsync}"\n'
                 f'[auth]\nsecret_file = "{self.secret}"\n'
                 f"[limits]\nsends_per_sec = 1000000\n{extra}"

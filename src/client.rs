@@ -14,6 +14,11 @@
 //! connections (the load tool's `connect` scenario). [`ClientOptions::source_ip`] binds the
 //! socket to a local address before connecting, so one box can open more than 64k connections
 //! to one broker address by spreading them over 127.0.0.0/8.
+//!
+//! [`ClientOptions::transport`] chooses TCP (length-prefixed frames) or WebSocket
+//! ([`ClientOptions::over_websocket`]: an HTTP upgrade on the broker's `ws_listen` port, then
+//! one masked binary message per frame, masked by tungstenite); everything above the framing
+//! is the same.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
@@ -28,7 +33,11 @@ use std::cell::RefCell;
 use std::collections::{HashSet, VecDeque};
 use std::rc::Rc;
 
-use crate::protocol::{self, ClientMsg, Code, EntryKind, FrameReader, GroupOp, Names, ServerMsg};
+use crate::protocol::{
+    self, ClientMsg, Code, EntryKind, FrameReader, GroupOp, Names, NoHead, ServerMsg,
+};
+use crate::wire::upgrade;
+use crate::wire::ws::{self, MessageReader, Step};
 
 /// How many recent client_msg_ids a connection remembers to recognise its own echoes.
 const ECHO_MEMORY: usize = 4096;
@@ -70,6 +79,21 @@ pub struct ClientOptions {
     pub source_ip: Option<IpAddr>,
     /// Bytes the reader asks the socket for at a time (and so keeps allocated).
     pub read_chunk: usize,
+    /// TCP, or WebSocket on `addr` (the broker's `ws_listen` port).
+    pub transport: Transport,
+}
+
+/// How a client reaches the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// Length-prefixed frames on `server.listen`.
+    Tcp,
+    /// An HTTP upgrade on `path` of `server.ws_listen` (sending `Origin: origin` if set, as a
+    /// browser would), then one binary WebSocket message per frame.
+    WebSocket {
+        path: String,
+        origin: Option<String>,
+    },
 }
 
 impl ClientOptions {
@@ -82,7 +106,22 @@ impl ClientOptions {
             login_timeout: Duration::from_secs(10),
             source_ip: None,
             read_chunk: READ_CHUNK,
+            transport: Transport::Tcp,
         }
+    }
+
+    /// The same client over WebSocket on `ws_addr` (path `/ws`, no Origin header).
+    pub fn over_websocket(mut self, ws_addr: SocketAddr) -> Self {
+        self.addr = ws_addr;
+        self.transport = Transport::WebSocket {
+            path: upgrade::WS_PATH.into(),
+            origin: None,
+        };
+        self
+    }
+
+    fn is_websocket(&self) -> bool {
+        matches!(self.transport, Transport::WebSocket { .. })
     }
 }
 
@@ -205,11 +244,17 @@ impl ClientError {
 /// The receiving half.
 pub struct Reader {
     stream: TcpStream,
-    frames: FrameReader,
+    frames: Frames,
     max_frame: usize,
     read_chunk: usize,
     last_seq: u64,
     sent: Rc<RefCell<SentIds>>,
+}
+
+/// The receive buffer, per transport.
+enum Frames {
+    Tcp(FrameReader),
+    WebSocket(MessageReader),
 }
 
 /// The sending half.
@@ -217,6 +262,19 @@ pub struct Writer {
     stream: TcpStream,
     out: Vec<u8>,
     sent: Rc<RefCell<SentIds>>,
+    websocket: bool,
+}
+
+/// Appends one client frame to `out`, framed for the transport: length-prefixed, or as one
+/// masked binary WebSocket message.
+fn encode(msg: &ClientMsg<'_>, websocket: bool, out: &mut Vec<u8>) {
+    if websocket {
+        let mut payload = Vec::new();
+        protocol::encode_client_with(msg, &NoHead, &mut payload);
+        ws::write_masked(&payload, out);
+    } else {
+        protocol::encode_client(msg, out);
+    }
 }
 
 /// A logged-in connection.
@@ -231,8 +289,7 @@ impl Client {
     /// Connects and logs in; `last_seq` is the highest seq this device has processed.
     pub async fn connect(opts: &ClientOptions, last_seq: u64) -> Result<Client, ClientError> {
         let attempt = async {
-            let stream = open(opts).await?;
-            let _ = stream.set_nodelay(true);
+            let (stream, early) = open(opts).await?;
             // SAFETY: dup(2) of a socket we own; checked below. Each half owns one fd.
             let fd = unsafe { libc::dup(stream.as_raw_fd()) };
             if fd < 0 {
@@ -240,11 +297,12 @@ impl Client {
             }
             // SAFETY: `fd` is a fresh duplicate owned by nobody else.
             let write_stream = unsafe { TcpStream::from_raw_fd(fd) };
-            let mut reader = Reader::new(stream, opts, last_seq);
+            let mut reader = Reader::new(stream, opts, last_seq, &early);
             let mut writer = Writer {
                 stream: write_stream,
                 out: Vec::new(),
                 sent: reader.sent.clone(),
+                websocket: opts.is_websocket(),
             };
             writer
                 .send_msg(&ClientMsg::Login {
@@ -356,7 +414,7 @@ impl Client {
         self.reader.recv().await
     }
 
-    /// Sends raw bytes as they are (tests of the broker's handling of bad input).
+    /// Sends raw bytes as they are, unframed (tests of the broker's handling of bad input).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         self.writer.stream.write_all(bytes).await?;
         Ok(())
@@ -376,7 +434,7 @@ impl Writer {
             }
             _ => {}
         }
-        protocol::encode_client(msg, &mut self.out);
+        encode(msg, self.websocket, &mut self.out);
     }
 
     /// Writes everything queued.
@@ -463,14 +521,14 @@ pub struct LeanClient {
     login: LoginInfo,
     reader: Reader,
     out: Vec<u8>,
+    websocket: bool,
 }
 
 impl LeanClient {
     /// Connects and logs in (bounded by `login_timeout`).
     pub async fn connect(opts: &ClientOptions, last_seq: u64) -> Result<LeanClient, ClientError> {
         let attempt = async {
-            let stream = open(opts).await?;
-            let _ = stream.set_nodelay(true);
+            let (stream, early) = open(opts).await?;
             let mut lean = LeanClient {
                 login: LoginInfo {
                     user_id: String::new(),
@@ -480,8 +538,9 @@ impl LeanClient {
                     oldest_seq: 0,
                     gap: false,
                 },
-                reader: Reader::new(stream, opts, last_seq),
+                reader: Reader::new(stream, opts, last_seq, &early),
                 out: Vec::new(),
+                websocket: opts.is_websocket(),
             };
             lean.send_msg(&ClientMsg::Login {
                 token: &opts.token,
@@ -506,7 +565,7 @@ impl LeanClient {
 
     pub async fn send_msg(&mut self, msg: &ClientMsg<'_>) -> Result<(), ClientError> {
         self.out.clear();
-        protocol::encode_client(msg, &mut self.out);
+        encode(msg, self.websocket, &mut self.out);
         self.reader.stream.write_all(&self.out).await?;
         Ok(())
     }
@@ -517,10 +576,18 @@ impl LeanClient {
 }
 
 impl Reader {
-    fn new(stream: TcpStream, opts: &ClientOptions, last_seq: u64) -> Reader {
+    /// `early`: bytes that arrived with the WebSocket upgrade response, after it.
+    fn new(stream: TcpStream, opts: &ClientOptions, last_seq: u64, early: &[u8]) -> Reader {
+        let frames = if opts.is_websocket() {
+            let mut r = MessageReader::new(ws::Role::Client);
+            r.extend(early);
+            Frames::WebSocket(r)
+        } else {
+            Frames::Tcp(FrameReader::new())
+        };
         Reader {
             stream,
-            frames: FrameReader::new(),
+            frames,
             max_frame: opts.max_frame,
             read_chunk: opts.read_chunk.max(64),
             last_seq,
@@ -585,21 +652,43 @@ impl Reader {
     /// future (in a select) loses nothing.
     async fn next_frame(&mut self) -> Result<&[u8], ClientError> {
         let protocol_error = |e: protocol::CodecError| ClientError::Protocol(e.to_string());
-        while !self
-            .frames
-            .has_frame(self.max_frame)
-            .map_err(protocol_error)?
-        {
-            let n = self.stream.read(self.frames.spare(self.read_chunk)).await?;
-            if n == 0 {
-                return Err(ClientError::Closed);
+        match &mut self.frames {
+            Frames::Tcp(frames) => {
+                while !frames.has_frame(self.max_frame).map_err(protocol_error)? {
+                    let n = self.stream.read(frames.spare(self.read_chunk)).await?;
+                    if n == 0 {
+                        return Err(ClientError::Closed);
+                    }
+                    frames.filled(n);
+                }
+                frames
+                    .next_frame(self.max_frame)
+                    .map_err(protocol_error)?
+                    .ok_or_else(|| ClientError::Protocol("frame vanished from the buffer".into()))
             }
-            self.frames.filled(n);
+            Frames::WebSocket(messages) => {
+                let range = loop {
+                    let step = messages
+                        .next_step(self.max_frame)
+                        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    match step {
+                        Step::Message(range) => break range,
+                        // The broker never pings; a Pong or Ping needs nothing from us here.
+                        Step::Ping(_) | Step::Nothing => continue,
+                        // The broker's Close follows its final Error/GoAway: the end.
+                        Step::Close(_) => return Err(ClientError::Closed),
+                        Step::Partial => {
+                            let n = self.stream.read(messages.spare(self.read_chunk)).await?;
+                            if n == 0 {
+                                return Err(ClientError::Closed);
+                            }
+                            messages.filled(n);
+                        }
+                    }
+                };
+                Ok(messages.bytes(range))
+            }
         }
-        self.frames
-            .next_frame(self.max_frame)
-            .map_err(protocol_error)?
-            .ok_or_else(|| ClientError::Protocol("frame vanished from the buffer".into()))
     }
 }
 
@@ -664,12 +753,48 @@ async fn within_login_timeout<T>(
     future::or(attempt, timeout).await
 }
 
-async fn open(opts: &ClientOptions) -> Result<TcpStream, ClientError> {
-    match opts.source_ip {
-        None => Ok(TcpStream::connect(opts.addr)
+/// Connects (and on WebSocket, upgrades); returns the stream and, on WebSocket, the bytes that
+/// came after the upgrade response.
+async fn open(opts: &ClientOptions) -> Result<(TcpStream, Vec<u8>), ClientError> {
+    let mut stream = match opts.source_ip {
+        None => TcpStream::connect(opts.addr)
             .await
-            .map_err(std::io::Error::from)?),
-        Some(ip) => Ok(connect_from(ip, opts.addr)?),
+            .map_err(std::io::Error::from)?,
+        Some(ip) => connect_from(ip, opts.addr)?,
+    };
+    let _ = stream.set_nodelay(true);
+    let early = match &opts.transport {
+        Transport::Tcp => Vec::new(),
+        Transport::WebSocket { path, origin } => {
+            ws_upgrade(&mut stream, opts.addr, path, origin.as_deref()).await?
+        }
+    };
+    Ok((stream, early))
+}
+
+/// The client side of the WebSocket upgrade (request built by tungstenite, response checked
+/// against the key). Returns what followed the response head.
+async fn ws_upgrade(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    path: &str,
+    origin: Option<&str>,
+) -> Result<Vec<u8>, ClientError> {
+    let upgrade_error = |e: String| ClientError::Protocol(format!("websocket upgrade: {e}"));
+    let (request, key) =
+        upgrade::client_request(&addr.to_string(), path, origin).map_err(upgrade_error)?;
+    stream.write_all(&request).await?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(ClientError::Closed);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(head) = upgrade::check_client_response(&buf, &key).map_err(upgrade_error)? {
+            return Ok(buf.split_off(head));
+        }
     }
 }
 

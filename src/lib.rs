@@ -12,6 +12,7 @@
 //! |---|---|
 //! | [`config`] | the embedded default TOML, parsing, validation, human units |
 //! | [`protocol`] | wire framing (u32 LE length + FlatBuffers `Frame`), check-then-parse codec, codes |
+//! | [`wire`] | client transports: TCP or WebSocket framing per connection, the HTTP upgrade, origins, the embedded chat page |
 //! | [`auth`] | JWT HS256 login tokens; the shared secret file |
 //! | [`shard`] | executors, ownership (`owner()`), the mesh, accept/login/hand-off, sessions, delivery, group commit |
 //! | [`log`] | the per-shard segment log: framing, segments, recovery, retention, the data-dir meta file |
@@ -48,6 +49,11 @@
 //! bytes already read through the same mesh (`shard::acceptor`); the owner starts the
 //! connection's session (`session::start`) and does all I/O for it from then on.
 //!
+//! WebSocket connections (`server.ws_listen`) take the same path after an HTTP upgrade
+//! (`shard::ws_accept`): one binary message carries one Frame, and the connection's
+//! [`wire::Framing`] — TCP or WebSocket, with the WebSocket decoder's few bytes of state —
+//! travels with the hand-off and decides how the session decodes reads and frames output.
+//!
 //! ## Idle connections
 //!
 //! A connection without traffic is *parked* (`shard::park`): its socket waits in the shard's
@@ -64,3 +70,4 @@ pub mod diagnostics;
 pub mod log;
 pub mod protocol;
 pub mod shard;
+pub mod wire;

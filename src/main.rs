@@ -111,6 +111,10 @@ fn main() -> ExitCode {
         broker.local_addr(),
         broker.shard_count()
     );
+    // Always after the line above, which must stay the first.
+    if let Some(ws) = broker.ws_addr() {
+        println!("ringpost websocket on {ws}");
+    }
     let handle = broker.shutdown_handle();
     let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,

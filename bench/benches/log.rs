@@ -77,7 +77,14 @@ fn replay(n: u64, size: usize) -> f64 {
     let mut out = Vec::with_capacity(1 << 20);
     let t = Instant::now();
     for (seq, pos) in positions.iter().enumerate() {
-        let r = log.with_entry(*pos, |e| e.encode_deliver(seq as u64 + 1, "bob", &mut out));
+        let r = log.with_entry(*pos, |e| {
+            e.encode_deliver(
+                seq as u64 + 1,
+                "bob",
+                &ringpost::protocol::LenPrefix,
+                &mut out,
+            )
+        });
         if let Err(e) = r {
             panic!("read: {e}");
         }

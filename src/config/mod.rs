@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::{Table, Value};
 
+use crate::wire::upgrade::OriginPolicy;
 use units::{Dur, Size};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +41,10 @@ pub struct ServerConfig {
     pub park_after: Duration,
     /// Every message a user sends also enters their own stream (their other devices see it).
     pub own_send_sync: bool,
+    /// Where WebSocket connections are accepted (None = WebSocket off).
+    pub ws_listen: Option<SocketAddr>,
+    /// Which browser origins may open a WebSocket.
+    pub ws_allowed_origins: OriginPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -208,6 +213,8 @@ struct RawServer {
     listen_backlog: Value,
     park_after: Value,
     own_send_sync: Value,
+    ws_listen: Value,
+    ws_allowed_origins: Value,
 }
 
 #[derive(Deserialize)]
@@ -320,6 +327,36 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             "`{listen_text}` is not an IP:port address, e.g. \"127.0.0.1:7070\" or \"[::1]:7070\""
         ),
     })?;
+    let ws_text: String = field(
+        "server.ws_listen",
+        s.ws_listen,
+        "an address such as \"127.0.0.1:7071\", or \"\" for none",
+    )?;
+    let ws_listen = match ws_text.as_str() {
+        "" => None,
+        text => Some(text.parse::<SocketAddr>().map_err(|_| ConfigError::Invalid {
+            key: "server.ws_listen".into(),
+            message: format!(
+                "`{text}` is not an IP:port address, e.g. \"127.0.0.1:7071\", or \"\" to turn WebSocket off"
+            ),
+        })?),
+    };
+    if ws_listen.is_some_and(|ws| ws == listen && ws.port() != 0) {
+        return Err(ConfigError::Invalid {
+            key: "server.ws_listen".into(),
+            message: format!("{listen} is also server.listen; WebSocket needs its own port"),
+        });
+    }
+    let origins: Vec<String> = field(
+        "server.ws_allowed_origins",
+        s.ws_allowed_origins,
+        "a list of origins",
+    )?;
+    let ws_allowed_origins =
+        OriginPolicy::parse(&origins).map_err(|message| ConfigError::Invalid {
+            key: "server.ws_allowed_origins".into(),
+            message,
+        })?;
     let shards = int("server.shards", s.shards, 0, 1024)? as usize;
     let cpus = match s.cpus {
         None => None,
@@ -381,6 +418,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             ("0s", "1h"),
         )?,
         own_send_sync: field("server.own_send_sync", s.own_send_sync, "true or false")?,
+        ws_listen,
+        ws_allowed_origins,
     };
     let path = |key: &str, v: Value| -> Result<PathBuf, ConfigError> {
         let p: String = field(key, v, "a path")?;
@@ -562,6 +601,12 @@ mod tests {
         assert_eq!(c.server.mesh_queue, 1024);
         assert_eq!(c.server.listen_backlog, 4096);
         assert_eq!(c.server.park_after, Duration::from_secs(5));
+        assert_eq!(
+            c.server.ws_listen,
+            Some("127.0.0.1:7071".parse::<SocketAddr>().unwrap())
+        );
+        assert!(c.server.ws_allowed_origins.allows("http://localhost:7071"));
+        assert!(!c.server.ws_allowed_origins.allows("https://example.com"));
         assert_eq!(c.storage.data_dir, PathBuf::from("data"));
         assert_eq!(c.auth.secret_file, PathBuf::from("data/auth.secret"));
         assert_eq!(c.auth.leeway, Duration::from_secs(30));
@@ -667,11 +712,42 @@ mod tests {
                 "limits.sends_per_sec",
                 "integer",
             ),
+            (
+                "[server]\nws_listen = \"localhost:7071\"",
+                "server.ws_listen",
+                "IP:port",
+            ),
+            (
+                "[server]\nlisten = \"127.0.0.1:9000\"\nws_listen = \"127.0.0.1:9000\"",
+                "server.ws_listen",
+                "own port",
+            ),
+            ("[server]\nws_listen = 7071", "server.ws_listen", "address"),
+            (
+                "[server]\nws_allowed_origins = [\"example.com\"]",
+                "server.ws_allowed_origins",
+                "scheme://host",
+            ),
+            (
+                "[server]\nws_allowed_origins = \"*\"",
+                "server.ws_allowed_origins",
+                "list",
+            ),
         ];
         for (text, key, hint) in cases {
             let e = err(text);
             assert!(e.contains(key) && e.contains(hint), "{text:?} gave {e:?}");
         }
+    }
+
+    #[test]
+    fn websocket_can_be_turned_off_and_opened_to_any_origin() {
+        let c = Config::from_toml_str("[server]\nws_listen = \"\"\nws_allowed_origins = [\"*\"]\n")
+            .unwrap();
+        assert_eq!(c.server.ws_listen, None);
+        assert_eq!(c.server.ws_allowed_origins, OriginPolicy::Any);
+        let c = Config::from_toml_str("[server]\nws_allowed_origins = []\n").unwrap();
+        assert!(!c.server.ws_allowed_origins.allows("http://localhost"));
     }
 
     #[test]

@@ -208,10 +208,17 @@ pub enum ArchivedEntry<'a> {
 }
 
 impl ArchivedEntry<'_> {
-    /// Appends the Deliver frame of this entry as entry `seq` of `user`'s stream (every
-    /// delivery — live, replay, catch-up — is encoded here).
-    pub fn encode_deliver(&self, seq: u64, user: &str, out: &mut Vec<u8>) {
-        use crate::protocol::{encode_server, Deliver, EntryKind, Names, ServerMsg};
+    /// Appends the Deliver frame of this entry as entry `seq` of `user`'s stream, with `head`
+    /// in front (the connection's framing), straight from the archive (every delivery — live,
+    /// replay, catch-up — is encoded here).
+    pub fn encode_deliver(
+        &self,
+        seq: u64,
+        user: &str,
+        head: &impl crate::protocol::FrameHead,
+        out: &mut Vec<u8>,
+    ) {
+        use crate::protocol::{encode_server_with, Deliver, EntryKind, Names, ServerMsg};
         let deliver = match self {
             ArchivedEntry::Message(m) => Deliver::message(
                 seq,
@@ -247,11 +254,11 @@ impl ArchivedEntry<'_> {
                         g.body.as_slice(),
                     )
                 };
-                encode_server(&ServerMsg::Deliver(deliver), out);
+                encode_server_with(&ServerMsg::Deliver(deliver), head, out);
                 return;
             }
         };
-        encode_server(&ServerMsg::Deliver(deliver), out);
+        encode_server_with(&ServerMsg::Deliver(deliver), head, out);
     }
 }
 

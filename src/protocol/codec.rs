@@ -348,8 +348,44 @@ thread_local! {
         RefCell::new(FlatBufferBuilder::with_capacity(BUILDER_INITIAL));
 }
 
-/// Builds a frame with the thread's builder and appends prefix + payload to `out`.
-fn encode_with(
+/// What goes in front of a frame's payload on a transport, written once the payload's length
+/// is known and straight into the output, so that no transport costs a copy of the payload:
+/// [`LenPrefix`] on the TCP stream, a WebSocket header on WebSocket connections (see
+/// `crate::wire`).
+pub trait FrameHead {
+    /// The most bytes [`FrameHead::write_head`] appends (used to reserve room once).
+    const MAX_LEN: usize;
+    /// Appends the head for a payload of `payload_len` bytes.
+    fn write_head(&self, payload_len: usize, out: &mut Vec<u8>);
+}
+
+/// The TCP framing: a u32 little-endian payload length ([`LEN_PREFIX`] bytes).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LenPrefix;
+
+impl FrameHead for LenPrefix {
+    const MAX_LEN: usize = LEN_PREFIX;
+
+    fn write_head(&self, payload_len: usize, out: &mut Vec<u8>) {
+        // FlatBuffers are < 2 GiB (the builder panics beyond that), so the length fits a u32.
+        out.extend_from_slice(&(payload_len as u32).to_le_bytes());
+    }
+}
+
+/// No head: the bare payload, for a transport that frames it afterwards (a client's masked
+/// WebSocket message is masked as a whole, so it is encoded bare first).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoHead;
+
+impl FrameHead for NoHead {
+    const MAX_LEN: usize = 0;
+
+    fn write_head(&self, _payload_len: usize, _out: &mut Vec<u8>) {}
+}
+
+/// Builds a frame with the thread's builder and appends head + payload to `out`.
+fn encode_with<H: FrameHead>(
+    head: &H,
     out: &mut Vec<u8>,
     build: impl FnOnce(&mut FlatBufferBuilder<'static>) -> (fb::Body, WIPOffset<UnionWIPOffset>),
 ) {
@@ -366,9 +402,8 @@ fn encode_with(
         );
         fbb.finish(frame, None);
         let data = fbb.finished_data();
-        // FlatBuffers are < 2 GiB (the builder panics beyond that), so the length fits a u32.
-        out.reserve(LEN_PREFIX + data.len());
-        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.reserve(H::MAX_LEN + data.len());
+        head.write_head(data.len(), out);
         out.extend_from_slice(data);
         if data.len() > BUILDER_RETAIN {
             *fbb = FlatBufferBuilder::with_capacity(BUILDER_INITIAL);
@@ -378,7 +413,12 @@ fn encode_with(
 
 /// Appends one client frame (prefix + payload) to `out`. Uses the thread's reusable builder.
 pub fn encode_client(msg: &ClientMsg<'_>, out: &mut Vec<u8>) {
-    encode_with(out, |fbb| match *msg {
+    encode_client_with(msg, &LenPrefix, out);
+}
+
+/// Appends one client frame with `head` in front of its payload.
+pub fn encode_client_with(msg: &ClientMsg<'_>, head: &impl FrameHead, out: &mut Vec<u8>) {
+    encode_with(head, out, |fbb| match *msg {
         ClientMsg::Login {
             token,
             device_id,
@@ -528,7 +568,12 @@ fn string_vector<'b>(
 
 /// Appends one server frame (prefix + payload) to `out`. Uses the thread's reusable builder.
 pub fn encode_server(msg: &ServerMsg<'_>, out: &mut Vec<u8>) {
-    encode_with(out, |fbb| match *msg {
+    encode_server_with(msg, &LenPrefix, out);
+}
+
+/// Appends one server frame with `head` in front of its payload (the connection's framing).
+pub fn encode_server_with(msg: &ServerMsg<'_>, head: &impl FrameHead, out: &mut Vec<u8>) {
+    encode_with(head, out, |fbb| match *msg {
         ServerMsg::LoginOk {
             user_id,
             shard,
@@ -655,7 +700,7 @@ pub fn encode_server(msg: &ServerMsg<'_>, out: &mut Vec<u8>) {
 /// body: for tests of the broker's rejection path (unknown types, and known types whose
 /// required fields are missing).
 pub fn encode_raw_union(tag: u8, out: &mut Vec<u8>) {
-    encode_with(out, |fbb| {
+    encode_with(&LenPrefix, out, |fbb| {
         let empty = fb::Logout::create(fbb, &fb::LogoutArgs {});
         (fb::Body(tag), empty.as_union_value())
     });

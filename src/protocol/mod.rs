@@ -28,7 +28,10 @@
 //! fail verification and are [`CodecError::Malformed`].
 //!
 //! Encoding ([`encode_client`], [`encode_server`]) appends prefix + payload to a caller's
-//! `Vec<u8>` and reuses one `FlatBufferBuilder` per thread.
+//! `Vec<u8>` and reuses one `FlatBufferBuilder` per thread. The `_with` variants take the
+//! [`FrameHead`] to write in front of the payload instead of the length prefix: a WebSocket
+//! connection writes its frame header there (`crate::wire`), so encoding for either transport
+//! copies the payload once, from the builder into the output.
 //!
 //! # Compatibility
 //!
@@ -70,8 +73,8 @@ pub mod reader;
 mod ringpost_generated;
 
 pub use codec::{
-    check, code_name, decode_client, decode_server, encode_client, encode_raw_union, encode_server,
-    CodecError,
+    check, code_name, decode_client, decode_server, encode_client, encode_client_with,
+    encode_raw_union, encode_server, encode_server_with, CodecError, FrameHead, LenPrefix, NoHead,
 };
 pub use layout::{LEN_PREFIX, MAX_DEVICE_ID, MAX_USER_ID};
 pub use messages::{ClientMsg, Deliver, GroupOp, GroupReply, Members, Names, ServerMsg};

@@ -3,7 +3,8 @@
 //! [`Broker::start`] opens the data directory (its lock, held for the broker's lifetime, and
 //! meta file: [`crate::log::DataDir`]), refuses a listen address another process serves,
 //! binds one SO_REUSEPORT listener per shard on the calling thread (so a bad
-//! address fails fast, and port 0 resolves to one port shared by all shards), builds the mesh,
+//! address fails fast, and port 0 resolves to one port shared by all shards), and one more per
+//! shard on `ws_listen` for WebSocket when that is set, builds the mesh,
 //! and spawns one glommio executor per shard pinned to its CPU. It returns once every shard has
 //! connected its mesh queues and is accepting.
 //!
@@ -21,7 +22,7 @@ use std::time::Instant;
 use glommio::net::TcpListener;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
-use super::acceptor::accept_loop;
+use super::acceptor::{accept_loop, Port};
 use super::drain;
 use super::park::Parking;
 use super::recovery::{recover, shard_dir, Recovered, RecoveryContext};
@@ -68,6 +69,7 @@ pub enum StartError {
 /// A running broker: its shards, their address, and the means to stop them.
 pub struct Broker {
     addr: SocketAddr,
+    ws_addr: Option<SocketAddr>,
     shards: usize,
     joins: Vec<ExecutorJoinHandle<()>>,
     triggers: Vec<std::os::unix::net::UnixStream>,
@@ -89,6 +91,17 @@ impl Broker {
             addr: cfg.server.listen,
             source,
         })?;
+        let (mut ws_listeners, ws_addr) = match cfg.server.ws_listen {
+            None => (Vec::new(), None),
+            Some(ws) => {
+                let all = bind_all(ws, n, cfg.server.listen_backlog)?;
+                let actual =
+                    local_addr(&all[0]).map_err(|source| StartError::Bind { addr: ws, source })?;
+                (all, Some(actual))
+            }
+        };
+        // Shard i takes the i-th listener of each port (popped from the back, hence reversed).
+        ws_listeners.reverse();
         let cores: Vec<usize> = core_affinity::get_core_ids()
             .map(|ids| ids.into_iter().map(|c| c.id).collect())
             .unwrap_or_default();
@@ -112,6 +125,7 @@ impl Broker {
             };
             let (cfg, verifier, ready) = (cfg.clone(), verifier.clone(), ready.clone());
             let trigger = OwnedFd::from(theirs);
+            let ws_listener = ws_listeners.pop();
             let join = LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{i}"))
                 .io_memory(IO_MEMORY)
@@ -122,6 +136,7 @@ impl Broker {
                         cfg,
                         verifier,
                         listener,
+                        ws_listener,
                         ports,
                         trigger,
                         recovered,
@@ -138,6 +153,7 @@ impl Broker {
         ready.wait();
         Ok(Broker {
             addr,
+            ws_addr,
             shards: n,
             joins,
             triggers,
@@ -148,6 +164,11 @@ impl Broker {
     /// The address every shard accepts on (port 0 resolved).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address every shard accepts WebSocket connections on (port 0 resolved), if enabled.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws_addr
     }
 
     pub fn shard_count(&self) -> usize {
@@ -260,6 +281,7 @@ struct ShardStart {
     cfg: Arc<Config>,
     verifier: Arc<Verifier>,
     listener: OwnedFd,
+    ws_listener: Option<OwnedFd>,
     ports: MeshPorts,
     trigger: OwnedFd,
     recovered: Recovered,
@@ -352,8 +374,18 @@ async fn run_shard(ctx: ShardStart, ready: Arc<Barrier>) {
     let listener = unsafe { TcpListener::from_raw_fd(ctx.listener.into_raw_fd()) };
     let mut tasks = Tasks::default();
     tasks
-        .spawn("acceptor", accept_loop(shard.clone(), listener))
+        .spawn("acceptor", accept_loop(shard.clone(), listener, Port::Tcp))
         .on_shutdown(StopAt::Accepting);
+    if let Some(ws) = ctx.ws_listener {
+        // SAFETY: as above, the WebSocket port's listening socket for this shard.
+        let ws = unsafe { TcpListener::from_raw_fd(ws.into_raw_fd()) };
+        tasks
+            .spawn(
+                "ws-acceptor",
+                accept_loop(shard.clone(), ws, Port::WebSocket),
+            )
+            .on_shutdown(StopAt::Accepting);
+    }
     tasks::start(&shard, &mut tasks);
     ready.wait();
     tracing::debug!(shard = ctx.id, "accepting");

@@ -5,6 +5,10 @@
 //! syscall per connection, not one per frame. Only when the kernel's socket buffer is full does
 //! the connection's session task take over and wait for writability. An idle connection holds
 //! no buffers: `tx` and `rx` are released once empty.
+//!
+//! Every frame is encoded with the connection's [`Framing`] as its head (a u32 prefix on TCP,
+//! a WebSocket header on WebSocket), and a final Error/GoAway on WebSocket is followed by a
+//! Close frame with the matching close code.
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::RawFd;
@@ -14,6 +18,7 @@ use super::envelope::ConnId;
 use super::ratelimit::Bucket;
 use super::wake::Signal;
 use crate::protocol::{self, Code, ServerMsg};
+use crate::wire::{ws, Framing};
 
 /// Capacity kept by an emptied buffer; anything larger is released. Zero: an idle connection
 /// holds no buffer at all (re-allocating per burst costs ~20 ns next to a send(2) of ~1 µs,
@@ -37,6 +42,9 @@ pub struct Conn {
     pub fd: Cell<RawFd>,
     pub user: Arc<str>,
     pub device_id: Box<str>,
+    /// How frames are delimited on this connection (TCP or WebSocket, with the WebSocket
+    /// decoder's state between reads).
+    pub framing: Cell<Framing>,
     /// Bytes queued for the client and not yet accepted by the kernel.
     pub tx: RefCell<Vec<u8>>,
     /// Bytes taken out of `tx` by the session task's in-progress blocking write.
@@ -74,14 +82,45 @@ impl Conn {
         if !self.is_open() {
             return false;
         }
-        protocol::encode_server(msg, &mut self.tx.borrow_mut());
+        protocol::encode_server_with(msg, &self.framing.get(), &mut self.tx.borrow_mut());
         true
     }
 
     /// Queues a final Error or GoAway frame and switches to Closing.
     pub fn close_with(&self, msg: &ServerMsg<'_>) {
+        self.close_as(msg, None);
+    }
+
+    /// [`Conn::close_with`], with the WebSocket close code given instead of derived from the
+    /// frame's code (a text message closes with 1003, a protocol error with 1002).
+    pub fn close_as(&self, msg: &ServerMsg<'_>, ws_close: Option<u16>) {
         if self.is_open() {
-            protocol::encode_server(msg, &mut self.tx.borrow_mut());
+            let framing = self.framing.get();
+            let mut tx = self.tx.borrow_mut();
+            protocol::encode_server_with(msg, &framing, &mut tx);
+            let code = match msg {
+                ServerMsg::Error { code, .. } | ServerMsg::GoAway { code, .. } => *code,
+                _ => Code::OK,
+            };
+            framing.write_close(code, ws_close, &mut tx);
+            drop(tx);
+            self.state.set(ConnState::Closing);
+        }
+        self.wake.notify();
+    }
+
+    /// Answers a WebSocket Ping.
+    pub fn pong(&self, payload: &[u8]) {
+        if self.is_open() {
+            ws::write_pong(payload, &mut self.tx.borrow_mut());
+        }
+    }
+
+    /// The client sent a WebSocket Close: echo its code and close once the queue is written.
+    pub fn closed_by_peer(&self, code: Option<u16>) {
+        if self.is_open() {
+            let code = code.unwrap_or(ws::close::NORMAL);
+            ws::write_close(code, "", &mut self.tx.borrow_mut());
             self.state.set(ConnState::Closing);
         }
         self.wake.notify();

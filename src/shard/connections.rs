@@ -16,6 +16,7 @@ use super::envelope::ConnId;
 use super::ratelimit::Bucket;
 use super::state::Shard;
 use crate::protocol::Code;
+use crate::wire::Framing;
 
 /// Idle-timeout wheel: connection ids bucketed by the second their deadline falls in. Each
 /// connection sits in exactly one bucket; a sweep re-files those that were active since, so the
@@ -46,9 +47,16 @@ impl Shard {
     }
 
     /// Takes over a logged-in connection: registers it, says LoginOk and queues its replay.
-    /// `fd` is the connection's socket, owned from here on. The caller starts its task (see
-    /// `session::start`), which ends with [`Shard::forget`].
-    pub fn adopt(&self, fd: RawFd, user: Arc<str>, device_id: Box<str>, last_seq: u64) -> Rc<Conn> {
+    /// `fd` is the connection's socket, owned from here on, speaking `framing`. The caller
+    /// starts its task (see `session::start`), which ends with [`Shard::forget`].
+    pub fn adopt(
+        &self,
+        fd: RawFd,
+        framing: Framing,
+        user: Arc<str>,
+        device_id: Box<str>,
+        last_seq: u64,
+    ) -> Rc<Conn> {
         let id = self.next_conn.get();
         self.next_conn.set(id + 1);
         let now = self.mono_ms();
@@ -57,6 +65,7 @@ impl Shard {
             fd: Cell::new(fd),
             user,
             device_id,
+            framing: Cell::new(framing),
             tx: RefCell::default(),
             writing: Cell::new(0),
             rx: RefCell::default(),

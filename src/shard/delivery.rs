@@ -139,7 +139,12 @@ impl Shard {
                 continue;
             };
             let framed = log.with_entry(pos, |e| {
-                e.encode_deliver(next, &conn.user, &mut conn.tx.borrow_mut())
+                e.encode_deliver(
+                    next,
+                    &conn.user,
+                    &conn.framing.get(),
+                    &mut conn.tx.borrow_mut(),
+                )
             });
             if let Err(e) = framed {
                 tracing::error!(user = %conn.user, seq = next, error = %e, "cannot read a logged message; skipping it");

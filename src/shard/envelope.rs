@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::protocol::{Code, EntryKind};
+use crate::wire::Framing;
 
 /// Shard-local connection identifier (unique per shard for the process lifetime).
 pub type ConnId = u64;
@@ -17,7 +18,8 @@ pub type ConnId = u64;
 #[derive(Debug)]
 pub enum Envelope {
     /// A logged-in connection moving to the shard that owns its user. The receiver takes
-    /// ownership of `fd` and of the bytes the accepting shard read after the Login frame.
+    /// ownership of `fd`, its framing, and the bytes the accepting shard read after the Login
+    /// frame.
     Handoff(Handoff),
     /// A 1:1 message for a user owned by the receiving shard.
     Message(Message),
@@ -118,7 +120,10 @@ pub struct Handoff {
     pub user: Arc<str>,
     pub device_id: Box<str>,
     pub last_seq: u64,
-    /// Bytes that followed the Login frame in the same reads (pipelined frames).
+    /// The connection's framing (TCP, or WebSocket with its decoder state), continued by the
+    /// owner.
+    pub framing: Framing,
+    /// Bytes that followed the Login frame in the same reads (pipelined frames), still framed.
     pub leftover: Vec<u8>,
 }
 

@@ -8,6 +8,7 @@
 //! | [`envelope`] | what crosses the mesh: hand-offs, messages, send-acks |
 //! | [`tasks`] | the shard's named long-running tasks and when each stops |
 //! | [`acceptor`] | accept, read Login, verify the token, hand off to the owner |
+//! | [`ws_accept`] | the WebSocket port: HTTP request, upgrade (or the chat page), then the Login message |
 //! | [`state`] | the `Shard` struct: what one core owns, and where each stage of the path lives |
 //! | [`connections`] | registering and forgetting connections, the idle-timeout wheel |
 //! | [`ingress`] | frame dispatch, send admission (rate limit, dedup, routing), work from peers |
@@ -49,6 +50,7 @@ pub mod tasks;
 pub mod transport;
 pub mod users;
 pub mod wake;
+pub mod ws_accept;
 
 pub use bootstrap::{Broker, ShutdownHandle, StartError};
 pub use routing::{group_owner, owner, stable_group_hash, stable_hash, HASH_VERSION};

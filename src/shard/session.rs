@@ -11,6 +11,11 @@
 //! into the connection's own `rx`. (A `peek` would cost a second ring op plus a
 //! 4 KiB-aligned buffer per idle connection.) The rarely used, large futures (blocked writes,
 //! the closing linger) are boxed so that they do not inflate every idle connection's task.
+//!
+//! The connection's framing (`conn.framing`: TCP or WebSocket) decodes what is read
+//! ([`crate::wire::Framing::decode`]); on WebSocket it also hands out Pings (answered with a
+//! Pong) and the client's Close (answered, then the connection closes). Its state lives in the
+//! connection record, so a parked connection resumes mid-message.
 
 use std::io::ErrorKind;
 use std::os::fd::{FromRawFd, RawFd};
@@ -27,6 +32,8 @@ use super::envelope::Handoff;
 use super::park;
 use super::state::Shard;
 use crate::protocol::{self, Code, Flow, ServerMsg};
+use crate::wire::ws::Inbound;
+use crate::wire::{DecodeError, Framing};
 
 /// Reads per wake-up before yielding to other connections (fairness).
 const READS_PER_WAKE: usize = 4;
@@ -56,12 +63,13 @@ enum Wake {
 pub fn start(
     shard: &Rc<Shard>,
     fd: RawFd,
+    framing: Framing,
     user: Arc<str>,
     device_id: Box<str>,
     last_seq: u64,
     leftover: Vec<u8>,
 ) {
-    let conn = shard.adopt(fd, user, device_id, last_seq);
+    let conn = shard.adopt(fd, framing, user, device_id, last_seq);
     glommio::spawn_local(run(shard.clone(), conn, leftover)).detach();
     shard.flush_dirty();
 }
@@ -73,7 +81,15 @@ pub fn start_handoff(shard: &Rc<Shard>, mut h: Handoff) {
     let fd = h.take_fd();
     let leftover = std::mem::take(&mut h.leftover);
     let device_id = std::mem::take(&mut h.device_id);
-    start(shard, fd, h.user.clone(), device_id, h.last_seq, leftover);
+    start(
+        shard,
+        fd,
+        h.framing,
+        h.user.clone(),
+        device_id,
+        h.last_seq,
+        leftover,
+    );
 }
 
 /// Serves `conn` until it closes. [`Shard::adopt`] counted it in `live_sessions`;
@@ -126,11 +142,11 @@ async fn serve(
     shard: Rc<Shard>,
     conn: Rc<Conn>,
     mut stream: TcpStream,
-    leftover: Vec<u8>,
+    mut leftover: Vec<u8>,
 ) -> Stretch {
     if !leftover.is_empty() && conn.is_open() {
         conn.last_seen_ms.set(shard.mono_ms());
-        feed(&shard, &conn, &leftover);
+        feed(&shard, &conn, &mut leftover);
         shard.flush_dirty();
     }
     loop {
@@ -309,7 +325,7 @@ fn read_ready(shard: &Rc<Shard>, conn: &Rc<Conn>, first: Option<u8>) {
         match recv_nonblocking(conn.fd.get(), &mut scratch[held..]) {
             Ok(0) => {
                 if held > 0 {
-                    feed(shard, conn, &scratch[..held]);
+                    feed(shard, conn, &mut scratch[..held]);
                 }
                 peer_closed(conn);
                 return;
@@ -318,7 +334,7 @@ fn read_ready(shard: &Rc<Shard>, conn: &Rc<Conn>, first: Option<u8>) {
                 let total = held + n;
                 held = 0;
                 conn.last_seen_ms.set(shard.mono_ms());
-                feed(shard, conn, &scratch[..total]);
+                feed(shard, conn, &mut scratch[..total]);
                 if total < scratch.len() {
                     return;
                 }
@@ -332,7 +348,7 @@ fn read_ready(shard: &Rc<Shard>, conn: &Rc<Conn>, first: Option<u8>) {
         }
     }
     if held > 0 {
-        feed(shard, conn, &scratch[..held]);
+        feed(shard, conn, &mut scratch[..held]);
     }
 }
 
@@ -345,13 +361,26 @@ fn peer_closed(conn: &Conn) {
 }
 
 /// Hands the complete frames in the connection's partial frame plus `data` to the shard
-/// (through the shared frame reader); keeps a trailing partial frame in `conn.rx`.
-fn feed(shard: &Shard, conn: &Rc<Conn>, data: &[u8]) {
+/// (through the connection's framing: the shared frame reader on TCP, the WebSocket decoder,
+/// which also answers Pings and Closes); keeps a trailing partial frame in `conn.rx`.
+/// `data` is mutable because WebSocket payloads are unmasked where they lie.
+fn feed(shard: &Shard, conn: &Rc<Conn>, data: &mut [u8]) {
     let mut rx = conn.rx.borrow_mut();
-    let fed = protocol::reader::feed(&mut rx, data, shard.cfg.limits.max_frame, |payload| {
-        match protocol::decode_client(payload) {
-            Ok(msg) => shard.on_frame(conn, msg),
-            Err(e) => reject(shard, conn, &e),
+    let mut framing = conn.framing.get();
+    let fed = framing.decode(&mut rx, data, shard.cfg.limits.max_frame, |inbound| {
+        match inbound {
+            Inbound::Message(payload) => match protocol::decode_client(payload) {
+                Ok(msg) => shard.on_frame(conn, msg),
+                Err(e) => reject(shard, conn, &DecodeError::from(e)),
+            },
+            Inbound::Ping(payload) => {
+                conn.pong(payload);
+                shard.mark_dirty(conn);
+            }
+            Inbound::Close(code) => {
+                conn.closed_by_peer(code);
+                shard.mark_dirty(conn);
+            }
         }
         if conn.is_open() {
             Flow::More
@@ -359,17 +388,21 @@ fn feed(shard: &Shard, conn: &Rc<Conn>, data: &[u8]) {
             Flow::Stop
         }
     });
+    conn.framing.set(framing);
     if let Err(e) = fed {
         reject(shard, conn, &e);
     }
 }
 
-fn reject(shard: &Shard, conn: &Rc<Conn>, e: &protocol::CodecError) {
+fn reject(shard: &Shard, conn: &Rc<Conn>, e: &DecodeError) {
     let message = e.to_string();
-    conn.close_with(&ServerMsg::Error {
-        code: e.code(),
-        message: &message,
-    });
+    conn.close_as(
+        &ServerMsg::Error {
+            code: e.code(),
+            message: &message,
+        },
+        Some(e.close_code()),
+    );
     shard.mark_dirty(conn);
 }
 

@@ -5,6 +5,7 @@
 //! | task | kind | stops at |
 //! |---|---|---|
 //! | `acceptor` | accept loop ([`super::acceptor`]) | [`StopAt::Accepting`] |
+//! | `ws-acceptor` | accept loop of the WebSocket port, if `ws_listen` is set | [`StopAt::Accepting`] |
 //! | `idle-sweep` | every [`SWEEP_EVERY`]: idle-timeout wheel | [`StopAt::SessionsGone`] |
 //! | `retention` | every [`RETENTION_EVERY`]: delete expired segments | [`StopAt::SessionsGone`] |
 //! | `expiry` | every [`EXPIRY_EVERY`]: dedup windows, group reservations left by a crash | [`StopAt::SessionsGone`] |
@@ -121,8 +122,8 @@ impl Tasks {
     }
 }
 
-/// Registers the shard's own tasks (everything but the acceptor, which bootstrap starts with
-/// its listener).
+/// Registers the shard's own tasks (everything but the acceptors, which bootstrap starts with
+/// their listeners).
 pub fn start(shard: &Rc<Shard>, tasks: &mut Tasks) {
     let s = shard.clone();
     tasks

@@ -4,7 +4,8 @@
 //!   replaces the harness default), the shard count, the environment, and the directory; then
 //!   [`BrokerBuilder::start`] runs the real `ringpost` binary on port 0 and waits for its
 //!   listening line, or [`BrokerBuilder::start_expecting_failure`] expects it to refuse.
-//! - [`TestBroker`]: the running process (killed on drop): tokens, logged-in clients, signals,
+//! - [`TestBroker`]: the running process (killed on drop): its TCP and WebSocket addresses,
+//!   tokens, logged-in clients (TCP or WebSocket), signals,
 //!   crash and restart over the same directory, its log.
 //! - Client helpers on a glommio executor ([`run`], [`expect_deliver`], …) and raw-socket
 //!   helpers ([`raw_login`], [`read_frame`], …) for bad-input tests.
@@ -234,6 +235,7 @@ impl BrokerBuilder {
                 "server",
                 vec![
                     ("listen", q("127.0.0.1:0".into())),
+                    ("ws_listen", q("127.0.0.1:0".into())),
                     ("shards", self.shards.to_string()),
                     ("shutdown_grace", q("5s".into())),
                     ("own_send_sync", "false".into()),
@@ -313,7 +315,8 @@ impl BrokerBuilder {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
+            // The listening line, then the websocket line (when WebSocket is on).
+            for line in lines.by_ref().take(2).map_while(Result::ok) {
                 let _ = tx.send(line);
             }
             for _ in lines {} // keep draining so the broker never blocks on stdout
@@ -335,9 +338,25 @@ impl BrokerBuilder {
                 format!("unexpected first stdout line: {line:?}"),
             )
         };
+        let ws_on = ringpost::config::Config::from_toml_str(&self.config_text(&dir))
+            .map(|c| c.server.ws_listen.is_some())
+            .unwrap_or(false);
+        let ws_addr = if ws_on {
+            let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_default();
+            match line.strip_prefix("ringpost websocket on ").map(str::parse) {
+                Some(Ok(addr)) => Some(addr),
+                _ => fail(
+                    &mut child,
+                    format!("expected `ringpost websocket on ADDR`, got {line:?}"),
+                ),
+            }
+        } else {
+            None
+        };
         TestBroker {
             child: Some(child),
             addr,
+            ws_addr,
             shards,
             dir,
             keep_dir,
@@ -427,6 +446,8 @@ fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 pub struct TestBroker {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// From the `ringpost websocket on ADDR` line (None when `ws_listen = ""`).
+    pub ws_addr: Option<SocketAddr>,
     /// N from the `ringpost listening on ADDR with N shards` line.
     pub shards: usize,
     pub dir: PathBuf,
@@ -469,6 +490,24 @@ impl TestBroker {
 
     pub fn opts(&self, user: &str, device: &str) -> ClientOptions {
         ClientOptions::new(self.addr, self.token(user), device)
+    }
+
+    /// The WebSocket port (panics if the broker runs without one).
+    pub fn ws(&self) -> SocketAddr {
+        self.ws_addr.expect("this broker has WebSocket off")
+    }
+
+    /// [`TestBroker::opts`] for a client on the WebSocket port.
+    pub fn ws_opts(&self, user: &str, device: &str) -> ClientOptions {
+        self.opts(user, device).over_websocket(self.ws())
+    }
+
+    /// A logged-in client on the WebSocket port.
+    pub async fn connect_ws(&self, user: &str, device: &str) -> Client {
+        match Client::connect(&self.ws_opts(user, device), 0).await {
+            Ok(c) => c,
+            Err(e) => panic!("{user}/{device} could not log in over WebSocket: {e}"),
+        }
     }
 
     pub async fn connect(&self, user: &str, device: &str) -> Client {

@@ -596,6 +596,11 @@ impl Plan {
 }
 
 pub fn run(args: ChurnArgs) -> ExitCode {
+    if args.common.transport != super::TransportArg::Tcp {
+        // Reconnects follow a broker that moves (soak) through `Target`, which is TCP-only.
+        eprintln!("load churn drives TCP only; --transport ws is not supported here");
+        return ExitCode::from(2);
+    }
     let plan = match Plan::new(
         &args.traffic,
         args.common.duration,

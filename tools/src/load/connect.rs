@@ -38,7 +38,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use rand::Rng;
-use ringpost::client::{ClientError, ClientOptions, Event, LeanClient};
+use ringpost::client::{ClientError, Event, LeanClient};
 use ringpost::protocol::{self, ClientMsg};
 use serde_json::{json, Value};
 
@@ -409,6 +409,13 @@ fn spawn_children(args: &ConnectArgs) -> Result<Vec<std::process::Child>, String
         cmd.args(["load", "connect", "--child", "--processes", "1"])
             .arg("--addr")
             .arg(args.common.addr.to_string())
+            .arg("--transport")
+            .arg(match args.common.transport {
+                super::TransportArg::Tcp => "tcp",
+                super::TransportArg::Ws => "ws",
+            })
+            .arg("--ws-addr")
+            .arg(args.common.ws_addr.to_string())
             .arg("--secret-file")
             .arg(&args.common.secret_file)
             .arg("--threads")
@@ -630,7 +637,7 @@ impl Thread {
                 return None;
             }
         };
-        let mut opts = ClientOptions::new(self.args.common.addr, token, "load");
+        let mut opts = self.args.common.endpoint().options(token, "load");
         opts.read_chunk = 256;
         opts.max_frame = 64 * 1024;
         if !self.sources.is_empty() {

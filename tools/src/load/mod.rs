@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rand::seq::SliceRandom;
+use ringpost::client::ClientOptions;
 use serde_json::{json, Value};
 
 mod churn;
@@ -73,9 +74,47 @@ pub struct CommonArgs {
     /// Load-generator threads (one glommio executor each); 0 = one per CPU.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// How clients connect: "tcp" to --addr, or "ws" (WebSocket, path /ws) to --ws-addr.
+    #[arg(long, value_enum, default_value_t = TransportArg::Tcp)]
+    pub transport: TransportArg,
+    /// The broker's WebSocket address (`server.ws_listen`), used with --transport ws.
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    pub ws_addr: SocketAddr,
+}
+
+/// `--transport`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportArg {
+    Tcp,
+    Ws,
+}
+
+/// Where and how a scenario's clients connect (`--addr`, `--transport`, `--ws-addr`).
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    addr: SocketAddr,
+    ws_addr: Option<SocketAddr>,
+}
+
+impl Endpoint {
+    /// Options for one client of the scenario.
+    pub fn options(&self, token: String, device_id: impl Into<String>) -> ClientOptions {
+        let opts = ClientOptions::new(self.addr, token, device_id);
+        match self.ws_addr {
+            Some(ws) => opts.over_websocket(ws),
+            None => opts,
+        }
+    }
 }
 
 impl CommonArgs {
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            addr: self.addr,
+            ws_addr: (self.transport == TransportArg::Ws).then_some(self.ws_addr),
+        }
+    }
+
     pub fn thread_count(&self) -> usize {
         if self.threads > 0 {
             self.threads

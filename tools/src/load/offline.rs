@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use glommio::{LocalExecutorBuilder, Placement};
-use ringpost::client::{Client, ClientOptions, Event};
+use ringpost::client::{Client, Event};
 use serde_json::json;
 
 use super::verify::{counts_text, AckOutcome, AckTally, Ledger};
@@ -323,11 +323,10 @@ async fn send(
     // Everyone logs in before anyone sends, so a crash test's kill can only land mid-send.
     let mut clients = Vec::with_capacity(args.users);
     for i in 0..args.users {
-        let opts = ClientOptions::new(
-            args.common.addr,
-            tokens.mint(&name(run_id, 's', i))?,
-            "load",
-        );
+        let opts = args
+            .common
+            .endpoint()
+            .options(tokens.mint(&name(run_id, 's', i))?, "load");
         clients.push(
             Client::connect(&opts, 0)
                 .await
@@ -523,11 +522,10 @@ async fn verify(
     let mut last_delivery = started;
     for r in 0..args.users {
         let device = format!("verify-{:08x}", rand::random::<u32>());
-        let opts = ClientOptions::new(
-            args.common.addr,
-            tokens.mint(&name(run_id, 'r', r))?,
-            device,
-        );
+        let opts = args
+            .common
+            .endpoint()
+            .options(tokens.mint(&name(run_id, 'r', r))?, device);
         let mut c = Client::connect(&opts, 0)
             .await
             .map_err(|e| format!("recipient login: {e}"))?;

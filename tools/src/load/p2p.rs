@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use ringpost::client::{Client, ClientOptions, Event, Reader, Writer};
+use ringpost::client::{Client, Event, Reader, Writer};
 use ringpost::protocol::ClientMsg;
 use serde_json::json;
 
@@ -182,7 +182,7 @@ pub fn run(args: P2pArgs) -> ExitCode {
                 devices: (devices[2 * k], devices[2 * k + 1]),
             })
             .collect();
-        let (addr, tokens, live) = (args.common.addr, tokens.clone(), live.clone());
+        let (addr, tokens, live) = (args.common.endpoint(), tokens.clone(), live.clone());
         let cfg = ThreadCfg {
             interval,
             per_sender,
@@ -241,7 +241,7 @@ struct ThreadCfg {
 
 /// Logs in every device of `name`; `Err` names the first that failed.
 async fn log_in(
-    addr: std::net::SocketAddr,
+    addr: &super::Endpoint,
     tokens: &Tokens,
     name: &str,
     devices: usize,
@@ -249,7 +249,7 @@ async fn log_in(
     let token = tokens.mint(name)?;
     let mut clients = Vec::with_capacity(devices);
     for d in 0..devices {
-        let opts = ClientOptions::new(addr, token.clone(), format!("load-d{d}"));
+        let opts = addr.options(token.clone(), format!("load-d{d}"));
         clients.push(
             Client::connect(&opts, 0)
                 .await
@@ -260,7 +260,7 @@ async fn log_in(
 }
 
 async fn generator(
-    addr: std::net::SocketAddr,
+    addr: super::Endpoint,
     tokens: Tokens,
     pairs: Vec<PairSpec>,
     cfg: ThreadCfg,
@@ -272,8 +272,8 @@ async fn generator(
     let mut login_failures = Vec::new();
     let mut conn_errors = 0u64;
     for p in &pairs {
-        let a = log_in(addr, &tokens, &p.a, p.devices.0).await;
-        let b = log_in(addr, &tokens, &p.b, p.devices.1).await;
+        let a = log_in(&addr, &tokens, &p.a, p.devices.0).await;
+        let b = log_in(&addr, &tokens, &p.b, p.devices.1).await;
         match (a, b) {
             (Ok(a), Ok(b)) => {
                 if cfg.cross_shard_only && a[0].login_info().shard == b[0].login_info().shard {
