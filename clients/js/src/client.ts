@@ -136,6 +136,8 @@ interface PendingSend {
 /** One connection attempt and, if it logs in, its online life. */
 interface Conn {
   transport: Transport | null;
+  /** Frames that arrived before `transport` was set. */
+  early: Uint8Array[];
   loggedIn: boolean;
   /** Set when the connection ended; why. */
   ended: boolean;
@@ -349,7 +351,7 @@ export class RingpostClient extends Emitter<ClientEvents> {
   /** One connection: dial, log in, serve until it ends. Says why it ended and whether it logged in. */
   private async session(): Promise<{ error: Error; loggedIn: boolean }> {
     const c: Conn = {
-      transport: null, loggedIn: false, ended: false, endError: null, refusal: null,
+      transport: null, early: [], loggedIn: false, ended: false, endError: null, refusal: null,
       onLogin: null, onEnd: null, lastTx: 0, lastRx: 0, pingSentAt: 0, heartbeat: null,
     };
     this.conn = c;
@@ -363,7 +365,12 @@ export class RingpostClient extends Emitter<ClientEvents> {
       const token = typeof this.opts.token === 'function' ? await this.opts.token() : this.opts.token;
       const transport = await Promise.race([
         this.dial(
-          { onFrame: (f) => this.onFrame(c, f), onClose: (e) => this.onClose(c, e) },
+          {
+            // A frame can arrive in the same turn as the open event, before the await below
+            // hands us the transport: keep it until then.
+            onFrame: (f) => (c.transport ? this.onFrame(c, f) : c.early.push(f.slice())),
+            onClose: (e) => this.onClose(c, e),
+          },
           { maxFrame: this.opts.maxFrame ?? DEFAULT_MAX_FRAME },
         ),
         timeout,
@@ -385,6 +392,7 @@ export class RingpostClient extends Emitter<ClientEvents> {
       this.write(c, encodeClient({
         type: 'Login', token, deviceId: this.opts.deviceId ?? '', lastSeq: this.processed,
       }));
+      for (const f of c.early.splice(0)) this.onFrame(c, f);
       const ok = await Promise.race([loggedIn, ended.then(() => null), timeout]);
       if (ok === null) throw c.refusal ?? c.endError ?? new ConnectionError('connection closed during login');
       await ended;
