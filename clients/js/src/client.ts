@@ -189,6 +189,7 @@ export class RingpostClient extends Emitter<ClientEvents> {
   private firstLogin: { resolve: (i: LoginInfo) => void; reject: (e: Error) => void } | null = null;
   private loginInfo: LoginInfo | null = null;
   private closeError: Error | null = null;
+  private loggingOut = false;
 
   constructor(opts: ClientOptions, dialerFor?: DialerFactory) {
     super();
@@ -304,6 +305,7 @@ export class RingpostClient extends Emitter<ClientEvents> {
   async logout(): Promise<void> {
     const c = this.conn;
     if (c?.loggedIn && c.transport && !c.ended) {
+      this.loggingOut = true;
       this.flushAck();
       const ended = new Promise<void>((resolve) => {
         const prev = c.onEnd;
@@ -336,7 +338,8 @@ export class RingpostClient extends Emitter<ClientEvents> {
       if (outcome.loggedIn) failures = 0;
       const error = outcome.error;
       if ((error instanceof RingpostError && isPermanent(error.code)) || this.opts.reconnect === false) {
-        this.finish(error);
+        const asked = error instanceof RingpostError && error.code === Code.LOGGED_OUT && this.loggingOut;
+        this.finish(asked ? null : error);
         return;
       }
       failures += 1;
