@@ -6,7 +6,8 @@ FLATC_WANT := 25.12.19
 CONFIG     ?=
 RUN_ARGS   := $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: build run test bench bench-micro soak schema schema-check flatc fmt lint tune bench-1m clean
+.PHONY: build run test bench bench-micro soak schema schema-check flatc fmt lint tune bench-1m clean \
+	clients-deps clients-codegen clients-check test-clients
 
 ## build: release binaries (target/release/ringpost, target/release/ringpost-tools)
 build:
@@ -16,9 +17,10 @@ build:
 run: build
 	ulimit -n $$(ulimit -Hn) 2>/dev/null; ./target/release/ringpost $(RUN_ARGS)
 
-## test: schema freshness, then every unit and black-box test
+## test: schema freshness, then every unit and black-box test, then the client libraries' suites
 test: schema-check
 	$(CARGO) test --workspace --all-targets
+	$(MAKE) test-clients
 
 ## bench: micro-benchmarks, then end-to-end runs against a local broker; rewrites the
 ## "End-to-end (make bench)" section of BENCHMARKS.md (about 3 minutes)
@@ -57,6 +59,54 @@ schema-check: flatc
 		echo "schema: src/protocol/ringpost_generated.rs is stale; run 'make schema' and commit"; \
 		diff -u src/protocol/ringpost_generated.rs $$tmp/ringpost_generated.rs | head -40; rm -rf $$tmp; exit 1; \
 	fi
+
+## ---- client libraries (clients/js, clients/python) and the chat page bundle (src/web) ----
+CLIENTS_JS  := clients/js
+CLIENTS_PY  := clients/python
+PY_PKG      := $(CLIENTS_PY)/src/ringpost_client
+WEB_BUNDLE  := src/web/ringpost-client.js
+NPM         ?= npm
+PYTHON      ?= python3
+
+## clients-deps: npm packages of clients/js (npm ci) and the Python client's test deps, if missing
+clients-deps:
+	@if [ ! -f $(CLIENTS_JS)/node_modules/.package-lock.json ] || \
+	    [ $(CLIENTS_JS)/package-lock.json -nt $(CLIENTS_JS)/node_modules/.package-lock.json ]; then \
+		echo "clients: npm ci in $(CLIENTS_JS)"; cd $(CLIENTS_JS) && $(NPM) ci --no-audit --no-fund --loglevel=error; \
+	fi
+	@$(PYTHON) -c 'import flatbuffers, websockets, pytest' 2>/dev/null || { \
+		echo "clients: pip install $(CLIENTS_PY)[ws,test]"; \
+		$(PYTHON) -m pip install --quiet --disable-pip-version-check "./$(CLIENTS_PY)[ws,test]"; }
+
+## clients-codegen: regenerate the clients' FlatBuffers code from schema/ringpost.fbs and the
+## chat page's browser bundle (commit all three)
+clients-codegen: flatc clients-deps
+	rm -rf $(CLIENTS_JS)/src/generated
+	flatc --ts -o $(CLIENTS_JS)/src/generated schema/ringpost.fbs
+	flatc --python --gen-onefile -o $(PY_PKG) schema/ringpost.fbs
+	cd $(CLIENTS_JS) && node scripts/bundle.mjs
+
+## clients-check: fail if the committed generated client code or the bundle is stale
+clients-check: flatc clients-deps
+	@tmp=$$(mktemp -d) && \
+	flatc --ts -o $$tmp/ts schema/ringpost.fbs && \
+	flatc --python --gen-onefile -o $$tmp/py schema/ringpost.fbs && \
+	(cd $(CLIENTS_JS) && node scripts/bundle.mjs $$tmp/ringpost-client.js) && \
+	stale=0; \
+	diff -r $$tmp/ts $(CLIENTS_JS)/src/generated >/dev/null || { echo "clients: $(CLIENTS_JS)/src/generated is stale"; stale=1; }; \
+	cmp -s $$tmp/py/ringpost_generated.py $(PY_PKG)/ringpost_generated.py || { echo "clients: $(PY_PKG)/ringpost_generated.py is stale"; stale=1; }; \
+	cmp -s $$tmp/ringpost-client.js $(WEB_BUNDLE) || { echo "clients: $(WEB_BUNDLE) is stale"; stale=1; }; \
+	rm -rf $$tmp; \
+	if [ $$stale = 1 ]; then echo "clients: run 'make clients-codegen' and commit"; exit 1; fi; \
+	echo "clients: generated code and bundle are up to date"
+
+## test-clients: the JS and Python client suites against the freshly built debug broker
+test-clients: clients-check
+	$(CARGO) build --bin ringpost
+	cd $(CLIENTS_JS) && ./node_modules/.bin/tsc -p tsconfig.json && \
+		RINGPOST_BIN=$(CURDIR)/target/debug/ringpost node --test --test-reporter=spec test/*.test.mjs
+	RINGPOST_BIN=$(CURDIR)/target/debug/ringpost PYTHONPATH=$(PY_PKG)/.. \
+		$(PYTHON) -m pytest -p no:cacheprovider $(CLIENTS_PY)/tests
 
 flatc:
 	@if ! flatc --version 2>/dev/null | grep -q "$(FLATC_WANT)"; then \

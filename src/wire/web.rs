@@ -14,11 +14,29 @@ pub struct File {
 }
 
 /// Every file served.
-pub const FILES: &[File] = &[File {
-    path: "/",
-    content_type: "text/html; charset=utf-8",
-    body: include_bytes!("../web/index.html"),
-}];
+pub const FILES: &[File] = &[
+    File {
+        path: "/",
+        content_type: "text/html; charset=utf-8",
+        body: include_bytes!("../web/index.html"),
+    },
+    File {
+        path: "/app.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../web/app.js"),
+    },
+    File {
+        path: "/style.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_bytes!("../web/style.css"),
+    },
+    // The client library, bundled for the browser from clients/js (`make clients-codegen`).
+    File {
+        path: "/ringpost-client.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../web/ringpost-client.js"),
+    },
+];
 
 /// The file served at `path`.
 pub fn find(path: &str) -> Option<&'static File> {

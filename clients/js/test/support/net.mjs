@@ -1,0 +1,122 @@
+// Network fault injection and a WebSocket front for tests: a TCP proxy between a client and
+// the broker that can swallow the broker's bytes or cut connections, a WebSocket→TCP bridge
+// (one binary message ⇄ one length-prefixed frame) so the WebSocket transport can talk to
+// the real broker before the broker has its own WebSocket listener, and a raw TCP server for
+// playing a misbehaving peer.
+
+import net from 'node:net';
+import { WebSocketServer } from 'ws';
+
+import { FrameReader } from '../../dist/index.js';
+
+export class Proxy {
+  /** Listens on 127.0.0.1:0 and forwards every connection to targetPort. */
+  static async start(targetPort) {
+    const p = new Proxy();
+    p.targetPort = targetPort;
+    p.swallowDownstream = false;
+    p.pairs = new Set();
+    p.server = net.createServer((client) => p.accept(client));
+    await new Promise((res) => p.server.listen(0, '127.0.0.1', res));
+    p.port = p.server.address().port;
+    p.url = `tcp://127.0.0.1:${p.port}`;
+    return p;
+  }
+
+  accept(client) {
+    const upstream = net.connect(this.targetPort, '127.0.0.1');
+    const pair = { client, upstream };
+    this.pairs.add(pair);
+    const end = () => {
+      this.pairs.delete(pair);
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('data', (d) => upstream.write(d));
+    upstream.on('data', (d) => {
+      if (!this.swallowDownstream) client.write(d);
+    });
+    for (const s of [client, upstream]) {
+      s.on('error', end);
+      s.on('close', end);
+    }
+  }
+
+  /** Destroys every proxied connection (both sides see a reset/close). */
+  cutAll() {
+    for (const { client, upstream } of this.pairs) {
+      client.destroy();
+      upstream.destroy();
+    }
+    this.pairs.clear();
+  }
+
+  async close() {
+    this.cutAll();
+    await new Promise((res) => this.server.close(res));
+  }
+}
+
+/** A WebSocket server on 127.0.0.1:0 path /ws that relays each connection to the broker over TCP. */
+export class WsBridge {
+  static async start(brokerPort) {
+    const b = new WsBridge();
+    b.wss = new WebSocketServer({ host: '127.0.0.1', port: 0, path: '/ws' });
+    await new Promise((res) => b.wss.once('listening', res));
+    b.url = `ws://127.0.0.1:${b.wss.address().port}/ws`;
+    b.wss.on('connection', (ws) => {
+      const tcp = net.connect(brokerPort, '127.0.0.1');
+      const reader = new FrameReader(16 * 1024 * 1024);
+      ws.on('message', (data, isBinary) => {
+        if (!isBinary) return ws.close(1003, 'binary frames only');
+        const prefix = Buffer.alloc(4);
+        prefix.writeUInt32LE(data.length, 0);
+        tcp.write(Buffer.concat([prefix, data]));
+      });
+      tcp.on('data', (chunk) => {
+        for (const f of reader.push(chunk)) ws.send(f, { binary: true });
+      });
+      const end = () => {
+        tcp.destroy();
+        ws.close();
+      };
+      tcp.on('close', end);
+      tcp.on('error', end);
+      ws.on('close', () => tcp.destroy());
+    });
+    return b;
+  }
+
+  async close() {
+    for (const c of this.wss.clients) c.terminate();
+    await new Promise((res) => this.wss.close(res));
+  }
+}
+
+/** A TCP server on 127.0.0.1:0 that calls onConnection(socket, index) for each client. */
+export async function rawServer(onConnection) {
+  let n = 0;
+  const sockets = new Set();
+  const server = net.createServer((s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+    s.on('error', () => {});
+    onConnection(s, n++);
+  });
+  await new Promise((res) => server.listen(0, '127.0.0.1', res));
+  return {
+    url: `tcp://127.0.0.1:${server.address().port}`,
+    port: server.address().port,
+    close: () => {
+      for (const s of sockets) s.destroy();
+      return new Promise((res) => server.close(res));
+    },
+  };
+}
+
+/** `frame` with its u32 LE length prefix. */
+export function prefixed(frame) {
+  const prefix = Buffer.alloc(4);
+  prefix.writeUInt32LE(frame.length, 0);
+  return Buffer.concat([prefix, Buffer.from(frame)]);
+}

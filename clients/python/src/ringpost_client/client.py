@@ -1,0 +1,491 @@
+"""The ringpost client: one logical session over a sequence of connections.
+
+::
+
+    connect() -> dial -> Login{token, device_id, last_seq = last processed seq} -> LoginOk
+         ^                                                      | online: re-send unacked sends
+         | backoff (equal jitter)                               v
+    reconnecting <- connection lost / transient refusal <- Deliver / SendAck / Pong, heartbeats
+
+Every send stays pending until its SendAck; a connection lost in between re-sends it with the
+same client_msg_id after the next login (the broker's dedup answers with the original SendAck
+and does not deliver twice). Deliveries carry a per-user seq; the client resumes after the last
+seq the application *processed* (auto_ack: it asked for the next delivery; otherwise what it
+passed to ack()) and drops replayed seqs it already handed out on this instance.
+"""
+
+import asyncio
+import inspect
+import random as _random
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
+
+from . import codec
+from .backoff import Backoff
+from .codes import Code, code_name, is_permanent
+from .errors import ClientClosed, ConnectionLost, ProtocolError, RingpostError, SendError
+from .transport import Dialer, Transport, dialer_for
+
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024  # generous: the broker bounds what it sends itself
+DEFAULT_MAX_SEND_FRAME = 64 * 1024  # the broker's default limits.max_frame
+DEFAULT_HEARTBEAT = 30.0  # when LoginOk carries no heartbeat_ms
+LOGOUT_WAIT = 2.0  # how long logout() waits for GoAway(LOGGED_OUT)
+_U64_MASK = (1 << 64) - 1
+
+TokenSource = Union[str, Callable[[], Union[str, Awaitable[str]]]]
+
+
+@dataclass(frozen=True)
+class LoginInfo:
+    user_id: str
+    shard: int
+    head_seq: int
+    heartbeat_ms: int
+    oldest_seq: int
+    #: Part of what this device asked for was already removed by retention.
+    gap: bool
+    #: The last_seq this login sent.
+    resumed_from: int
+    #: The broker's newest seq is below what this device processed (its data was reset).
+    reset: bool
+
+
+@dataclass(frozen=True)
+class Delivery:
+    seq: int
+    from_user: str
+    client_msg_id: int
+    sent_at_ms: int
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        """The body as UTF-8 (invalid sequences replaced)."""
+        return self.body.decode("utf-8", errors="replace")
+
+    @property
+    def key(self) -> str:
+        """Identifies the message across re-sends: sender and client_msg_id."""
+        return f"{self.from_user}/{self.client_msg_id}"
+
+
+@dataclass(frozen=True)
+class SendResult:
+    client_msg_id: int
+    to: str
+
+
+class _Pending:
+    __slots__ = ("id", "to", "frame", "attempts", "future")
+
+    def __init__(self, id: int, to: str, frame: bytes, future: "asyncio.Future[SendResult]"):
+        self.id, self.to, self.frame, self.attempts, self.future = id, to, frame, 0, future
+
+
+class _Conn:
+    def __init__(self, transport: Transport):
+        self.transport = transport
+        self.logged_in = False
+        self.error: Optional[BaseException] = None  # set by whoever ends it first
+        self.last_tx = self.last_rx = time.monotonic()
+        self.ping_sent_at = 0.0
+
+
+class Client:
+    """An asyncio ringpost client.
+
+    ``url`` is ``tcp://host:port`` or ``ws(s)://host:port/ws``. Events (``state``, ``login``,
+    ``sent``, ``retry``, ``goaway``, ``error``) go to callbacks added with :meth:`on`;
+    deliveries come from ``async for d in client`` (or :meth:`next_delivery`).
+    """
+
+    def __init__(
+        self,
+        url: Optional[str],
+        token: TokenSource,
+        *,
+        device_id: str = "",
+        last_seq: int = 0,
+        auto_ack: bool = True,
+        reconnect: bool = True,
+        backoff: Optional[Backoff] = None,
+        login_timeout: float = 10.0,
+        heartbeat: Optional[float] = None,
+        pong_timeout: Optional[float] = None,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        max_send_frame: int = DEFAULT_MAX_SEND_FRAME,
+        dial: Optional[Dialer] = None,
+    ):
+        if dial is None:
+            if not url:
+                raise ValueError("give url or dial")
+            dial = dialer_for(url)
+        self._dial = dial
+        self._token = token
+        self.device_id = device_id
+        self._auto_ack = auto_ack
+        self._reconnect = reconnect
+        self._backoff = backoff or Backoff()
+        self._login_timeout = login_timeout
+        self._heartbeat_cap = heartbeat
+        self._pong_timeout = pong_timeout
+        self._max_frame = max_frame
+        self._max_send_frame = max_send_frame
+        self._state = "idle"
+        self._processed = last_seq
+        self._emitted = last_seq
+        self._ack_sent = 0
+        self._ack_scheduled = False
+        self._pending: Dict[int, _Pending] = {}
+        self._deliveries: "asyncio.Queue[Optional[Delivery]]" = asyncio.Queue()
+        self._last_yielded: Optional[int] = None
+        self._listeners: Dict[str, List[Callable[[Any], Any]]] = {}
+        self._conn: Optional[_Conn] = None
+        self._everything_online = False
+        self._task: Optional[asyncio.Task] = None
+        self._first_login: Optional[asyncio.Future] = None
+        self._wake = asyncio.Event()
+        self._closed_error: Optional[BaseException] = None
+        self._logout_wait: Optional[asyncio.Future] = None
+        self.login: Optional[LoginInfo] = None
+        # Random start: client_msg_ids must not repeat across devices and restarts of this user
+        # within the broker's dedup window, or a new message would be taken for a resend.
+        self._next_id = _random.getrandbits(63)
+        self._next_nonce = 1
+
+    # ---- public API ---------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """idle, connecting, online, reconnecting or closed."""
+        return self._state
+
+    @property
+    def last_seq(self) -> int:
+        """Highest seq processed: what the next login resumes after. Persist it to resume across restarts."""
+        return self._processed
+
+    @property
+    def pending_sends(self) -> int:
+        return len(self._pending)
+
+    @property
+    def close_error(self) -> Optional[BaseException]:
+        """Why the client closed, when it was not close() or logout()."""
+        return self._closed_error
+
+    def on(self, event: str, callback: Callable[[Any], Any]) -> Callable[[], None]:
+        """Adds a callback for ``event``; returns a function that removes it."""
+        self._listeners.setdefault(event, []).append(callback)
+        return lambda: self._listeners.get(event, []).remove(callback)
+
+    def new_client_msg_id(self) -> int:
+        self._next_id = (self._next_id + 1) & _U64_MASK
+        return self._next_id
+
+    async def connect(self) -> LoginInfo:
+        """Starts the session and waits for the first LoginOk.
+
+        Raises RingpostError on a permanent refusal (AUTH_FAILED, TOKEN_EXPIRED, ...), ClientClosed
+        if close() runs first, or - with reconnect=False - the first failure. Transient failures
+        are retried with backoff meanwhile.
+        """
+        if self._state == "closed":
+            raise ClientClosed("client is closed") from self._closed_error
+        if self._state == "online" and self.login:
+            return self.login
+        if self._first_login is None:
+            self._first_login = asyncio.get_running_loop().create_future()
+        first = self._first_login
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        return await asyncio.shield(first)
+
+    async def send(self, to: str, body: Union[bytes, str], *, client_msg_id: Optional[int] = None) -> SendResult:
+        """Sends ``body`` to user ``to`` and waits for its SendAck.
+
+        Returns when the broker says OK (the message is in the recipient's inbox); raises SendError
+        (code + name) on any other status. While offline the message waits and goes out after the
+        next login; unanswered sends are re-sent after a reconnect with the same client_msg_id.
+        """
+        return await self.send_nowait(to, body, client_msg_id=client_msg_id)
+
+    def send_nowait(self, to: str, body: Union[bytes, str], *, client_msg_id: Optional[int] = None) -> "asyncio.Future[SendResult]":
+        """Like send(), but returns the future at once (for many sends in flight)."""
+        loop = asyncio.get_running_loop()
+        fut: "asyncio.Future[SendResult]" = loop.create_future()
+        if self._state == "closed":
+            fut.set_exception(ClientClosed("client is closed"))
+            return fut
+        cid = self.new_client_msg_id() if client_msg_id is None else client_msg_id
+        existing = self._pending.get(cid)
+        if existing:
+            return existing.future
+        data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+        frame = codec.encode_client(codec.Send(cid, to, data))
+        if len(frame) > self._max_send_frame:
+            fut.set_exception(SendError(Code.FRAME_TOO_LARGE, cid, to,
+                                        f"the Send frame is {len(frame)} bytes, over max_send_frame ({self._max_send_frame}); not sent"))
+            return fut
+        p = _Pending(cid, to, frame, fut)
+        self._pending[cid] = p
+        if self._conn and self._conn.logged_in:
+            self._write_send(self._conn, p)
+        return fut
+
+    def ack(self, seq: int) -> None:
+        """Marks every delivery with seq <= ``seq`` processed and acks it (needed with auto_ack=False)."""
+        up_to = min(seq, self._emitted)
+        if up_to <= self._processed:
+            return
+        self._processed = up_to
+        if not self._ack_scheduled:
+            # Coalesced: one Ack per turn of the loop, for the highest processed seq.
+            self._ack_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_ack)
+
+    async def next_delivery(self, timeout: Optional[float] = None) -> Delivery:
+        """The next delivery (auto_ack: the previous one counts as processed). Raises ClientClosed at the end."""
+        if self._auto_ack and self._last_yielded is not None:
+            self.ack(self._last_yielded)
+        self._last_yielded = None
+        d = await asyncio.wait_for(self._deliveries.get(), timeout)
+        if d is None:
+            self._deliveries.put_nowait(None)  # keep the end marker for the next caller
+            raise ClientClosed("client is closed") from self._closed_error
+        self._last_yielded = d.seq
+        return d
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> Delivery:
+        try:
+            return await self.next_delivery()
+        except ClientClosed:
+            raise StopAsyncIteration from None
+
+    async def logout(self) -> None:
+        """Logs out (the broker answers GoAway(LOGGED_OUT)) and closes."""
+        c = self._conn
+        if c and c.logged_in:
+            if self._auto_ack and self._last_yielded is not None:
+                self.ack(self._last_yielded)
+            self._flush_ack()
+            self._logout_wait = asyncio.get_running_loop().create_future()
+            c.transport.send(codec.encode_client(codec.Logout()))
+            try:
+                await asyncio.wait_for(asyncio.shield(self._logout_wait), LOGOUT_WAIT)
+            except asyncio.TimeoutError:
+                pass
+        await self.close()
+
+    async def close(self) -> None:
+        """Closes the connection and stops reconnecting; pending sends raise ClientClosed."""
+        await self._finish(None)
+        task = self._task
+        if task and task is not asyncio.current_task():
+            try:
+                await task
+            except Exception:
+                pass
+
+    async def __aenter__(self) -> "Client":
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    # ---- the connection loop --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        while self._state != "closed":
+            self._set_state("reconnecting" if self._everything_online else "connecting")
+            error, logged_in = await self._session()
+            if self._state == "closed":
+                return
+            if logged_in:
+                failures = 0
+            if (isinstance(error, RingpostError) and is_permanent(error.code)) or not self._reconnect:
+                asked = isinstance(error, RingpostError) and error.code == Code.LOGGED_OUT and self._logout_wait
+                await self._finish(None if asked else error)
+                return
+            failures += 1
+            delay = self._backoff.next()
+            self._set_state("reconnecting" if self._everything_online else "connecting", error)
+            self._emit("error", error)
+            self._emit("retry", {"attempt": failures, "delay": delay, "error": error})
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _session(self):
+        """One connection: dial, log in, serve until it ends. Returns (why it ended, logged in?)."""
+        c: Optional[_Conn] = None
+        logged_in = False
+        heartbeat: Optional[asyncio.Task] = None
+        try:
+            deadline = time.monotonic() + self._login_timeout
+            token = self._token() if callable(self._token) else self._token
+            if inspect.isawaitable(token):
+                token = await token
+            try:
+                transport = await asyncio.wait_for(self._dial(self._max_frame), self._login_timeout)
+            except asyncio.TimeoutError:
+                raise ConnectionLost(f"connect did not finish within {self._login_timeout} s") from None
+            c = _Conn(transport)
+            self._conn = c
+            if self._state == "closed":
+                raise ClientClosed()
+            self._write(c, codec.encode_client(codec.Login(token, self.device_id, self._processed)))
+            try:
+                first = await asyncio.wait_for(transport.recv(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise ConnectionLost(f"no LoginOk within {self._login_timeout} s") from None
+            msg = codec.decode_server(first)
+            if isinstance(msg, (codec.Error, codec.GoAway)):
+                raise RingpostError(msg.code, msg.message if isinstance(msg, codec.Error) else msg.reason)
+            if not isinstance(msg, codec.LoginOk):
+                raise ProtocolError(f"expected LoginOk, got {type(msg).__name__}")
+            self._online(c, msg)
+            logged_in = True
+            heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(c, msg.heartbeat_ms))
+            while True:
+                frame = await transport.recv()
+                c.last_rx = time.monotonic()
+                self._handle(c, codec.decode_server(frame))
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except BaseException as e:  # noqa: BLE001 - every ending is reported, none escapes
+            err = (c.error if c and c.error else None) or e
+            return err, logged_in
+        finally:
+            if heartbeat:
+                heartbeat.cancel()
+            if c:
+                c.logged_in = False
+                if self._conn is c:
+                    self._conn = None
+                await c.transport.close()
+
+    def _online(self, c: _Conn, ok: codec.LoginOk) -> None:
+        resumed_from = self._processed
+        reset = ok.head_seq < self._processed
+        if reset:
+            # The broker has fewer messages than this device processed (its data was wiped):
+            # seqs start again after head_seq, and the old high-water mark would drop them all.
+            self._processed = self._emitted = ok.head_seq
+        self._ack_sent = self._processed  # the broker counts the login's last_seq as acked
+        c.logged_in = True
+        self._everything_online = True
+        self._backoff.reset()
+        self.login = LoginInfo(ok.user_id, ok.shard, ok.head_seq, ok.heartbeat_ms, ok.oldest_seq, ok.gap, resumed_from, reset)
+        self._set_state("online")
+        self._emit("login", self.login)
+        first, self._first_login = self._first_login, None
+        if first and not first.done():
+            first.set_result(self.login)
+        for p in list(self._pending.values()):
+            self._write_send(c, p)
+
+    def _handle(self, c: _Conn, msg: codec.ServerMsg) -> None:
+        if isinstance(msg, codec.Deliver):
+            if msg.seq <= self._emitted:
+                return  # replayed after a reconnect: already handed out
+            self._emitted = msg.seq
+            self._deliveries.put_nowait(Delivery(msg.seq, msg.from_user, msg.client_msg_id, msg.sent_at_ms, msg.body))
+        elif isinstance(msg, codec.SendAck):
+            p = self._pending.pop(msg.client_msg_id, None)
+            if p and not p.future.done():
+                if msg.status == Code.OK:
+                    p.future.set_result(SendResult(p.id, p.to))
+                else:
+                    p.future.set_exception(SendError(msg.status, p.id, p.to))
+        elif isinstance(msg, (codec.Error, codec.GoAway)):
+            detail = msg.message if isinstance(msg, codec.Error) else msg.reason
+            if isinstance(msg, codec.GoAway):
+                self._emit("goaway", {"code": msg.code, "code_name": code_name(msg.code), "reason": detail})
+                waiter = self._logout_wait
+                if msg.code == Code.LOGGED_OUT and waiter and not waiter.done():
+                    waiter.set_result(None)
+            raise RingpostError(msg.code, detail)  # ends the session; the broker closes too
+        elif isinstance(msg, codec.LoginOk):
+            raise ProtocolError("LoginOk after login")
+        # Pong and frame types newer than this build: nothing to do (last_rx is updated).
+
+    async def _heartbeat(self, c: _Conn, broker_ms: int) -> None:
+        interval = max(0.05, min((broker_ms / 1000) or DEFAULT_HEARTBEAT, self._heartbeat_cap or float("inf")))
+        pong_timeout = self._pong_timeout or interval
+        half = interval / 2
+        # Every half interval: a Ping when nothing was written for half an interval (the broker
+        # hears from us more often than heartbeat_ms), or nothing heard for as long (a dead path
+        # is noticed even while we keep writing); no answer within pong_timeout drops the link.
+        while c.logged_in:
+            await asyncio.sleep(half)
+            now = time.monotonic()
+            outstanding = c.ping_sent_at > c.last_rx
+            if outstanding and now - c.ping_sent_at >= pong_timeout:
+                c.error = ConnectionLost(f"no answer to a ping within {pong_timeout * 1000:.0f} ms")
+                await c.transport.close()
+                return
+            if now - c.last_tx >= half or (not outstanding and now - c.last_rx >= half):
+                if not outstanding:
+                    c.ping_sent_at = now
+                self._write(c, codec.encode_client(codec.Ping(self._next_nonce)))
+                self._next_nonce += 1
+
+    def _write(self, c: _Conn, frame: bytes) -> None:
+        c.last_tx = time.monotonic()
+        c.transport.send(frame)
+
+    def _write_send(self, c: _Conn, p: _Pending) -> None:
+        p.attempts += 1
+        self._write(c, p.frame)
+        self._emit("sent", {"client_msg_id": p.id, "to": p.to, "attempt": p.attempts})
+
+    def _flush_ack(self) -> None:
+        self._ack_scheduled = False
+        c = self._conn
+        if c and c.logged_in and self._processed > self._ack_sent:
+            self._ack_sent = self._processed
+            self._write(c, codec.encode_client(codec.Ack(self._processed)))
+
+    async def _finish(self, error: Optional[BaseException]) -> None:
+        if self._state == "closed":
+            return
+        self._closed_error = error
+        self._set_state("closed", error)
+        self._wake.set()
+        c = self._conn
+        if c:
+            c.logged_in = False
+            await c.transport.close()
+        closed = ClientClosed(f"client closed: {error}" if error else "client closed")
+        for p in self._pending.values():
+            if not p.future.done():
+                p.future.set_exception(error if isinstance(error, RingpostError) else closed)
+                p.future.exception()  # retrieved: no "never retrieved" warning for fire-and-forget sends
+        self._pending.clear()
+        first, self._first_login = self._first_login, None
+        if first and not first.done():
+            first.set_exception(error or closed)
+        self._deliveries.put_nowait(None)
+
+    def _set_state(self, state: str, error: Optional[BaseException] = None) -> None:
+        if state == self._state:
+            return
+        previous, self._state = self._state, state
+        self._emit("state", {"state": state, "previous": previous, "error": error})
+
+    def _emit(self, event: str, value: Any) -> None:
+        for cb in list(self._listeners.get(event, [])):
+            try:
+                cb(value)
+            except Exception as e:  # a callback's bug must not break the session
+                if event != "error":
+                    self._emit("error", e)
