@@ -172,3 +172,95 @@ fn a_zero_dedup_window_turns_dedup_off() {
         assert_eq!(expect_event(&mut cb).await, Event::Pong { nonce: 1 });
     });
 }
+
+/// A resend after the broker restarted (kill -9 or a clean stop) is answered OK from the window
+/// rebuilt from the log, and a fresh device of the recipient holds exactly one copy.
+fn a_resend_after_a_restart_is_stored_once(graceful: bool) {
+    let dir = TempDir::new(&format!("dedup-restart-{graceful}"));
+    let config = test_broker().dir(dir.path());
+    let mut broker = config.start();
+    let (a, b) = (user_on_shard("dr-a", 0, 2), user_on_shard("dr-b", 1, 2));
+    run(async {
+        let mut ca = broker.connect(&a, "d").await;
+        ca.send(7, &b, b"only once").await.unwrap();
+        expect_ack(&mut ca, 7, Code::OK).await;
+    });
+    if graceful {
+        broker.stop(std::time::Duration::from_secs(6));
+    } else {
+        broker.crash();
+    }
+    let broker = config.start();
+    run(async {
+        let mut ca = broker.connect(&a, "d").await;
+        ca.send(7, &b, b"only once").await.unwrap();
+        expect_ack(&mut ca, 7, Code::OK).await;
+        let mut fresh = broker.connect(&b, "fresh").await;
+        assert_eq!(fresh.login_info().head_seq, 1, "one copy in the inbox");
+        assert_eq!(expect_deliver(&mut fresh).await.client_msg_id, 7);
+        assert_next_delivery_is_probe(&mut ca, &mut fresh, &b, 8, 2).await;
+    });
+}
+
+#[test]
+fn a_resend_after_kill_9_is_stored_once() {
+    a_resend_after_a_restart_is_stored_once(false);
+}
+
+#[test]
+fn a_resend_after_a_clean_restart_is_stored_once() {
+    a_resend_after_a_restart_is_stored_once(true);
+}
+
+/// The kill lands between the append and the ack: the group commit's sync is held (a test
+/// fault), so the message is in the log but its SendAck never went out. The client resends
+/// after the restart and must get OK without a second copy.
+#[test]
+fn a_resend_after_a_kill_between_append_and_ack_is_stored_once() {
+    let dir = TempDir::new("dedup-unacked");
+    let hold = "fault-sync-hold";
+    let config = test_broker()
+        .dir(dir.path())
+        .storage("fsync = \"always\"")
+        .env(ringpost::log::fault::SYNC_HOLD_ENV, hold);
+    let broker = config.start();
+    let (a, b) = (user_on_shard("du-a", 0, 2), user_on_shard("du-b", 1, 2));
+    let hold_file = dir.path().join("data").join(hold);
+    run(async {
+        let mut ca = broker.connect(&a, "d").await;
+        let mut cb = broker.connect(&b, "watch").await;
+        std::fs::write(&hold_file, b"").unwrap();
+        ca.send(9, &b, b"unacked").await.unwrap();
+        // The message is appended (the recipient's head moves) but neither acked nor delivered.
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let probe = broker.connect(&b, "probe").await;
+            if probe.login_info().head_seq == 1 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never appended");
+            glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        cb.ping(1).await.unwrap();
+        assert_eq!(expect_event(&mut cb).await, Event::Pong { nonce: 1 });
+        ca.ping(2).await.unwrap();
+        assert_eq!(
+            expect_event(&mut ca).await,
+            Event::Pong { nonce: 2 },
+            "no SendAck before the sync"
+        );
+    });
+    let _ = broker.crash();
+    std::fs::remove_file(&hold_file).unwrap();
+    let broker = config.start();
+    run(async {
+        let mut ca = broker.connect(&a, "d").await;
+        ca.send(9, &b, b"unacked").await.unwrap();
+        expect_ack(&mut ca, 9, Code::OK).await;
+        let mut fresh = broker.connect(&b, "fresh").await;
+        assert_eq!(fresh.login_info().head_seq, 1, "one copy in the inbox");
+        let d = expect_deliver(&mut fresh).await;
+        assert_eq!((d.client_msg_id, d.body.as_slice()), (9, &b"unacked"[..]));
+        assert_next_delivery_is_probe(&mut ca, &mut fresh, &b, 10, 2).await;
+    });
+}

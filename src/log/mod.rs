@@ -229,6 +229,7 @@ impl SyncPlan {
             return Ok(());
         }
         if let Some(faults) = &self.faults {
+            faults.hold_sync();
             if let Some(e) = faults.sync_failure() {
                 return Err(e);
             }

@@ -6,6 +6,7 @@
 //! | `RINGPOST_FAULT_POWER_LOG=<file>` | after every *completed* sync, one line is appended to `<file>` saying what is now durable ([`Event`]); [`simulate_power_cut`] replays it |
 //! | `RINGPOST_FAULT_SYNC_FAIL_FILE=<file>` | while `<file>` exists, every msync of appended records (group commit, roll, shutdown) fails with EIO before touching the disk; recovery's own syncs are not affected |
 //! | `RINGPOST_FAULT_SKIP_SYNC_FILE=<file>` | while `<file>` exists, the group-commit sync ([`super::SyncPlan`]) reports success without syncing, and records nothing as durable: the "msync removed" build a power-loss test must catch |
+//! | `RINGPOST_FAULT_SYNC_HOLD_FILE=<file>` | while `<file>` exists, the group-commit sync waits before it starts: what is appended meanwhile is in the log but not acknowledged (a kill -9 then lands between append and ack) |
 //! | `RINGPOST_FAULT_NO_SPACE_FILE=<file>` | while `<file>` exists, creating a segment fails with ENOSPC (see [`super::segment`]) |
 //!
 //! A relative `<file>` is taken relative to the data directory, so one value serves every
@@ -41,6 +42,10 @@ pub use power_cut::{simulate_power_cut, simulate_power_cut_with, PowerCut, Unsyn
 pub const POWER_LOG_ENV: &str = "RINGPOST_FAULT_POWER_LOG";
 pub const SYNC_FAIL_ENV: &str = "RINGPOST_FAULT_SYNC_FAIL_FILE";
 pub const SKIP_SYNC_ENV: &str = "RINGPOST_FAULT_SKIP_SYNC_FILE";
+pub const SYNC_HOLD_ENV: &str = "RINGPOST_FAULT_SYNC_HOLD_FILE";
+
+/// How often a held sync looks whether it may go on.
+const HOLD_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// What was made durable, as written to the power log.
 #[derive(Debug, Clone, Copy)]
@@ -62,6 +67,7 @@ pub struct Faults {
     power_log: Option<File>,
     sync_fail: Option<PathBuf>,
     skip_sync: Option<PathBuf>,
+    sync_hold: Option<PathBuf>,
 }
 
 impl Faults {
@@ -90,6 +96,7 @@ impl Faults {
         }
         faults.sync_fail = resolve(SYNC_FAIL_ENV);
         faults.skip_sync = resolve(SKIP_SYNC_ENV);
+        faults.sync_hold = resolve(SYNC_HOLD_ENV);
         Ok(faults)
     }
 
@@ -117,7 +124,17 @@ impl Faults {
     }
 
     pub fn is_armed(&self) -> bool {
-        self.power_log.is_some() || self.sync_fail.is_some() || self.skip_sync.is_some()
+        self.power_log.is_some()
+            || self.sync_fail.is_some()
+            || self.skip_sync.is_some()
+            || self.sync_hold.is_some()
+    }
+
+    /// Waits while the hold file exists (called on the blocking pool, never on a shard).
+    pub fn hold_sync(&self) {
+        while self.sync_hold.as_ref().is_some_and(|p| p.exists()) {
+            std::thread::sleep(HOLD_POLL);
+        }
     }
 
     /// The injected sync failure, if armed now.
