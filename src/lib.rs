@@ -14,34 +14,52 @@
 //! | [`protocol`] | wire framing (u32 LE length + FlatBuffers `Frame`), check-then-parse codec, codes |
 //! | [`wire`] | client transports: TCP or WebSocket framing per connection, the HTTP upgrade, origins, the embedded chat page |
 //! | [`auth`] | JWT HS256 login tokens; the shared secret file |
-//! | [`shard`] | executors, ownership (`owner()`), the mesh, accept/login/hand-off, sessions, delivery, group commit |
-//! | [`log`] | the per-shard segment log: framing, segments, recovery, retention, the data-dir meta file |
+//! | [`shard`] | executors, ownership (`owner()`, `group_owner()`), the mesh, accept/login/hand-off, sessions, dedup, groups, delivery, group commit |
+//! | [`log`] | the per-shard segment log: record kinds and framing, segments, recovery, retention, the data-dir lock and meta file, test-only fault injection |
 //! | [`client`] | async client used by the tests and `ringpost-tools` |
 //! | [`diagnostics`] | startup checks that name the fix for io_uring / memlock problems |
 //!
 //! ## Data path of a 1:1 message
 //!
 //! Each stage is one file of [`shard`]: `session` (socket I/O), `ingress` (dispatch and
-//! admission), `transport` (the mesh), `inbox` (seq, append, group commit), `delivery` (from
-//! the log to the devices).
+//! admission), `transport` (the mesh), `inbox` (dedup, seq, append, group commit), `delivery`
+//! (from the log to the devices).
 //!
 //! ```text
 //!  client A ──TCP──▶ shard a (owner of A)                      shard b (owner of B) ──TCP──▶ client B
 //!                    session::read_ready                         │
 //!                     reader::feed → decode_client               │
 //!                    ingress: Shard::on_send                     │
-//!                     rate limit, dedup(A, client_msg_id)        │
-//!                     route: owner(B) == b ≠ a                   │
+//!                     rate limit; route: owner(B) == b ≠ a       │
+//!                     (own-send: keep the body for A's stream)   │
 //!                    transport: Mesh::push(b, Message) ─SPSC a→b─▶ ingress: Shard::handle_envelope
-//!                                                                │ inbox: accept_message: seq = head(B)+1,
+//!                                                                │ inbox: accept_send: dedup(A, client_msg_id),
+//!                                                                │  accept_message: seq = head(B)+1,
 //!                                                                │  Log::append → index(B) += (seq, pos)
 //!                                                                │ inbox: Shard::commit (once per batch):
 //!                                                                │  msync on the blocking pool,
 //!                                                                │  durable(B) = seq
 //!                                                                │ delivery: devices refill from the log
 //!                                                                │  → one send(2) per conn (flush_dirty)
-//!                    ingress: Shard::complete_send ◀─SPSC b→a─── SendAck{OK}
+//!                    ingress: Shard::on_send_ack ◀──SPSC b→a──── SendAck{OK}
 //!  client A ◀──SendAck{OK}
+//!                    inbox: append_outgoing: A's stream gets the message (own-send sync),
+//!                     delivered to every device of A after a's next commit
+//! ```
+//!
+//! ## Data path of a group message
+//!
+//! ```text
+//!  member's shard               owner shard o = group_owner(G)           every other shard d with members
+//!  ingress: on_group_send ──GroupSend──▶ groups: group_send: member? dedup,
+//!                                        group_seq += 1, one GroupRecord,
+//!                                        local members' seqs (index entries)
+//!                                        inbox: commit ─┬─▶ SendAck ─▶ sender
+//!                                                       └─▶ Fanout(entries) ─▶ groups: on_fanout: applied(G) < seq?
+//!                                                          (one envelope per     one GroupRecord copy, local
+//!                                                           shard per commit)    members' seqs; after d's commit
+//!                                        groups: on_applied ◀─── Applied ◀────── (the owner re-drives at start
+//!                                                                                 what was never applied)
 //! ```
 //!
 //! A connection may land on any shard (SO_REUSEPORT). The accepting shard reads the Login

@@ -330,3 +330,112 @@ fn a_failed_sync_stops_acknowledging_until_a_restart() {
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Group sends through a power cut: every group message acked OK is in every member's stream
+/// afterwards, once, at the same group_seq for all, in group order — including members whose
+/// shard had not applied the fan-out yet when the power went (the owner re-drives it).
+#[test]
+fn every_acked_group_message_survives_a_power_cut_on_every_member() {
+    let dir = test_dir("power-cut-group");
+    let members: Vec<String> = (0..6)
+        .map(|i| user_on_shard(&format!("pg-m{i}"), i % SHARDS, SHARDS))
+        .collect();
+    let group = (0..)
+        .map(|i| format!("pg-group-{i}"))
+        .find(|g| ringpost::shard::group_owner(g, SHARDS) == 1)
+        .unwrap_or_default();
+    let broker = start(&dir);
+    let pid = broker.pid();
+    let acked: Vec<u64> = run(async {
+        let mut admin = broker.connect(&members[0], "d").await;
+        let rest: Vec<&str> = members[1..].iter().map(String::as_str).collect();
+        admin.group_create(1, &group, &rest).await.unwrap();
+        loop {
+            match expect_event(&mut admin).await {
+                Event::GroupReply(r) => {
+                    assert_eq!(r.status, Code::OK, "{r:?}");
+                    break;
+                }
+                Event::Deliver(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let (mut reader, mut writer) = admin.split();
+        let group2 = group.clone();
+        let writes = glommio::spawn_local(async move {
+            for chunk in 0..150u64 {
+                for k in 0..20 {
+                    let id = 1 + chunk * 20 + k;
+                    if writer
+                        .group_send(id, &group2, &id.to_le_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        });
+        let mut acked = Vec::new();
+        while let Some(event) = next_event_of(&mut reader).await {
+            match event {
+                Event::SendAck {
+                    client_msg_id,
+                    status: Code::OK,
+                } => {
+                    acked.push(client_msg_id);
+                    if acked.len() == 1500 {
+                        // SAFETY: kill(2) on the broker child's pid.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+                Event::Deliver(_) => {} // the sender's own group stream
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        writes.await;
+        acked
+    });
+    assert!(acked.len() >= 1500);
+    let dir = broker.crash();
+    cut_power(&dir, Unsynced::Drop);
+    let broker = start(&dir);
+    run(async {
+        let mut reference: Option<Vec<(u64, u64)>> = None;
+        for m in &members {
+            let mut c = broker.connect(m, "fresh").await;
+            let head = c.login_info().head_seq;
+            let mut seen = Vec::new();
+            for seq in 1..=head {
+                let d = expect_deliver(&mut c).await;
+                assert_eq!(d.seq, seq, "{m}: gap-free");
+                if d.kind == ringpost::protocol::EntryKind::Message {
+                    assert_eq!(d.body, d.client_msg_id.to_le_bytes(), "{m}: body intact");
+                    seen.push((d.group_seq, d.client_msg_id));
+                }
+            }
+            let ids: HashSet<u64> = seen.iter().map(|&(_, id)| id).collect();
+            assert_eq!(ids.len(), seen.len(), "{m}: a group message twice");
+            assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{m}: group order");
+            let lost: Vec<u64> = acked
+                .iter()
+                .copied()
+                .filter(|id| !ids.contains(id))
+                .collect();
+            assert!(
+                lost.is_empty(),
+                "{m}: {} of {} acked group messages lost in the power cut, e.g. {:?}",
+                lost.len(),
+                acked.len(),
+                &lost[..lost.len().min(5)]
+            );
+            match &reference {
+                None => reference = Some(seen),
+                Some(r) => assert_eq!(r, &seen, "{m} disagrees with {}", members[0]),
+            }
+        }
+    });
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}

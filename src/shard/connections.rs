@@ -2,7 +2,7 @@
 //! parked ones, and the idle-timeout wheel.
 //!
 //! Registering ([`Shard::adopt`]) builds the connection record, sends LoginOk and starts its
-//! replay ([`Shard::register_device`] in `delivery`); the caller (`session::start`) then runs
+//! replay (`Shard::register_device` in `delivery`); the caller (`session::start`) then runs
 //! the connection's task.
 
 use std::cell::{Cell, RefCell};

@@ -16,7 +16,7 @@
 //! is removed, the remaining member with the smallest user ID becomes admin.
 //!
 //! Checkpoints: before a group's first entry in each log segment, the shard writes a
-//! [`GroupSnapshotRecord`](crate::log::record::GroupSnapshotRecord) of its view (members,
+//! [`GroupSnapshotRecord`] of its view (members,
 //! roles, group_seq, lagging destinations, and each local member's head seq), so every segment
 //! can be replayed without the ones before it: retention may delete old segments without
 //! breaking the derivation of member seqs in later ones.

@@ -10,7 +10,7 @@
 //! is appended meanwhile waits for the next commit.
 //!
 //! Dedup ([`super::dedup`]) is checked here, by the shard that stores the message, in
-//! [`Shard::accept_send`] (1:1) and the group owner's send path.
+//! `Shard::accept_send` (1:1) and the group owner's send path.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

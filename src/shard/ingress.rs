@@ -1,7 +1,7 @@
 //! Ingress: what comes into the shard — frames from its connections and envelopes from its
 //! peers — and the admission of sends: rate limit, recipient check, routing to the owner of
 //! the recipient (1:1) or of the group. Dedup happens where the message is stored (see
-//! [`super::dedup`]); the SendAck that comes back lands here ([`Shard::on_send_ack`]), and
+//! [`super::dedup`]); the SendAck that comes back lands here (`Shard::on_send_ack`), and
 //! with own-send sync the accepted 1:1 message enters the sender's own stream.
 
 use std::rc::Rc;
