@@ -57,10 +57,13 @@
 //! again after `server.park_after` without traffic. Outbound deliveries to a parked connection
 //! go straight out with a non-blocking `send(2)`.
 
+pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod config;
 pub mod diagnostics;
 pub mod log;
+pub mod logging;
+pub mod metrics;
 pub mod protocol;
 pub mod shard;

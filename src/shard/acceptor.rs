@@ -80,6 +80,7 @@ async fn login(shard: Rc<Shard>, mut stream: TcpStream) {
                 if shard.draining.get() {
                     Refusal::Frame(Code::SHUTDOWN, "broker is shutting down".into())
                 } else {
+                    shard.metrics.logins.inc(Code::OK);
                     hand_off(&shard, stream, user, login).await;
                     return;
                 }
@@ -87,6 +88,7 @@ async fn login(shard: Rc<Shard>, mut stream: TcpStream) {
             Err(r) => r,
         },
     };
+    note_refusal(&shard, &stream, &refusal);
     if let Refusal::Frame(code, message) = refusal {
         let mut out = Vec::new();
         let msg = if code == Code::SHUTDOWN {
@@ -103,6 +105,24 @@ async fn login(shard: Rc<Shard>, mut stream: TcpStream) {
         protocol::encode_server(&msg, &mut out);
         if stream.write_all(&out).await.is_ok() {
             linger_close(&mut stream).await;
+        }
+    }
+}
+
+/// Counts a failed login and logs it (one line per refusal, at info).
+fn note_refusal(shard: &Shard, stream: &TcpStream, refusal: &Refusal) {
+    let peer = stream.peer_addr().ok();
+    match refusal {
+        Refusal::Frame(code, message) => {
+            shard.metrics.logins.inc(*code);
+            if *code == Code::SHUTDOWN {
+                shard.metrics.goaway.inc(*code); // `login` answers this one with a GoAway
+            }
+            tracing::info!(shard = shard.id, peer = ?peer, code = protocol::code_name(*code), reason = %message, "login refused");
+        }
+        Refusal::Gone => {
+            shard.metrics.logins_abandoned.inc();
+            tracing::debug!(shard = shard.id, peer = ?peer, "connection closed before Login");
         }
     }
 }

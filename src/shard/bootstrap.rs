@@ -1,5 +1,9 @@
 //! Starting and stopping the shards.
 //!
+//! First of all, [`Broker::start`] starts the admin listener (`crate::admin`, when `[admin]
+//! listen` is set) so that `/healthz` and `/readyz` answer while the logs recover; readiness
+//! turns on once every shard accepts and off when a shutdown begins.
+//!
 //! [`Broker::start`] binds one SO_REUSEPORT listener per shard on the calling thread (so a bad
 //! address fails fast, and port 0 resolves to one port shared by all shards), builds the mesh,
 //! and spawns one glommio executor per shard pinned to its CPU. It returns once every shard has
@@ -27,8 +31,11 @@ use super::session;
 use super::state::Shard;
 use super::tasks::{self, StopAt, Tasks};
 use super::transport::{self, build_mesh, Mesh, MeshPorts};
+use crate::admin::health::{Health, Phase};
+use crate::admin::{AdminError, AdminServer};
 use crate::auth::Verifier;
 use crate::config::Config;
+use crate::metrics::ShardMetrics;
 
 /// Memory glommio registers with each ring for its own DMA buffers; we do no DMA file I/O, so
 /// keep it small (it counts against RLIMIT_MEMLOCK for unprivileged users).
@@ -56,6 +63,8 @@ pub enum StartError {
         shard: usize,
         source: crate::log::LogError,
     },
+    #[error("{0}")]
+    Admin(#[from] AdminError),
 }
 
 /// A running broker: its shards, their address, and the means to stop them.
@@ -64,13 +73,19 @@ pub struct Broker {
     shards: usize,
     joins: Vec<ExecutorJoinHandle<()>>,
     triggers: Vec<std::os::unix::net::UnixStream>,
+    admin: Option<AdminServer>,
+    health: Arc<Health>,
 }
 
 impl Broker {
-    /// Starts every shard; returns once all of them are accepting.
-    pub fn start(cfg: Config, secret: &[u8]) -> Result<Broker, StartError> {
+    /// Starts the admin listener (if configured, before recovery so that health checks answer
+    /// meanwhile), then every shard; returns once all of them are accepting.
+    pub fn start(cfg: Config, secret: &[u8], admin_token: &[u8]) -> Result<Broker, StartError> {
         let cfg = Arc::new(cfg);
         let n = cfg.shard_count();
+        let health = Arc::new(Health::default());
+        let metrics = ShardMetrics::for_shards(n);
+        let (admin, mut controls) = crate::admin::launch(&cfg, n, admin_token, &health, &metrics)?;
         let verifier = Arc::new(Verifier::new(secret, cfg.auth.leeway));
         crate::log::meta::check_or_create(&cfg.storage.data_dir, n)?;
         let recovered = recover_all(&cfg, n)?;
@@ -101,6 +116,7 @@ impl Broker {
                 None => Placement::Unbound,
             };
             let (cfg, verifier, ready) = (cfg.clone(), verifier.clone(), ready.clone());
+            let (metrics, control) = (metrics[i].clone(), controls[i].take());
             let trigger = OwnedFd::from(theirs);
             let join = LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{i}"))
@@ -116,6 +132,8 @@ impl Broker {
                         trigger,
                         recovered,
                         parking,
+                        metrics,
+                        control,
                     };
                     run_shard(ctx, ready).await;
                 })
@@ -126,12 +144,20 @@ impl Broker {
             joins.push(join);
         }
         ready.wait();
+        health.set(Phase::Ready);
         Ok(Broker {
             addr,
             shards: n,
             joins,
             triggers,
+            admin,
+            health,
         })
+    }
+
+    /// The admin listener's address (port 0 resolved), if it is enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::local_addr)
     }
 
     /// The address every shard accepts on (port 0 resolved).
@@ -151,6 +177,7 @@ impl Broker {
                 .iter()
                 .filter_map(|t| t.try_clone().ok())
                 .collect(),
+            health: self.health.clone(),
         }
     }
 
@@ -163,6 +190,7 @@ impl Broker {
             .filter_map(|(i, j)| j.join().err().map(|e| format!("shard {i}: {e}")))
             .collect();
         drop(self.triggers);
+        drop(self.admin);
         if failed.is_empty() {
             Ok(())
         } else {
@@ -174,11 +202,13 @@ impl Broker {
 /// Starts a graceful shutdown of every shard.
 pub struct ShutdownHandle {
     triggers: Vec<std::os::unix::net::UnixStream>,
+    health: Arc<Health>,
 }
 
 impl ShutdownHandle {
     pub fn shutdown(&self) {
         use std::io::Write;
+        self.health.set(Phase::ShuttingDown);
         for mut t in &self.triggers {
             let _ = t.write_all(&[1]);
         }
@@ -225,6 +255,8 @@ struct ShardStart {
     trigger: OwnedFd,
     recovered: Recovered,
     parking: Parking,
+    metrics: Arc<ShardMetrics>,
+    control: Option<super::control::ShardControl>,
 }
 
 /// Recovers every shard's log, one thread per shard, before any shard starts serving.
@@ -277,6 +309,7 @@ fn recover_all(cfg: &Config, n: usize) -> Result<Vec<Recovered>, StartError> {
 }
 
 async fn run_shard(ctx: ShardStart, ready: Arc<Barrier>) {
+    crate::metrics::install_local(ctx.metrics);
     let mesh = Rc::new(Mesh::new(ctx.id, ctx.shards, OUTBOX_HIGH_WATER));
     let shard = Rc::new(Shard::new(
         ctx.id,
@@ -289,6 +322,7 @@ async fn run_shard(ctx: ShardStart, ready: Arc<Barrier>) {
     ));
     let receiving = shard.clone();
     transport::connect(ctx.ports, mesh, move |peer, batch| {
+        receiving.metrics.mesh_received(peer, batch.len());
         for env in batch {
             if let Some(handoff) = receiving.handle_envelope(peer, env) {
                 session::start_handoff(&receiving, handoff);
@@ -305,6 +339,9 @@ async fn run_shard(ctx: ShardStart, ready: Arc<Barrier>) {
         .spawn("acceptor", accept_loop(shard.clone(), listener))
         .on_shutdown(StopAt::Accepting);
     tasks::start(&shard, &mut tasks);
+    if let Some(control) = ctx.control {
+        tasks::start_control(&shard, &mut tasks, control);
+    }
     ready.wait();
     tracing::debug!(shard = ctx.id, "accepting");
 

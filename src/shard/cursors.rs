@@ -31,6 +31,11 @@ impl Cursors {
         self.set(device, now.max(acked));
     }
 
+    /// Every (device, cursor).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.0.iter().map(|(d, s)| (&**d, *s))
+    }
+
     /// The highest cursor over all devices (0 when none).
     pub fn max(&self) -> u64 {
         self.0.iter().map(|&(_, s)| s).max().unwrap_or(0)

@@ -25,6 +25,8 @@ pub enum PendingAck {
     },
     /// The sender's shard is `peer`.
     Remote { peer: usize, ack: SendAck },
+    /// A message published through the server API (see [`super::control`]).
+    Admin(super::control::AdminAck),
 }
 
 impl Shard {
@@ -41,6 +43,7 @@ impl Shard {
         let mut users = self.users.borrow_mut();
         let (name, user) = users.entry(to);
         if user.unacked() >= self.cfg.limits.max_inbox as u64 {
+            self.metrics.send_rejected.inc(Code::INBOX_FULL);
             return Err(Code::INBOX_FULL);
         }
         let seq = user.head_seq + 1;
@@ -60,12 +63,14 @@ impl Shard {
                 Ok(pos) => (pos, log.segment_count() != segments),
                 Err(e) => {
                     tracing::error!(shard = self.id, error = %e, "append failed; refusing sends until it works again");
+                    self.metrics.send_rejected.inc(Code::STORAGE_UNAVAILABLE);
                     return Err(Code::STORAGE_UNAVAILABLE);
                 }
             }
         };
         user.head_seq = seq;
         user.index.push_back((seq, pos));
+        self.metrics.accepted.inc();
         self.touched.borrow_mut().push((name, seq));
         drop(users);
         if rolled && self.cfg.storage.max_bytes_per_shard > 0 {
@@ -97,6 +102,12 @@ impl Shard {
         } else {
             Code::OK
         };
+        if !touched.is_empty() {
+            self.metrics.commit_batch.observe(touched.len() as u64);
+        }
+        if status != Code::OK {
+            self.metrics.send_rejected.add(status, pending.len() as u64);
+        }
         {
             let mut users = self.users.borrow_mut();
             for (name, seq) in &touched {
@@ -121,6 +132,7 @@ impl Shard {
                     ack.status = status;
                     self.mesh.push(peer, Envelope::SendAck(ack));
                 }
+                PendingAck::Admin(ack) => ack.complete(status),
             }
         }
         self.committing.set(false);
@@ -149,12 +161,16 @@ impl Shard {
         if plan.is_empty() {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let (plan, result) = glommio::executor()
             .spawn_blocking(move || {
                 let result = plan.run();
                 (plan, result)
             })
             .await;
+        self.metrics
+            .log_sync
+            .observe(started.elapsed().as_nanos() as u64);
         self.log.borrow_mut().end_sync(plan, result.is_ok());
         self.changed.notify_all();
         result

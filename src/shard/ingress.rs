@@ -48,6 +48,7 @@ impl Shard {
         match verdict {
             RateVerdict::Allowed => {}
             RateVerdict::Limited => {
+                self.metrics.send_rejected.inc(Code::RATE_LIMITED);
                 conn.push(&ServerMsg::SendAck {
                     client_msg_id,
                     status: Code::RATE_LIMITED,
@@ -55,6 +56,7 @@ impl Shard {
                 return;
             }
             RateVerdict::Abusive => {
+                tracing::info!(shard = self.id, user = %conn.user, device = %conn.device_id, "closing a client that kept sending past the rate limit");
                 conn.go_away(
                     Code::RATE_LIMITED,
                     "kept sending past the rate limit (sends_per_sec)",
@@ -63,6 +65,7 @@ impl Shard {
             }
         }
         if to.is_empty() || to.len() > protocol::MAX_USER_ID {
+            self.metrics.send_rejected.inc(Code::INVALID_RECIPIENT);
             conn.push(&ServerMsg::SendAck {
                 client_msg_id,
                 status: Code::INVALID_RECIPIENT,

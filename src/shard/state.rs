@@ -33,6 +33,7 @@ use super::users::Users;
 use super::wake::{Broadcast, Signal};
 use crate::config::Config;
 use crate::log::Log;
+use crate::metrics::ShardMetrics;
 
 /// Bytes read from a socket per `recv` call.
 pub const READ_CHUNK: usize = 64 * 1024;
@@ -71,6 +72,9 @@ pub struct Shard {
     pub live_sessions: Cell<usize>,
     /// Notified on shutdown progress (peers drained, acks back, sessions gone).
     pub changed: Broadcast,
+    /// This shard's counters (written only here; read by the admin thread): the ones
+    /// bootstrap installed for this thread before building the shard.
+    pub metrics: Arc<ShardMetrics>,
 }
 
 impl Shard {
@@ -107,6 +111,7 @@ impl Shard {
             in_flight: Cell::new(0),
             live_sessions: Cell::new(0),
             changed: Broadcast::default(),
+            metrics: crate::metrics::local(),
         }
     }
 

@@ -219,7 +219,7 @@ impl BrokerBuilder {
     pub fn config_text(&self, dir: &Path) -> String {
         let d = dir.display();
         let q = |s: String| format!("\"{s}\"");
-        let defaults: [(&str, Vec<(&str, String)>); 4] = [
+        let defaults: [(&str, Vec<(&str, String)>); 5] = [
             (
                 "server",
                 vec![
@@ -238,6 +238,13 @@ impl BrokerBuilder {
             ),
             ("auth", vec![("secret_file", q(format!("{d}/auth.secret")))]),
             ("limits", vec![]),
+            (
+                "admin",
+                vec![
+                    ("listen", q("127.0.0.1:0".into())),
+                    ("token_file", q(format!("{d}/admin.token"))),
+                ],
+            ),
         ];
         let mut out = String::new();
         for (name, keys) in &defaults {
@@ -271,6 +278,7 @@ impl BrokerBuilder {
             Some(s) => cmd.env("RINGPOST_AUTH_SECRET", s),
             None => cmd.env_remove("RINGPOST_AUTH_SECRET"),
         };
+        cmd.env_remove("RINGPOST_ADMIN_TOKEN");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -302,7 +310,7 @@ impl BrokerBuilder {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
+            for line in lines.by_ref().take(2).map_while(Result::ok) {
                 let _ = tx.send(line);
             }
             for _ in lines {} // keep draining so the broker never blocks on stdout
@@ -324,15 +332,34 @@ impl BrokerBuilder {
                 format!("unexpected first stdout line: {line:?}"),
             )
         };
+        // With the admin listener on, the next line names its address.
+        let admin = if self.admin_enabled() {
+            let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_default();
+            match line.strip_prefix("ringpost admin on ").map(str::parse) {
+                Some(Ok(a)) => Some(a),
+                _ => fail(&mut child, format!("expected the admin line, got {line:?}")),
+            }
+        } else {
+            None
+        };
         TestBroker {
             child: Some(child),
             addr,
+            admin,
             shards,
             dir,
             keep_dir,
             stderr_path,
             builder: self.clone(),
         }
+    }
+
+    /// False when the test turned the admin listener off (`[admin] listen = ""`).
+    fn admin_enabled(&self) -> bool {
+        !self.tables.get("admin").is_some_and(|t| {
+            t.lines()
+                .any(|l| l.split_whitespace().collect::<String>() == "listen=\"\"")
+        })
     }
 
     /// Runs the broker expecting it to refuse to start: its exit status, stdout and stderr.
@@ -416,6 +443,8 @@ fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 pub struct TestBroker {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The admin listener, from the `ringpost admin on ADDR` line (None when disabled).
+    pub admin: Option<SocketAddr>,
     /// N from the `ringpost listening on ADDR with N shards` line.
     pub shards: usize,
     pub dir: PathBuf,
@@ -450,6 +479,28 @@ impl TestBroker {
             std::fs::write(&path, s).expect("write secret file");
         }
         path
+    }
+
+    /// The admin listener's address; panics if the test disabled it.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.expect("the admin listener is enabled")
+    }
+
+    /// The admin API's bearer token (the file the broker created, unless the test set
+    /// `RINGPOST_ADMIN_TOKEN` with [`BrokerBuilder::env`]).
+    pub fn admin_token(&self) -> String {
+        if let Some((_, t)) = self
+            .builder
+            .env
+            .iter()
+            .find(|(k, _)| k == "RINGPOST_ADMIN_TOKEN")
+        {
+            return t.clone();
+        }
+        std::fs::read_to_string(self.dir.join("admin.token"))
+            .expect("the broker's admin token file")
+            .trim()
+            .to_owned()
     }
 
     pub fn addr_string(&self) -> String {
