@@ -17,6 +17,9 @@
 //! | [`log`] | the per-shard segment log: framing, segments, recovery, retention, the data-dir meta file |
 //! | [`client`] | async client used by the tests and `ringpost-tools` |
 //! | [`diagnostics`] | startup checks that name the fix for io_uring / memlock problems |
+//! | [`admin`] | the admin HTTP listener on its own thread: metrics, health, the server API |
+//! | [`metrics`] | per-shard single-writer counters and histograms; the Prometheus exposition |
+//! | [`logging`] | `[log]` format and level for the diagnostics on stderr |
 //!
 //! ## Data path of a 1:1 message
 //!
@@ -47,6 +50,14 @@
 //! frame, verifies the token and, if another shard owns the user, hands over the fd and any
 //! bytes already read through the same mesh (`shard::acceptor`); the owner starts the
 //! connection's session (`session::start`) and does all I/O for it from then on.
+//!
+//! ## Operations
+//!
+//! The admin thread ([`admin`]) never runs on a shard. It reads every shard's counters
+//! directly ([`metrics::ShardMetrics`], written only by their shard) and asks shards for the
+//! rest over one SPSC control channel each (`shard::control`): gauges for a scrape, a
+//! user's devices, a kick, or a server-side publish, which enters the data path above at
+//! `inbox: accept_message` on the recipient's owner and is answered after its group commit.
 //!
 //! ## Idle connections
 //!

@@ -592,6 +592,12 @@ fn bad_publishes_are_refused_with_their_codes() {
     // None of it reached an inbox.
     assert_eq!(get(&b, "/v1/users/bob").json()["head_seq"], 0);
 
+    // Nor may a client send to one.
+    run(async {
+        let mut c = b.connect("alice", "d").await;
+        c.send(5, "system:x", b"hi").await.unwrap();
+        expect_ack(&mut c, 5, Code::INVALID_RECIPIENT).await;
+    });
     // No client may log in as a reserved sender.
     let (code, message) = try_login(b.addr, &b.token("system:alerts"), "d").unwrap_err();
     assert_eq!(code, Code::AUTH_FAILED);
@@ -1090,4 +1096,80 @@ fn the_openapi_document_matches_the_server() {
         !ok,
         "schemathesis accepted a document that disagrees with the server:\n{out}"
     );
+}
+
+// ---- deployment files ------------------------------------------------------------------------
+
+#[test]
+fn the_deployment_files_use_what_the_broker_exposes() {
+    let b = test_broker().start();
+    let text = scrape(&b);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dashboard = std::fs::read_to_string(root.join("deploy/grafana-dashboard.json")).unwrap();
+    let parsed: Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    assert!(parsed["panels"].as_array().is_some_and(|p| p.len() >= 8));
+    let mut names: Vec<&str> = Vec::new();
+    for (i, _) in dashboard
+        .match_indices("ringpost_")
+        .chain(dashboard.match_indices("process_"))
+    {
+        let name = &dashboard[i..];
+        let end = name
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(name.len());
+        names.push(&name[..end]);
+    }
+    names.sort_unstable();
+    names.dedup();
+    // Every family of the issue is on a panel.
+    for family in [
+        "ringpost_connections",
+        "ringpost_logins_total",
+        "ringpost_messages_accepted_total",
+        "ringpost_messages_delivered_total",
+        "ringpost_send_rejected_total",
+        "ringpost_log_sync_seconds_bucket",
+        "ringpost_mesh_queue_depth",
+        "ringpost_log_bytes",
+    ] {
+        assert!(
+            names.contains(&family),
+            "the dashboard has no panel for {family}"
+        );
+    }
+    // And every name it uses is one the broker exposes (a # TYPE line for its family).
+    for name in &names {
+        let family = ["_total", "_bucket", "_sum", "_count", "_info"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("# TYPE {family} "))),
+            "the dashboard uses {name}, which the broker does not expose:\n{text}"
+        );
+    }
+    let prometheus = std::fs::read_to_string(root.join("deploy/prometheus.yml")).unwrap();
+    assert!(prometheus.contains("metrics_path: /metrics"));
+    let default = ringpost::config::Config::embedded_default().unwrap();
+    let port = default.admin.listen.unwrap().port();
+    assert!(
+        prometheus.contains(&format!("127.0.0.1:{port}")),
+        "scrapes the default admin port"
+    );
+    let unit = std::fs::read_to_string(root.join("deploy/ringpost.service")).unwrap();
+    for directive in [
+        "User=ringpost",
+        "LimitNOFILE=",
+        "LimitMEMLOCK=",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/ringpost",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=\n",
+    ] {
+        assert!(
+            unit.contains(directive),
+            "ringpost.service lacks {directive:?}"
+        );
+    }
 }

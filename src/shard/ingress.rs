@@ -64,7 +64,7 @@ impl Shard {
                 return;
             }
         }
-        if to.is_empty() || to.len() > protocol::MAX_USER_ID {
+        if to.is_empty() || to.len() > protocol::MAX_USER_ID || crate::auth::is_reserved(to) {
             self.metrics.send_rejected.inc(Code::INVALID_RECIPIENT);
             conn.push(&ServerMsg::SendAck {
                 client_msg_id,
