@@ -244,6 +244,10 @@ fn call_fault(ctx: &Ctx, shard: usize, e: CallError) -> Fault {
             format!("shard {shard} is not serving yet (the broker is starting)"),
         ),
         CallError::Gone => Fault::wire(503, Code::SHUTDOWN, "the broker is shutting down"),
+        CallError::Busy => Fault::http(
+            503,
+            format!("shard {shard} has too many admin requests queued; retry"),
+        ),
         CallError::Timeout if ctx.health.phase() == Phase::ShuttingDown => {
             Fault::wire(503, Code::SHUTDOWN, "the broker is shutting down")
         }

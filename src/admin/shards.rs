@@ -2,19 +2,22 @@
 //! shard, requests matched to replies by id, every call bounded by a timeout.
 //!
 //! Everything here runs on the admin thread's executor, so the bookkeeping is plain `Cell`s
-//! and `RefCell`s. Per shard, a sender task moves queued requests into the shard's SPSC queue
-//! (awaiting room), and a receiver task hands each reply to the caller waiting for its id.
-//! Both first wait for the shard to connect its ends, which happens only once its log has
-//! been recovered: until then [`Links::call`] answers [`CallError::NotConnected`] at once.
+//! and `RefCell`s. A call pushes its request into the shard's queue and rings the shard's
+//! doorbell; a receiver task per shard hands each reply to the caller waiting for its id. The
+//! doorbell connects only once the shard runs (its log recovered): until then
+//! [`Links::call`] answers [`CallError::NotConnected`] at once.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_lite::future;
+use std::sync::Arc;
 
-use crate::shard::control::{AdminEnds, Answer, Op, Request};
+use futures_lite::future;
+use glommio::channels::shared_channel::ConnectedSender;
+
+use crate::shard::control::{AdminEnds, Answer, ControlInbox, Op, Request};
 use crate::shard::wake::Signal;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,13 +28,14 @@ pub enum CallError {
     Gone,
     /// No answer within the timeout; the request may still take effect.
     Timeout,
+    /// The shard's request queue is full (it is not taking requests).
+    Busy,
 }
 
-#[derive(Default)]
 struct Link {
-    queue: RefCell<VecDeque<Request>>,
-    kick: Signal,
-    connected: Cell<bool>,
+    requests: Arc<ControlInbox>,
+    /// Connected once the shard's `control` task runs.
+    doorbell: RefCell<Option<ConnectedSender<()>>>,
     gone: Cell<bool>,
 }
 
@@ -53,28 +57,22 @@ impl Links {
     /// Starts the sender and receiver task of every shard's link on the current executor.
     pub fn start(ends: Vec<AdminEnds>) -> Rc<Links> {
         let links = Rc::new(Links {
-            links: ends.iter().map(|_| Link::default()).collect(),
+            links: ends
+                .iter()
+                .map(|e| Link {
+                    requests: e.requests.clone(),
+                    doorbell: RefCell::default(),
+                    gone: Cell::new(false),
+                })
+                .collect(),
             next_id: Cell::new(1),
             waiting: RefCell::default(),
         });
         for (shard, end) in ends.into_iter().enumerate() {
             let l = links.clone();
             glommio::spawn_local(async move {
-                let sender = end.requests.connect().await;
-                let link = &l.links[shard];
-                link.connected.set(true);
-                loop {
-                    let next = link.queue.borrow_mut().pop_front();
-                    match next {
-                        Some(req) => {
-                            if sender.send(req).await.is_err() {
-                                link.gone.set(true);
-                                return;
-                            }
-                        }
-                        None => link.kick.wait().await,
-                    }
-                }
+                let bell = end.doorbell.connect().await;
+                *l.links[shard].doorbell.borrow_mut() = Some(bell);
             })
             .detach();
             let l = links.clone();
@@ -103,15 +101,20 @@ impl Links {
         if link.gone.get() {
             return Err(CallError::Gone);
         }
-        if !link.connected.get() {
+        let doorbell = link.doorbell.borrow();
+        let Some(bell) = doorbell.as_ref() else {
             return Err(CallError::NotConnected);
-        }
+        };
         let id = self.next_id.get();
         self.next_id.set(id + 1);
+        if link.requests.push(Request { id, op }).is_err() {
+            return Err(CallError::Busy);
+        }
+        // A full doorbell already has a ring pending; a closed one means the shard is gone,
+        // which the reply receiver notices.
+        let _ = bell.try_send(());
         let slot = Rc::new(Slot::default());
         self.waiting.borrow_mut().insert(id, slot.clone());
-        link.queue.borrow_mut().push_back(Request { id, op });
-        link.kick.notify();
         Ok((id, slot))
     }
 

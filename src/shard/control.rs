@@ -1,13 +1,23 @@
 //! The control channel: what the admin thread (`crate::admin`) asks a shard, and the shard's
 //! answers.
 //!
-//! Each shard has one pair of glommio `shared_channel`s with the admin thread, like a lane of
-//! the mesh: requests in, replies out (bounded SPSC rings, no locks). The shard's `control`
-//! task ([`serve`], registered in [`super::tasks`]) takes each request, handles it
-//! synchronously on the shard ([`Shard::handle_control`]) and sends the replies. A request
-//! that must wait — a published message waits for the group commit that makes it durable —
-//! parks its answer in the shard's pending acks ([`PendingAck::Admin`]), and the commit sends
-//! it. The admin side never waits on a shard for long: every call has a timeout there.
+//! Per shard: requests go into a bounded lock-free queue ([`ControlInbox`], crossbeam's
+//! `ArrayQueue`) and replies come back over a glommio `shared_channel` (a bounded SPSC ring,
+//! like a lane of the mesh). The shard takes requests at the end of every batch of work
+//! ([`Shard::poll_control`], called from `flush_dirty`) and, when it is idle, when the admin
+//! thread rings a doorbell (a second `shared_channel` of `()`), handled by its `control` task
+//! ([`serve`], registered in [`super::tasks`]). Each request is handled synchronously on the
+//! shard ([`Shard::handle_control`]). A request that must wait — a published message waits
+//! for the group commit that makes it durable — parks its answer in the shard's pending acks
+//! ([`PendingAck::Admin`]), and the commit sends it. The admin side never waits on a shard for
+//! long: every call has a timeout there.
+//!
+//! Why not a `shared_channel` for requests too: a busy glommio executor whose task queue never
+//! runs dry returns to its reactor, which is where channel wake-ups are noticed, only every so
+//! many ring completions; under a p2p overload that was seconds (measured: a scrape's gauges
+//! waited 1–5 s). The end of a batch of work is reached all the time under load, so the queue
+//! is checked there (a couple of loads of a cache line only the admin thread writes, when it
+//! sends a request), and the doorbell covers the idle shard.
 //!
 //! | request | handled by | answer |
 //! |---|---|---|
@@ -19,14 +29,19 @@
 //! Publishes are deduplicated by `(from, client_msg_id)` in a window kept here, on the
 //! recipient's owner ([`Port::admit`]); that is the one call to replace once client sends are
 //! deduplicated on the recipient's owner too, so that both share one window.
+//!
+//! Groups: their management (create, add/remove members, info) and publishes to a group
+//! become more [`Op`]s, sent to the group's owner shard and handled by the same operations
+//! clients use; the admin side routes them like [`Op::User`] (see `admin::api`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crossbeam_queue::ArrayQueue;
 use futures_lite::future;
-use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
+use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
 
 use super::conn::Conn;
 use super::dedup::{Dedup, Verdict};
@@ -116,15 +131,21 @@ pub struct DeviceView {
     pub sent_seq: u64,
 }
 
+/// Requests for one shard: pushed by the admin thread, taken by the shard.
+pub type ControlInbox = ArrayQueue<Request>;
+
 /// One shard's ends of its control channel, before its executor connects them.
 pub struct ShardControl {
-    requests: SharedReceiver<Request>,
+    requests: Arc<ControlInbox>,
+    doorbell: SharedReceiver<()>,
     replies: SharedSender<Reply>,
 }
 
 /// The admin thread's ends for one shard.
 pub struct AdminEnds {
-    pub requests: SharedSender<Request>,
+    pub requests: Arc<ControlInbox>,
+    /// Rung after each request (a full doorbell means a ring is already pending).
+    pub doorbell: SharedSender<()>,
     pub replies: SharedReceiver<Reply>,
 }
 
@@ -132,15 +153,18 @@ pub struct AdminEnds {
 pub fn channels(shards: usize) -> (Vec<AdminEnds>, Vec<ShardControl>) {
     (0..shards)
         .map(|_| {
-            let (req_tx, req_rx) = shared_channel::new_bounded(CONTROL_QUEUE);
+            let requests = Arc::new(ArrayQueue::new(CONTROL_QUEUE));
+            let (bell_tx, bell_rx) = shared_channel::new_bounded(1);
             let (rep_tx, rep_rx) = shared_channel::new_bounded(CONTROL_QUEUE);
             (
                 AdminEnds {
-                    requests: req_tx,
+                    requests: requests.clone(),
+                    doorbell: bell_tx,
                     replies: rep_rx,
                 },
                 ShardControl {
-                    requests: req_rx,
+                    requests,
+                    doorbell: bell_rx,
                     replies: rep_tx,
                 },
             )
@@ -148,10 +172,13 @@ pub fn channels(shards: usize) -> (Vec<AdminEnds>, Vec<ShardControl>) {
         .unzip()
 }
 
-/// The shard's side of its control channel: replies waiting to go out, and the dedup
-/// windows of published messages.
-#[derive(Default)]
+/// The shard's side of its control channel: requests to take, replies waiting to go out, and
+/// the dedup windows of published messages.
 pub struct Port {
+    requests: Arc<ControlInbox>,
+    /// Connected by the `control` task; replies go straight into it when it has room.
+    replies: RefCell<Option<Rc<ConnectedSender<Reply>>>>,
+    /// Replies that found the channel full, sent by the `control` task as room appears.
     outbox: RefCell<Vec<Reply>>,
     kick: Signal,
     /// Publish sender → (last used, shard-monotonic ms; its window).
@@ -159,8 +186,33 @@ pub struct Port {
 }
 
 impl Port {
+    fn new(requests: Arc<ControlInbox>) -> Port {
+        Port {
+            requests,
+            replies: RefCell::default(),
+            outbox: RefCell::default(),
+            kick: Signal::default(),
+            dedup: RefCell::default(),
+        }
+    }
+
+    /// Sends a reply now if the channel has room (`try_send` looks at the ring itself; the
+    /// waiting `send` relies on the reactor noticing room, which a busy shard visits rarely),
+    /// else leaves it to the `control` task.
     fn reply(&self, id: u64, answer: Answer) {
-        self.outbox.borrow_mut().push(Reply { id, answer });
+        let reply = Reply { id, answer };
+        let reply = match self.replies.borrow().as_ref() {
+            Some(tx) if self.outbox.borrow().is_empty() => match tx.try_send(reply) {
+                Ok(()) => return,
+                Err(e) => match e {
+                    glommio::GlommioError::Closed(glommio::ResourceType::Channel(r))
+                    | glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(r)) => r,
+                    _ => return,
+                },
+            },
+            _ => reply,
+        };
+        self.outbox.borrow_mut().push(reply);
         self.kick.notify();
     }
 
@@ -224,36 +276,42 @@ impl AdminAck {
     }
 }
 
-/// What woke the control task.
-enum Woke {
-    Request(Option<Request>),
-    Replies,
-}
-
-/// The shard's `control` task: connects its ends, then handles requests and sends replies
-/// until the admin thread goes away or the task is stopped.
+/// The shard's `control` task: connects its ends and installs the shard's [`Port`], then
+/// takes requests whenever the doorbell rings (an idle shard; a busy one takes them at the
+/// end of each batch of work) and sends the replies, until the admin thread goes away or the
+/// task is stopped.
+///
+/// The two loops are joined, never raced in a select: a shared-channel `recv()` dropped
+/// before it completes would leave a stale waker registered, which glommio may wake in place
+/// of the live one.
 pub async fn serve(shard: Rc<Shard>, ends: ShardControl) {
-    let (requests, replies) = future::zip(ends.requests.connect(), ends.replies.connect()).await;
-    let port = Rc::new(Port::default());
-    loop {
-        let woke = future::or(async { Woke::Request(requests.recv().await) }, async {
-            port.kick.wait().await;
-            Woke::Replies
-        })
-        .await;
-        match woke {
-            Woke::Request(Some(req)) => shard.handle_control(&port, req),
-            Woke::Request(None) => return,
-            Woke::Replies => {}
+    let (doorbell, replies) = future::zip(ends.doorbell.connect(), ends.replies.connect()).await;
+    let port = Rc::new(Port::new(ends.requests));
+    let replies = Rc::new(replies);
+    *port.replies.borrow_mut() = Some(replies.clone());
+    *shard.control.borrow_mut() = Some(port.clone());
+    shard.flush_dirty(); // takes anything queued before we were connected
+    let taking = async {
+        while doorbell.recv().await.is_some() {
+            shard.flush_dirty(); // which starts with `poll_control`
         }
-        let out = std::mem::take(&mut *port.outbox.borrow_mut());
-        for reply in out {
-            // The admin thread's receiver always drains, so this wait is short.
-            if replies.send(reply).await.is_err() {
-                return;
+    };
+    let sending = async {
+        loop {
+            port.kick.wait().await;
+            // In order; reply() queues behind these while any are left.
+            while !port.outbox.borrow().is_empty() {
+                let reply = port.outbox.borrow_mut().remove(0);
+                // The admin thread's receiver always drains, so this wait is short.
+                if replies.send(reply).await.is_err() {
+                    return;
+                }
             }
         }
-    }
+    };
+    // Either loop ending (the admin thread gone) ends the task.
+    future::or(taking, sending).await;
+    *shard.control.borrow_mut() = None;
 }
 
 /// The transport of a connection, as the server API reports it.
@@ -263,6 +321,19 @@ fn transport(_conn: &Conn) -> &'static str {
 }
 
 impl Shard {
+    /// Takes and handles every queued control request. Called first thing in `flush_dirty`
+    /// (the end of every batch of work, and the doorbell), so that what the requests queue
+    /// (GoAways, appends to commit) is flushed right after. Costs a couple of loads of the
+    /// queue's indices when nothing is queued.
+    pub fn poll_control(&self) {
+        let Some(port) = self.control.borrow().clone() else {
+            return;
+        };
+        while let Some(req) = port.requests.pop() {
+            self.handle_control(&port, req);
+        }
+    }
+
     /// Handles one control request, synchronously; its answer goes out through `port`, now
     /// or (a publish) after the group commit.
     pub fn handle_control(&self, port: &Rc<Port>, req: Request) {
@@ -314,7 +385,7 @@ impl Shard {
             }
             Err(status) => ack.complete(status),
         }
-        self.flush_dirty(); // wakes the committer
+        // The caller (`poll_control`, at the start of `flush_dirty`) wakes the committer.
     }
 
     fn user_view(&self, name: &str) -> UserView {
@@ -370,7 +441,7 @@ impl Shard {
                 "sessions kicked"
             );
         }
-        self.flush_dirty();
+        // The GoAways go out with the rest of `flush_dirty`, which called `poll_control`.
         victims.len()
     }
 }

@@ -92,6 +92,7 @@ impl Shard {
     /// End of a batch of work: hand every touched connection's bytes to the kernel, refilling
     /// devices that are catching up; wake the committer if anything was appended.
     pub fn flush_dirty(&self) {
+        self.poll_control(); // the admin thread's requests (see `control`)
         if self.has_uncommitted() {
             self.commit_due.notify();
         }

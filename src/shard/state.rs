@@ -72,6 +72,8 @@ pub struct Shard {
     pub live_sessions: Cell<usize>,
     /// Notified on shutdown progress (peers drained, acks back, sessions gone).
     pub changed: Broadcast,
+    /// The admin thread's control channel, once the `control` task has connected it.
+    pub(super) control: RefCell<Option<Rc<super::control::Port>>>,
     /// This shard's counters (written only here; read by the admin thread): the ones
     /// bootstrap installed for this thread before building the shard.
     pub metrics: Arc<ShardMetrics>,
@@ -111,6 +113,7 @@ impl Shard {
             in_flight: Cell::new(0),
             live_sessions: Cell::new(0),
             changed: Broadcast::default(),
+            control: RefCell::default(),
             metrics: crate::metrics::local(),
         }
     }

@@ -9,6 +9,9 @@
 //! - Client helpers on a glommio executor ([`run`], [`expect_deliver`], …) and raw-socket
 //!   helpers ([`raw_login`], [`read_frame`], …) for bad-input tests.
 //! - [`tools`]: the `ringpost-tools` binary.
+//! - The admin listener is on `127.0.0.1:0` with its token file in the broker's directory:
+//!   [`TestBroker::admin_addr`] (from the `ringpost admin on ADDR` line that follows the
+//!   listening line) and [`TestBroker::admin_token`].
 //!
 //! Every broker gets its own directory under the system temp dir, removed when the test
 //! passes and kept (with the broker's stderr printed) when it fails.
