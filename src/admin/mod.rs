@@ -149,6 +149,7 @@ impl AdminServer {
                     health: start.health,
                     metrics: start.metrics,
                     links: Links::start(start.ends),
+                    fds: Rc::default(),
                 });
                 let accepting = glommio::spawn_local(accept_loop(ctx, listener));
                 let mut byte = [0u8; 1];
