@@ -55,7 +55,7 @@
 //!
 //! The admin thread ([`admin`]) never runs on a shard. It reads every shard's counters
 //! directly ([`metrics::ShardMetrics`], written only by their shard) and asks shards for the
-//! rest over one SPSC control channel each (`shard::control`): gauges for a scrape, a
+//! rest over a control channel each (`shard::control`): gauges for a scrape, a
 //! user's devices, a kick, or a server-side publish, which enters the data path above at
 //! `inbox: accept_message` on the recipient's owner and is answered after its group commit.
 //!

@@ -9,8 +9,8 @@
 //! size of what a client sends or of what is being scraped, and an admin client may be slow or
 //! hostile. Here none of that can delay a message: the admin thread reads the shards' counters
 //! directly (single-writer atomics, [`crate::metrics`]) and asks shards for everything else
-//! over per-shard SPSC control channels ([`crate::shard::control`]), which each shard serves
-//! between batches like any other work. It is unpinned so the scheduler puts it wherever a
+//! over a control channel per shard ([`crate::shard::control`]: a lock-free request queue the
+//! shard drains at the end of each batch of work, replies over an SPSC ring). It is unpinned so the scheduler puts it wherever a
 //! core has room; it is idle unless an operator or the backend calls it.
 //!
 //! The listener starts inside `Broker::start` *before* the logs are recovered, so `/healthz`
