@@ -11,8 +11,8 @@ use base64::Engine;
 use ringpost::client::Event;
 use ringpost::protocol::Code;
 use ringpost_harness::{
-    expect_ack, expect_deliver, expect_goaway_then_close, read_frame, run, test_broker, try_login,
-    user_on_shard, TempDir, TestBroker, WAIT,
+    expect_ack, expect_deliver, expect_goaway_then_close, metric as sample, metric_total as total,
+    read_frame, run, test_broker, try_login, user_on_shard, TempDir, TestBroker, WAIT,
 };
 use serde_json::{json, Value};
 
@@ -171,30 +171,6 @@ fn scrape(b: &TestBroker) -> String {
         r.headers
     );
     r.text()
-}
-
-/// The value of one exact series (`name{labels}`), 0 when absent.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (s, v) = l.rsplit_once(' ')?;
-            (s == series).then(|| v.parse::<f64>().ok()).flatten()
-        })
-        .unwrap_or(0.0)
-}
-
-/// The sum over every series of family sample `name` (`name` or `name{...}`).
-fn total(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (s, v) = l.rsplit_once(' ')?;
-            (s == name || s.starts_with(&format!("{name}{{")))
-                .then(|| v.parse::<f64>().ok())
-                .flatten()
-        })
-        .sum()
 }
 
 /// Polls `/metrics` until `cond` holds (state a client cannot signal, like a connection

@@ -11,7 +11,8 @@
 //! - [`tools`]: the `ringpost-tools` binary.
 //! - The admin listener is on `127.0.0.1:0` with its token file in the broker's directory:
 //!   [`TestBroker::admin_addr`] (from the `ringpost admin on ADDR` line that follows the
-//!   listening line) and [`TestBroker::admin_token`].
+//!   listening line) and [`TestBroker::admin_token`]; [`TestBroker::metrics`] scrapes it and
+//!   [`metric`] / [`metric_total`] read the exposition.
 //!
 //! Every broker gets its own directory under the system temp dir, removed when the test
 //! passes and kept (with the broker's stderr printed) when it fails.
@@ -506,6 +507,29 @@ impl TestBroker {
             .to_owned()
     }
 
+    /// `GET /metrics` on the admin listener: the exposition text (see [`metric`]).
+    pub fn metrics(&self) -> String {
+        let mut s = TcpStream::connect(self.admin_addr()).expect("connect to admin");
+        s.set_read_timeout(Some(WAIT)).expect("timeout");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .expect("write request");
+        let mut out = Vec::new();
+        loop {
+            let mut chunk = [0u8; 16 * 1024];
+            match s.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+                // A glommio thread (inside `run`) sees EINTR on blocking reads.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("reading /metrics: {e}"),
+            }
+        }
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        body.to_owned()
+    }
+
     pub fn addr_string(&self) -> String {
         self.addr.to_string()
     }
@@ -814,6 +838,30 @@ pub fn try_login(
         }
         other => panic!("expected LoginOk or Error, got {other:?}"),
     }
+}
+
+/// The value of one exact series (`name{labels}`) in an exposition, 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (s, v) = l.rsplit_once(' ')?;
+            (s == series).then(|| v.parse::<f64>().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// The sum over every series named `name` (`name` or `name{...}`) in an exposition.
+pub fn metric_total(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (s, v) = l.rsplit_once(' ')?;
+            (s == name || s.starts_with(&format!("{name}{{")))
+                .then(|| v.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
 }
 
 pub fn now_unix() -> i64 {
