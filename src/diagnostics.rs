@@ -31,7 +31,8 @@ impl fmt::Display for Problem {
 /// the hard limit (each connection is one fd).
 pub fn preflight(cfg: &Config) -> Result<(), Problem> {
     raise_nofile();
-    check_memlock(cfg.shard_count())?;
+    // The admin listener runs its own (smaller) executor: count it like a shard.
+    check_memlock(cfg.shard_count() + usize::from(cfg.admin.listen.is_some()))?;
     check_io_uring()
 }
 
@@ -59,7 +60,8 @@ fn raise_nofile() {
 }
 
 /// Bytes the shards need locked; root (CAP_IPC_LOCK) is exempt.
-fn check_memlock(shards: usize) -> Result<(), Problem> {
+/// `executors`: the shards plus the admin thread's executor, if any.
+fn check_memlock(executors: usize) -> Result<(), Problem> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return Ok(());
@@ -72,13 +74,13 @@ fn check_memlock(shards: usize) -> Result<(), Problem> {
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
         return Ok(());
     }
-    let need = shards as u64 * (IO_MEMORY as u64 + RING_OVERHEAD);
+    let need = executors as u64 * (IO_MEMORY as u64 + RING_OVERHEAD);
     if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < need {
         return Err(Problem {
             what: format!(
-                "locked-memory limit (RLIMIT_MEMLOCK) is {} KiB; {} shards need about {} KiB for their io_uring rings and buffers",
+                "locked-memory limit (RLIMIT_MEMLOCK) is {} KiB; {} executors (shards and the admin listener) need about {} KiB for their io_uring rings and buffers",
                 lim.rlim_cur / 1024,
-                shards,
+                executors,
                 need / 1024
             ),
             fix: "raise it: `ulimit -l unlimited` in the shell that starts ringpost, `LimitMEMLOCK=infinity` in its systemd unit, or `* - memlock unlimited` in /etc/security/limits.conf; or run fewer shards ([server] shards)".into(),

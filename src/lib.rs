@@ -18,6 +18,9 @@
 //! | [`log`] | the per-shard segment log: record kinds and framing, segments, recovery, retention, the data-dir lock and meta file, test-only fault injection |
 //! | [`client`] | async client used by the tests and `ringpost-tools` |
 //! | [`diagnostics`] | startup checks that name the fix for io_uring / memlock problems |
+//! | [`admin`] | the admin HTTP listener on its own thread: metrics, health, the server API |
+//! | [`metrics`] | per-shard single-writer counters and histograms; the Prometheus exposition |
+//! | [`logging`] | `[log]` format and level for the diagnostics on stderr |
 //!
 //! ## Data path of a 1:1 message
 //!
@@ -72,6 +75,15 @@
 //! [`wire::Framing`] — TCP or WebSocket, with the WebSocket decoder's few bytes of state —
 //! travels with the hand-off and decides how the session decodes reads and frames output.
 //!
+//! ## Operations
+//!
+//! The admin thread ([`admin`]) never runs on a shard. It reads every shard's counters
+//! directly ([`metrics::ShardMetrics`], written only by their shard) and asks shards for the
+//! rest over a control channel each (`shard::control`): gauges for a scrape, a
+//! user's devices, a kick, or a server-side publish, which enters the data path above at
+//! `inbox: accept_send` on the recipient's owner (dedup included) and is answered after its
+//! group commit.
+//!
 //! ## Idle connections
 //!
 //! A connection without traffic is *parked* (`shard::park`): its socket waits in the shard's
@@ -81,11 +93,14 @@
 //! again after `server.park_after` without traffic. Outbound deliveries to a parked connection
 //! go straight out with a non-blocking `send(2)`.
 
+pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod config;
 pub mod diagnostics;
 pub mod log;
+pub mod logging;
+pub mod metrics;
 pub mod protocol;
 pub mod shard;
 pub mod wire;

@@ -30,14 +30,6 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-
     if cli.print_config {
         print!("{}", Config::DEFAULT_TOML);
         return ExitCode::SUCCESS;
@@ -75,6 +67,7 @@ fn main() -> ExitCode {
             }
         },
     };
+    ringpost::logging::init(&cfg.log);
     if let Err(problem) = diagnostics::preflight(&cfg) {
         eprintln!("ringpost: cannot start: {problem}");
         return ExitCode::from(1);
@@ -97,8 +90,15 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let admin_token = match load_admin_token(&cfg) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("ringpost: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let grace = cfg.server.shutdown_grace;
-    let broker = match Broker::start(cfg, &secret) {
+    let broker = match Broker::start(cfg, &secret, &admin_token) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("ringpost: cannot start: {e}");
@@ -114,6 +114,10 @@ fn main() -> ExitCode {
     // Always after the line above, which must stay the first.
     if let Some(ws) = broker.ws_addr() {
         println!("ringpost websocket on {ws}");
+    }
+    if let Some(addr) = broker.admin_addr() {
+        // A later line, so that the first stays exactly the one above.
+        println!("ringpost admin on {addr}");
     }
     let handle = broker.shutdown_handle();
     let signals = signal_hook::iterator::Signals::new([
@@ -145,4 +149,24 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The admin API's bearer token (empty when `[admin] listen` is off): like the auth secret,
+/// from the environment, or the token file, created on first start.
+fn load_admin_token(cfg: &Config) -> Result<Vec<u8>, ringpost::auth::SecretError> {
+    use ringpost::admin::{ADMIN_TOKEN, ADMIN_TOKEN_ENV};
+    if cfg.admin.listen.is_none() {
+        return Ok(Vec::new());
+    }
+    let env = std::env::var(ADMIN_TOKEN_ENV).ok();
+    let (token, source) = ADMIN_TOKEN.load_or_create(&cfg.admin.token_file, env)?;
+    match source {
+        SecretSource::Env => tracing::info!("admin token from {ADMIN_TOKEN_ENV}"),
+        SecretSource::File(p) => tracing::info!(path = %p.display(), "admin token loaded"),
+        SecretSource::Created(p) => tracing::warn!(
+            path = %p.display(),
+            "admin token did not exist; created one with 32 random bytes (mode 0600). The app backend sends it as `Authorization: Bearer <token>`"
+        ),
+    }
+    Ok(token)
 }

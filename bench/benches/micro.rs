@@ -91,6 +91,29 @@ fn main() {
         }
     });
 
+    // What the metrics add per message: the inbox counts one accept, delivery one Deliver
+    // (single-writer atomics: a load and a store each), plus one histogram observation per
+    // group commit, amortised over its batch.
+    let m = ringpost::metrics::ShardMetrics::new(0, 2);
+    bench("metrics: accepted.inc + delivered.add", 50_000_000, |n| {
+        for _ in 0..n {
+            black_box(&m.accepted).inc();
+            black_box(&m.delivered).add(1);
+        }
+    });
+    bench("metrics: commit_batch.observe", 20_000_000, |n| {
+        for i in 0..n {
+            black_box(&m.commit_batch).observe(i & 63);
+        }
+    });
+    // What every end of a batch of work pays for the admin's control queue when it is empty.
+    let queue = ringpost::shard::control::ControlInbox::new(256);
+    bench("control queue: pop when empty", 50_000_000, |n| {
+        for _ in 0..n {
+            black_box(black_box(&queue).pop());
+        }
+    });
+
     let ns = cross_shard_hop(scale(2_000_000));
     println!(
         "{:<44} {ns:>10.1} ns/msg",

@@ -7,7 +7,10 @@
 //! [`units`]), then check every value's range (`validate`). So a missing key takes its
 //! documented default and a present key is always checked.
 
+mod ops;
 pub mod units;
+
+pub use ops::{AdminConfig, LogConfig, LogFormat};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,6 +28,8 @@ pub struct Config {
     pub storage: StorageConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -199,6 +204,8 @@ struct RawConfig {
     storage: RawStorage,
     auth: RawAuth,
     limits: RawLimits,
+    admin: ops::RawAdmin,
+    log: ops::RawLog,
 }
 
 /// Each field is parsed on its own so a type error can name its key.
@@ -574,6 +581,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         storage,
         auth,
         limits,
+        admin: ops::admin(raw.admin)?,
+        log: ops::log(raw.log)?,
     })
 }
 

@@ -16,7 +16,7 @@ pub const ENUM_MIN_CODE: u16 = 0;
 pub const ENUM_MAX_CODE: u16 = 607;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_CODE: [Code; 29] = [
+pub const ENUM_VALUES_CODE: [Code; 30] = [
   Code::OK,
   Code::AUTH_FAILED,
   Code::TOKEN_EXPIRED,
@@ -33,6 +33,7 @@ pub const ENUM_VALUES_CODE: [Code; 29] = [
   Code::SLOW_CONSUMER,
   Code::SHUTDOWN,
   Code::LOGGED_OUT,
+  Code::KICKED,
   Code::RATE_LIMITED,
   Code::INBOX_FULL,
   Code::INVALID_RECIPIENT,
@@ -91,6 +92,9 @@ impl Code {
   pub const SHUTDOWN: Self = Self(305);
   /// The client asked to log out.
   pub const LOGGED_OUT: Self = Self(306);
+  /// The app backend ended this session through the server API
+  /// (`DELETE /v1/users/{id}/sessions`).
+  pub const KICKED: Self = Self(307);
   /// The send exceeded `limits.sends_per_sec`; persistent abuse ends in GoAway(RATE_LIMITED).
   pub const RATE_LIMITED: Self = Self(400);
   /// The recipient's inbox holds `limits.max_inbox` undelivered messages.
@@ -138,6 +142,7 @@ impl Code {
     Self::SLOW_CONSUMER,
     Self::SHUTDOWN,
     Self::LOGGED_OUT,
+    Self::KICKED,
     Self::RATE_LIMITED,
     Self::INBOX_FULL,
     Self::INVALID_RECIPIENT,
@@ -171,6 +176,7 @@ impl Code {
       Self::SLOW_CONSUMER => Some("SLOW_CONSUMER"),
       Self::SHUTDOWN => Some("SHUTDOWN"),
       Self::LOGGED_OUT => Some("LOGGED_OUT"),
+      Self::KICKED => Some("KICKED"),
       Self::RATE_LIMITED => Some("RATE_LIMITED"),
       Self::INBOX_FULL => Some("INBOX_FULL"),
       Self::INVALID_RECIPIENT => Some("INVALID_RECIPIENT"),

@@ -117,6 +117,7 @@ pub(super) async fn finish(
                 if shard.draining.get() {
                     Refusal::Frame(Code::SHUTDOWN, "broker is shutting down".into())
                 } else {
+                    shard.metrics.logins.inc(Code::OK);
                     hand_off(shard, stream, user, login).await;
                     return;
                 }
@@ -124,6 +125,7 @@ pub(super) async fn finish(
             Err(r) => r,
         },
     };
+    note_refusal(shard, &stream, &refusal);
     let (code, message, close) = match refusal {
         Refusal::Frame(code, message) => (code, message, None),
         Refusal::Ws(e) => (e.code(), e.to_string(), Some(e.close_code())),
@@ -167,6 +169,28 @@ pub(super) fn login_from(payload: &[u8]) -> Result<Login, Refusal> {
             "the first frame must be Login".into(),
         )),
         Err(e) => Err(Refusal::Frame(e.code(), e.to_string())),
+    }
+}
+
+/// Counts a failed login and logs it (one line per refusal, at info).
+fn note_refusal(shard: &Shard, stream: &TcpStream, refusal: &Refusal) {
+    let peer = stream.peer_addr().ok();
+    match refusal {
+        Refusal::Frame(code, message) => {
+            shard.metrics.logins.inc(*code);
+            if *code == Code::SHUTDOWN {
+                shard.metrics.goaway.inc(*code); // `login` answers this one with a GoAway
+            }
+            tracing::info!(shard = shard.id, peer = ?peer, code = protocol::code_name(*code), reason = %message, "login refused");
+        }
+        Refusal::Ws(e) => {
+            shard.metrics.logins.inc(e.code());
+            tracing::info!(shard = shard.id, peer = ?peer, code = protocol::code_name(e.code()), reason = %e, "login refused");
+        }
+        Refusal::Gone => {
+            shard.metrics.logins_abandoned.inc();
+            tracing::debug!(shard = shard.id, peer = ?peer, "connection closed before Login");
+        }
     }
 }
 

@@ -1,7 +1,11 @@
 //! Starting and stopping the shards.
 //!
-//! [`Broker::start`] opens the data directory (its lock, held for the broker's lifetime, and
-//! meta file: [`crate::log::DataDir`]), refuses a listen address another process serves,
+//! First of all, [`Broker::start`] starts the admin listener (`crate::admin`, when `[admin]
+//! listen` is set) so that `/healthz` and `/readyz` answer while the logs recover; readiness
+//! turns on once every shard accepts and off when a shutdown begins.
+//!
+//! [`Broker::start`] then opens the data directory (its lock, held for the broker's lifetime,
+//! and meta file: [`crate::log::DataDir`]), refuses a listen address another process serves,
 //! binds one SO_REUSEPORT listener per shard on the calling thread (so a bad
 //! address fails fast, and port 0 resolves to one port shared by all shards), and one more per
 //! shard on `ws_listen` for WebSocket when that is set, builds the mesh,
@@ -30,8 +34,11 @@ use super::session;
 use super::state::Shard;
 use super::tasks::{self, StopAt, Tasks};
 use super::transport::{self, build_mesh, Mesh, MeshPorts};
+use crate::admin::health::{Health, Phase};
+use crate::admin::{AdminError, AdminServer};
 use crate::auth::Verifier;
 use crate::config::Config;
+use crate::metrics::ShardMetrics;
 
 /// Memory glommio registers with each ring for its own DMA buffers; we do no DMA file I/O, so
 /// keep it small (it counts against RLIMIT_MEMLOCK for unprivileged users).
@@ -55,8 +62,8 @@ pub enum StartError {
     Trigger(std::io::Error),
     #[error("cannot create the epoll set for parked connections: {0}")]
     Parking(std::io::Error),
-    #[error("cannot listen on {addr}: another process already serves it (SO_REUSEPORT would silently split its connections with this broker); stop that process or set [server] listen to a free address")]
-    Served { addr: SocketAddr },
+    #[error("cannot listen on {addr}: another process already serves it (SO_REUSEPORT would silently split its connections with this broker); stop that process or set [server] {key} to a free address")]
+    Served { addr: SocketAddr, key: &'static str },
     #[error("{0}")]
     DataDir(#[from] crate::log::DataDirError),
     #[error("cannot recover shard {shard}'s log: {source}")]
@@ -64,6 +71,8 @@ pub enum StartError {
         shard: usize,
         source: crate::log::LogError,
     },
+    #[error("{0}")]
+    Admin(#[from] AdminError),
 }
 
 /// A running broker: its shards, their address, and the means to stop them.
@@ -75,16 +84,25 @@ pub struct Broker {
     triggers: Vec<std::os::unix::net::UnixStream>,
     /// Holds the data directory's lock for the broker's lifetime.
     _data_dir: crate::log::DataDir,
+    admin: Option<AdminServer>,
+    health: Arc<Health>,
 }
 
 impl Broker {
-    /// Starts every shard; returns once all of them are accepting.
-    pub fn start(cfg: Config, secret: &[u8]) -> Result<Broker, StartError> {
+    /// Starts the admin listener (if configured, before recovery so that health checks answer
+    /// meanwhile), then every shard; returns once all of them are accepting.
+    pub fn start(cfg: Config, secret: &[u8], admin_token: &[u8]) -> Result<Broker, StartError> {
         let cfg = Arc::new(cfg);
         let n = cfg.shard_count();
+        let health = Arc::new(Health::default());
+        let metrics = ShardMetrics::for_shards(n);
+        let (admin, mut controls) = crate::admin::launch(&cfg, n, admin_token, &health, &metrics)?;
         let verifier = Arc::new(Verifier::new(secret, cfg.auth.leeway));
         let data_dir = crate::log::DataDir::open(&cfg.storage.data_dir, n)?;
-        refuse_if_served(cfg.server.listen)?;
+        refuse_if_served(cfg.server.listen, "listen")?;
+        if let Some(ws) = cfg.server.ws_listen {
+            refuse_if_served(ws, "ws_listen")?;
+        }
         let recovered = recover_all(&cfg, n)?;
         let listeners = bind_all(cfg.server.listen, n, cfg.server.listen_backlog)?;
         let addr = local_addr(&listeners[0]).map_err(|source| StartError::Bind {
@@ -124,6 +142,7 @@ impl Broker {
                 None => Placement::Unbound,
             };
             let (cfg, verifier, ready) = (cfg.clone(), verifier.clone(), ready.clone());
+            let (metrics, control) = (metrics[i].clone(), controls[i].take());
             let trigger = OwnedFd::from(theirs);
             let ws_listener = ws_listeners.pop();
             let join = LocalExecutorBuilder::new(placement)
@@ -141,6 +160,8 @@ impl Broker {
                         trigger,
                         recovered,
                         parking,
+                        metrics,
+                        control,
                     };
                     run_shard(ctx, ready).await;
                 })
@@ -151,6 +172,7 @@ impl Broker {
             joins.push(join);
         }
         ready.wait();
+        health.set(Phase::Ready);
         Ok(Broker {
             addr,
             ws_addr,
@@ -158,7 +180,14 @@ impl Broker {
             joins,
             triggers,
             _data_dir: data_dir,
+            admin,
+            health,
         })
+    }
+
+    /// The admin listener's address (port 0 resolved), if it is enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::local_addr)
     }
 
     /// The address every shard accepts on (port 0 resolved).
@@ -183,6 +212,7 @@ impl Broker {
                 .iter()
                 .filter_map(|t| t.try_clone().ok())
                 .collect(),
+            health: self.health.clone(),
         }
     }
 
@@ -195,6 +225,7 @@ impl Broker {
             .filter_map(|(i, j)| j.join().err().map(|e| format!("shard {i}: {e}")))
             .collect();
         drop(self.triggers);
+        drop(self.admin);
         if failed.is_empty() {
             Ok(())
         } else {
@@ -206,11 +237,13 @@ impl Broker {
 /// Starts a graceful shutdown of every shard.
 pub struct ShutdownHandle {
     triggers: Vec<std::os::unix::net::UnixStream>,
+    health: Arc<Health>,
 }
 
 impl ShutdownHandle {
     pub fn shutdown(&self) {
         use std::io::Write;
+        self.health.set(Phase::ShuttingDown);
         for mut t in &self.triggers {
             let _ = t.write_all(&[1]);
         }
@@ -229,7 +262,7 @@ fn bind_all(addr: SocketAddr, n: usize, backlog: u32) -> Result<Vec<OwnedFd>, St
 
 /// Binding with SO_REUSEPORT joins any listener group already on `addr`: probe it without
 /// (SO_REUSEADDR still lets a restart reuse a port in TIME_WAIT) and refuse if it is taken.
-fn refuse_if_served(addr: SocketAddr) -> Result<(), StartError> {
+fn refuse_if_served(addr: SocketAddr, key: &'static str) -> Result<(), StartError> {
     use socket2::{Domain, Protocol, Socket, Type};
     if addr.port() == 0 {
         return Ok(());
@@ -246,7 +279,7 @@ fn refuse_if_served(addr: SocketAddr) -> Result<(), StartError> {
         match probe.bind(&addr.into()) {
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                 if Instant::now() >= deadline {
-                    return Err(StartError::Served { addr });
+                    return Err(StartError::Served { addr, key });
                 }
                 std::thread::sleep(SERVED_PROBE_RETRY);
             }
@@ -286,6 +319,8 @@ struct ShardStart {
     trigger: OwnedFd,
     recovered: Recovered,
     parking: Parking,
+    metrics: Arc<ShardMetrics>,
+    control: Option<super::control::ShardControl>,
 }
 
 /// Recovers every shard's log, one thread per shard, before any shard starts serving.
@@ -347,6 +382,7 @@ fn recover_all(cfg: &Config, n: usize) -> Result<Vec<Recovered>, StartError> {
 }
 
 async fn run_shard(ctx: ShardStart, ready: Arc<Barrier>) {
+    crate::metrics::install_local(ctx.metrics);
     let mesh = Rc::new(Mesh::new(ctx.id, ctx.shards, OUTBOX_HIGH_WATER));
     let shard = Rc::new(Shard::new(
         ctx.id,
@@ -359,6 +395,7 @@ async fn run_shard(ctx: ShardStart, ready: Arc<Barrier>) {
     ));
     let receiving = shard.clone();
     transport::connect(ctx.ports, mesh, move |peer, batch| {
+        receiving.metrics.mesh_received(peer, batch.len());
         for env in batch {
             if let Some(handoff) = receiving.handle_envelope(peer, env) {
                 session::start_handoff(&receiving, handoff);
@@ -387,6 +424,9 @@ async fn run_shard(ctx: ShardStart, ready: Arc<Barrier>) {
             .on_shutdown(StopAt::Accepting);
     }
     tasks::start(&shard, &mut tasks);
+    if let Some(control) = ctx.control {
+        tasks::start_control(&shard, &mut tasks, control);
+    }
     ready.wait();
     tracing::debug!(shard = ctx.id, "accepting");
 

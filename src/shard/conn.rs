@@ -66,6 +66,8 @@ pub struct Conn {
     pub dirty: Cell<bool>,
     /// Wakes the session task: writes are pending, or the connection is closing.
     pub wake: Signal,
+    /// Wall clock (ms since the Unix epoch) when the owner shard registered it.
+    pub connected_at_ms: u64,
 }
 
 impl Conn {
@@ -128,6 +130,9 @@ impl Conn {
 
     /// Convenience for `close_with(GoAway{code, reason})`.
     pub fn go_away(&self, code: Code, reason: &str) {
+        if self.is_open() {
+            crate::metrics::with_local(|m| m.goaway.inc(code));
+        }
         self.close_with(&ServerMsg::GoAway { code, reason });
     }
 

@@ -77,6 +77,7 @@ impl Shard {
             bucket: Cell::new(Bucket::new(self.cfg.limits.sends_per_sec, now)),
             dirty: Cell::new(false),
             wake: Default::default(),
+            connected_at_ms: Self::wall_ms(),
         });
         if self.draining.get() {
             conn.go_away(Code::SHUTDOWN, "broker is shutting down");
@@ -88,6 +89,7 @@ impl Shard {
         self.idle.borrow_mut().insert(now + idle_ms, id);
         self.mark_dirty(&conn);
         self.live_sessions.set(self.live_sessions.get() + 1);
+        tracing::debug!(shard = self.id, conn = id, user = %conn.user, device = %conn.device_id, "connection registered");
         conn
     }
 
@@ -110,6 +112,7 @@ impl Shard {
 
     /// Called by the session task when it ends.
     pub fn forget(&self, conn: &Conn) {
+        tracing::debug!(shard = self.id, conn = conn.id, user = %conn.user, device = %conn.device_id, state = ?conn.state.get(), "connection closed");
         self.detach(conn);
         self.conns.borrow_mut().remove(&conn.id);
         self.live_sessions.set(self.live_sessions.get() - 1);

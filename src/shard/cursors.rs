@@ -31,16 +31,16 @@ impl Cursors {
         self.set(device, now.max(acked));
     }
 
-    /// The highest cursor over all devices (0 when none).
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// (device, acked) pairs.
+    /// Every (device, cursor).
     pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
         self.0.iter().map(|(d, s)| (&**d, *s))
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The highest cursor over all devices (0 when none).
     pub fn max(&self) -> u64 {
         self.0.iter().map(|&(_, s)| s).max().unwrap_or(0)
     }

@@ -73,8 +73,13 @@ impl Shard {
         conn.acked.set(start_after);
         conn.sent_seq.set(start_after);
         conn.behind.set(start_after < user.durable_seq);
+        self.metrics
+            .replayed
+            .add(user.durable_seq.saturating_sub(start_after));
         user.devices.push(conn.clone());
-        Self::refill_from(user, conn, self.cfg.limits.max_outbound, &self.log.borrow());
+        let queued =
+            Self::refill_from(user, conn, self.cfg.limits.max_outbound, &self.log.borrow());
+        self.metrics.delivered.add(queued);
     }
 
     pub fn mark_dirty(&self, conn: &Rc<Conn>) {
@@ -86,6 +91,7 @@ impl Shard {
     /// End of a batch of work: hand every touched connection's bytes to the kernel, refilling
     /// devices that are catching up; wake the committer if anything was appended.
     pub fn flush_dirty(&self) {
+        self.poll_control(); // the admin thread's requests (see `control`)
         if self.has_uncommitted() {
             self.commit_due.notify();
         }
@@ -109,15 +115,18 @@ impl Shard {
                 let Some(user) = users.get(&conn.user) else {
                     return;
                 };
-                Self::refill_from(user, conn, self.cfg.limits.max_outbound, &self.log.borrow());
+                let queued =
+                    Self::refill_from(user, conn, self.cfg.limits.max_outbound, &self.log.borrow());
+                self.metrics.delivered.add(queued);
             }
             conn.flush();
         }
     }
 
     /// Queues durable messages after `conn.sent_seq`, read from the log, until `max_outbound`
-    /// bytes are queued or the device has caught up.
-    fn refill_from(user: &User, conn: &Conn, max_outbound: usize, log: &Log) {
+    /// bytes are queued or the device has caught up. Returns how many Deliver frames it queued.
+    fn refill_from(user: &User, conn: &Conn, max_outbound: usize, log: &Log) -> u64 {
+        let mut queued = 0;
         while conn.behind.get() {
             let next = conn.sent_seq.get() + 1;
             if next > user.durable_seq {
@@ -146,11 +155,15 @@ impl Shard {
                     &mut conn.tx.borrow_mut(),
                 )
             });
-            if let Err(e) = framed {
-                tracing::error!(user = %conn.user, seq = next, error = %e, "cannot read a logged message; skipping it");
+            match framed {
+                Ok(_) => queued += 1,
+                Err(e) => {
+                    tracing::error!(user = %conn.user, seq = next, error = %e, "cannot read a logged message; skipping it")
+                }
             }
             conn.sent_seq.set(next);
         }
+        queued
     }
 
     /// Marks the user's devices behind after their durable seq moved, so the end-of-batch

@@ -31,6 +31,8 @@ pub enum AckTarget {
     Local { conn: ConnId },
     /// A connection of shard `peer`.
     Remote { peer: usize, origin_conn: ConnId },
+    /// A server API request (see [`super::control`]), answered with the recipient's seq.
+    Admin { request: u64 },
 }
 
 /// Who waits for the answer to a group operation.
@@ -142,6 +144,7 @@ impl Shard {
     ) {
         match target {
             AckTarget::Local { conn } => self.ack_conn(conn, client_msg_id, status),
+            AckTarget::Admin { request } => self.answer_publish(request, status, duplicate),
             AckTarget::Remote { peer, origin_conn } => self.mesh.push(
                 peer,
                 Envelope::SendAck(SendAck {
@@ -179,6 +182,7 @@ impl Shard {
         let mut users = self.users.borrow_mut();
         let (name, user) = users.entry(to);
         if user.unacked() >= self.cfg.limits.max_inbox as u64 {
+            self.metrics.send_rejected.inc(Code::INBOX_FULL);
             return Err(Code::INBOX_FULL);
         }
         let seq = user.head_seq + 1;
@@ -193,6 +197,7 @@ impl Shard {
         });
         let pos = self.append_explicit(&record, user)?;
         user.push_entry(seq, pos);
+        self.metrics.accepted.inc();
         self.touched.borrow_mut().push((name, seq));
         Ok(())
     }
@@ -233,6 +238,7 @@ impl Shard {
                 Ok(pos) => (pos, log.active_base(), log.segment_count() != segments),
                 Err(e) => {
                     tracing::error!(shard = self.id, error = %e, "append failed; refusing sends until it works again");
+                    self.metrics.send_rejected.inc(Code::STORAGE_UNAVAILABLE);
                     return Err(Code::STORAGE_UNAVAILABLE);
                 }
             }
@@ -335,6 +341,12 @@ impl Shard {
         } else {
             Code::OK
         };
+        if !touched.is_empty() {
+            self.metrics.commit_batch.observe(touched.len() as u64);
+        }
+        if status != Code::OK {
+            self.metrics.send_rejected.add(status, pending.len() as u64);
+        }
         if status == Code::OK {
             let mut users = self.users.borrow_mut();
             for (name, seq) in &touched {
@@ -427,12 +439,16 @@ impl Shard {
         if plan.is_empty() {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let (plan, result) = glommio::executor()
             .spawn_blocking(move || {
                 let result = plan.run();
                 (plan, result)
             })
             .await;
+        self.metrics
+            .log_sync
+            .observe(started.elapsed().as_nanos() as u64);
         self.log.borrow_mut().end_sync(plan, result.is_ok());
         self.changed.notify_all();
         result

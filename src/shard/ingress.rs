@@ -64,6 +64,7 @@ impl Shard {
         match verdict {
             RateVerdict::Allowed => true,
             RateVerdict::Limited => {
+                self.metrics.send_rejected.inc(Code::RATE_LIMITED);
                 conn.push(&ServerMsg::SendAck {
                     client_msg_id,
                     status: Code::RATE_LIMITED,
@@ -71,6 +72,7 @@ impl Shard {
                 false
             }
             RateVerdict::Abusive => {
+                tracing::info!(shard = self.id, user = %conn.user, device = %conn.device_id, "closing a client that kept sending past the rate limit");
                 conn.go_away(
                     Code::RATE_LIMITED,
                     "kept sending past the rate limit (sends_per_sec)",
@@ -84,7 +86,8 @@ impl Shard {
         if !self.admit_send(conn, client_msg_id) {
             return;
         }
-        if to.is_empty() || to.len() > protocol::MAX_USER_ID {
+        if to.is_empty() || to.len() > protocol::MAX_USER_ID || crate::auth::is_reserved(to) {
+            self.metrics.send_rejected.inc(Code::INVALID_RECIPIENT);
             conn.push(&ServerMsg::SendAck {
                 client_msg_id,
                 status: Code::INVALID_RECIPIENT,

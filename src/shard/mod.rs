@@ -9,6 +9,7 @@
 //! | [`tasks`] | the shard's named long-running tasks and when each stops |
 //! | [`acceptor`] | accept, read Login, verify the token, hand off to the owner |
 //! | [`ws_accept`] | the WebSocket port: HTTP request, upgrade (or the chat page), then the Login message |
+//! | [`control`] | the admin thread's requests (server API, metrics gauges) and their answers |
 //! | [`state`] | the `Shard` struct: what one core owns, and where each stage of the path lives |
 //! | [`connections`] | registering and forgetting connections, the idle-timeout wheel |
 //! | [`ingress`] | frame dispatch, send admission (rate limit, dedup, routing), work from peers |
@@ -31,6 +32,7 @@ pub mod acceptor;
 pub mod bootstrap;
 pub mod conn;
 pub mod connections;
+pub mod control;
 pub mod cursors;
 pub mod dedup;
 pub mod delivery;

@@ -31,6 +31,8 @@ pub const IDLE_RETRY: Duration = Duration::from_millis(1);
 
 pub struct Parking {
     epoll: OwnedFd,
+    /// Sockets in the set now (for the connections gauge).
+    parked: std::cell::Cell<usize>,
 }
 
 impl Parking {
@@ -43,6 +45,7 @@ impl Parking {
         // SAFETY: `fd` is a fresh epoll fd that nothing else owns.
         Ok(Parking {
             epoll: unsafe { OwnedFd::from_raw_fd(fd) },
+            parked: std::cell::Cell::new(0),
         })
     }
 
@@ -58,6 +61,7 @@ impl Parking {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
+        self.parked.set(self.parked.get() + 1);
         Ok(())
     }
 
@@ -65,7 +69,16 @@ impl Parking {
     pub fn unwatch(&self, fd: RawFd) {
         let mut ev = libc::epoll_event { events: 0, u64: 0 };
         // SAFETY: as above; a failure (not watched) leaves nothing to undo.
-        unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut ev) };
+        let rc =
+            unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut ev) };
+        if rc == 0 {
+            self.parked.set(self.parked.get().saturating_sub(1));
+        }
+    }
+
+    /// Sockets parked in the set now.
+    pub fn parked(&self) -> usize {
+        self.parked.get()
     }
 
     /// Completes when the epoll set has (or may have) events.

@@ -56,12 +56,29 @@ pub fn shard_dir(data_dir: &Path, shard: usize) -> std::path::PathBuf {
     data_dir.join(format!("shard-{shard:03}"))
 }
 
+/// Environment variable naming a file whose existence holds every shard's recovery before it
+/// opens its log, until the file is removed: fault injection for tests of what the broker
+/// does while a (large) log recovers, such as `/readyz` answering 503. A test controls the
+/// window exactly instead of hoping that a big log takes long enough on a given disk.
+pub const FAULT_HOLD_RECOVERY_ENV: &str = "RINGPOST_FAULT_HOLD_RECOVERY_FILE";
+
+/// Waits while the [`FAULT_HOLD_RECOVERY_ENV`] file exists (runs on the recovery threads).
+fn injected_hold() {
+    if let Some(path) = std::env::var_os(FAULT_HOLD_RECOVERY_ENV) {
+        let path = std::path::PathBuf::from(path);
+        while path.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
 /// Opens the shard's log and replays it.
 pub fn recover(
     dir: &Path,
     segment_size: usize,
     ctx: RecoveryContext,
 ) -> Result<Recovered, LogError> {
+    injected_hold();
     let mut r = Rebuild {
         ctx,
         users: HashMap::new(),

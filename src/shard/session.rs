@@ -396,6 +396,7 @@ fn feed(shard: &Shard, conn: &Rc<Conn>, data: &mut [u8]) {
 
 fn reject(shard: &Shard, conn: &Rc<Conn>, e: &DecodeError) {
     let message = e.to_string();
+    tracing::info!(shard = shard.id, user = %conn.user, device = %conn.device_id, code = protocol::code_name(e.code()), reason = %message, "frame refused");
     conn.close_as(
         &ServerMsg::Error {
             code: e.code(),

@@ -39,6 +39,7 @@ use super::users::Users;
 use super::wake::{Broadcast, Signal};
 use crate::config::Config;
 use crate::log::Log;
+use crate::metrics::ShardMetrics;
 
 /// Own-send sync: the recipient and body of a 1:1 send on its way to another shard.
 pub type OutboundCopy = (Arc<str>, Bytes);
@@ -95,6 +96,11 @@ pub struct Shard {
     pub live_sessions: Cell<usize>,
     /// Notified on shutdown progress (peers drained, acks back, sessions gone).
     pub changed: Broadcast,
+    /// The admin thread's control channel, once the `control` task has connected it.
+    pub(super) control: RefCell<Option<Rc<super::control::Port>>>,
+    /// This shard's counters (written only here; read by the admin thread): the ones
+    /// bootstrap installed for this thread before building the shard.
+    pub metrics: Arc<ShardMetrics>,
 }
 
 impl Shard {
@@ -138,6 +144,8 @@ impl Shard {
             in_flight: Cell::new(0),
             live_sessions: Cell::new(0),
             changed: Broadcast::default(),
+            control: RefCell::default(),
+            metrics: crate::metrics::local(),
         }
     }
 

@@ -12,6 +12,7 @@
 //! | `park-poller` | wakes parked connections with input | [`StopAt::SessionsGone`] |
 //! | `committer` | group commit after each batch of work | [`StopAt::Committed`] |
 //! | `syncer` | fsync = "interval": periodic log sync | [`StopAt::Synced`] |
+//! | `control` | the admin thread's requests ([`super::control`]), when `[admin]` is on | [`StopAt::Synced`] |
 //!
 //! The mesh's flusher and receiver tasks are not here: they live as long as the mesh and end
 //! when it closes ([`super::transport`]).
@@ -148,6 +149,15 @@ pub fn start(shard: &Rc<Shard>, tasks: &mut Tasks) {
             .spawn("syncer", sync_loop(shard.clone()))
             .on_shutdown(StopAt::Synced);
     }
+}
+
+/// Registers the `control` task serving the admin thread's requests. It stops last: a
+/// publish is answered by the final commits of the shutdown, and until then a scrape or a
+/// lookup still gets an answer (publishes are refused with SHUTDOWN once draining).
+pub fn start_control(shard: &Rc<Shard>, tasks: &mut Tasks, ends: super::control::ShardControl) {
+    tasks
+        .spawn("control", super::control::serve(shard.clone(), ends))
+        .on_shutdown(StopAt::Synced);
 }
 
 /// Group commit: runs once the current batch of work has yielded, so every append made in

@@ -129,6 +129,11 @@ impl Mesh {
         }
     }
 
+    /// Envelopes pushed and not yet accepted by their queues, over all lanes.
+    pub fn queued(&self) -> usize {
+        self.lanes.iter().map(Lane::len).sum()
+    }
+
     /// True when every envelope pushed so far has been accepted by its queue.
     pub fn is_idle(&self) -> bool {
         self.lanes.iter().all(|l| l.len() == 0)

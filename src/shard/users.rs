@@ -151,6 +151,14 @@ impl Users {
         self.0.entry(name.clone()).or_default()
     }
 
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut User> {
         self.0.values_mut()
     }

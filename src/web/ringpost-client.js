@@ -1007,6 +1007,7 @@ var Code = /* @__PURE__ */ ((Code2) => {
   Code2[Code2["SLOW_CONSUMER"] = 304] = "SLOW_CONSUMER";
   Code2[Code2["SHUTDOWN"] = 305] = "SHUTDOWN";
   Code2[Code2["LOGGED_OUT"] = 306] = "LOGGED_OUT";
+  Code2[Code2["KICKED"] = 307] = "KICKED";
   Code2[Code2["RATE_LIMITED"] = 400] = "RATE_LIMITED";
   Code2[Code2["INBOX_FULL"] = 401] = "INBOX_FULL";
   Code2[Code2["INVALID_RECIPIENT"] = 402] = "INVALID_RECIPIENT";

@@ -6,8 +6,12 @@
 //! printed. With own-send sync, what this user sends from other devices prints as `me -> …`;
 //! the echo of this device's own sends is printed only in `--json` (as `"echo": true`), so each
 //! message shows once. Pings keep the session alive; an unexpected close reconnects with
-//! backoff and resumes after the last seq printed.
+//! backoff, resumes after the last seq printed and resends what had no SendAck yet (same
+//! client_msg_id, so never delivered twice). Once stdin has ended and every send is answered,
+//! the client logs out and exits — also while the broker is unreachable, instead of retrying
+//! for ever with nothing left to do.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
@@ -125,14 +129,19 @@ async fn session(args: ChatArgs, stdin: OwnedFd) -> ExitCode {
     glommio::spawn_local(read_stdin(stdin, cmd_tx)).detach();
 
     let opts = ClientOptions::new(args.addr, args.token.clone(), args.device.clone());
-    let mut last_seq = args.last_seq;
     let mut backoff = Backoff::default();
-    // A random start below 2^48 (exact in JSON doubles), so that a new session does not reuse
-    // the IDs of a recent one inside the broker's dedup window.
-    let mut next_id: u64 = rand::random::<u64>() >> 16;
+    let mut state = State {
+        last_seq: args.last_seq,
+        // A random start below 2^48 (exact in JSON doubles), so that a new session does not
+        // reuse the IDs of a recent one inside the broker's dedup window.
+        next_id: rand::random::<u64>() >> 16,
+        input_done: false,
+        unacked: BTreeMap::new(),
+        requests: BTreeSet::new(),
+    };
     let mut connected_once = false;
     loop {
-        let client = match Client::connect(&opts, last_seq).await {
+        let client = match Client::connect(&opts, state.last_seq).await {
             Ok(c) => c,
             Err(ClientError::Rejected { code, message }) if !transient(code) => {
                 eprintln!("login failed: {} ({}): {message}", code_name(code), code.0);
@@ -144,7 +153,9 @@ async fn session(args: ChatArgs, stdin: OwnedFd) -> ExitCode {
             }
             Err(e) => {
                 eprintln!("reconnect failed: {e}; retrying");
-                glommio::timer::sleep(backoff.next_delay()).await;
+                if wait_or_input(&cmd_rx, &mut state, backoff.next_delay()).await {
+                    return finished();
+                }
                 continue;
             }
         };
@@ -169,28 +180,126 @@ async fn session(args: ChatArgs, stdin: OwnedFd) -> ExitCode {
         );
         let heartbeat = Duration::from_millis(u64::from(info.heartbeat_ms.max(200)) / 2);
         let (reader, writer) = client.split();
-        match serve(
-            &args,
-            reader,
-            writer,
-            &cmd_rx,
-            heartbeat,
-            &mut last_seq,
-            &mut next_id,
-        )
-        .await
-        {
+        match serve(&args, reader, writer, &cmd_rx, heartbeat, &mut state).await {
             Ended::Done => return ExitCode::SUCCESS,
             Ended::Fatal(code, why) => {
                 eprintln!("{why}");
                 return ExitCode::from(code);
             }
+            Ended::Lost(why) if state.finished() => {
+                eprintln!("connection lost ({why})");
+                return finished();
+            }
             Ended::Lost(why) => {
-                eprintln!("connection lost ({why}); reconnecting after seq {last_seq}");
-                glommio::timer::sleep(backoff.next_delay()).await;
+                eprintln!(
+                    "connection lost ({why}); reconnecting after seq {}",
+                    state.last_seq
+                );
+                if wait_or_input(&cmd_rx, &mut state, backoff.next_delay()).await {
+                    return finished();
+                }
             }
         }
     }
+}
+
+/// What a session carries across reconnects.
+struct State {
+    /// Highest seq printed (and acked): the next login resumes after it.
+    last_seq: u64,
+    next_id: u64,
+    /// Stdin has ended: no more sends will come.
+    input_done: bool,
+    /// Sends without a SendAck yet, by client_msg_id, resent after a reconnect (with the same
+    /// IDs, so the broker's dedup never delivers one twice).
+    unacked: BTreeMap<u64, (Target, String)>,
+    /// Group operations of this connection waiting for their GroupReply (not resent after a
+    /// reconnect: a create or add is not idempotent; the reply is lost with the connection).
+    requests: BTreeSet<u64>,
+}
+
+/// Where a send goes.
+#[derive(Debug, Clone)]
+enum Target {
+    User(String),
+    Group(String),
+}
+
+impl State {
+    /// Input is done and nothing is in flight: nothing left to do.
+    fn finished(&self) -> bool {
+        self.input_done && self.unacked.is_empty() && self.requests.is_empty()
+    }
+
+    /// Takes a send from stdin: a new ID, remembered until its SendAck.
+    fn queue(&mut self, to: Target, text: String) -> u64 {
+        self.next_id += 1;
+        self.unacked.insert(self.next_id, (to, text));
+        self.next_id
+    }
+
+    /// A group operation's request id, remembered until its reply.
+    fn request(&mut self) -> u64 {
+        self.next_id += 1;
+        self.requests.insert(self.next_id);
+        self.next_id
+    }
+}
+
+/// Writes one send (a first try or a resend under the same id).
+async fn write_send(
+    writer: &mut Writer,
+    id: u64,
+    to: &Target,
+    text: &str,
+) -> Result<(), ClientError> {
+    match to {
+        Target::User(user) => writer.send(id, user, text.as_bytes()).await,
+        Target::Group(group) => writer.group_send(id, group, text.as_bytes()).await,
+    }
+}
+
+fn finished() -> ExitCode {
+    eprintln!("input is done and nothing is in flight; exiting");
+    ExitCode::SUCCESS
+}
+
+/// Waits `delay` before a reconnect while still taking stdin; true once the session is
+/// finished (stdin ended with nothing in flight), so there is no need to reconnect.
+async fn wait_or_input(
+    commands: &LocalReceiver<Command>,
+    state: &mut State,
+    delay: Duration,
+) -> bool {
+    let until = Instant::now() + delay;
+    while !state.finished() {
+        let left = until.saturating_duration_since(Instant::now());
+        if state.input_done {
+            glommio::timer::sleep(left).await;
+            return false;
+        }
+        let got = future::or(async { Some(commands.recv().await) }, async {
+            glommio::timer::sleep(left).await;
+            None
+        })
+        .await;
+        match got {
+            None => return false,
+            Some(Some(Command::Send { to, text })) => {
+                state.queue(Target::User(to), text);
+            }
+            Some(Some(Command::GroupSend { group, text })) => {
+                state.queue(Target::Group(group), text);
+            }
+            Some(Some(Command::Group { .. } | Command::ListGroups)) => {
+                eprintln!(
+                    "not connected: group requests need a connection; try again once it is back"
+                );
+            }
+            Some(Some(Command::Eof)) | Some(None) => state.input_done = true,
+        }
+    }
+    true
 }
 
 fn transient(code: Code) -> bool {
@@ -204,25 +313,42 @@ enum Step {
     PingDue,
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn serve(
     args: &ChatArgs,
     mut reader: Reader,
     mut writer: Writer,
     commands: &LocalReceiver<Command>,
     heartbeat: Duration,
-    last_seq: &mut u64,
-    next_id: &mut u64,
+    state: &mut State,
 ) -> Ended {
     let mut next_ping = Instant::now() + heartbeat;
     let mut logging_out: Option<Instant> = None;
+    // What the last connection left unanswered goes again, under its own IDs; its group
+    // requests are lost with it.
+    state.requests.clear();
+    for (id, (to, text)) in &state.unacked {
+        if let Err(e) = write_send(&mut writer, *id, to, text).await {
+            return Ended::Lost(e.to_string());
+        }
+    }
     loop {
+        if state.finished() && logging_out.is_none() {
+            logging_out = Some(Instant::now());
+            next_ping = Instant::now() + Duration::from_secs(1);
+            if let Err(e) = writer
+                .send_msg(&ringpost::protocol::ClientMsg::Logout)
+                .await
+            {
+                return Ended::Lost(e.to_string());
+            }
+        }
         let wait_ping = next_ping.saturating_duration_since(Instant::now());
+        let stdin_open = !state.input_done;
         let step = future::or(
             async { Step::Server(reader.recv().await) },
             future::or(
                 async {
-                    if logging_out.is_some() {
+                    if !stdin_open {
                         future::pending::<()>().await;
                     }
                     Step::Stdin(commands.recv().await)
@@ -239,11 +365,20 @@ async fn serve(
                 if let Some(end) = show(args.json, &event, logging_out.is_some()) {
                     return end;
                 }
-                if let Event::Deliver(d) = &event {
-                    *last_seq = (*last_seq).max(d.seq);
-                    writer.ack(d.seq).await
-                } else {
-                    Ok(())
+                match &event {
+                    Event::Deliver(d) => {
+                        state.last_seq = state.last_seq.max(d.seq);
+                        writer.ack(d.seq).await
+                    }
+                    Event::SendAck { client_msg_id, .. } => {
+                        state.unacked.remove(client_msg_id);
+                        Ok(())
+                    }
+                    Event::GroupReply(r) => {
+                        state.requests.remove(&r.request_id);
+                        Ok(())
+                    }
+                    _ => Ok(()),
                 }
             }
             Step::Server(Err(e)) => {
@@ -254,15 +389,17 @@ async fn serve(
                 }
             }
             Step::Stdin(Some(Command::Send { to, text })) => {
-                *next_id += 1;
-                writer.send(*next_id, &to, text.as_bytes()).await
+                let to = Target::User(to);
+                let id = state.queue(to.clone(), text.clone());
+                write_send(&mut writer, id, &to, &text).await
             }
             Step::Stdin(Some(Command::GroupSend { group, text })) => {
-                *next_id += 1;
-                writer.group_send(*next_id, &group, text.as_bytes()).await
+                let to = Target::Group(group);
+                let id = state.queue(to.clone(), text.clone());
+                write_send(&mut writer, id, &to, &text).await
             }
             Step::Stdin(Some(Command::Group { group, op })) => {
-                *next_id += 1;
+                let id = state.request();
                 let names: Vec<&str> = match &op {
                     GroupCommand::Create(m) | GroupCommand::Add(m) | GroupCommand::Remove(m) => {
                         m.iter().map(String::as_str).collect()
@@ -277,18 +414,15 @@ async fn serve(
                     GroupCommand::Leave => GroupOp::Leave,
                     GroupCommand::Members(after) => GroupOp::Info { after, limit: 0 },
                 };
-                writer.group_op(*next_id, &group, op).await
+                writer.group_op(id, &group, op).await
             }
             Step::Stdin(Some(Command::ListGroups)) => {
-                *next_id += 1;
-                writer.group_list(*next_id).await
+                let id = state.request();
+                writer.group_list(id).await
             }
             Step::Stdin(Some(Command::Eof)) | Step::Stdin(None) => {
-                logging_out = Some(Instant::now());
-                next_ping = Instant::now() + Duration::from_secs(1);
-                writer
-                    .send_msg(&ringpost::protocol::ClientMsg::Logout)
-                    .await
+                state.input_done = true;
+                Ok(()) // the loop logs out once nothing is in flight
             }
             Step::PingDue => {
                 if logging_out.is_some() {
@@ -465,12 +599,12 @@ fn delivery_text(d: &Delivery, body: &str) -> String {
 
 fn print_event(json_mode: bool, value: serde_json::Value, text: &str) {
     let mut out = std::io::stdout().lock();
-    let _ = if json_mode {
+    let written = if json_mode {
         writeln!(out, "{value}")
     } else {
         writeln!(out, "{text}")
     };
-    let _ = out.flush();
+    crate::quiet_on_broken_pipe(written.and_then(|()| out.flush()));
 }
 
 async fn read_stdin(stdin: glommio::net::UnixStream, commands: LocalSender<Command>) {

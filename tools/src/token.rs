@@ -1,4 +1,7 @@
 //! `ringpost-tools token`: mint a login token the way an app backend would.
+//!
+//! The key comes from where the broker takes it: `RINGPOST_AUTH_SECRET` if set, else
+//! `--secret-file` (default `data/auth.secret`, the broker's default `[auth] secret_file`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,8 +11,9 @@ use ringpost::config::units::parse_duration;
 
 #[derive(clap::Args, Debug)]
 pub struct TokenArgs {
-    /// File holding the HMAC key (the broker's `[auth] secret_file`).
-    #[arg(long)]
+    /// File holding the HMAC key (the broker's `[auth] secret_file`); the environment variable
+    /// RINGPOST_AUTH_SECRET overrides it, as it does for the broker.
+    #[arg(long, default_value = "data/auth.secret")]
     pub secret_file: PathBuf,
     /// User ID to put in `sub` (1..=128 bytes).
     #[arg(long)]
@@ -28,8 +32,9 @@ pub fn run(args: &TokenArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let secret = match auth::read_secret_file(&args.secret_file) {
-        Ok(s) => s,
+    let env = std::env::var(auth::SECRET_ENV).ok();
+    let secret = match auth::AUTH_SECRET.load(&args.secret_file, env) {
+        Ok((s, _)) => s,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(1);

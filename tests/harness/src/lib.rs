@@ -10,6 +10,10 @@
 //! - Client helpers on a glommio executor ([`run`], [`expect_deliver`], …) and raw-socket
 //!   helpers ([`raw_login`], [`read_frame`], …) for bad-input tests.
 //! - [`tools`]: the `ringpost-tools` binary.
+//! - The admin listener is on `127.0.0.1:0` with its token file in the broker's directory:
+//!   [`TestBroker::admin_addr`] (from the `ringpost admin on ADDR` line that follows the
+//!   listening line) and [`TestBroker::admin_token`]; [`TestBroker::metrics`] scrapes it and
+//!   [`metric`] / [`metric_total`] read the exposition.
 //!
 //! Every broker gets its own directory under the system temp dir, removed when the test
 //! passes and kept (with the broker's stderr printed) when it fails.
@@ -230,7 +234,7 @@ impl BrokerBuilder {
     pub fn config_text(&self, dir: &Path) -> String {
         let d = dir.display();
         let q = |s: String| format!("\"{s}\"");
-        let defaults: [(&str, Vec<(&str, String)>); 4] = [
+        let defaults: [(&str, Vec<(&str, String)>); 5] = [
             (
                 "server",
                 vec![
@@ -251,6 +255,13 @@ impl BrokerBuilder {
             ),
             ("auth", vec![("secret_file", q(format!("{d}/auth.secret")))]),
             ("limits", vec![]),
+            (
+                "admin",
+                vec![
+                    ("listen", q("127.0.0.1:0".into())),
+                    ("token_file", q(format!("{d}/admin.token"))),
+                ],
+            ),
         ];
         let mut out = String::new();
         for (name, keys) in &defaults {
@@ -284,6 +295,7 @@ impl BrokerBuilder {
             Some(s) => cmd.env("RINGPOST_AUTH_SECRET", s),
             None => cmd.env_remove("RINGPOST_AUTH_SECRET"),
         };
+        cmd.env_remove("RINGPOST_ADMIN_TOKEN");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -315,8 +327,9 @@ impl BrokerBuilder {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
-            // The listening line, then the websocket line (when WebSocket is on).
-            for line in lines.by_ref().take(2).map_while(Result::ok) {
+            // The listening line, then the websocket line (when WebSocket is on), then the
+            // admin line (when the admin listener is on).
+            for line in lines.by_ref().take(3).map_while(Result::ok) {
                 let _ = tx.send(line);
             }
             for _ in lines {} // keep draining so the broker never blocks on stdout
@@ -353,16 +366,35 @@ impl BrokerBuilder {
         } else {
             None
         };
+        // With the admin listener on, the next line names its address.
+        let admin = if self.admin_enabled() {
+            let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_default();
+            match line.strip_prefix("ringpost admin on ").map(str::parse) {
+                Some(Ok(a)) => Some(a),
+                _ => fail(&mut child, format!("expected the admin line, got {line:?}")),
+            }
+        } else {
+            None
+        };
         TestBroker {
             child: Some(child),
             addr,
             ws_addr,
+            admin,
             shards,
             dir,
             keep_dir,
             stderr_path,
             builder: self.clone(),
         }
+    }
+
+    /// False when the test turned the admin listener off (`[admin] listen = ""`).
+    fn admin_enabled(&self) -> bool {
+        !self.tables.get("admin").is_some_and(|t| {
+            t.lines()
+                .any(|l| l.split_whitespace().collect::<String>() == "listen=\"\"")
+        })
     }
 
     /// Runs the broker expecting it to refuse to start: its exit status, stdout and stderr.
@@ -448,6 +480,8 @@ pub struct TestBroker {
     pub addr: SocketAddr,
     /// From the `ringpost websocket on ADDR` line (None when `ws_listen = ""`).
     pub ws_addr: Option<SocketAddr>,
+    /// The admin listener, from the `ringpost admin on ADDR` line (None when disabled).
+    pub admin: Option<SocketAddr>,
     /// N from the `ringpost listening on ADDR with N shards` line.
     pub shards: usize,
     pub dir: PathBuf,
@@ -482,6 +516,51 @@ impl TestBroker {
             std::fs::write(&path, s).expect("write secret file");
         }
         path
+    }
+
+    /// The admin listener's address; panics if the test disabled it.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.expect("the admin listener is enabled")
+    }
+
+    /// The admin API's bearer token (the file the broker created, unless the test set
+    /// `RINGPOST_ADMIN_TOKEN` with [`BrokerBuilder::env`]).
+    pub fn admin_token(&self) -> String {
+        if let Some((_, t)) = self
+            .builder
+            .env
+            .iter()
+            .find(|(k, _)| k == "RINGPOST_ADMIN_TOKEN")
+        {
+            return t.clone();
+        }
+        std::fs::read_to_string(self.dir.join("admin.token"))
+            .expect("the broker's admin token file")
+            .trim()
+            .to_owned()
+    }
+
+    /// `GET /metrics` on the admin listener: the exposition text (see [`metric`]).
+    pub fn metrics(&self) -> String {
+        let mut s = TcpStream::connect(self.admin_addr()).expect("connect to admin");
+        s.set_read_timeout(Some(WAIT)).expect("timeout");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .expect("write request");
+        let mut out = Vec::new();
+        loop {
+            let mut chunk = [0u8; 16 * 1024];
+            match s.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+                // A glommio thread (inside `run`) sees EINTR on blocking reads.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("reading /metrics: {e}"),
+            }
+        }
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        body.to_owned()
     }
 
     pub fn addr_string(&self) -> String {
@@ -828,6 +907,30 @@ pub fn try_login(
         }
         other => panic!("expected LoginOk or Error, got {other:?}"),
     }
+}
+
+/// The value of one exact series (`name{labels}`) in an exposition, 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (s, v) = l.rsplit_once(' ')?;
+            (s == series).then(|| v.parse::<f64>().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// The sum over every series named `name` (`name` or `name{...}`) in an exposition.
+pub fn metric_total(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (s, v) = l.rsplit_once(' ')?;
+            (s == name || s.starts_with(&format!("{name}{{")))
+                .then(|| v.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
 }
 
 pub fn now_unix() -> i64 {

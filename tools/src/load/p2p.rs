@@ -683,7 +683,7 @@ fn report(args: &P2pArgs, outcomes: Vec<Outcome>, threads: usize, multi: usize) 
             json!({
                 "scenario": "p2p", "sent": written, "acked": acks.acked,
                 "delivered": tally.delivered, "unique_delivered": tally.unique,
-                "expected_deliveries": expected,
+                "expected_deliveries": expected, "echoes": tally.echoes,
                 "lost": lost, "duplicated": tally.duplicated, "out_of_order": tally.out_of_order,
                 "seq_gaps": tally.seq_gaps, "mismatched": mismatched,
                 "unanswered": unanswered, "error_acks": counts_json(&acks.error_acks),

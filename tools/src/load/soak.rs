@@ -227,7 +227,8 @@ fn write_config(args: &SoakArgs) -> Result<PathBuf, String> {
     let d = dir.display();
     let text = format!(
         "# written by ringpost-tools load soak\n\
-         [server]\nlisten = \"127.0.0.1:0\"\nshards = {shards}\nshutdown_grace = \"5s\"\n\
+         [server]\nlisten = \"127.0.0.1:0\"\nws_listen = \"\"\nshards = {shards}\nshutdown_grace = \"5s\"\n\
+         [admin]\nlisten = \"\"\n\
          [storage]\ndata_dir = \"{d}/data\"\nsegment_size = \"{seg}\"\nfsync = \"always\"\n\
          [auth]\nsecret_file = \"{d}/auth.secret\"\n\
          [limits]\nsends_per_sec = 1000000\n",

@@ -45,6 +45,9 @@ class Code(object):
     SHUTDOWN = 305
     # The client asked to log out.
     LOGGED_OUT = 306
+    # The app backend ended this session through the server API
+    # (`DELETE /v1/users/{id}/sessions`).
+    KICKED = 307
     # The send exceeded `limits.sends_per_sec`; persistent abuse ends in GoAway(RATE_LIMITED).
     RATE_LIMITED = 400
     # The recipient's inbox holds `limits.max_inbox` undelivered messages.

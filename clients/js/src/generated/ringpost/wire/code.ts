@@ -92,6 +92,12 @@ export enum Code {
   LOGGED_OUT = 306,
 
   /**
+   * The app backend ended this session through the server API
+   * (`DELETE /v1/users/{id}/sessions`).
+   */
+  KICKED = 307,
+
+  /**
    * The send exceeded `limits.sends_per_sec`; persistent abuse ends in GoAway(RATE_LIMITED).
    */
   RATE_LIMITED = 400,

@@ -1,0 +1,69 @@
+//! The broker's metrics after a known `load p2p` run: every counter moves by exactly what the
+//! load tool reports it did.
+
+use ringpost_harness::{metric, metric_total, tools, tools_broker};
+use serde_json::Value;
+
+#[test]
+fn metrics_count_exactly_what_a_p2p_run_did() {
+    let broker = tools_broker().limits("sends_per_sec = 100000").start();
+    let before = broker.metrics();
+    let users = 20;
+    let out = tools(&[
+        "load",
+        "p2p",
+        "--json",
+        "--addr",
+        &broker.addr_string(),
+        "--users",
+        &users.to_string(),
+        "--rate",
+        "2000",
+        "--duration",
+        "2s",
+        "--warmup",
+        "500ms",
+        "--size",
+        "64",
+        "--threads",
+        "1",
+    ])
+    .arg("--secret-file")
+    .arg(broker.secret_path())
+    .output()
+    .unwrap();
+    let r: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("no JSON: {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(out.status.success(), "{r}");
+    let after = broker.metrics();
+    let delta = |name: &str| metric_total(&after, name) - metric_total(&before, name);
+    let acked = r["acked"].as_f64().unwrap();
+    assert!(acked > 1000.0, "{r}");
+    assert_eq!(
+        delta("ringpost_messages_accepted_total"),
+        acked,
+        "{r}\n{after}"
+    );
+    // Own-send sync is on (the default): every accepted message also enters its sender's
+    // stream, so each device gets its own sends back as echoes — Deliver frames too, and
+    // entries of the group commits.
+    let echoes = r["echoes"].as_f64().unwrap();
+    assert_eq!(
+        echoes, acked,
+        "one sender device per user: one echo per message: {r}"
+    );
+    assert_eq!(
+        delta("ringpost_messages_delivered_total"),
+        r["delivered"].as_f64().unwrap() + echoes,
+        "{r}\n{after}"
+    );
+    assert_eq!(delta("ringpost_commit_batch_size_sum"), acked + echoes);
+    assert_eq!(
+        metric(&after, "ringpost_logins_total{result=\"OK\"}")
+            - metric(&before, "ringpost_logins_total{result=\"OK\"}"),
+        users as f64
+    );
+    assert_eq!(delta("ringpost_send_rejected_total"), 0.0, "{after}");
+    // With 2 shards, pairs across shards send over the mesh both ways (messages, acks).
+    assert!(delta("ringpost_mesh_envelopes_total") > 0.0, "{after}");
+}
