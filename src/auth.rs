@@ -28,6 +28,9 @@ pub const SECRET_ENV: &str = "RINGPOST_AUTH_SECRET";
 /// User IDs with this prefix are reserved for senders of the server API (`POST
 /// /v1/messages` with `from = "system:…"`); no client may log in as one.
 pub const RESERVED_PREFIX: &str = "system:";
+/// Who the server API's group operations are recorded as (the `from_user` of membership events
+/// it makes).
+pub const RESERVED_ADMIN_ACTOR: &str = "system:admin";
 
 /// True for a user ID reserved for the server API's senders.
 pub fn is_reserved(user: &str) -> bool {

@@ -8,11 +8,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use ringpost::client::Event;
-use ringpost::protocol::Code;
+use ringpost::client::{Delivery, Event};
+use ringpost::protocol::{Code, EntryKind};
+use ringpost::shard::group_owner;
 use ringpost_harness::{
-    expect_ack, expect_deliver, expect_goaway_then_close, metric as sample, metric_total as total,
-    read_frame, run, test_broker, try_login, user_on_shard, TempDir, TestBroker, WAIT,
+    expect_ack, expect_deliver, expect_event, expect_goaway_then_close, metric as sample,
+    metric_total as total, read_frame, run, test_broker, try_login, user_on_shard, TempDir,
+    TestBroker, WAIT,
 };
 use serde_json::{json, Value};
 
@@ -583,6 +585,352 @@ fn bad_publishes_are_refused_with_their_codes() {
     let (code, message) = try_login(b.addr, &b.token("system:alerts"), "d").unwrap_err();
     assert_eq!(code, Code::AUTH_FAILED);
     assert!(message.contains("reserved"), "{message}");
+}
+
+// ---- groups --------------------------------------------------------------------------------
+
+fn post(b: &TestBroker, path: &str, body: Value) -> Reply {
+    http(
+        b.admin_addr(),
+        "POST",
+        path,
+        Some(&b.admin_token()),
+        Some(&body),
+    )
+}
+
+fn delete(b: &TestBroker, path: &str) -> Reply {
+    http(b.admin_addr(), "DELETE", path, Some(&b.admin_token()), None)
+}
+
+/// The next stream entry of `c`, which must be of `group` and `kind`.
+async fn group_entry(c: &mut ringpost::client::Client, group: &str, kind: EntryKind) -> Delivery {
+    let d = expect_deliver(c).await;
+    assert_eq!((d.group_id.as_str(), d.kind), (group, kind), "{d:?}");
+    d
+}
+
+/// Nothing more is queued for `c`: a ping is answered next.
+async fn quiet(c: &mut ringpost::client::Client) {
+    c.ping(77).await.expect("write");
+    assert_eq!(expect_event(c).await, Event::Pong { nonce: 77 });
+}
+
+#[test]
+fn the_backend_creates_a_group_manages_its_members_and_publishes_to_it() {
+    let b = test_broker().start();
+    // The group lives on shard 0; alice and bob on shard 1, carol on shard 0.
+    let g = (0..)
+        .map(|i| format!("team-{i}"))
+        .find(|g| group_owner(g, 2) == 0)
+        .unwrap();
+    let (alice, bob) = (user_on_shard("alice", 1, 2), user_on_shard("bob", 1, 2));
+    let (carol, dave) = (user_on_shard("carol", 0, 2), user_on_shard("dave", 0, 2));
+    let mut sorted = vec![alice.clone(), bob.clone(), carol.clone()];
+    sorted.sort();
+    run(async {
+        let mut a = b.connect(&alice, "phone").await;
+        let mut bo = b.connect(&bob, "phone").await;
+        let mut c = b.connect(&carol, "phone").await;
+
+        // Created as if by alice: she is its admin and everyone sees the creation.
+        let r = post(
+            &b,
+            "/v1/groups",
+            json!({"group_id": g, "creator": alice, "members": [bob, carol, bob]}),
+        );
+        assert_eq!(
+            (r.status, r.json()),
+            (200, json!({"group_id": g, "group_seq": 1}))
+        );
+        for m in [&mut a, &mut bo, &mut c] {
+            let d = group_entry(m, &g, EntryKind::GroupCreated).await;
+            assert_eq!((d.group_seq, d.from_user.as_str()), (1, alice.as_str()));
+            let mut got = d.members.clone();
+            got.sort();
+            assert_eq!(got, sorted);
+        }
+
+        // Info, a page at a time, in user-ID order with the admin flag.
+        let r = get(&b, &format!("/v1/groups/{g}?limit=2"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let page = r.json();
+        let row = |u: &str| json!({"user_id": u, "admin": u == alice});
+        assert_eq!(
+            page,
+            json!({"group_id": g, "group_seq": 1, "member_count": 3,
+                   "members": [row(&sorted[0]), row(&sorted[1])], "next_after": sorted[1]})
+        );
+        let r = get(&b, &format!("/v1/groups/{g}?after={}", sorted[1]));
+        assert_eq!(
+            r.json(),
+            json!({"group_id": g, "group_seq": 1, "member_count": 3,
+                   "members": [row(&sorted[2])], "next_after": null})
+        );
+
+        // The backend adds dave (no member or admin needed): one event, made by system:admin.
+        let r = post(
+            &b,
+            &format!("/v1/groups/{g}/members"),
+            json!({"members": [dave]}),
+        );
+        assert_eq!(
+            (r.status, r.json()),
+            (200, json!({"group_id": g, "group_seq": 2}))
+        );
+        for m in [&mut a, &mut bo, &mut c] {
+            let d = group_entry(m, &g, EntryKind::MembersAdded).await;
+            assert_eq!(
+                (d.group_seq, d.from_user.as_str(), d.members.clone()),
+                (2, "system:admin", vec![dave.clone()])
+            );
+        }
+
+        // A publish to the group reaches every member in group order, after a member's send.
+        a.group_send(1, &g, b"from alice").await.unwrap();
+        let mut alice_seqs = Vec::new();
+        loop {
+            match expect_event(&mut a).await {
+                Event::Deliver(d) if d.group_id == g => alice_seqs.push(d.group_seq),
+                Event::SendAck {
+                    client_msg_id: 1,
+                    status: Code::OK,
+                } => break,
+                other => panic!("alice got {other:?}"),
+            }
+        }
+        let r = publish(
+            &b,
+            json!({"from": "system:announce", "to_group": g, "body": "release at 5", "client_msg_id": 9}),
+        );
+        assert_eq!(
+            (r.status, r.json()),
+            (200, json!({"status": "OK", "code": 0, "seq": 4}))
+        );
+        // The resend: the original answer and no second message.
+        let r = publish(
+            &b,
+            json!({"from": "system:announce", "to_group": g, "body": "release at 5", "client_msg_id": 9}),
+        );
+        assert_eq!(
+            (r.status, r.json()),
+            (200, json!({"status": "OK", "code": 0}))
+        );
+        for m in [&mut bo, &mut c] {
+            let d = group_entry(m, &g, EntryKind::Message).await;
+            assert_eq!((d.group_seq, d.body.as_slice()), (3, &b"from alice"[..]));
+            let d = group_entry(m, &g, EntryKind::Message).await;
+            assert_eq!(
+                (d.group_seq, d.from_user.as_str(), d.body.as_slice()),
+                (4, "system:announce", &b"release at 5"[..])
+            );
+        }
+
+        // Removing bob: he sees his removal and nothing after it.
+        let r = delete(&b, &format!("/v1/groups/{g}/members/{bob}"));
+        assert_eq!(
+            (r.status, r.json()),
+            (200, json!({"group_id": g, "group_seq": 5}))
+        );
+        let d = group_entry(&mut bo, &g, EntryKind::MembersRemoved).await;
+        assert_eq!((d.group_seq, d.members.clone()), (5, vec![bob.clone()]));
+        let r = publish(
+            &b,
+            json!({"from": "system:announce", "to_group": g, "body": "after bob", "client_msg_id": 10}),
+        );
+        assert_eq!(r.json()["seq"], 6);
+        // alice's stream is fed by the same fan-out to shard 1 as bob's would be: once she
+        // has message 6, bob would have it queued too.
+        while alice_seqs.last() != Some(&6) {
+            let d = expect_deliver(&mut a).await;
+            assert_eq!(d.group_id, g, "{d:?}");
+            alice_seqs.push(d.group_seq);
+        }
+        assert_eq!(alice_seqs, vec![3, 4, 5, 6]);
+        quiet(&mut bo).await;
+        let d = group_entry(&mut c, &g, EntryKind::MembersRemoved).await;
+        assert_eq!(d.group_seq, 5);
+        assert_eq!(
+            group_entry(&mut c, &g, EntryKind::Message).await.group_seq,
+            6
+        );
+    });
+    // The metrics count it: 3 messages (the resend is not one) on the owner, shard 0; each
+    // entry once per member it reached: 3 + 4 + 4 + 4 + 4 (bob gets his removal) + 3.
+    let text = wait_metrics(&b, "the fan-out acked", |t| {
+        total(t, "ringpost_group_fanout_pending") == 0.0
+    });
+    assert_eq!(sample(&text, "ringpost_groups{shard=\"0\"}"), 1.0);
+    assert_eq!(total(&text, "ringpost_groups"), 1.0);
+    assert_eq!(
+        sample(&text, "ringpost_group_messages_total{shard=\"0\"}"),
+        3.0
+    );
+    assert_eq!(total(&text, "ringpost_group_messages_total"), 3.0);
+    assert_eq!(total(&text, "ringpost_group_member_entries_total"), 22.0);
+    // Durable before each 200: a crash right after loses none of it.
+    let dir = b.crash();
+    let b = test_broker().dir(&dir).start();
+    let r = get(&b, &format!("/v1/groups/{g}"));
+    let members: Vec<String> = r.json()["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| m["user_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let mut want = vec![alice, carol, dave];
+    want.sort();
+    assert_eq!((r.json()["group_seq"].clone(), members), (json!(6), want));
+}
+
+#[test]
+fn bad_group_requests_are_refused_with_their_codes() {
+    let b = test_broker()
+        .limits("max_group_members = 3\nmax_groups_per_user = 1")
+        .start();
+    let ok = post(
+        &b,
+        "/v1/groups",
+        json!({"group_id": "g", "creator": "ann", "members": ["ben"]}),
+    );
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let cases: Vec<(&str, &str, Option<Value>, u16, u64)> = vec![
+        // The group exists; ann may be in one group only.
+        (
+            "POST",
+            "/v1/groups",
+            Some(json!({"group_id": "g", "creator": "cat"})),
+            409,
+            601,
+        ),
+        (
+            "POST",
+            "/v1/groups",
+            Some(json!({"group_id": "h", "creator": "ann"})),
+            422,
+            605,
+        ),
+        (
+            "POST",
+            "/v1/groups",
+            Some(json!({"group_id": "", "creator": "cat"})),
+            400,
+            606,
+        ),
+        (
+            "POST",
+            "/v1/groups",
+            Some(json!({"group_id": "h", "creator": "system:x"})),
+            400,
+            606,
+        ),
+        (
+            "POST",
+            "/v1/groups",
+            Some(json!({"group_id": "h"})),
+            400,
+            1400,
+        ),
+        (
+            "POST",
+            "/v1/groups",
+            Some(json!({"group_id": "h", "creator": "c", "x": 1})),
+            400,
+            1400,
+        ),
+        ("GET", "/v1/groups/nope", None, 404, 600),
+        ("GET", "/v1/groups/g?limit=0", None, 400, 1400),
+        ("GET", "/v1/groups/g?colour=red", None, 400, 1400),
+        (
+            "POST",
+            "/v1/groups/g/members",
+            Some(json!({"members": ["ben"]})),
+            409,
+            607,
+        ),
+        (
+            "POST",
+            "/v1/groups/g/members",
+            Some(json!({"members": []})),
+            400,
+            1400,
+        ),
+        (
+            "POST",
+            "/v1/groups/g/members",
+            Some(json!({"members": ["c", "d"]})),
+            422,
+            604,
+        ),
+        (
+            "POST",
+            "/v1/groups/nope/members",
+            Some(json!({"members": ["c"]})),
+            404,
+            600,
+        ),
+        ("DELETE", "/v1/groups/g/members/zed", None, 409, 602),
+        ("DELETE", "/v1/groups/nope/members/ann", None, 404, 600),
+        ("PUT", "/v1/groups/g", None, 405, 1405),
+        // A publish names exactly one recipient.
+        (
+            "POST",
+            "/v1/messages",
+            Some(
+                json!({"from": "s", "to_user": "ann", "to_group": "g", "body": "x", "client_msg_id": 1}),
+            ),
+            400,
+            1400,
+        ),
+        (
+            "POST",
+            "/v1/messages",
+            Some(json!({"from": "s", "body": "x", "client_msg_id": 1})),
+            400,
+            1400,
+        ),
+        (
+            "POST",
+            "/v1/messages",
+            Some(json!({"from": "s", "to_group": "", "body": "x", "client_msg_id": 1})),
+            400,
+            606,
+        ),
+    ];
+    for (method, path, body, status, code) in cases {
+        let r = http(
+            b.admin_addr(),
+            method,
+            path,
+            Some(&b.admin_token()),
+            body.as_ref(),
+        );
+        assert_eq!(
+            (r.status, error_code(&r)),
+            (status, code),
+            "{method} {path} {body:?} → {}",
+            r.text()
+        );
+    }
+    // A publish to no group: the publish answer, with the group code.
+    let r = publish(
+        &b,
+        json!({"from": "s", "to_group": "nope", "body": "x", "client_msg_id": 1}),
+    );
+    assert_eq!(
+        (r.status, r.json()),
+        (404, json!({"status": "GROUP_NOT_FOUND", "code": 600}))
+    );
+    // Nothing changed the group.
+    let r = get(&b, "/v1/groups/g");
+    assert_eq!(
+        (
+            r.json()["group_seq"].clone(),
+            r.json()["member_count"].clone()
+        ),
+        (json!(1), json!(2))
+    );
+    b.assert_serving();
 }
 
 #[test]

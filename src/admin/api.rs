@@ -26,7 +26,8 @@ use crate::metrics::process::ProcessStats;
 use crate::metrics::ShardMetrics;
 use crate::protocol::{code_name, Code, MAX_DEVICE_ID, MAX_USER_ID};
 use crate::shard::control::{Answer, Op, Publish, UserView};
-use crate::shard::owner;
+use crate::shard::envelope::{GroupAnswer, GroupOpRequest};
+use crate::shard::{group_owner, owner};
 
 /// The OpenAPI 3 document of these routes, served at `GET /v1/openapi.yaml`.
 pub const OPENAPI: &str = include_str!("openapi.yaml");
@@ -190,8 +191,26 @@ async fn route(ctx: &Ctx, req: &Request) -> Result<Response, Fault> {
                 (["users", _], _) => allow("GET"),
                 (["users", id, "sessions"], "DELETE") => kick(ctx, &decode_id(id)?, req).await,
                 (["users", _, "sessions"], _) => allow("DELETE"),
-                // Group management (create, members, info) goes here once groups exist,
-                // calling the same shard operations as clients do (see `shard::control`).
+                (["groups"], "POST") => group_create(ctx, req).await,
+                (["groups"], _) => allow("POST"),
+                (["groups", id], "GET") => group_info(ctx, &decode_group(id)?, req).await,
+                (["groups", _], _) => allow("GET"),
+                (["groups", id, "members"], "POST") => {
+                    group_add(ctx, &decode_group(id)?, req).await
+                }
+                (["groups", _, "members"], _) => allow("POST"),
+                (["groups", id, "members", user], "DELETE") => {
+                    let (group, user) = (decode_group(id)?, decode_id(user)?);
+                    group_op(
+                        ctx,
+                        &group,
+                        GroupOpRequest::Remove {
+                            members: vec![Arc::from(user)],
+                        },
+                    )
+                    .await
+                }
+                (["groups", _, "members", _], _) => allow("DELETE"),
                 _ => Err(Fault::http(404, format!("no route {}", req.path))),
             }
         }
@@ -262,10 +281,19 @@ async fn metrics(ctx: &Ctx) -> Response {
 
 /// A user ID from a path segment, percent-decoded and checked.
 fn decode_id(segment: &str) -> Result<String, Fault> {
+    decode_segment("user ID", segment)
+}
+
+fn decode_group(segment: &str) -> Result<String, Fault> {
+    decode_segment("group ID", segment)
+}
+
+/// A percent-decoded path segment naming a user or a group (`what`).
+fn decode_segment(what: &str, segment: &str) -> Result<String, Fault> {
     let id = percent_encoding::percent_decode_str(segment)
         .decode_utf8()
-        .map_err(|_| Fault::http(400, "the user ID is not UTF-8 once percent-decoded"))?;
-    check_user_id("user ID", &id)?;
+        .map_err(|_| Fault::http(400, format!("the {what} is not UTF-8 once percent-decoded")))?;
+    check_user_id(what, &id)?;
     Ok(id.into_owned())
 }
 
@@ -312,7 +340,11 @@ fn unexpected(shard: usize) -> Fault {
 #[serde(deny_unknown_fields)]
 struct PublishRequest {
     from: String,
-    to_user: String,
+    /// Exactly one of `to_user` and `to_group`.
+    #[serde(default, deserialize_with = "present")]
+    to_user: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    to_group: Option<String>,
     #[serde(default, deserialize_with = "present")]
     body: Option<String>,
     #[serde(default, deserialize_with = "present")]
@@ -331,17 +363,31 @@ async fn publish(ctx: &Ctx, req: &Request) -> Result<Response, Fault> {
     let p: PublishRequest = serde_json::from_slice(&req.body)
         .map_err(|e| Fault::http(400, format!("the body is not a valid message: {e}")))?;
     check_user_id("`from`", &p.from)?;
-    if p.to_user.is_empty() || p.to_user.len() > MAX_USER_ID || crate::auth::is_reserved(&p.to_user)
-    {
-        return Err(Fault::wire(
-            400,
-            Code::INVALID_RECIPIENT,
-            format!(
-                "`to_user` must be 1..={MAX_USER_ID} bytes and not start with `{}`",
-                crate::auth::RESERVED_PREFIX
-            ),
-        ));
-    }
+    let target = match (p.to_user, p.to_group) {
+        (Some(user), None) => {
+            if user.is_empty() || user.len() > MAX_USER_ID || crate::auth::is_reserved(&user) {
+                return Err(Fault::wire(
+                    400,
+                    Code::INVALID_RECIPIENT,
+                    format!(
+                        "`to_user` must be 1..={MAX_USER_ID} bytes and not start with `{}`",
+                        crate::auth::RESERVED_PREFIX
+                    ),
+                ));
+            }
+            Ok(user)
+        }
+        (None, Some(group)) => {
+            check_group_id(&group)?;
+            Err(group)
+        }
+        _ => {
+            return Err(Fault::http(
+                400,
+                "give exactly one of `to_user` and `to_group`",
+            ))
+        }
+    };
     let body = match (p.body, p.body_base64) {
         (Some(text), None) => text.into_bytes(),
         (None, Some(b64)) => base64::engine::general_purpose::STANDARD
@@ -365,13 +411,26 @@ async fn publish(ctx: &Ctx, req: &Request) -> Result<Response, Fault> {
             ),
         ));
     }
-    let shard = owner(&p.to_user, ctx.links.count());
-    let op = Op::Publish(Publish {
-        from: p.from,
-        to: p.to_user,
-        client_msg_id: p.client_msg_id,
-        body,
-    });
+    let (shard, op) = match target {
+        Ok(user) => (
+            owner(&user, ctx.links.count()),
+            Op::Publish(Publish {
+                from: p.from,
+                to: user,
+                client_msg_id: p.client_msg_id,
+                body,
+            }),
+        ),
+        Err(group) => (
+            group_owner(&group, ctx.links.count()),
+            Op::GroupPublish(Publish {
+                from: p.from,
+                to: group,
+                client_msg_id: p.client_msg_id,
+                body,
+            }),
+        ),
+    };
     match ctx.links.call(shard, op, PUBLISH_TIMEOUT).await {
         Ok(Answer::Published { status, seq }) => {
             let mut v = json!({"status": code_name(status), "code": status.0});
@@ -389,7 +448,8 @@ async fn publish(ctx: &Ctx, req: &Request) -> Result<Response, Fault> {
 fn publish_status(status: Code) -> u16 {
     match status {
         Code::OK => 200,
-        Code::INVALID_RECIPIENT => 400,
+        Code::INVALID_RECIPIENT | Code::INVALID_GROUP => 400,
+        Code::GROUP_NOT_FOUND => 404,
         Code::INBOX_FULL | Code::RATE_LIMITED => 429,
         Code::STORAGE_UNAVAILABLE | Code::SHUTDOWN => 503,
         _ => 500,
@@ -475,5 +535,179 @@ async fn kick(ctx: &Ctx, id: &str, req: &Request) -> Result<Response, Fault> {
         )),
         Ok(_) => Err(unexpected(shard)),
         Err(e) => Err(call_fault(ctx, shard, e)),
+    }
+}
+
+// ---- groups ------------------------------------------------------------------------------
+
+fn check_group_id(id: &str) -> Result<(), Fault> {
+    if id.is_empty() || id.len() > MAX_USER_ID {
+        return Err(Fault::wire(
+            400,
+            Code::INVALID_GROUP,
+            format!(
+                "a group ID must be 1..={MAX_USER_ID} bytes, got {}",
+                id.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Member IDs from a request, checked, sorted and without repeats.
+fn member_ids(members: Vec<String>) -> Result<Vec<Arc<str>>, Fault> {
+    let mut out = Vec::with_capacity(members.len());
+    for m in members {
+        if m.is_empty() || m.len() > MAX_USER_ID || crate::auth::is_reserved(&m) {
+            return Err(Fault::wire(
+                400,
+                Code::INVALID_GROUP,
+                format!(
+                    "member IDs must be 1..={MAX_USER_ID} bytes and not start with `{}`",
+                    crate::auth::RESERVED_PREFIX
+                ),
+            ));
+        }
+        out.push(Arc::from(m));
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateGroup {
+    group_id: String,
+    /// The group's first admin (and member), as if they had created it.
+    creator: String,
+    #[serde(default)]
+    members: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddMembers {
+    members: Vec<String>,
+}
+
+/// `POST /v1/groups`: creates a group on behalf of `creator`.
+async fn group_create(ctx: &Ctx, req: &Request) -> Result<Response, Fault> {
+    let c: CreateGroup = serde_json::from_slice(&req.body)
+        .map_err(|e| Fault::http(400, format!("the body is not a valid group: {e}")))?;
+    check_group_id(&c.group_id)?;
+    let creator = member_ids(vec![c.creator.clone()])?;
+    let members = member_ids(c.members)?;
+    let op = GroupOpRequest::Create { members };
+    group_call(ctx, &c.group_id, &creator[0], op).await
+}
+
+/// `POST /v1/groups/{id}/members`.
+async fn group_add(ctx: &Ctx, group: &str, req: &Request) -> Result<Response, Fault> {
+    let a: AddMembers = serde_json::from_slice(&req.body)
+        .map_err(|e| Fault::http(400, format!("the body is not a valid member list: {e}")))?;
+    let members = member_ids(a.members)?;
+    if members.is_empty() {
+        return Err(Fault::http(400, "`members` is empty"));
+    }
+    group_op(ctx, group, GroupOpRequest::Add { members }).await
+}
+
+/// `GET /v1/groups/{id}?after=&limit=`.
+async fn group_info(ctx: &Ctx, group: &str, req: &Request) -> Result<Response, Fault> {
+    let (mut after, mut limit) = (String::new(), 0u32);
+    for (k, v) in form_urlencoded::parse(req.query.as_deref().unwrap_or("").as_bytes()) {
+        match &*k {
+            "after" if v.len() <= MAX_USER_ID => after = v.into_owned(),
+            "limit" => {
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=crate::shard::groups::INFO_PAGE).contains(n))
+                    .ok_or_else(|| {
+                        Fault::http(
+                            400,
+                            format!("`limit` must be 1..={}", crate::shard::groups::INFO_PAGE),
+                        )
+                    })?
+            }
+            "after" => {
+                return Err(Fault::http(
+                    400,
+                    format!("`after` must be at most {MAX_USER_ID} bytes"),
+                ))
+            }
+            other => {
+                return Err(Fault::http(
+                    400,
+                    format!("unknown query parameter `{other}`"),
+                ))
+            }
+        }
+    }
+    let op = GroupOpRequest::Info {
+        after: after.into(),
+        limit,
+    };
+    group_op(ctx, group, op).await
+}
+
+/// A group operation of the app backend (privileged: no member or admin check).
+async fn group_op(ctx: &Ctx, group: &str, op: GroupOpRequest) -> Result<Response, Fault> {
+    check_group_id(group)?;
+    group_call(ctx, group, crate::auth::RESERVED_ADMIN_ACTOR, op).await
+}
+
+async fn group_call(
+    ctx: &Ctx,
+    group: &str,
+    actor: &str,
+    op: GroupOpRequest,
+) -> Result<Response, Fault> {
+    let info = matches!(op, GroupOpRequest::Info { .. });
+    let shard = group_owner(group, ctx.links.count());
+    let call = Op::Group {
+        actor: actor.to_owned(),
+        group: group.to_owned(),
+        op,
+    };
+    match ctx.links.call(shard, call, PUBLISH_TIMEOUT).await {
+        Ok(Answer::Group(a)) if a.status == Code::OK => {
+            Ok(Response::json(200, &group_json(&a, info)))
+        }
+        Ok(Answer::Group(a)) => Err(Fault::wire(group_status(a.status), a.status, &*a.message)),
+        Ok(_) => Err(unexpected(shard)),
+        Err(e) => Err(call_fault(ctx, shard, e)),
+    }
+}
+
+fn group_json(a: &GroupAnswer, info: bool) -> Value {
+    let mut v = json!({"group_id": &*a.group, "group_seq": a.group_seq});
+    if info {
+        let members: Vec<Value> = a
+            .members
+            .iter()
+            .map(|(u, admin)| json!({"user_id": &**u, "admin": admin}))
+            .collect();
+        v["members"] = json!(members);
+        v["member_count"] = json!(a.member_count);
+        // Null on the last page; otherwise the `after` of the next one.
+        v["next_after"] = match &*a.next_after {
+            "" => Value::Null,
+            after => json!(after),
+        };
+    }
+    v
+}
+
+/// The HTTP status of a group operation's outcome.
+fn group_status(status: Code) -> u16 {
+    match status {
+        Code::INVALID_GROUP => 400,
+        Code::GROUP_NOT_FOUND => 404,
+        Code::GROUP_EXISTS | Code::ALREADY_A_MEMBER | Code::NOT_A_MEMBER => 409,
+        Code::GROUP_FULL | Code::TOO_MANY_GROUPS => 422,
+        Code::STORAGE_UNAVAILABLE | Code::SHUTDOWN => 503,
+        _ => 500,
     }
 }

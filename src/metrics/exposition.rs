@@ -290,7 +290,42 @@ impl Collector for Scrape {
             |s| &s.commit_batch,
             1.0,
         )?;
-        // Group metrics (ringpost_group_*) are added here once groups exist.
+        family(
+            &mut enc,
+            "ringpost_groups",
+            "Groups the shard owns (it orders their entries)",
+            None,
+            MetricType::Gauge,
+            gauge_of(|g| g.groups as u64),
+        )?;
+        family(
+            &mut enc,
+            "ringpost_group_fanout_pending",
+            "Entries of the shard's groups that a member shard has not yet durably applied (fan-out backlog)",
+            None,
+            MetricType::Gauge,
+            gauge_of(|g| g.group_fanout_pending as u64),
+        )?;
+        family(
+            &mut enc,
+            "ringpost_group_messages",
+            "Messages to groups the shard owns, stored with their group_seq",
+            None,
+            MetricType::Counter,
+            shards
+                .iter()
+                .map(|s| (shard_label(s.shard), counter(s.group_messages.get()))),
+        )?;
+        family(
+            &mut enc,
+            "ringpost_group_member_entries",
+            "Group entries (messages and membership events) appended to streams of members the shard owns: the fan-out",
+            None,
+            MetricType::Counter,
+            shards
+                .iter()
+                .map(|s| (shard_label(s.shard), counter(s.group_member_entries.get()))),
+        )?;
         self.encode_process(&mut enc)
     }
 }
@@ -380,6 +415,8 @@ mod tests {
         shards[0].log_sync.observe(60_000);
         shards[1].log_sync.observe(3_000_000_000);
         shards[0].commit_batch.observe(3);
+        shards[1].group_messages.add(4);
+        shards[0].group_member_entries.add(12);
         render(Scrape {
             shards,
             gauges: vec![
@@ -389,6 +426,8 @@ mod tests {
                     mesh_queued: 1,
                     log_bytes: 4096,
                     users: 9,
+                    groups: 2,
+                    group_fanout_pending: 6,
                 }),
                 None,
             ],
@@ -417,6 +456,10 @@ mod tests {
             "ringpost_mesh_envelopes_total{from=\"1\",to=\"0\"} 0",
             "ringpost_mesh_queue_depth{shard=\"0\"} 1",
             "ringpost_log_bytes{shard=\"0\"} 4096",
+            "ringpost_groups{shard=\"0\"} 2",
+            "ringpost_group_fanout_pending{shard=\"0\"} 6",
+            "ringpost_group_messages_total{shard=\"1\"} 4",
+            "ringpost_group_member_entries_total{shard=\"0\"} 12",
             "ringpost_log_sync_seconds_bucket{le=\"0.00005\"} 0",
             "ringpost_log_sync_seconds_bucket{le=\"0.0001\"} 1",
             "ringpost_log_sync_seconds_bucket{le=\"2.5\"} 1",

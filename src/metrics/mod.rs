@@ -194,7 +194,11 @@ pub struct ShardMetrics {
     pub log_sync: Histogram,
     /// Messages made durable per group commit.
     pub commit_batch: Histogram,
-    // Group metrics (messages fanned out, members) go here once groups exist.
+    /// Messages to groups this shard owns, stored with their group_seq.
+    pub group_messages: Counter,
+    /// Group entries (messages and membership events) appended to the streams of members
+    /// this shard owns: the fan-out, one per member.
+    pub group_member_entries: Counter,
 }
 
 impl ShardMetrics {
@@ -211,6 +215,8 @@ impl ShardMetrics {
             mesh_in: (0..shards).map(|_| Counter::default()).collect(),
             log_sync: Histogram::new(SYNC_NS_BOUNDS),
             commit_batch: Histogram::new(BATCH_BOUNDS),
+            group_messages: Counter::default(),
+            group_member_entries: Counter::default(),
         }
     }
 
@@ -243,6 +249,10 @@ pub struct ShardGauges {
     pub log_bytes: u64,
     /// Users the shard holds state for.
     pub users: usize,
+    /// Groups the shard owns.
+    pub groups: usize,
+    /// Entries of owned groups that some member shard has not yet durably applied.
+    pub group_fanout_pending: usize,
 }
 
 thread_local! {

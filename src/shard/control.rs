@@ -25,15 +25,18 @@
 //! | [`Op::Publish`] | the owner of `to` | status (and seq) once durable, like a client's SendAck |
 //! | [`Op::User`] | the owner of the user | head/oldest seq, devices, cursors |
 //! | [`Op::Kick`] | the owner of the user | how many sessions got GoAway(KICKED) |
+//! | [`Op::Group`] | the owner of the group | the GroupReply of the operation (create, add, remove, info) |
+//! | [`Op::GroupPublish`] | the owner of the group | status once durable, like a client's GroupSend |
 //!
 //! Publishes are deduplicated by `(from, client_msg_id)` in the same window as clients'
 //! sends, on the recipient's owner (`Shard::accept_send`): a publish and a client's send with
 //! the same sender and id are one message. A publish does not enter the sender's own stream
 //! (own-send sync covers sends made by the user's connections).
 //!
-//! Groups: their management (create, add/remove members, info) and publishes to a group
-//! become more [`Op`]s, sent to the group's owner shard and handled by the same operations
-//! clients use; the admin side routes them like [`Op::User`] (see `admin::api`).
+//! Groups: management (create, add/remove members, info) and publishes to a group go to the
+//! group's owner shard and run the very operations clients use (`super::groups`), marked
+//! privileged: the app backend needs to be neither a member nor an admin, and a publish's
+//! sender need not be a member (a system sender never is).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -45,7 +48,8 @@ use futures_lite::future;
 use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
 
 use super::conn::Conn;
-use super::inbox::AckTarget;
+use super::envelope::{GroupAnswer, GroupOpRequest, GroupRequest};
+use super::inbox::{AckTarget, ReplyTarget};
 use super::state::Shard;
 use super::wake::Signal;
 use crate::metrics::ShardGauges;
@@ -75,6 +79,14 @@ pub enum Op {
         user: String,
         device: Option<String>,
     },
+    /// A group operation (this shard owns the group); `actor` is the creator for Create.
+    Group {
+        actor: String,
+        group: String,
+        op: GroupOpRequest,
+    },
+    /// A message to a group (this shard owns `to`, the group), like a client's GroupSend.
+    GroupPublish(Publish),
 }
 
 #[derive(Debug)]
@@ -104,6 +116,8 @@ pub enum Answer {
     Kicked {
         sessions: usize,
     },
+    /// The group operation's GroupReply.
+    Group(GroupAnswer),
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -286,6 +300,43 @@ impl Shard {
                 let sessions = self.kick(&user, device.as_deref());
                 port.reply(req.id, Answer::Kicked { sessions });
             }
+            Op::Group { actor, group, op } => {
+                let request = GroupRequest {
+                    user: Arc::from(actor),
+                    privileged: true,
+                    origin_conn: 0,
+                    request_id: req.id,
+                    group: Arc::from(group),
+                    op,
+                };
+                self.group_request(request, ReplyTarget::Admin { request: req.id });
+            }
+            Op::GroupPublish(p) => {
+                if self.draining.get() {
+                    return port.reply(
+                        req.id,
+                        Answer::Published {
+                            status: Code::SHUTDOWN,
+                            seq: None,
+                        },
+                    );
+                }
+                let from: Arc<str> = Arc::from(p.from);
+                let target = AckTarget::Admin { request: req.id };
+                let body = bytes::Bytes::from(p.body);
+                if let Some(seq) =
+                    self.group_send(&from, &p.to, p.client_msg_id, body, target, true)
+                {
+                    port.seqs.borrow_mut().insert(req.id, seq);
+                }
+            }
+        }
+    }
+
+    /// The answer to a group operation the server API asked for.
+    pub(super) fn answer_group_admin(&self, request: u64, answer: GroupAnswer) {
+        if let Some(port) = self.control.borrow().clone() {
+            port.reply(request, Answer::Group(answer));
         }
     }
 
@@ -296,6 +347,14 @@ impl Shard {
             mesh_queued: self.mesh.queued(),
             log_bytes: self.log.borrow().disk_bytes(),
             users: self.users.borrow().len(),
+            groups: self.groups.borrow().owned.len(),
+            group_fanout_pending: self
+                .groups
+                .borrow()
+                .owned
+                .values()
+                .map(|g| g.unacked.len())
+                .sum(),
         }
     }
 

@@ -81,7 +81,10 @@ pub enum GroupOpRequest {
 
 #[derive(Debug)]
 pub struct GroupRequest {
+    /// Who asks (a group's creator, for Create). With `privileged`, the server API on behalf
+    /// of the app backend: membership and admin checks do not apply.
     pub user: Arc<str>,
+    pub privileged: bool,
     pub origin_conn: ConnId,
     pub request_id: u64,
     pub group: Arc<str>,

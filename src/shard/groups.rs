@@ -130,6 +130,7 @@ impl Shard {
         };
         let req = GroupRequest {
             user: conn.user.clone(),
+            privileged: false,
             origin_conn: conn.id,
             request_id,
             group: Arc::from(group_id),
@@ -176,7 +177,7 @@ impl Shard {
         let body = Bytes::copy_from_slice(body);
         if dest == self.id {
             let target = AckTarget::Local { conn: conn.id };
-            self.group_send(&conn.user, group_id, client_msg_id, body, target);
+            self.group_send(&conn.user, group_id, client_msg_id, body, target, false);
         } else {
             self.in_flight.set(self.in_flight.get() + 1);
             self.mesh.push(
@@ -216,6 +217,7 @@ impl Shard {
         match target {
             ReplyTarget::Local => self.deliver_group_answer(answer),
             ReplyTarget::Remote { peer } => self.mesh.push(peer, Envelope::GroupAnswer(answer)),
+            ReplyTarget::Admin { request } => self.answer_group_admin(request, answer),
         }
     }
 
@@ -249,8 +251,12 @@ impl Shard {
         let groups = self.groups.borrow();
         let group = groups.owned.get(&req.group);
         let user = &req.user;
+        let privileged = req.privileged;
         let check = |needs_admin: bool| -> Result<&OwnedGroup, (Code, &'static str)> {
             let g = group.ok_or((Code::GROUP_NOT_FOUND, "no such group"))?;
+            if privileged {
+                return Ok(g);
+            }
             if !g.is_member(user) {
                 return Err((Code::NOT_A_MEMBER, "you are not a member of this group"));
             }
@@ -441,7 +447,7 @@ impl Shard {
                     .filter(|u| g.is_some_and(|g| !g.is_member(u)))
                     .cloned()
                     .collect();
-                let admin = g.is_some_and(|g| g.is_admin(&p.req.user));
+                let admin = p.req.privileged || g.is_some_and(|g| g.is_admin(&p.req.user));
                 drop(groups);
                 if fresh.is_empty() || !admin {
                     self.release_reservations(op, &p.reserved_on);
@@ -531,7 +537,8 @@ impl Shard {
 
     // ---- the owner: messages ----------------------------------------------------------------
 
-    /// A message to a group this shard owns.
+    /// A message to a group this shard owns; the group_seq it got when it is new (not a
+    /// resend, not refused). `privileged`: the server API, whose sender need not be a member.
     pub(super) fn group_send(
         &self,
         from: &Arc<str>,
@@ -539,17 +546,19 @@ impl Shard {
         client_msg_id: u64,
         body: Bytes,
         target: AckTarget,
-    ) {
+        privileged: bool,
+    ) -> Option<u64> {
         let status = {
             let groups = self.groups.borrow();
             match groups.owned.get(group) {
                 None => Some(Code::GROUP_NOT_FOUND),
-                Some(g) if !g.is_member(from) => Some(Code::NOT_A_MEMBER),
+                Some(g) if !privileged && !g.is_member(from) => Some(Code::NOT_A_MEMBER),
                 Some(_) => None,
             }
         };
         if let Some(status) = status {
-            return self.answer_send(target, from, client_msg_id, status, false);
+            self.answer_send(target, from, client_msg_id, status, false);
+            return None;
         }
         let limits = &self.cfg.limits;
         let verdict = self.windows.borrow_mut().sender(from).check(
@@ -561,9 +570,10 @@ impl Shard {
         );
         match verdict {
             super::dedup::Verdict::Done(status) => {
-                self.answer_send(target, from, client_msg_id, status, true)
+                self.answer_send(target, from, client_msg_id, status, true);
+                None
             }
-            super::dedup::Verdict::InFlight => {}
+            super::dedup::Verdict::InFlight => None,
             super::dedup::Verdict::New => {
                 let group: Arc<str> = Arc::from(group);
                 match self.append_owned_entry(
@@ -574,12 +584,19 @@ impl Shard {
                     body,
                     Vec::new(),
                 ) {
-                    Ok(_) => self.pending.borrow_mut().push(PendingAck::Send {
-                        sender: from.clone(),
-                        client_msg_id,
-                        target,
-                    }),
-                    Err(status) => self.settle_send(from, client_msg_id, target, status),
+                    Ok(group_seq) => {
+                        self.metrics.group_messages.inc();
+                        self.pending.borrow_mut().push(PendingAck::Send {
+                            sender: from.clone(),
+                            client_msg_id,
+                            target,
+                        });
+                        Some(group_seq)
+                    }
+                    Err(status) => {
+                        self.settle_send(from, client_msg_id, target, status);
+                        None
+                    }
                 }
             }
         }
@@ -697,6 +714,9 @@ impl Shard {
         };
         let mut users = self.users.borrow_mut();
         let mut touched = self.touched.borrow_mut();
+        self.metrics
+            .group_member_entries
+            .add(applied.recipients.len() as u64);
         for name in &applied.recipients {
             let user = users.of_conn(name);
             let seq = user.head_seq + 1;
@@ -912,7 +932,7 @@ impl Shard {
                     peer: from_shard,
                     origin_conn: s.origin_conn,
                 };
-                self.group_send(&s.from, &s.group, s.client_msg_id, s.body, target);
+                self.group_send(&s.from, &s.group, s.client_msg_id, s.body, target, false);
             }
             Envelope::Fanout(entries) => self.on_fanout(from_shard, entries),
             Envelope::Applied(list) => self.on_applied(from_shard, list),

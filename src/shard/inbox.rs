@@ -39,7 +39,13 @@ pub enum AckTarget {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyTarget {
     Local,
-    Remote { peer: usize },
+    Remote {
+        peer: usize,
+    },
+    /// A server API request (see [`super::control`]).
+    Admin {
+        request: u64,
+    },
 }
 
 /// Something released by the group commit that makes what it refers to durable.
