@@ -73,6 +73,7 @@ impl Shard {
         conn.acked.set(start_after);
         conn.sent_seq.set(start_after);
         conn.behind.set(start_after < user.durable_seq);
+        self.remember_known(user, &conn.user, &conn.device_id);
         user.devices.push(conn.clone());
         Self::refill_from(user, conn, self.cfg.limits.max_outbound, &self.log.borrow());
     }

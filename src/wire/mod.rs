@@ -33,6 +33,7 @@
 //! now and the queue encrypted at flush. Both transports (TCP and WebSocket, i.e. `wss://`)
 //! get TLS the same way, and nothing in this module changes.
 
+pub mod tls;
 pub mod upgrade;
 pub mod web;
 pub mod ws;

@@ -41,6 +41,8 @@ pub struct ChatArgs {
     /// One JSON object per event on stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub tls: crate::tlsargs::TlsArgs,
 }
 
 /// What the stdin task asks the session to do.
@@ -125,6 +127,13 @@ async fn session(args: ChatArgs, stdin: OwnedFd) -> ExitCode {
     glommio::spawn_local(read_stdin(stdin, cmd_tx)).detach();
 
     let opts = ClientOptions::new(args.addr, args.token.clone(), args.device.clone());
+    let opts = match args.tls.apply(opts) {
+        Ok(opts) => opts,
+        Err(e) => {
+            eprintln!("--tls-name: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut last_seq = args.last_seq;
     let mut backoff = Backoff::default();
     // A random start below 2^48 (exact in JSON doubles), so that a new session does not reuse

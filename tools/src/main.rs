@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod chat;
 mod inspect;
 mod load;
+mod tlsargs;
 mod token;
 
 #[global_allocator]
