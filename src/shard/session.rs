@@ -16,6 +16,9 @@
 //! ([`crate::wire::Framing::decode`]); on WebSocket it also hands out Pings (answered with a
 //! Pong) and the client's Close (answered, then the connection closes). Its state lives in the
 //! connection record, so a parked connection resumes mid-message.
+//!
+//! On TLS every read is decrypted first (`feed_wire`: the connection's TLS session, then the
+//! shard's shared plaintext buffer) and the flush seals what is queued (see [`super::conn`]).
 
 use std::io::ErrorKind;
 use std::os::fd::FromRawFd;

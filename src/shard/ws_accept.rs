@@ -10,6 +10,10 @@
 //!    Login (Pings are answered meanwhile). Bytes after it — pipelined frames — are handed to
 //!    the owner shard as they are, with the decoder's state.
 //!
+//! With `[tls]` on, the TLS handshake comes first and everything above runs inside it
+//! (`wss://`; see [`super::link`]). A connection the gate refused (`max_connections`, pending
+//! logins per address) is answered `503` with SERVER_BUSY in the body, before any upgrade.
+//!
 //! Refusals after the upgrade are an Error frame in a binary message, then a Close frame with
 //! the matching close code (e.g. 1003 for a text message, 1009 for one over `max_frame`,
 //! 1008 for a bad token), then the TCP close.
