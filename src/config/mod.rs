@@ -720,7 +720,7 @@ mod tests {
         assert_eq!(c.limits.slow_consumer_timeout, Duration::from_secs(60));
         assert_eq!(c.heartbeat(), Duration::from_secs(30));
         assert_eq!(c.limits.max_connections, 1_100_000);
-        assert_eq!(c.limits.max_pending_logins_per_ip, 64);
+        assert_eq!(c.limits.max_pending_logins_per_ip, 256);
         assert_eq!(c.limits.recipients, RecipientPolicy::Any);
         assert_eq!(c.auth.secret_dir, None);
         assert_eq!(
