@@ -4,13 +4,28 @@
 //! `exp` (unix seconds) is required. Any other algorithm — including `none` and the other HMAC
 //! sizes — is refused, as are missing claims and expired tokens (with `[auth] leeway` of clock
 //! skew allowed). User IDs starting with [`RESERVED_PREFIX`] (`system:`) belong to the
-//! server API's senders and cannot log in.
+//! server API's senders and cannot log in. With `[auth] issuer` / `audience` set, `iss` /
+//! `aud` are required and must match; a token that carries an `aud` while no audience is
+//! configured is refused (RFC 7519 4.1.3: a recipient that does not identify with the audience
+//! must reject the token).
 //!
-//! The HMAC key comes from the environment variable [`SECRET_ENV`] if set, else from
+//! The primary HMAC key comes from the environment variable [`SECRET_ENV`] if set, else from
 //! `[auth] secret_file`: the file's content with surrounding whitespace trimmed, so app backends
 //! can use the very same text. If the file does not exist the broker creates it with 32 random
 //! bytes written as 64 hex characters, mode 0600. [`KeyFile`] is that logic, shared with the
 //! admin API's bearer token.
+//!
+//! ## Several keys at once (rotation without downtime)
+//!
+//! `[auth] secret_dir` names a directory of further keys: every regular file in it whose name
+//! does not start with `.` holds one key, and its file name is the key's ID. The primary key's
+//! ID is its file name too (or `env` when it comes from [`SECRET_ENV`]). A token whose header
+//! has a `kid` is checked against that key alone (an unknown `kid` is refused); a token
+//! without one is checked against every key in turn (at most [`MAX_KEYS`], so a login costs
+//! at most that many HMACs). SIGHUP re-reads the primary file and the directory
+//! ([`KeySet::load`]); new logins use the new set, connections already logged in are not
+//! touched. Rotating: add the new key's file, SIGHUP, let the app backend mint with the new
+//! `kid`, wait for the old tokens to expire, remove the old file, SIGHUP.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -24,6 +39,10 @@ use crate::protocol::MAX_USER_ID;
 
 /// Environment variable that overrides the secret file.
 pub const SECRET_ENV: &str = "RINGPOST_AUTH_SECRET";
+/// Keys accepted at once (primary plus `secret_dir`).
+pub const MAX_KEYS: usize = 16;
+/// Key ID of a primary key taken from [`SECRET_ENV`].
+pub const ENV_KID: &str = "env";
 
 /// User IDs with this prefix are reserved for senders of the server API (`POST
 /// /v1/messages` with `from = "system:…"`); no client may log in as one.
@@ -51,22 +70,54 @@ struct Claims {
     exp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iat: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aud: Option<String>,
 }
 
-/// Verifies login tokens against one HMAC key.
+/// The claims a token must carry beyond `sub` and `exp` (`[auth] issuer`, `audience`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expect {
+    /// Required `iss`, if set.
+    pub issuer: Option<String>,
+    /// Required `aud` (one of the token's audiences), if set.
+    pub audience: Option<String>,
+}
+
+/// Verifies login tokens against a set of HMAC keys (see the module doc).
 pub struct Verifier {
-    key: DecodingKey,
+    /// (key ID, key), the primary first.
+    keys: Vec<(String, DecodingKey)>,
     validation: Validation,
 }
 
 impl Verifier {
+    /// A verifier with one key and no `iss`/`aud` requirement.
     pub fn new(secret: &[u8], leeway: Duration) -> Verifier {
+        Verifier::with_keys(&KeySet::single(secret.to_vec()), leeway, &Expect::default())
+    }
+
+    pub fn with_keys(keys: &KeySet, leeway: Duration, expect: &Expect) -> Verifier {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let mut required = vec!["exp", "sub"];
+        if let Some(iss) = &expect.issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        if let Some(aud) = &expect.audience {
+            validation.set_audience(&[aud]);
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         validation.leeway = leeway.as_secs();
         validation.validate_exp = true;
         Verifier {
-            key: DecodingKey::from_secret(secret),
+            keys: keys
+                .keys
+                .iter()
+                .map(|(kid, k)| (kid.clone(), DecodingKey::from_secret(k)))
+                .collect(),
             validation,
         }
     }
@@ -76,8 +127,33 @@ impl Verifier {
         // `decode` deserializes into the claims type *before* checking required claims, so a
         // struct with a mandatory `exp`/`sub` would turn "missing claim" into a JSON error.
         // Only `sub` is read here, optionally; jsonwebtoken checks presence and `exp` itself.
-        let data = jsonwebtoken::decode::<ReceivedClaims>(token, &self.key, &self.validation)
-            .map_err(|e| reason(token, &e))?;
+        let kid = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid);
+        let decode = |key: &DecodingKey| {
+            jsonwebtoken::decode::<ReceivedClaims>(token, key, &self.validation)
+                .map_err(|e| reason(token, &e))
+        };
+        let data = match kid {
+            Some(kid) => match self.keys.iter().find(|(id, _)| *id == kid) {
+                Some((_, key)) => decode(key)?,
+                None => {
+                    return Err(AuthError::Failed(format!(
+                        "unknown key id `{kid:.64}` (kid)"
+                    )))
+                }
+            },
+            None => {
+                // Without a kid, every key is tried; only a bad signature moves to the next
+                // key (any other refusal means this key signed it).
+                let mut outcome = Err(AuthError::Failed(BAD_SIGNATURE.into()));
+                for (_, key) in &self.keys {
+                    outcome = decode(key);
+                    if !matches!(&outcome, Err(AuthError::Failed(r)) if r == BAD_SIGNATURE) {
+                        break;
+                    }
+                }
+                outcome?
+            }
+        };
         let sub = data
             .claims
             .sub
@@ -105,13 +181,18 @@ struct ReceivedClaims {
 }
 
 const ALG_NOT_ALLOWED: &str = "algorithm not allowed (HS256 only)";
+const BAD_SIGNATURE: &str = "bad signature";
 
 /// Maps a jsonwebtoken error to [`AuthError`] with a reason a client developer can act on.
 fn reason(token: &str, e: &jsonwebtoken::errors::Error) -> AuthError {
     let failed = |r: &str| AuthError::Failed(r.to_owned());
     match e.kind() {
         ErrorKind::ExpiredSignature => AuthError::Expired,
-        ErrorKind::InvalidSignature => failed("bad signature"),
+        ErrorKind::InvalidSignature => failed(BAD_SIGNATURE),
+        ErrorKind::InvalidIssuer => failed("`iss` is not this broker's [auth] issuer"),
+        ErrorKind::InvalidAudience => failed(
+            "`aud` does not name this broker's [auth] audience (a token with an `aud` needs [auth] audience set to it)",
+        ),
         ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => failed(ALG_NOT_ALLOWED),
         ErrorKind::MissingRequiredClaim(c) => AuthError::Failed(format!("missing claim `{c}`")),
         ErrorKind::InvalidClaimFormat(c) => {
@@ -148,17 +229,155 @@ pub fn mint(secret: &[u8], user: &str, ttl: Duration) -> Result<String, AuthErro
 
 /// Mints with an explicit `exp` (unix seconds), e.g. one in the past for expiry tests.
 pub fn mint_with_exp(secret: &[u8], user: &str, exp_unix: i64) -> Result<String, AuthError> {
+    mint_full(secret, user, exp_unix, &Mint::default())
+}
+
+/// Optional parts of a minted token: the header's `kid`, the `iss` and `aud` claims.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mint {
+    pub kid: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
+/// Mints an HS256 token for `user` valid for `ttl`, with `extra`'s kid/iss/aud.
+pub fn mint_with(
+    secret: &[u8],
+    user: &str,
+    ttl: Duration,
+    extra: &Mint,
+) -> Result<String, AuthError> {
+    let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
+    mint_full(secret, user, now_unix().saturating_add(ttl), extra)
+}
+
+fn mint_full(secret: &[u8], user: &str, exp_unix: i64, extra: &Mint) -> Result<String, AuthError> {
     let claims = Claims {
         sub: user.to_owned(),
         exp: exp_unix,
         iat: Some(now_unix()),
+        iss: extra.issuer.clone(),
+        aud: extra.audience.clone(),
     };
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret),
-    )
-    .map_err(|e| AuthError::Failed(format!("cannot sign token: {e}")))
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = extra.kid.clone();
+    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret))
+        .map_err(|e| AuthError::Failed(format!("cannot sign token: {e}")))
+}
+
+/// The keys a [`Verifier`] accepts: (key ID, key bytes), the primary first.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeySet {
+    keys: Vec<(String, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key bytes.
+        f.debug_list()
+            .entries(self.keys.iter().map(|(kid, _)| kid))
+            .finish()
+    }
+}
+
+impl KeySet {
+    /// One key, with the ID `primary`.
+    pub fn single(secret: Vec<u8>) -> KeySet {
+        KeySet {
+            keys: vec![("primary".into(), secret)],
+        }
+    }
+
+    /// The primary key (`kid`: the secret file's name, or [`ENV_KID`]) plus every key in
+    /// `dir` (see the module doc). Err names the file or directory that could not be read.
+    pub fn load(primary: (String, Vec<u8>), dir: Option<&Path>) -> Result<KeySet, SecretError> {
+        let mut keys = vec![primary];
+        if let Some(dir) = dir {
+            let read_dir = |source| SecretError::Read {
+                what: "the key directory ([auth] secret_dir)",
+                env: None,
+                path: dir.to_path_buf(),
+                source,
+            };
+            let mut names: Vec<(String, PathBuf)> = Vec::new();
+            for entry in std::fs::read_dir(dir).map_err(read_dir)? {
+                let entry = entry.map_err(read_dir)?;
+                let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                    continue; // a key ID must be text
+                };
+                let is_file = std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file());
+                if !name.starts_with('.') && is_file {
+                    names.push((name, entry.path()));
+                }
+            }
+            names.sort();
+            for (kid, path) in names {
+                if keys.iter().any(|(k, _)| *k == kid) {
+                    return Err(SecretError::DuplicateKid(kid));
+                }
+                keys.push((kid, read_secret_file(&path)?));
+            }
+        }
+        if keys.len() > MAX_KEYS {
+            return Err(SecretError::TooMany(keys.len()));
+        }
+        Ok(KeySet { keys })
+    }
+
+    /// The key IDs, primary first.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|(kid, _)| kid.as_str())
+    }
+}
+
+/// The primary key and where it came from, so that a reload can read it again.
+#[derive(Clone)]
+pub struct PrimaryKey {
+    pub secret: Vec<u8>,
+    pub source: SecretSource,
+}
+
+impl PrimaryKey {
+    /// The key as its source holds it now (the environment's value does not change).
+    pub fn reread(&self) -> Result<PrimaryKey, SecretError> {
+        match &self.source {
+            SecretSource::Env => Ok(self.clone()),
+            SecretSource::File(p) | SecretSource::Created(p) => Ok(PrimaryKey {
+                secret: read_secret_file(p)?,
+                source: SecretSource::File(p.clone()),
+            }),
+        }
+    }
+}
+
+/// The verifier `[auth]` describes: `primary` plus `secret_dir`'s keys, `issuer`, `audience`.
+pub fn verifier_for(
+    cfg: &crate::config::AuthConfig,
+    primary: &PrimaryKey,
+) -> Result<(Verifier, KeySet), SecretError> {
+    let keys = KeySet::load(
+        (primary_kid(&primary.source), primary.secret.clone()),
+        cfg.secret_dir.as_deref(),
+    )?;
+    let expect = Expect {
+        issuer: cfg.issuer.clone(),
+        audience: cfg.audience.clone(),
+    };
+    Ok((Verifier::with_keys(&keys, cfg.leeway, &expect), keys))
+}
+
+/// The key ID of a primary secret from `source` (its file name, or [`ENV_KID`]).
+pub fn primary_kid(source: &SecretSource) -> String {
+    let name = |p: &Path| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("primary")
+            .to_owned()
+    };
+    match source {
+        SecretSource::Env => ENV_KID.into(),
+        SecretSource::File(p) | SecretSource::Created(p) => name(p),
+    }
 }
 
 /// Where a key came from (for the startup log).
@@ -187,6 +406,10 @@ pub enum SecretError {
     },
     #[error("{what} {path} is empty")]
     Empty { what: &'static str, path: PathBuf },
+    #[error("two keys have the ID `{0}` ([auth] secret_file and a file of [auth] secret_dir share a name); rename one")]
+    DuplicateKid(String),
+    #[error("{0} auth keys (the secret file plus [auth] secret_dir); at most {MAX_KEYS} are accepted at once, remove old ones")]
+    TooMany(usize),
 }
 
 fn hint(advice: &str, env: Option<&str>) -> String {
@@ -341,6 +564,8 @@ mod tests {
             sub: "alice".into(),
             exp: now_unix() + 60,
             iat: None,
+            iss: None,
+            aud: None,
         };
         for alg in [Algorithm::HS384, Algorithm::HS512] {
             let t = jsonwebtoken::encode(
@@ -454,6 +679,138 @@ mod tests {
         );
         let e = verifier().verify(&no_alg).unwrap_err().to_string();
         assert!(e.contains("malformed JWT header"), "{e}");
+    }
+
+    fn keys(pairs: &[(&str, &[u8])]) -> KeySet {
+        KeySet {
+            keys: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_vec()))
+                .collect(),
+        }
+    }
+
+    fn minted(secret: &[u8], kid: Option<&str>, iss: Option<&str>, aud: Option<&str>) -> String {
+        let extra = Mint {
+            kid: kid.map(Into::into),
+            issuer: iss.map(Into::into),
+            audience: aud.map(Into::into),
+        };
+        mint_with(secret, "alice", Duration::from_secs(60), &extra).unwrap()
+    }
+
+    #[test]
+    fn several_keys_kid_picks_one_and_without_kid_each_is_tried() {
+        let v = Verifier::with_keys(
+            &keys(&[("old", b"k-old"), ("new", b"k-new")]),
+            Duration::ZERO,
+            &Expect::default(),
+        );
+        for secret in [&b"k-old"[..], b"k-new"] {
+            assert_eq!(
+                v.verify(&minted(secret, None, None, None)).unwrap(),
+                "alice"
+            );
+        }
+        assert_eq!(
+            v.verify(&minted(b"k-new", Some("new"), None, None))
+                .unwrap(),
+            "alice"
+        );
+        // The kid decides: the right key under the wrong kid is a bad signature.
+        assert_eq!(
+            v.verify(&minted(b"k-new", Some("old"), None, None)),
+            Err(AuthError::Failed(BAD_SIGNATURE.into()))
+        );
+        let e = v
+            .verify(&minted(b"k-new", Some("gone"), None, None))
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown key id `gone`"), "{e}");
+        assert_eq!(
+            v.verify(&minted(b"k-other", None, None, None)),
+            Err(AuthError::Failed(BAD_SIGNATURE.into()))
+        );
+        // An expired token signed by the second key says expired, not bad signature.
+        let old = mint_with_exp(b"k-new", "alice", now_unix() - 3600).unwrap();
+        assert_eq!(v.verify(&old), Err(AuthError::Expired));
+    }
+
+    #[test]
+    fn issuer_and_audience_are_required_when_configured() {
+        let expect = Expect {
+            issuer: Some("https://backend.example".into()),
+            audience: Some("ringpost".into()),
+        };
+        let v = Verifier::with_keys(&KeySet::single(SECRET.to_vec()), Duration::ZERO, &expect);
+        let good = minted(
+            SECRET,
+            None,
+            Some("https://backend.example"),
+            Some("ringpost"),
+        );
+        assert_eq!(v.verify(&good).unwrap(), "alice");
+        let cases = [
+            (
+                minted(SECRET, None, None, Some("ringpost")),
+                "missing claim `iss`",
+            ),
+            (
+                minted(SECRET, None, Some("https://backend.example"), None),
+                "missing claim `aud`",
+            ),
+            (
+                minted(SECRET, None, Some("evil"), Some("ringpost")),
+                "`iss`",
+            ),
+            (
+                minted(SECRET, None, Some("https://backend.example"), Some("other")),
+                "`aud`",
+            ),
+        ];
+        for (token, want) in cases {
+            let e = v.verify(&token).unwrap_err().to_string();
+            assert!(e.contains(want), "{e} should say {want}");
+        }
+        // Unconfigured: iss is not looked at, an aud is refused (RFC 7519 4.1.3).
+        let plain = verifier();
+        assert_eq!(
+            plain
+                .verify(&minted(SECRET, None, Some("x"), None))
+                .unwrap(),
+            "alice"
+        );
+        let e = plain
+            .verify(&minted(SECRET, None, None, Some("ringpost")))
+            .unwrap_err();
+        assert!(e.to_string().contains("[auth] audience"), "{e}");
+    }
+
+    #[test]
+    fn a_key_directory_is_loaded_sorted_skipping_dot_files() {
+        let dir = std::env::temp_dir().join(format!("ringpost-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("subdir")).unwrap();
+        std::fs::write(dir.join("k2"), "two\n").unwrap();
+        std::fs::write(dir.join("k1"), "one").unwrap();
+        std::fs::write(dir.join(".swp"), "ignored").unwrap();
+        let set = KeySet::load(("auth.secret".into(), b"p".to_vec()), Some(&dir)).unwrap();
+        assert_eq!(set.ids().collect::<Vec<_>>(), ["auth.secret", "k1", "k2"]);
+        assert_eq!(set.keys[2].1, b"two");
+        assert!(
+            !format!("{set:?}").contains("two"),
+            "Debug never shows key bytes"
+        );
+        let dup = KeySet::load(("k1".into(), b"p".to_vec()), Some(&dir)).unwrap_err();
+        assert!(dup.to_string().contains("`k1`"), "{dup}");
+        for i in 0..MAX_KEYS {
+            std::fs::write(dir.join(format!("many-{i:02}")), "x").unwrap();
+        }
+        let many = KeySet::load(("p".into(), b"p".to_vec()), Some(&dir)).unwrap_err();
+        assert!(matches!(many, SecretError::TooMany(_)), "{many}");
+        std::fs::write(dir.join("k3"), " \n").unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let missing = KeySet::load(("p".into(), b"p".to_vec()), Some(&dir)).unwrap_err();
+        assert!(missing.to_string().contains("ringpost-keys"), "{missing}");
     }
 
     #[test]

@@ -19,6 +19,11 @@
 //! ([`ClientOptions::over_websocket`]: an HTTP upgrade on the broker's `ws_listen` port, then
 //! one masked binary message per frame, masked by tungstenite); everything above the framing
 //! is the same.
+//!
+//! [`ClientOptions::with_tls`] adds TLS below either (a rustls `ClientConnection` over the
+//! socket, trusting the CA certificates of a PEM file; `wss://` on the WebSocket port). The
+//! handshake runs before the upgrade and the Login; the two halves of a split client share
+//! the one TLS session (they run on one thread), each reading or writing its own fd.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
@@ -31,7 +36,12 @@ use rand::Rng;
 
 use std::cell::RefCell;
 use std::collections::{HashSet, VecDeque};
+use std::io::{Read as _, Write as _};
 use std::rc::Rc;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 
 use crate::protocol::{
     self, ClientMsg, Code, EntryKind, FrameReader, GroupOp, Names, NoHead, ServerMsg,
@@ -81,6 +91,71 @@ pub struct ClientOptions {
     pub read_chunk: usize,
     /// TCP, or WebSocket on `addr` (the broker's `ws_listen` port).
     pub transport: Transport,
+    /// TLS (the broker's `[tls]`), with what to trust and the name to check.
+    pub tls: Option<TlsOptions>,
+}
+
+/// rustls' client config, for callers that keep one built (see [`tls_client_config`]).
+pub use rustls::ClientConfig as TlsClientConfig;
+
+/// A client's TLS settings.
+#[derive(Clone)]
+pub struct TlsOptions {
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name the broker's certificate must be for (default: the IP address connected to).
+    pub server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsOptions")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A rustls client config trusting the CA certificates in `ca_pem` (PEM text).
+pub fn tls_client_config(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    TlsOptions::new(
+        ca_pem,
+        ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
+    )
+    .map(|t| t.config)
+}
+
+impl TlsOptions {
+    /// TLS with `config`, checking the certificate for `addr`'s IP address.
+    pub fn for_addr(config: Arc<rustls::ClientConfig>, addr: SocketAddr) -> TlsOptions {
+        TlsOptions {
+            config,
+            server_name: ServerName::IpAddress(addr.ip().into()),
+        }
+    }
+
+    /// Trusts the CA certificates in `ca_pem` (PEM text); checks the certificate against
+    /// `server_name`.
+    pub fn new(ca_pem: &[u8], server_name: ServerName<'static>) -> Result<TlsOptions, ClientError> {
+        let bad = |e: String| ClientError::Protocol(format!("tls: {e}"));
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem) {
+            roots
+                .add(cert.map_err(|e| bad(e.to_string()))?)
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(bad("the CA file holds no certificate".into()));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(TlsOptions {
+            config: Arc::new(config),
+            server_name,
+        })
+    }
 }
 
 /// How a client reaches the broker.
@@ -107,7 +182,34 @@ impl ClientOptions {
             source_ip: None,
             read_chunk: READ_CHUNK,
             transport: Transport::Tcp,
+            tls: None,
         }
+    }
+
+    /// The same client over TLS, trusting the CA certificates in the PEM file `ca_file` and
+    /// checking the broker's certificate for the address's IP (see [`ClientOptions::tls_name`]).
+    pub fn with_tls(mut self, ca_file: &std::path::Path) -> Result<Self, ClientError> {
+        let pem = std::fs::read(ca_file).map_err(|e| {
+            ClientError::Protocol(format!(
+                "tls: cannot read the CA file {}: {e}",
+                ca_file.display()
+            ))
+        })?;
+        self.tls = Some(TlsOptions::new(
+            &pem,
+            ServerName::IpAddress(self.addr.ip().into()),
+        )?);
+        Ok(self)
+    }
+
+    /// Checks the broker's certificate for `name` (a DNS name or an IP address) instead.
+    pub fn tls_name(mut self, name: &str) -> Result<Self, ClientError> {
+        let server_name = ServerName::try_from(name.to_owned())
+            .map_err(|e| ClientError::Protocol(format!("tls: `{name}`: {e}")))?;
+        if let Some(t) = &mut self.tls {
+            t.server_name = server_name;
+        }
+        Ok(self)
     }
 
     /// The same client over WebSocket on `ws_addr` (path `/ws`, no Origin header).
@@ -241,9 +343,111 @@ impl ClientError {
     }
 }
 
+/// A socket, through the connection's TLS session if it has one. Both halves of a client hold
+/// one, each with its own fd, sharing the session.
+struct Wire {
+    stream: TcpStream,
+    tls: Option<Rc<RefCell<rustls::ClientConnection>>>,
+    /// Ciphertext read buffer (TLS only).
+    cipher: Vec<u8>,
+    /// Ciphertext to write (TLS only).
+    out: Vec<u8>,
+}
+
+/// Ciphertext bytes asked of the socket per read (what rustls takes in one `read_tls`).
+const TLS_READ: usize = 4096;
+
+impl Wire {
+    fn plain(stream: TcpStream) -> Wire {
+        Wire {
+            stream,
+            tls: None,
+            cipher: Vec::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Reads plaintext; 0 at the end of the stream. Cancel-safe: bytes are taken in only by
+    /// a completed read.
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some(tls) = &self.tls else {
+            return self.stream.read(buf).await;
+        };
+        loop {
+            match tls.borrow_mut().reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            self.cipher.resize(TLS_READ, 0);
+            let n = self.stream.read(&mut self.cipher).await?;
+            if n == 0 {
+                return Ok(0);
+            }
+            let mut t = tls.borrow_mut();
+            let mut rd = &self.cipher[..n];
+            while !rd.is_empty() {
+                t.read_tls(&mut rd)?;
+                t.process_new_packets().map_err(std::io::Error::other)?;
+            }
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let Some(tls) = &self.tls else {
+            return self.stream.write_all(bytes).await;
+        };
+        {
+            let mut t = tls.borrow_mut();
+            t.writer().write_all(bytes)?;
+            while t.wants_write() {
+                t.write_tls(&mut self.out)?;
+            }
+        }
+        let r = self.stream.write_all(&self.out).await;
+        self.out.clear();
+        r
+    }
+
+    /// Runs the TLS handshake (nothing without TLS).
+    async fn handshake(&mut self) -> Result<(), ClientError> {
+        let Some(tls) = self.tls.clone() else {
+            return Ok(());
+        };
+        let mut buf = vec![0u8; TLS_READ];
+        loop {
+            let (out, handshaking) = {
+                let mut t = tls.borrow_mut();
+                let mut out = Vec::new();
+                while t.wants_write() {
+                    t.write_tls(&mut out)?;
+                }
+                (out, t.is_handshaking())
+            };
+            if !out.is_empty() {
+                self.stream.write_all(&out).await?;
+            }
+            if !handshaking {
+                return Ok(());
+            }
+            let n = self.stream.read(&mut buf).await?;
+            if n == 0 {
+                return Err(ClientError::Closed);
+            }
+            let mut t = tls.borrow_mut();
+            let mut rd = &buf[..n];
+            while !rd.is_empty() {
+                t.read_tls(&mut rd)?;
+                t.process_new_packets()
+                    .map_err(|e| ClientError::Protocol(format!("tls: {e}")))?;
+            }
+        }
+    }
+}
+
 /// The receiving half.
 pub struct Reader {
-    stream: TcpStream,
+    wire: Wire,
     frames: Frames,
     max_frame: usize,
     read_chunk: usize,
@@ -259,7 +463,7 @@ enum Frames {
 
 /// The sending half.
 pub struct Writer {
-    stream: TcpStream,
+    wire: Wire,
     out: Vec<u8>,
     sent: Rc<RefCell<SentIds>>,
     websocket: bool,
@@ -289,17 +493,21 @@ impl Client {
     /// Connects and logs in; `last_seq` is the highest seq this device has processed.
     pub async fn connect(opts: &ClientOptions, last_seq: u64) -> Result<Client, ClientError> {
         let attempt = async {
-            let (stream, early) = open(opts).await?;
+            let (wire, early) = open(opts).await?;
             // SAFETY: dup(2) of a socket we own; checked below. Each half owns one fd.
-            let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+            let fd = unsafe { libc::dup(wire.stream.as_raw_fd()) };
             if fd < 0 {
                 return Err(ClientError::Io(std::io::Error::last_os_error()));
             }
             // SAFETY: `fd` is a fresh duplicate owned by nobody else.
             let write_stream = unsafe { TcpStream::from_raw_fd(fd) };
-            let mut reader = Reader::new(stream, opts, last_seq, &early);
+            let write_wire = Wire {
+                tls: wire.tls.clone(),
+                ..Wire::plain(write_stream)
+            };
+            let mut reader = Reader::new(wire, opts, last_seq, &early);
             let mut writer = Writer {
-                stream: write_stream,
+                wire: write_wire,
                 out: Vec::new(),
                 sent: reader.sent.clone(),
                 websocket: opts.is_websocket(),
@@ -416,7 +624,7 @@ impl Client {
 
     /// Sends raw bytes as they are, unframed (tests of the broker's handling of bad input).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.writer.stream.write_all(bytes).await?;
+        self.writer.wire.write_all(bytes).await?;
         Ok(())
     }
 
@@ -440,7 +648,7 @@ impl Writer {
     /// Writes everything queued.
     pub async fn flush(&mut self) -> Result<(), ClientError> {
         if !self.out.is_empty() {
-            let r = self.stream.write_all(&self.out).await;
+            let r = self.wire.write_all(&self.out).await;
             self.out.clear();
             r?;
         }
@@ -511,7 +719,7 @@ impl Writer {
 
     /// Half-closes the socket (no more frames from us).
     pub async fn close(&mut self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
+        let _ = self.wire.stream.shutdown(std::net::Shutdown::Write).await;
     }
 }
 
@@ -528,7 +736,7 @@ impl LeanClient {
     /// Connects and logs in (bounded by `login_timeout`).
     pub async fn connect(opts: &ClientOptions, last_seq: u64) -> Result<LeanClient, ClientError> {
         let attempt = async {
-            let (stream, early) = open(opts).await?;
+            let (wire, early) = open(opts).await?;
             let mut lean = LeanClient {
                 login: LoginInfo {
                     user_id: String::new(),
@@ -538,7 +746,7 @@ impl LeanClient {
                     oldest_seq: 0,
                     gap: false,
                 },
-                reader: Reader::new(stream, opts, last_seq, &early),
+                reader: Reader::new(wire, opts, last_seq, &early),
                 out: Vec::new(),
                 websocket: opts.is_websocket(),
             };
@@ -560,13 +768,13 @@ impl LeanClient {
 
     /// The local end of the connection (shows which source address it went out from).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.reader.stream.local_addr()?)
+        Ok(self.reader.wire.stream.local_addr()?)
     }
 
     pub async fn send_msg(&mut self, msg: &ClientMsg<'_>) -> Result<(), ClientError> {
         self.out.clear();
         encode(msg, self.websocket, &mut self.out);
-        self.reader.stream.write_all(&self.out).await?;
+        self.reader.wire.write_all(&self.out).await?;
         Ok(())
     }
 
@@ -577,7 +785,7 @@ impl LeanClient {
 
 impl Reader {
     /// `early`: bytes that arrived with the WebSocket upgrade response, after it.
-    fn new(stream: TcpStream, opts: &ClientOptions, last_seq: u64, early: &[u8]) -> Reader {
+    fn new(wire: Wire, opts: &ClientOptions, last_seq: u64, early: &[u8]) -> Reader {
         let frames = if opts.is_websocket() {
             let mut r = MessageReader::new(ws::Role::Client);
             r.extend(early);
@@ -586,7 +794,7 @@ impl Reader {
             Frames::Tcp(FrameReader::new())
         };
         Reader {
-            stream,
+            wire,
             frames,
             max_frame: opts.max_frame,
             read_chunk: opts.read_chunk.max(64),
@@ -655,7 +863,7 @@ impl Reader {
         match &mut self.frames {
             Frames::Tcp(frames) => {
                 while !frames.has_frame(self.max_frame).map_err(protocol_error)? {
-                    let n = self.stream.read(frames.spare(self.read_chunk)).await?;
+                    let n = self.wire.read(frames.spare(self.read_chunk)).await?;
                     if n == 0 {
                         return Err(ClientError::Closed);
                     }
@@ -678,7 +886,7 @@ impl Reader {
                         // The broker's Close follows its final Error/GoAway: the end.
                         Step::Close(_) => return Err(ClientError::Closed),
                         Step::Partial => {
-                            let n = self.stream.read(messages.spare(self.read_chunk)).await?;
+                            let n = self.wire.read(messages.spare(self.read_chunk)).await?;
                             if n == 0 {
                                 return Err(ClientError::Closed);
                             }
@@ -753,29 +961,37 @@ async fn within_login_timeout<T>(
     future::or(attempt, timeout).await
 }
 
-/// Connects (and on WebSocket, upgrades); returns the stream and, on WebSocket, the bytes that
-/// came after the upgrade response.
-async fn open(opts: &ClientOptions) -> Result<(TcpStream, Vec<u8>), ClientError> {
-    let mut stream = match opts.source_ip {
+/// Connects (then TLS's handshake, then on WebSocket the upgrade); returns the connection and,
+/// on WebSocket, the bytes that came after the upgrade response.
+async fn open(opts: &ClientOptions) -> Result<(Wire, Vec<u8>), ClientError> {
+    let stream = match opts.source_ip {
         None => TcpStream::connect(opts.addr)
             .await
             .map_err(std::io::Error::from)?,
         Some(ip) => connect_from(ip, opts.addr)?,
     };
     let _ = stream.set_nodelay(true);
+    let mut wire = Wire::plain(stream);
+    if let Some(tls) = &opts.tls {
+        let mut conn = rustls::ClientConnection::new(tls.config.clone(), tls.server_name.clone())
+            .map_err(|e| ClientError::Protocol(format!("tls: {e}")))?;
+        conn.set_buffer_limit(None);
+        wire.tls = Some(Rc::new(RefCell::new(conn)));
+        wire.handshake().await?;
+    }
     let early = match &opts.transport {
         Transport::Tcp => Vec::new(),
         Transport::WebSocket { path, origin } => {
-            ws_upgrade(&mut stream, opts.addr, path, origin.as_deref()).await?
+            ws_upgrade(&mut wire, opts.addr, path, origin.as_deref()).await?
         }
     };
-    Ok((stream, early))
+    Ok((wire, early))
 }
 
 /// The client side of the WebSocket upgrade (request built by tungstenite, response checked
 /// against the key). Returns what followed the response head.
 async fn ws_upgrade(
-    stream: &mut TcpStream,
+    stream: &mut Wire,
     addr: SocketAddr,
     path: &str,
     origin: Option<&str>,

@@ -13,7 +13,8 @@
 //! | [`config`] | the embedded default TOML, parsing, validation, human units |
 //! | [`protocol`] | wire framing (u32 LE length + FlatBuffers `Frame`), check-then-parse codec, codes |
 //! | [`wire`] | client transports: TCP or WebSocket framing per connection, the HTTP upgrade, origins, the embedded chat page |
-//! | [`auth`] | JWT HS256 login tokens; the shared secret file |
+//! | [`auth`] | JWT HS256 login tokens; the secret file, several keys at once (`kid`), `iss`/`aud` checks |
+//! | [`reload`] | values SIGHUP replaces (login keys, TLS certificate), read per shard without a lock |
 //! | [`shard`] | executors, ownership (`owner()`, `group_owner()`), the mesh, accept/login/hand-off, sessions, dedup, groups, delivery, group commit |
 //! | [`log`] | the per-shard segment log: record kinds and framing, segments, recovery, retention, the data-dir lock and meta file, test-only fault injection |
 //! | [`client`] | async client used by the tests and `ringpost-tools` |
@@ -68,12 +69,19 @@
 //! A connection may land on any shard (SO_REUSEPORT). The accepting shard reads the Login
 //! frame, verifies the token and, if another shard owns the user, hands over the fd and any
 //! bytes already read through the same mesh (`shard::acceptor`); the owner starts the
-//! connection's session (`session::start`) and does all I/O for it from then on.
+//! connection's session (`session::start_handoff`) and does all I/O for it from then on.
 //!
 //! WebSocket connections (`server.ws_listen`) take the same path after an HTTP upgrade
 //! (`shard::ws_accept`): one binary message carries one Frame, and the connection's
 //! [`wire::Framing`] — TCP or WebSocket, with the WebSocket decoder's few bytes of state —
 //! travels with the hand-off and decides how the session decodes reads and frames output.
+//!
+//! With `[tls]` on, the accepting shard also completes the TLS handshake before the Login
+//! (`shard::link`), and the connection's TLS session ([`wire::tls::ServerTls`]) travels in
+//! the hand-off next to the framing; the owner's session decrypts each read and seals each
+//! flush with it. Before any of that the accepting shard's gate (`shard::gate`) admits the
+//! connection under `limits.max_connections` and `max_pending_logins_per_ip`, or answers
+//! SERVER_BUSY.
 //!
 //! ## Operations
 //!
@@ -102,5 +110,6 @@ pub mod log;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;
+pub mod reload;
 pub mod shard;
 pub mod wire;

@@ -1,4 +1,7 @@
 //! The `ringpost` broker binary: configuration, preflight checks, signals, exit codes.
+//!
+//! Signals: SIGINT/SIGTERM shut down gracefully; SIGHUP reloads the login keys and the TLS
+//! certificate (`shard::reloader`) without touching open connections.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,9 +76,9 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     let env_secret = std::env::var(auth::SECRET_ENV).ok();
-    let secret = match auth::load_or_create_secret(&cfg.auth.secret_file, env_secret) {
+    let primary = match auth::load_or_create_secret(&cfg.auth.secret_file, env_secret) {
         Ok((secret, source)) => {
-            match source {
+            match &source {
                 SecretSource::Env => tracing::info!("auth secret from {}", auth::SECRET_ENV),
                 SecretSource::File(p) => tracing::info!(path = %p.display(), "auth secret loaded"),
                 SecretSource::Created(p) => tracing::warn!(
@@ -83,7 +86,7 @@ fn main() -> ExitCode {
                     "auth secret did not exist; created one with 32 random bytes (mode 0600). Give it to the app backend that mints login tokens"
                 ),
             }
-            secret
+            auth::PrimaryKey { secret, source }
         }
         Err(e) => {
             eprintln!("ringpost: cannot start: {e}");
@@ -98,13 +101,21 @@ fn main() -> ExitCode {
         }
     };
     let grace = cfg.server.shutdown_grace;
-    let broker = match Broker::start(cfg, &secret, &admin_token) {
+    let tls_on = cfg.tls.files.is_some();
+    let broker = match Broker::start(cfg, primary, &admin_token) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("ringpost: cannot start: {e}");
             return ExitCode::from(1);
         }
     };
+    // Registered before the listening line: a script that signals the broker as soon as it
+    // listens (SIGHUP included, whose default action would kill it) is always handled.
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ]);
     // Scripts and tests wait for this exact line.
     println!(
         "ringpost listening on {} with {} shards",
@@ -119,15 +130,21 @@ fn main() -> ExitCode {
         // A later line, so that the first stays exactly the one above.
         println!("ringpost admin on {addr}");
     }
+    if tls_on {
+        tracing::info!("tls on for every client port (SIGHUP reloads the certificate)");
+    }
     let handle = broker.shutdown_handle();
-    let signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ]);
+    let reload = broker.reload_handle();
     match signals {
         Ok(mut signals) => {
             std::thread::spawn(move || {
-                if let Some(sig) = signals.forever().next() {
+                for sig in signals.forever() {
+                    if sig == signal_hook::consts::SIGHUP {
+                        // Keys and certificate; each part logs what happened.
+                        tracing::info!("SIGHUP: reloading auth keys and tls certificate");
+                        let _ = reload.reload();
+                        continue;
+                    }
                     tracing::info!(signal = sig, "shutting down");
                     handle.shutdown();
                     // Shards bound themselves by the grace; this is the backstop.

@@ -30,6 +30,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    pub tls: TlsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -75,6 +76,29 @@ pub enum FsyncPolicy {
 pub struct AuthConfig {
     pub secret_file: PathBuf,
     pub leeway: Duration,
+    /// Directory of further accepted keys, each file one key named by its file name (kid).
+    pub secret_dir: Option<PathBuf>,
+    /// Required `iss` claim, if set.
+    pub issuer: Option<String>,
+    /// Required `aud` claim, if set.
+    pub audience: Option<String>,
+}
+
+/// `[tls]`: both files set turn TLS on for `server.listen` and `server.ws_listen`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TlsConfig {
+    /// (certificate chain PEM, private key PEM); None = TLS off.
+    pub files: Option<(PathBuf, PathBuf)>,
+}
+
+/// `[limits] recipients`: who may be sent a 1:1 message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecipientPolicy {
+    /// Any user ID, whether or not it has ever logged in.
+    Any,
+    /// Only users the broker knows: logged in at least once (or registered by the app
+    /// backend); others are refused with USER_UNKNOWN and cost nothing.
+    Known,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -91,6 +115,11 @@ pub struct LimitsConfig {
     pub max_groups_per_user: usize,
     pub max_outbound: usize,
     pub slow_consumer_timeout: Duration,
+    /// Connections of the whole process (0 = no limit).
+    pub max_connections: usize,
+    /// Connections from one source address (IPv6: one /64) not yet logged in (0 = no limit).
+    pub max_pending_logins_per_ip: usize,
+    pub recipients: RecipientPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -206,6 +235,7 @@ struct RawConfig {
     limits: RawLimits,
     admin: ops::RawAdmin,
     log: ops::RawLog,
+    tls: RawTls,
 }
 
 /// Each field is parsed on its own so a type error can name its key.
@@ -240,6 +270,16 @@ struct RawStorage {
 struct RawAuth {
     secret_file: Value,
     leeway: Value,
+    secret_dir: Value,
+    issuer: Value,
+    audience: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: Value,
+    key_file: Value,
 }
 
 #[derive(Deserialize)]
@@ -257,6 +297,9 @@ struct RawLimits {
     max_groups_per_user: Value,
     max_outbound: Value,
     slow_consumer_timeout: Value,
+    max_connections: Value,
+    max_pending_logins_per_ip: Value,
+    recipients: Value,
 }
 
 fn field<T: for<'de> Deserialize<'de>>(key: &str, v: Value, what: &str) -> Result<T, ConfigError> {
@@ -486,6 +529,11 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         )?,
         max_bytes_per_shard,
     };
+    // "" = not set.
+    let optional = |key: &str, v: Value| -> Result<Option<String>, ConfigError> {
+        let text: String = field(key, v, "a string (\"\" for none)")?;
+        Ok(Some(text).filter(|t| !t.is_empty()))
+    };
     let auth = AuthConfig {
         secret_file: path("auth.secret_file", raw.auth.secret_file)?,
         leeway: dur(
@@ -495,8 +543,44 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             300 * SEC,
             ("0s", "5min"),
         )?,
+        secret_dir: optional("auth.secret_dir", raw.auth.secret_dir)?.map(PathBuf::from),
+        issuer: optional("auth.issuer", raw.auth.issuer)?,
+        audience: optional("auth.audience", raw.auth.audience)?,
+    };
+    let tls = match (
+        optional("tls.cert_file", raw.tls.cert_file)?,
+        optional("tls.key_file", raw.tls.key_file)?,
+    ) {
+        (None, None) => TlsConfig { files: None },
+        (Some(cert), Some(key)) => TlsConfig {
+            files: Some((PathBuf::from(cert), PathBuf::from(key))),
+        },
+        (Some(_), None) => {
+            return Err(ConfigError::Invalid {
+                key: "tls.key_file".into(),
+                message: "tls.cert_file is set, so the private key's PEM file is needed too".into(),
+            })
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::Invalid {
+                key: "tls.cert_file".into(),
+                message: "tls.key_file is set, so the certificate chain's PEM file is needed too"
+                    .into(),
+            })
+        }
     };
     let l = raw.limits;
+    let recipients_text: String = field("limits.recipients", l.recipients, "a string")?;
+    let recipients = match recipients_text.as_str() {
+        "any" => RecipientPolicy::Any,
+        "known" => RecipientPolicy::Known,
+        other => {
+            return Err(ConfigError::Invalid {
+                key: "limits.recipients".into(),
+                message: format!("`{other}` is not a policy; allowed \"any\", \"known\""),
+            })
+        }
+    };
     let max_frame = size(
         "limits.max_frame",
         l.max_frame,
@@ -557,6 +641,14 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             3600 * SEC,
             ("1s", "1h"),
         )?,
+        max_connections: int("limits.max_connections", l.max_connections, 0, 100_000_000)? as usize,
+        max_pending_logins_per_ip: int(
+            "limits.max_pending_logins_per_ip",
+            l.max_pending_logins_per_ip,
+            0,
+            1_000_000,
+        )? as usize,
+        recipients,
     };
     if limits.max_outbound < max_frame {
         return Err(ConfigError::Invalid {
@@ -583,6 +675,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         limits,
         admin: ops::admin(raw.admin)?,
         log: ops::log(raw.log)?,
+        tls,
     })
 }
 
@@ -635,6 +728,15 @@ mod tests {
         assert_eq!(c.limits.max_outbound, 1 << 20);
         assert_eq!(c.limits.slow_consumer_timeout, Duration::from_secs(60));
         assert_eq!(c.heartbeat(), Duration::from_secs(30));
+        assert_eq!(c.limits.max_connections, 1_100_000);
+        assert_eq!(c.limits.max_pending_logins_per_ip, 256);
+        assert_eq!(c.limits.recipients, RecipientPolicy::Any);
+        assert_eq!(c.auth.secret_dir, None);
+        assert_eq!(
+            (c.auth.issuer.clone(), c.auth.audience.clone()),
+            (None, None)
+        );
+        assert_eq!(c.tls.files, None);
         assert!(c.shard_count() >= 1);
     }
 
@@ -742,6 +844,34 @@ mod tests {
                 "server.ws_allowed_origins",
                 "list",
             ),
+            (
+                "[limits]\nrecipients = \"some\"",
+                "limits.recipients",
+                "known",
+            ),
+            (
+                "[limits]\nmax_connections = -1",
+                "limits.max_connections",
+                "negative",
+            ),
+            (
+                "[limits]\nmax_pending_logins_per_ip = 2000000",
+                "limits.max_pending_logins_per_ip",
+                "0..=1000000",
+            ),
+            (
+                "[tls]\ncert_file = \"c.pem\"",
+                "tls.key_file",
+                "private key",
+            ),
+            (
+                "[tls]\nkey_file = \"k.pem\"",
+                "tls.cert_file",
+                "certificate",
+            ),
+            ("[tls]\ncert_file = 5", "tls.cert_file", "string"),
+            ("[auth]\nissuer = 1", "auth.issuer", "string"),
+            ("[auth]\nsecret_dir = []", "auth.secret_dir", "string"),
         ];
         for (text, key, hint) in cases {
             let e = err(text);
@@ -757,6 +887,23 @@ mod tests {
         assert_eq!(c.server.ws_allowed_origins, OriginPolicy::Any);
         let c = Config::from_toml_str("[server]\nws_allowed_origins = []\n").unwrap();
         assert!(!c.server.ws_allowed_origins.allows("http://localhost"));
+    }
+
+    #[test]
+    fn security_keys_parse() {
+        let c = Config::from_toml_str(
+            "[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n[limits]\nrecipients = \"known\"\nmax_connections = 0\n[auth]\nsecret_dir = \"keys\"\nissuer = \"i\"\naudience = \"a\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.tls.files,
+            Some((PathBuf::from("c.pem"), PathBuf::from("k.pem")))
+        );
+        assert_eq!(c.limits.recipients, RecipientPolicy::Known);
+        assert_eq!(c.limits.max_connections, 0);
+        assert_eq!(c.auth.secret_dir, Some(PathBuf::from("keys")));
+        assert_eq!(c.auth.issuer.as_deref(), Some("i"));
+        assert_eq!(c.auth.audience.as_deref(), Some("a"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub const ENUM_MIN_CODE: u16 = 0;
 pub const ENUM_MAX_CODE: u16 = 607;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_CODE: [Code; 30] = [
+pub const ENUM_VALUES_CODE: [Code; 32] = [
   Code::OK,
   Code::AUTH_FAILED,
   Code::TOKEN_EXPIRED,
@@ -37,8 +37,10 @@ pub const ENUM_VALUES_CODE: [Code; 30] = [
   Code::RATE_LIMITED,
   Code::INBOX_FULL,
   Code::INVALID_RECIPIENT,
+  Code::USER_UNKNOWN,
   Code::STORAGE_UNAVAILABLE,
   Code::INTERNAL,
+  Code::SERVER_BUSY,
   Code::GROUP_NOT_FOUND,
   Code::GROUP_EXISTS,
   Code::NOT_A_MEMBER,
@@ -101,10 +103,17 @@ impl Code {
   pub const INBOX_FULL: Self = Self(401);
   /// The recipient user ID is empty or longer than 128 bytes.
   pub const INVALID_RECIPIENT: Self = Self(402);
+  /// `limits.recipients = "known"` and the recipient has never logged in (nor been
+  /// registered by the app backend); nothing was stored.
+  pub const USER_UNKNOWN: Self = Self(403);
   /// The broker could not store the message (log issue: disk full, I/O error). Retry later.
   pub const STORAGE_UNAVAILABLE: Self = Self(500);
   /// An internal error; the connection is closed, the broker keeps serving others.
   pub const INTERNAL: Self = Self(501);
+  /// The broker refuses new connections for now: it holds `limits.max_connections`, or this
+  /// address has `limits.max_pending_logins_per_ip` connections not yet logged in. Retry with
+  /// backoff; connections already logged in are unaffected.
+  pub const SERVER_BUSY: Self = Self(502);
   /// No group with this ID exists.
   pub const GROUP_NOT_FOUND: Self = Self(600);
   /// GroupCreate: a group with this ID already exists.
@@ -146,8 +155,10 @@ impl Code {
     Self::RATE_LIMITED,
     Self::INBOX_FULL,
     Self::INVALID_RECIPIENT,
+    Self::USER_UNKNOWN,
     Self::STORAGE_UNAVAILABLE,
     Self::INTERNAL,
+    Self::SERVER_BUSY,
     Self::GROUP_NOT_FOUND,
     Self::GROUP_EXISTS,
     Self::NOT_A_MEMBER,
@@ -180,8 +191,10 @@ impl Code {
       Self::RATE_LIMITED => Some("RATE_LIMITED"),
       Self::INBOX_FULL => Some("INBOX_FULL"),
       Self::INVALID_RECIPIENT => Some("INVALID_RECIPIENT"),
+      Self::USER_UNKNOWN => Some("USER_UNKNOWN"),
       Self::STORAGE_UNAVAILABLE => Some("STORAGE_UNAVAILABLE"),
       Self::INTERNAL => Some("INTERNAL"),
+      Self::SERVER_BUSY => Some("SERVER_BUSY"),
       Self::GROUP_NOT_FOUND => Some("GROUP_NOT_FOUND"),
       Self::GROUP_EXISTS => Some("GROUP_EXISTS"),
       Self::NOT_A_MEMBER => Some("NOT_A_MEMBER"),

@@ -8,18 +8,27 @@
 //!
 //! The WebSocket port ([`Port::WebSocket`]) takes the same path after an HTTP upgrade (see
 //! [`super::ws_accept`]); the connection's framing travels with it.
+//!
+//! Before any of that, the gate ([`super::gate`]) admits the connection: a place under
+//! `limits.max_connections` and under the source address's share of
+//! `max_pending_logins_per_ip`; a connection refused there is told SERVER_BUSY and closed.
+//! With `[tls]` on, every read and write goes through the connection's TLS session
+//! ([`super::link`]), whose handshake comes first; the session travels with the hand-off.
 
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::future;
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::io::AsyncReadExt;
 use glommio::net::{TcpListener, TcpStream};
 
 use super::conn::recv_nonblocking;
 use super::envelope::{Envelope, Handoff};
+use super::gate::{PendingGuard, Slot};
+use super::link::Link;
 use super::routing::owner;
 use super::session::{self, linger_close};
 use super::state::Shard;
@@ -59,6 +68,8 @@ pub(super) enum Refusal {
     Frame(Code, String),
     /// The client's WebSocket frames are not acceptable: tell it, close with its close code.
     Ws(WsError),
+    /// Plaintext on a TLS port: say so in plaintext and close.
+    NotTls,
     /// The client went away, or was already answered; nothing to say.
     Gone,
 }
@@ -69,10 +80,12 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, port: Port) {
         match listener.accept().await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
+                let peer = stream.peer_addr().ok().map(|a| a.ip());
+                let slot = shard.gate.connections.admit();
                 let task = match port {
-                    Port::Tcp => glommio::spawn_local(login(shard.clone(), stream)),
+                    Port::Tcp => glommio::spawn_local(login(shard.clone(), stream, peer, slot)),
                     Port::WebSocket => {
-                        glommio::spawn_local(ws_accept::login(shard.clone(), stream))
+                        glommio::spawn_local(ws_accept::login(shard.clone(), stream, peer, slot))
                     }
                 };
                 task.detach();
@@ -85,52 +98,134 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, port: Port) {
     }
 }
 
-async fn login(shard: Rc<Shard>, mut stream: TcpStream) {
+/// The gate's verdict on a new connection: its place under `max_connections` and its
+/// source's pending-login count, or why it is refused (SERVER_BUSY).
+pub(super) fn admit(
+    shard: &Shard,
+    peer: Option<IpAddr>,
+    slot: Option<Slot>,
+) -> Result<(Slot, Option<PendingGuard<'_>>), String> {
+    let Some(slot) = slot else {
+        let max = shard.gate.connections.max();
+        return Err(format!(
+            "the broker holds its limit of {max} connections (limits.max_connections)"
+        ));
+    };
+    let Some(ip) = peer else {
+        return Ok((slot, None));
+    };
+    match shard.gate.pending.admit(ip) {
+        Some(guard) => Ok((slot, Some(guard))),
+        None => Err(format!(
+            "{ip} has too many connections that have not logged in yet (limits.max_pending_logins_per_ip; {} per shard)",
+            shard.gate.pending.share()
+        )),
+    }
+}
+
+/// The connection as the acceptor reads and writes it: plain, or with a new TLS session
+/// under the current certificate. None: TLS could not be set up (logged).
+pub(super) fn open_link(shard: &Shard, stream: TcpStream) -> Option<Link> {
+    let Some(tls) = &shard.gate.tls else {
+        return Some(Link::plain(stream));
+    };
+    match Link::tls(stream, tls.get()) {
+        Ok(link) => Some(link),
+        Err(e) => {
+            tracing::warn!(shard = shard.id, error = %e, "cannot start a TLS session");
+            None
+        }
+    }
+}
+
+async fn login(shard: Rc<Shard>, stream: TcpStream, peer: Option<IpAddr>, slot: Option<Slot>) {
     let limits = &shard.cfg.limits;
     let timeout = limits.login_timeout;
-    let read = async { Some(read_login(&mut stream, limits.max_frame).await) };
+    let admitted = admit(&shard, peer, slot);
+    let Some(mut link) = open_link(&shard, stream) else {
+        return;
+    };
+    let busy = admitted.as_ref().err().cloned();
+    let read = async {
+        if let Err(r) = link.handshake().await {
+            return Some(Err(r));
+        }
+        match busy {
+            Some(why) => Some(Err(Refusal::Frame(Code::SERVER_BUSY, why))),
+            None => Some(read_login(&mut link, limits.max_frame).await),
+        }
+    };
     let expire = async {
         glommio::timer::sleep(timeout).await;
         None
     };
     let outcome = future::or(read, expire).await;
-    finish(&shard, stream, Framing::Tcp, outcome).await;
+    let (slot, _pending) = match admitted {
+        Ok((slot, pending)) => (Some(slot), pending),
+        Err(_) => (None, None),
+    };
+    finish(&shard, link, Framing::Tcp, outcome, slot).await;
 }
 
 /// After the Login phase (`None`: it timed out): verifies the token and hands the connection
-/// off, or tells the client why not (framed as the connection is) and closes.
+/// off, or tells the client why not (framed as the connection is) and closes. `slot` is the
+/// connection's place under `max_connections` (None: it was refused one).
 pub(super) async fn finish(
     shard: &Rc<Shard>,
-    mut stream: TcpStream,
+    mut link: Link,
     framing: Framing,
     outcome: Option<Result<Login, Refusal>>,
+    slot: Option<Slot>,
 ) {
     let timeout = shard.cfg.limits.login_timeout;
-    let refusal = match outcome {
-        None => Refusal::Frame(
+    let refusal = match (outcome, slot) {
+        (None, _) => Refusal::Frame(
             Code::LOGIN_TIMEOUT,
             format!("no Login frame within {} ms", timeout.as_millis()),
         ),
-        Some(Err(r)) => r,
-        Some(Ok(login)) => match verify(shard, &login) {
+        (Some(Err(r)), _) => r,
+        (Some(Ok(_)), None) => Refusal::Frame(Code::SERVER_BUSY, "the broker is busy".into()),
+        (Some(Ok(login)), Some(slot)) => match verify(shard, &login) {
             Ok(user) => {
                 if shard.draining.get() {
                     Refusal::Frame(Code::SHUTDOWN, "broker is shutting down".into())
                 } else {
                     shard.metrics.logins.inc(Code::OK);
-                    hand_off(shard, stream, user, login).await;
+                    hand_off(shard, link, user, login, slot).await;
                     return;
                 }
             }
             Err(r) => r,
         },
     };
-    note_refusal(shard, &stream, &refusal);
+    note_refusal(shard, &link.stream, &refusal);
     let (code, message, close) = match refusal {
         Refusal::Frame(code, message) => (code, message, None),
         Refusal::Ws(e) => (e.code(), e.to_string(), Some(e.close_code())),
+        Refusal::NotTls => {
+            let answer = match framing {
+                Framing::Tcp => {
+                    let mut out = Vec::new();
+                    let msg = ServerMsg::Error {
+                        code: Code::MALFORMED_FRAME,
+                        message:
+                            "this port speaks TLS: connect with TLS (the broker's [tls] is on)",
+                    };
+                    protocol::encode_server_with(&msg, &Framing::Tcp, &mut out);
+                    out
+                }
+                Framing::WebSocket(_) => crate::wire::upgrade::tls_required(),
+            };
+            if link.write_plain(&answer).await.is_ok() {
+                linger_close(&mut link.stream).await;
+            }
+            return;
+        }
         Refusal::Gone => return,
     };
+    if !link.can_write() {
+        return; // the TLS handshake never completed: there is no channel to answer on
+    }
     let mut out = Vec::new();
     let msg = if code == Code::SHUTDOWN {
         ServerMsg::GoAway {
@@ -145,8 +240,8 @@ pub(super) async fn finish(
     };
     protocol::encode_server_with(&msg, &framing, &mut out);
     framing.write_close(code, close, &mut out);
-    if stream.write_all(&out).await.is_ok() {
-        linger_close(&mut stream).await;
+    if link.write_all(&out, true).await.is_ok() {
+        linger_close(&mut link.stream).await;
     }
 }
 
@@ -187,6 +282,10 @@ fn note_refusal(shard: &Shard, stream: &TcpStream, refusal: &Refusal) {
             shard.metrics.logins.inc(e.code());
             tracing::info!(shard = shard.id, peer = ?peer, code = protocol::code_name(e.code()), reason = %e, "login refused");
         }
+        Refusal::NotTls => {
+            shard.metrics.logins.inc(Code::MALFORMED_FRAME);
+            tracing::info!(shard = shard.id, peer = ?peer, "login refused: plaintext on a TLS port");
+        }
         Refusal::Gone => {
             shard.metrics.logins_abandoned.inc();
             tracing::debug!(shard = shard.id, peer = ?peer, "connection closed before Login");
@@ -195,14 +294,14 @@ fn note_refusal(shard: &Shard, stream: &TcpStream, refusal: &Refusal) {
 }
 
 /// Reads until one complete frame is buffered; it must be a Login.
-async fn read_login(stream: &mut TcpStream, max_frame: usize) -> Result<Login, Refusal> {
+async fn read_login(link: &mut Link, max_frame: usize) -> Result<Login, Refusal> {
     let mut frames = FrameReader::new();
     loop {
         let login = match frames.next_frame(max_frame) {
             Err(e) => return Err(Refusal::Frame(e.code(), e.to_string())),
             Ok(Some(payload)) => login_from(payload)?,
             Ok(None) => {
-                read_more(stream, &mut frames).await?;
+                link.read_more(&mut frames).await?;
                 continue;
             }
         };
@@ -292,7 +391,7 @@ fn verify(shard: &Shard, login: &Login) -> Result<Arc<str>, Refusal> {
             ),
         ));
     }
-    match shard.verifier.verify(&login.token) {
+    match shard.gate.verifier.with(|v| v.verify(&login.token)) {
         Ok(user) => Ok(Arc::from(user)),
         Err(AuthError::Expired) => Err(Refusal::Frame(
             Code::TOKEN_EXPIRED,
@@ -302,13 +401,14 @@ fn verify(shard: &Shard, login: &Login) -> Result<Arc<str>, Refusal> {
     }
 }
 
-async fn hand_off(shard: &Rc<Shard>, stream: TcpStream, user: Arc<str>, login: Login) {
+async fn hand_off(shard: &Rc<Shard>, link: Link, user: Arc<str>, login: Login, slot: Slot) {
     let framing = login.framing;
     let dest = owner(&user, shard.shards);
     let device_id = login.device_id.into_boxed_str();
     // glommio streams cannot give up their fd, so the owner (this shard or another) gets a
     // duplicate and ours closes. The stream has no ring operation pending (see read_login),
     // so closing it cancels nothing.
+    let Link { stream, tls, .. } = link;
     let fd = match super::park::dup_fd(stream.as_raw_fd()) {
         Ok(fd) => fd,
         Err(err) => {
@@ -317,28 +417,20 @@ async fn hand_off(shard: &Rc<Shard>, stream: TcpStream, user: Arc<str>, login: L
         }
     };
     drop(stream);
+    let handoff = Handoff {
+        fd,
+        user,
+        device_id,
+        last_seq: login.last_seq,
+        framing,
+        leftover: login.leftover,
+        tls,
+        slot: Some(slot),
+    };
     if dest == shard.id {
-        session::start(
-            shard,
-            fd,
-            framing,
-            user,
-            device_id,
-            login.last_seq,
-            login.leftover,
-        );
+        session::start_handoff(shard, handoff);
         return;
     }
     shard.mesh.wait_for_space().await;
-    shard.mesh.push(
-        dest,
-        Envelope::Handoff(Handoff {
-            fd,
-            user,
-            device_id,
-            last_seq: login.last_seq,
-            framing,
-            leftover: login.leftover,
-        }),
-    );
+    shard.mesh.push(dest, Envelope::Handoff(handoff));
 }

@@ -28,17 +28,20 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use super::acceptor::{accept_loop, Port};
 use super::drain;
+use super::gate::{ConnCount, Gate, GateShared};
 use super::park::Parking;
 use super::recovery::{recover, shard_dir, Recovered, RecoveryContext};
+use super::reloader::ReloadHandle;
 use super::session;
 use super::state::Shard;
 use super::tasks::{self, StopAt, Tasks};
 use super::transport::{self, build_mesh, Mesh, MeshPorts};
 use crate::admin::health::{Health, Phase};
 use crate::admin::{AdminError, AdminServer};
-use crate::auth::Verifier;
+use crate::auth::PrimaryKey;
 use crate::config::Config;
 use crate::metrics::ShardMetrics;
+use crate::reload::Reloadable;
 
 /// Memory glommio registers with each ring for its own DMA buffers; we do no DMA file I/O, so
 /// keep it small (it counts against RLIMIT_MEMLOCK for unprivileged users).
@@ -66,6 +69,10 @@ pub enum StartError {
     Served { addr: SocketAddr, key: &'static str },
     #[error("{0}")]
     DataDir(#[from] crate::log::DataDirError),
+    #[error("{0}")]
+    Keys(#[from] crate::auth::SecretError),
+    #[error("{0}")]
+    Tls(#[from] crate::wire::tls::TlsError),
     #[error("cannot recover shard {shard}'s log: {source}")]
     Log {
         shard: usize,
@@ -82,6 +89,7 @@ pub struct Broker {
     shards: usize,
     joins: Vec<ExecutorJoinHandle<()>>,
     triggers: Vec<std::os::unix::net::UnixStream>,
+    reload: ReloadHandle,
     /// Holds the data directory's lock for the broker's lifetime.
     _data_dir: crate::log::DataDir,
     admin: Option<AdminServer>,
@@ -90,14 +98,30 @@ pub struct Broker {
 
 impl Broker {
     /// Starts the admin listener (if configured, before recovery so that health checks answer
-    /// meanwhile), then every shard; returns once all of them are accepting.
-    pub fn start(cfg: Config, secret: &[u8], admin_token: &[u8]) -> Result<Broker, StartError> {
+    /// meanwhile), then every shard; returns once all of them are accepting. `primary` is the
+    /// login key (`[auth] secret_dir` adds more, see [`crate::auth`]).
+    pub fn start(
+        cfg: Config,
+        primary: PrimaryKey,
+        admin_token: &[u8],
+    ) -> Result<Broker, StartError> {
         let cfg = Arc::new(cfg);
         let n = cfg.shard_count();
+        let (verifier, _) = crate::auth::verifier_for(&cfg.auth, &primary)?;
+        let tls = match &cfg.tls.files {
+            Some((cert, key)) => Some(Reloadable::new(crate::wire::tls::server_config(cert, key)?)),
+            None => None,
+        };
+        let gate = GateShared {
+            connections: ConnCount::new(cfg.limits.max_connections),
+            verifier: Reloadable::new(verifier),
+            tls,
+            max_pending_logins_per_ip: cfg.limits.max_pending_logins_per_ip,
+        };
+        let reload = ReloadHandle::new(cfg.clone(), primary, gate.clone());
         let health = Arc::new(Health::default());
         let metrics = ShardMetrics::for_shards(n);
         let (admin, mut controls) = crate::admin::launch(&cfg, n, admin_token, &health, &metrics)?;
-        let verifier = Arc::new(Verifier::new(secret, cfg.auth.leeway));
         let data_dir = crate::log::DataDir::open(&cfg.storage.data_dir, n)?;
         refuse_if_served(cfg.server.listen, "listen")?;
         if let Some(ws) = cfg.server.ws_listen {
@@ -141,7 +165,7 @@ impl Broker {
                 None if !cores.is_empty() => Placement::Fixed(cores[i % cores.len()]),
                 None => Placement::Unbound,
             };
-            let (cfg, verifier, ready) = (cfg.clone(), verifier.clone(), ready.clone());
+            let (cfg, gate, ready) = (cfg.clone(), gate.clone(), ready.clone());
             let (metrics, control) = (metrics[i].clone(), controls[i].take());
             let trigger = OwnedFd::from(theirs);
             let ws_listener = ws_listeners.pop();
@@ -153,7 +177,7 @@ impl Broker {
                         id: i,
                         shards: n,
                         cfg,
-                        verifier,
+                        gate,
                         listener,
                         ws_listener,
                         ports,
@@ -179,6 +203,7 @@ impl Broker {
             shards: n,
             joins,
             triggers,
+            reload,
             _data_dir: data_dir,
             admin,
             health,
@@ -202,6 +227,17 @@ impl Broker {
 
     pub fn shard_count(&self) -> usize {
         self.shards
+    }
+
+    /// A handle that reloads the login keys and the TLS certificate (SIGHUP); usable from
+    /// another thread.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.reload.clone()
+    }
+
+    /// Whether client connections speak TLS (`[tls]`).
+    pub fn tls(&self) -> bool {
+        self.reload.tls_on()
     }
 
     /// A handle that starts a graceful shutdown; usable from another thread (signal handler).
@@ -312,7 +348,7 @@ struct ShardStart {
     id: usize,
     shards: usize,
     cfg: Arc<Config>,
-    verifier: Arc<Verifier>,
+    gate: GateShared,
     listener: OwnedFd,
     ws_listener: Option<OwnedFd>,
     ports: MeshPorts,
@@ -388,7 +424,7 @@ async fn run_shard(ctx: ShardStart, ready: Arc<Barrier>) {
         ctx.id,
         ctx.shards,
         ctx.cfg.clone(),
-        ctx.verifier,
+        Gate::new(&ctx.gate, ctx.shards),
         mesh.clone(),
         ctx.recovered,
         ctx.parking,

@@ -9,15 +9,22 @@
 //! Every frame is encoded with the connection's [`Framing`] as its head (a u32 prefix on TCP,
 //! a WebSocket header on WebSocket), and a final Error/GoAway on WebSocket is followed by a
 //! Close frame with the matching close code.
+//!
+//! On TLS (`[tls]`) `tx` still collects plaintext frames; the flush seals everything queued
+//! into TLS records at once ([`ConnTls`]: the session and the ciphertext the kernel has not
+//! taken yet) and sends that, so a burst is still one `send(2)` and, mostly, one record per
+//! 16 KiB. A closing connection's last flush ends with a TLS close_notify. Between bursts a
+//! TLS connection holds its rustls state and no buffers.
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use super::envelope::ConnId;
-use super::ratelimit::Bucket;
+use super::gate::Slot;
 use super::wake::Signal;
 use crate::protocol::{self, Code, ServerMsg};
+use crate::wire::tls::{Progress, ServerTls, TlsError};
 use crate::wire::{ws, Framing};
 
 /// Capacity kept by an emptied buffer; anything larger is released. Zero: an idle connection
@@ -61,18 +68,102 @@ pub struct Conn {
     /// Not caught up: the device is refilled from the log, up to the durable seq, as its queue
     /// drains.
     pub behind: Cell<bool>,
-    pub bucket: Cell<Bucket>,
     /// Queued in the shard's dirty list for the end-of-batch flush.
     pub dirty: Cell<bool>,
     /// Wakes the session task: writes are pending, or the connection is closing.
     pub wake: Signal,
     /// Wall clock (ms since the Unix epoch) when the owner shard registered it.
     pub connected_at_ms: u64,
+    /// The TLS session, when the connection speaks TLS.
+    pub tls: Option<Box<ConnTls>>,
+    /// The connection's place under `limits.max_connections` (freed when the record goes).
+    pub _slot: Option<Slot>,
+}
+
+/// A connection's TLS side (see the module doc).
+pub struct ConnTls {
+    session: RefCell<ServerTls>,
+    /// Sealed bytes the kernel has not taken yet.
+    wire: RefCell<Vec<u8>>,
+    /// The close_notify is sealed (the connection is closing).
+    closed: Cell<bool>,
+}
+
+impl ConnTls {
+    pub fn new(session: ServerTls) -> ConnTls {
+        ConnTls {
+            session: RefCell::new(session),
+            wire: RefCell::default(),
+            closed: Cell::new(false),
+        }
+    }
+
+    /// Decrypts bytes just read into `plain`. Also returns whether TLS output was queued
+    /// (it goes out with the connection's next flush).
+    pub fn open(&self, data: &mut [u8], plain: &mut Vec<u8>) -> Result<(Progress, bool), TlsError> {
+        let mut wire = self.wire.borrow_mut();
+        let before = wire.len();
+        let progress = self.session.borrow_mut().open(data, plain, &mut wire)?;
+        Ok((progress, wire.len() != before))
+    }
 }
 
 impl Conn {
     pub fn queued_bytes(&self) -> usize {
-        self.tx.borrow().len() + self.writing.get()
+        let sealed = self.tls.as_ref().map_or(0, |t| t.wire.borrow().len());
+        self.tx.borrow().len() + self.writing.get() + sealed
+    }
+
+    /// Something is waiting to be written (queued frames, sealed TLS bytes, a TLS
+    /// close_notify still to seal).
+    pub fn has_output(&self) -> bool {
+        !self.tx.borrow().is_empty()
+            || self.tls.as_ref().is_some_and(|t| {
+                !t.wire.borrow().is_empty()
+                    || (self.state.get() == ConnState::Closing && !t.closed.get())
+            })
+    }
+
+    /// Takes everything there is to write, for the session's blocking write: the queued
+    /// frames, sealed on TLS.
+    pub fn take_output(&self) -> Vec<u8> {
+        match &self.tls {
+            None => std::mem::take(&mut *self.tx.borrow_mut()),
+            Some(t) => {
+                self.seal_queued(t);
+                std::mem::take(&mut *t.wire.borrow_mut())
+            }
+        }
+    }
+
+    /// TLS: seals `tx` (and, closing, the close_notify) onto the connection's ciphertext.
+    /// False if the session failed (the connection is then broken).
+    fn seal_queued(&self, t: &ConnTls) -> bool {
+        let mut tx = self.tx.borrow_mut();
+        let closing = self.state.get() == ConnState::Closing && !t.closed.get();
+        if tx.is_empty() && !closing {
+            return true;
+        }
+        let sealed = t
+            .session
+            .borrow_mut()
+            .seal(&tx, closing, &mut t.wire.borrow_mut());
+        match sealed {
+            Ok(()) => {
+                tx.clear();
+                shrink(&mut tx);
+                if closing {
+                    t.closed.set(true);
+                }
+                true
+            }
+            Err(e) => {
+                tracing::debug!(user = %self.user, error = %e, "tls: cannot seal; closing");
+                self.state.set(ConnState::Broken);
+                self.wake.notify();
+                false
+            }
+        }
     }
 
     pub fn is_open(&self) -> bool {
@@ -142,7 +233,18 @@ impl Conn {
         if self.writing.get() > 0 || self.state.get() == ConnState::Broken {
             return; // the session task is mid-write and will pick `tx` up after it
         }
-        let mut tx = self.tx.borrow_mut();
+        match &self.tls {
+            None => self.send_out(&mut self.tx.borrow_mut()),
+            Some(t) => {
+                if self.seal_queued(t) {
+                    self.send_out(&mut t.wire.borrow_mut());
+                }
+            }
+        }
+    }
+
+    /// Sends what `tx` holds without blocking; keeps what the kernel did not take.
+    fn send_out(&self, tx: &mut Vec<u8>) {
         let mut sent = 0;
         while sent < tx.len() {
             match send_nonblocking(self.fd.get(), &tx[sent..]) {
@@ -161,7 +263,7 @@ impl Conn {
         }
         tx.drain(..sent);
         if tx.is_empty() {
-            shrink(&mut tx);
+            shrink(tx);
             if self.state.get() == ConnState::Closing {
                 self.wake.notify();
             }

@@ -2,21 +2,18 @@
 //! parked ones, and the idle-timeout wheel.
 //!
 //! Registering ([`Shard::adopt`]) builds the connection record, sends LoginOk and starts its
-//! replay (`Shard::register_device` in `delivery`); the caller (`session::start`) then runs
-//! the connection's task.
+//! replay ([`Shard::register_device`] in `delivery`); the caller (`session::start_handoff`)
+//! then runs the connection's task.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::os::fd::RawFd;
 use std::rc::Rc;
-use std::sync::Arc;
 
-use super::conn::{Conn, ConnState};
-use super::envelope::ConnId;
-use super::ratelimit::Bucket;
+use super::conn::{Conn, ConnState, ConnTls};
+use super::envelope::{ConnId, Handoff};
 use super::state::Shard;
 use crate::protocol::Code;
-use crate::wire::Framing;
 
 /// Idle-timeout wheel: connection ids bucketed by the second their deadline falls in. Each
 /// connection sits in exactly one bucket; a sweep re-files those that were active since, so the
@@ -47,25 +44,22 @@ impl Shard {
     }
 
     /// Takes over a logged-in connection: registers it, says LoginOk and queues its replay.
-    /// `fd` is the connection's socket, owned from here on, speaking `framing`. The caller
-    /// starts its task (see `session::start`), which ends with [`Shard::forget`].
-    pub fn adopt(
-        &self,
-        fd: RawFd,
-        framing: Framing,
-        user: Arc<str>,
-        device_id: Box<str>,
-        last_seq: u64,
-    ) -> Rc<Conn> {
+    /// `fd` is the connection's socket (taken out of `h`), owned from here on, speaking
+    /// `h.framing` (through `h.tls`, if set). The caller starts its task (see
+    /// `session::start_handoff`), which ends with [`Shard::forget`].
+    pub fn adopt(&self, fd: RawFd, mut h: Handoff) -> Rc<Conn> {
         let id = self.next_conn.get();
         self.next_conn.set(id + 1);
         let now = self.mono_ms();
+        let last_seq = h.last_seq;
         let conn = Rc::new(Conn {
             id,
             fd: Cell::new(fd),
-            user,
-            device_id,
-            framing: Cell::new(framing),
+            user: h.user.clone(),
+            device_id: std::mem::take(&mut h.device_id),
+            framing: Cell::new(h.framing),
+            tls: h.tls.take().map(|session| Box::new(ConnTls::new(*session))),
+            _slot: h.slot.take(),
             tx: RefCell::default(),
             writing: Cell::new(0),
             rx: RefCell::default(),
@@ -74,7 +68,6 @@ impl Shard {
             acked: Cell::new(0),
             sent_seq: Cell::new(0),
             behind: Cell::new(false),
-            bucket: Cell::new(Bucket::new(self.cfg.limits.sends_per_sec, now)),
             dirty: Cell::new(false),
             wake: Default::default(),
             connected_at_ms: Self::wall_ms(),

@@ -76,6 +76,7 @@ impl Shard {
         self.metrics
             .replayed
             .add(user.durable_seq.saturating_sub(start_after));
+        self.remember_known(user, &conn.user, &conn.device_id);
         user.devices.push(conn.clone());
         let queued =
             Self::refill_from(user, conn, self.cfg.limits.max_outbound, &self.log.borrow());

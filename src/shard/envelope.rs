@@ -126,8 +126,15 @@ pub struct Handoff {
     /// The connection's framing (TCP, or WebSocket with its decoder state), continued by the
     /// owner.
     pub framing: Framing,
-    /// Bytes that followed the Login frame in the same reads (pipelined frames), still framed.
+    /// Bytes that followed the Login frame in the same reads (pipelined frames), still framed
+    /// (plaintext, on TLS too).
     pub leftover: Vec<u8>,
+    /// The connection's TLS session, handshake done (`[tls]` on): the owner decrypts and
+    /// encrypts with it from here on.
+    pub tls: Option<Box<crate::wire::tls::ServerTls>>,
+    /// The connection's place under `limits.max_connections`, freed when it closes (an
+    /// Option only so that the owner can move it out).
+    pub slot: Option<super::gate::Slot>,
 }
 
 #[derive(Debug)]

@@ -186,6 +186,9 @@ impl Shard {
         body: &[u8],
     ) -> Result<(), Code> {
         let mut users = self.users.borrow_mut();
+        if !self.recipient_allowed(&users, to) {
+            return Err(Code::USER_UNKNOWN); // nothing stored, no user record made
+        }
         let (name, user) = users.entry(to);
         if user.unacked() >= self.cfg.limits.max_inbox as u64 {
             self.metrics.send_rejected.inc(Code::INBOX_FULL);

@@ -54,13 +54,18 @@ impl Shard {
         self.mark_dirty(conn);
     }
 
-    /// The rate limit, shared by 1:1 and group sends. False: refused (answered here).
+    /// The rate limit, shared by 1:1 and group sends and by all of the user's devices (the
+    /// bucket is in the user's record, see [`super::ratelimit`]). False: refused (answered
+    /// here).
     fn admit_send(&self, conn: &Rc<Conn>, client_msg_id: u64) -> bool {
         let now = self.mono_ms();
         let rate = self.cfg.limits.sends_per_sec;
-        let mut bucket = conn.bucket.get();
-        let verdict = bucket.take(rate, now);
-        conn.bucket.set(bucket);
+        let verdict = self
+            .users
+            .borrow_mut()
+            .of_conn(&conn.user)
+            .bucket
+            .take(rate, now);
         match verdict {
             RateVerdict::Allowed => true,
             RateVerdict::Limited => {

@@ -8,6 +8,8 @@
 //! | [`envelope`] | what crosses the mesh: hand-offs, messages, send-acks |
 //! | [`tasks`] | the shard's named long-running tasks and when each stops |
 //! | [`acceptor`] | accept, read Login, verify the token, hand off to the owner |
+//! | [`gate`] | admission (`max_connections`, pending logins per address), login keys and TLS certificate per shard |
+//! | [`link`] | the accepting shard's side of a connection during login: plain or TLS (handshake, reads, writes) |
 //! | [`ws_accept`] | the WebSocket port: HTTP request, upgrade (or the chat page), then the Login message |
 //! | [`control`] | the admin thread's requests (server API, metrics gauges) and their answers |
 //! | [`state`] | the `Shard` struct: what one core owns, and where each stage of the path lives |
@@ -19,13 +21,15 @@
 //! | [`delivery`] | LoginOk and replay, refill from the log, acks and cursors, end-of-batch flush |
 //! | [`drain`] | the graceful shutdown sequence |
 //! | [`users`] | the user index: head and durable seq, log positions, devices |
+//! | [`recipients`] | the recipient policy (`limits.recipients`) and how a user becomes known |
+//! | [`reloader`] | SIGHUP: the login keys and the TLS certificate read again, swapped in for new logins |
 //! | [`recovery`] | rebuilding users (heads, indexes, cursors) from the log at start |
 //! | [`session`] | the per-connection task: starts on adoption, reads, blocked writes, parking |
 //! | [`park`] | idle connections parked in a shard epoll set instead of a task each |
-//! | [`conn`] | a connection's outbound queue and non-blocking flush |
+//! | [`conn`] | a connection's outbound queue and non-blocking flush (sealed by its TLS session, if any) |
 //! | [`cursors`] | per-user device cursors (highest acked seq per device) |
 //! | [`dedup`] | the idempotent-send windows, kept where messages are stored |
-//! | [`ratelimit`] | the per-connection token bucket |
+//! | [`ratelimit`] | the per-user token bucket (in the user's record, shared by their devices) |
 //! | [`wake`] | single-threaded wake-ups between a shard's tasks |
 
 pub mod acceptor;
@@ -38,13 +42,17 @@ pub mod dedup;
 pub mod delivery;
 pub mod drain;
 pub mod envelope;
+pub mod gate;
 pub mod group_state;
 pub mod groups;
 pub mod inbox;
 pub mod ingress;
+pub mod link;
 pub mod park;
 pub mod ratelimit;
+pub mod recipients;
 pub mod recovery;
+pub mod reloader;
 pub mod routing;
 pub mod session;
 pub mod state;
@@ -55,4 +63,5 @@ pub mod wake;
 pub mod ws_accept;
 
 pub use bootstrap::{Broker, ShutdownHandle, StartError};
+pub use reloader::{ReloadHandle, Reloaded};
 pub use routing::{group_owner, owner, stable_group_hash, stable_hash, HASH_VERSION};

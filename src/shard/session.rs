@@ -16,11 +16,13 @@
 //! ([`crate::wire::Framing::decode`]); on WebSocket it also hands out Pings (answered with a
 //! Pong) and the client's Close (answered, then the connection closes). Its state lives in the
 //! connection record, so a parked connection resumes mid-message.
+//!
+//! On TLS every read is decrypted first (`feed_wire`: the connection's TLS session, then the
+//! shard's shared plaintext buffer) and the flush seals what is queued (see [`super::conn`]).
 
 use std::io::ErrorKind;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::FromRawFd;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::future;
@@ -33,7 +35,7 @@ use super::park;
 use super::state::Shard;
 use crate::protocol::{self, Code, Flow, ServerMsg};
 use crate::wire::ws::Inbound;
-use crate::wire::{DecodeError, Framing};
+use crate::wire::DecodeError;
 
 /// Reads per wake-up before yielding to other connections (fairness).
 const READS_PER_WAKE: usize = 4;
@@ -60,36 +62,14 @@ enum Wake {
 
 /// Takes over a logged-in connection on its owner shard (from this shard's acceptor or a peer's
 /// hand-off): registers it with the shard (LoginOk, replay) and starts its task.
-pub fn start(
-    shard: &Rc<Shard>,
-    fd: RawFd,
-    framing: Framing,
-    user: Arc<str>,
-    device_id: Box<str>,
-    last_seq: u64,
-    leftover: Vec<u8>,
-) {
-    let conn = shard.adopt(fd, framing, user, device_id, last_seq);
-    glommio::spawn_local(run(shard.clone(), conn, leftover)).detach();
-    shard.flush_dirty();
-}
-
-/// Starts a connection handed over by a peer shard.
 pub fn start_handoff(shard: &Rc<Shard>, mut h: Handoff) {
     // The accepting shard dup'ed this fd for us and closed its own copy; take_fd makes us
     // its only owner.
     let fd = h.take_fd();
     let leftover = std::mem::take(&mut h.leftover);
-    let device_id = std::mem::take(&mut h.device_id);
-    start(
-        shard,
-        fd,
-        h.framing,
-        h.user.clone(),
-        device_id,
-        h.last_seq,
-        leftover,
-    );
+    let conn = shard.adopt(fd, h);
+    glommio::spawn_local(run(shard.clone(), conn, leftover)).detach();
+    shard.flush_dirty();
 }
 
 /// Serves `conn` until it closes. [`Shard::adopt`] counted it in `live_sessions`;
@@ -153,7 +133,7 @@ async fn serve(
         if conn.state.get() == ConnState::Broken {
             break;
         }
-        if !conn.tx.borrow().is_empty() {
+        if conn.has_output() {
             if !Box::pin(write_pending(&shard, &conn, &mut stream)).await {
                 conn.state.set(ConnState::Broken);
                 break;
@@ -236,7 +216,7 @@ enum WriteStep {
 /// Writes what the non-blocking flush could not, waiting for writability. Returns false if the
 /// connection is dead (or a closing connection would not take its last bytes in time).
 async fn write_pending(shard: &Shard, conn: &Conn, stream: &mut TcpStream) -> bool {
-    let buf = std::mem::take(&mut *conn.tx.borrow_mut());
+    let buf = conn.take_output();
     conn.writing.set(buf.len());
     let mut off = 0;
     let mut ok = true;
@@ -325,7 +305,7 @@ fn read_ready(shard: &Rc<Shard>, conn: &Rc<Conn>, first: Option<u8>) {
         match recv_nonblocking(conn.fd.get(), &mut scratch[held..]) {
             Ok(0) => {
                 if held > 0 {
-                    feed(shard, conn, &mut scratch[..held]);
+                    feed_wire(shard, conn, &mut scratch[..held]);
                 }
                 peer_closed(conn);
                 return;
@@ -334,7 +314,7 @@ fn read_ready(shard: &Rc<Shard>, conn: &Rc<Conn>, first: Option<u8>) {
                 let total = held + n;
                 held = 0;
                 conn.last_seen_ms.set(shard.mono_ms());
-                feed(shard, conn, &mut scratch[..total]);
+                feed_wire(shard, conn, &mut scratch[..total]);
                 if total < scratch.len() {
                     return;
                 }
@@ -348,7 +328,7 @@ fn read_ready(shard: &Rc<Shard>, conn: &Rc<Conn>, first: Option<u8>) {
         }
     }
     if held > 0 {
-        feed(shard, conn, &mut scratch[..held]);
+        feed_wire(shard, conn, &mut scratch[..held]);
     }
 }
 
@@ -357,6 +337,38 @@ fn read_ready(shard: &Rc<Shard>, conn: &Rc<Conn>, first: Option<u8>) {
 fn peer_closed(conn: &Conn) {
     if conn.is_open() {
         conn.state.set(ConnState::Closing);
+    }
+}
+
+/// Bytes read from the socket: through the connection's TLS session, if it has one (any TLS
+/// output that produces, e.g. a KeyUpdate answer, goes out with the next flush), then to
+/// [`feed`]. The plaintext goes through the shard's shared buffer, like the read scratch.
+fn feed_wire(shard: &Rc<Shard>, conn: &Rc<Conn>, data: &mut [u8]) {
+    let Some(tls) = &conn.tls else {
+        return feed(shard, conn, data);
+    };
+    let mut plain = shard.gate.plain.borrow_mut();
+    plain.clear();
+    match tls.open(data, &mut plain) {
+        Ok((progress, wrote)) => {
+            if wrote {
+                shard.mark_dirty(conn);
+            }
+            if !plain.is_empty() {
+                feed(shard, conn, &mut plain);
+            }
+            if progress.peer_closed {
+                peer_closed(conn);
+            }
+        }
+        Err(e) => {
+            tracing::debug!(user = %conn.user, error = %e, "tls: closing the connection");
+            conn.state.set(ConnState::Broken);
+            conn.wake.notify();
+        }
+    }
+    if plain.capacity() > 4 * super::state::READ_CHUNK {
+        *plain = Vec::new(); // a burst of large reads does not keep its buffer
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::conn::Conn;
 use super::cursors::Cursors;
+use super::ratelimit::Bucket;
 use super::recovery::RecoveredUser;
 
 /// `User::anchor_base` before the user was anchored in any segment.
@@ -34,6 +35,9 @@ pub struct User {
     pub anchor_base: u64,
     /// Position of the newest record about the user (retention restates what would be lost).
     pub last_pos: u64,
+    /// The send rate limit, shared by all of the user's devices and kept across reconnects
+    /// (16 bytes; see [`super::ratelimit`]).
+    pub bucket: Bucket,
 }
 
 impl Default for User {
@@ -48,6 +52,7 @@ impl Default for User {
             reserved: 0,
             anchor_base: NOT_ANCHORED,
             last_pos: 0,
+            bucket: Bucket::new(),
         }
     }
 }
@@ -70,6 +75,12 @@ impl User {
         self.head_seq = seq;
         self.index.push_back((seq, pos));
         self.last_pos = pos;
+    }
+
+    /// Logged in at least once (a device cursor, written at the first login, survives restarts
+    /// and retention), or connected now.
+    pub fn is_known(&self) -> bool {
+        !self.cursors.is_empty() || !self.devices.is_empty()
     }
 
     /// Groups held or reserved.

@@ -10,18 +10,24 @@
 //!    Login (Pings are answered meanwhile). Bytes after it — pipelined frames — are handed to
 //!    the owner shard as they are, with the decoder's state.
 //!
+//! With `[tls]` on, the TLS handshake comes first and everything above runs inside it
+//! (`wss://`; see [`super::link`]). A connection the gate refused (`max_connections`, pending
+//! logins per address) is answered `503` with SERVER_BUSY in the body, before any upgrade.
+//!
 //! Refusals after the upgrade are an Error frame in a binary message, then a Close frame with
 //! the matching close code (e.g. 1003 for a text message, 1009 for one over `max_frame`,
 //! 1008 for a bad token), then the TCP close.
 
 use std::cell::Cell;
+use std::net::IpAddr;
 use std::rc::Rc;
 
 use futures_lite::future;
-use futures_lite::io::AsyncWriteExt;
 use glommio::net::TcpStream;
 
-use super::acceptor::{finish, login_from, read_more, Login, Refusal};
+use super::acceptor::{admit, finish, login_from, open_link, Login, Refusal};
+use super::gate::Slot;
+use super::link::Link;
 use super::session::linger_close;
 use super::state::Shard;
 use crate::protocol::FrameReader;
@@ -40,32 +46,51 @@ enum Phase {
     Login(Result<Login, Refusal>),
 }
 
-/// Serves one connection accepted on the WebSocket port (see the module doc).
-pub async fn login(shard: Rc<Shard>, mut stream: TcpStream) {
+/// Serves one connection accepted on the WebSocket port (see the module doc). A connection
+/// the gate refused (`slot` None, or too many pending logins from `peer`) is answered 503.
+pub async fn login(shard: Rc<Shard>, stream: TcpStream, peer: Option<IpAddr>, slot: Option<Slot>) {
     let timeout = shard.cfg.limits.login_timeout;
+    let admitted = admit(&shard, peer, slot);
+    let Some(mut link) = open_link(&shard, stream) else {
+        return;
+    };
+    let busy = admitted.as_ref().err().cloned();
     let upgraded = Cell::new(false);
-    let work = async { Some(upgrade_then_login(&shard, &mut stream, &upgraded).await) };
+    let work = async {
+        if let Err(r) = link.handshake().await {
+            return Some(Phase::Login(Err(r)));
+        }
+        match busy {
+            Some(why) => Some(Phase::Answer(upgrade::server_busy(&why))),
+            None => Some(upgrade_then_login(&shard, &mut link, &upgraded).await),
+        }
+    };
     let expire = async {
         glommio::timer::sleep(timeout).await;
         None
     };
     let framing = Framing::WebSocket(ws::WsState::default());
-    match future::or(work, expire).await {
-        Some(Phase::Login(outcome)) => finish(&shard, stream, framing, Some(outcome)).await,
-        Some(Phase::Answer(response)) => answer(stream, &response).await,
-        None if upgraded.get() => finish(&shard, stream, framing, None).await,
-        None => answer(stream, &upgrade::request_timeout()).await,
+    let outcome = future::or(work, expire).await;
+    let (slot, _pending) = match admitted {
+        Ok((slot, pending)) => (Some(slot), pending),
+        Err(_) => (None, None),
+    };
+    match outcome {
+        Some(Phase::Login(outcome)) => finish(&shard, link, framing, Some(outcome), slot).await,
+        Some(Phase::Answer(response)) => answer(link, &response).await,
+        None if upgraded.get() => finish(&shard, link, framing, None, slot).await,
+        None => answer(link, &upgrade::request_timeout()).await,
     }
 }
 
-/// Writes an HTTP answer and closes.
-async fn answer(mut stream: TcpStream, response: &[u8]) {
-    if stream.write_all(response).await.is_ok() {
-        linger_close(&mut stream).await;
+/// Writes an HTTP answer and closes (nothing can be written before a TLS handshake is done).
+async fn answer(mut link: Link, response: &[u8]) {
+    if link.can_write() && link.write_all(response, true).await.is_ok() {
+        linger_close(&mut link.stream).await;
     }
 }
 
-async fn upgrade_then_login(shard: &Shard, stream: &mut TcpStream, upgraded: &Cell<bool>) -> Phase {
+async fn upgrade_then_login(shard: &Shard, link: &mut Link, upgraded: &Cell<bool>) -> Phase {
     let origins = &shard.cfg.server.ws_allowed_origins;
     let mut head = FrameReader::new();
     let mut searched = 0usize;
@@ -82,7 +107,7 @@ async fn upgrade_then_login(shard: &Shard, stream: &mut TcpStream, upgraded: &Ce
                 break route;
             }
         }
-        if let Err(r) = read_more(stream, &mut head).await {
+        if let Err(r) = link.read_more(&mut head).await {
             return Phase::Login(Err(r));
         }
     };
@@ -97,18 +122,18 @@ async fn upgrade_then_login(shard: &Shard, stream: &mut TcpStream, upgraded: &Ce
         }
         Route::Upgrade { response, head_len } => (response, head_len),
     };
-    if stream.write_all(&response).await.is_err() {
+    if link.write_all(&response, false).await.is_err() {
         return Phase::Login(Err(Refusal::Gone));
     }
     upgraded.set(true);
     let mut reader = MessageReader::new(Role::Server);
     reader.extend(&head.buffered()[head_len..]);
-    Phase::Login(read_login(stream, &mut reader, shard.cfg.limits.max_frame).await)
+    Phase::Login(read_login(link, &mut reader, shard.cfg.limits.max_frame).await)
 }
 
 /// Reads WebSocket frames until the first message, which must be a Login.
 async fn read_login(
-    stream: &mut TcpStream,
+    link: &mut Link,
     reader: &mut MessageReader,
     max_frame: usize,
 ) -> Result<Login, Refusal> {
@@ -138,12 +163,14 @@ async fn read_login(
             });
         }
         if !reply.is_empty() {
-            stream.write_all(&reply).await.map_err(|_| Refusal::Gone)?;
+            link.write_all(&reply, peer_closed)
+                .await
+                .map_err(|_| Refusal::Gone)?;
             if peer_closed {
                 return Err(Refusal::Gone);
             }
             continue;
         }
-        read_more(stream, reader).await?;
+        link.read_more(reader).await?;
     }
 }

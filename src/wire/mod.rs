@@ -5,6 +5,7 @@
 //! |---|---|
 //! | this file | [`Framing`]: one connection's framing (TCP or WebSocket) with its decode and encode hooks |
 //! | [`ws`] | WebSocket frames: the decoder (push and pull style), headers, masking, control frames, close codes |
+//! | [`tls`] | TLS sessions (rustls, unbuffered): the server config from PEM files, decrypt/encrypt per connection |
 //! | [`upgrade`] | the HTTP/1.1 request on the WebSocket port: parse, route (`/ws`, the chat page, 404), origin policy, responses |
 //! | [`web`] | the chat page's files, embedded in the binary, served on `GET /` |
 //!
@@ -23,16 +24,28 @@
 //! connection's queue, whatever the transport. At hand-off the framing travels with the fd and
 //! the bytes already read.
 //!
-//! ## Where TLS goes
+//! ## TLS
 //!
-//! TLS would slot in *below* the framing, as a second per-connection layer next to it: a
-//! `Security` value (`Plain`, or `Tls(Box<rustls::ServerConnection>)`) kept in the connection
-//! record and carried in the hand-off beside the framing (rustls state is plain owned data, so
-//! it moves between shards like the fd). Reads would go socket → scratch buffer → rustls
-//! (ciphertext in, plaintext out) → [`Framing::decode`]; outbound frames would be encoded as
-//! now and the queue encrypted at flush. Both transports (TCP and WebSocket, i.e. `wss://`)
-//! get TLS the same way, and nothing in this module changes.
+//! TLS sits *below* the framing, as a second per-connection layer ([`tls`]): with `[tls]` on,
+//! the accepting shard completes the handshake (rustls, unbuffered: the session owns no byte
+//! buffers) before the HTTP upgrade or the Login, and the connection's
+//! [`tls::ServerTls`] — rustls' state machine and keys, plus a partial record if one is
+//! pending — travels in the hand-off beside the framing and the fd. The owner shard decrypts
+//! each read (socket → shared scratch → rustls → a shared plaintext buffer →
+//! [`Framing::decode`]) and seals the connection's queued frames at each flush, so a burst is
+//! still one `send(2)`; idle, a connection holds its rustls state and no buffers. Both
+//! transports (TCP and WebSocket, i.e. `wss://`) get TLS the same way, and nothing in the
+//! framing changes.
+//!
+//! Kernel TLS (kTLS) was the other way to let the session move with the fd: after the
+//! handshake the keys would be handed to the kernel and the owner would read and write plain
+//! bytes. It was not chosen: the kernels this project runs on (here: no `tls` in
+//! `net.ipv4.tcp_available_ulp`) do not always have the `tls` module, receiving under kTLS
+//! needs control messages for every non-data record (alerts, KeyUpdate), and a user-space
+//! fallback would be needed anyway. rustls' state is plain owned data, so moving it between
+//! shards costs one pointer in the envelope.
 
+pub mod tls;
 pub mod upgrade;
 pub mod web;
 pub mod ws;

@@ -195,6 +195,30 @@ pub fn request_timeout() -> Vec<u8> {
     }
 }
 
+/// The answer to a connection refused before the upgrade (`limits.max_connections`,
+/// `max_pending_logins_per_ip`), naming the wire code SERVER_BUSY; `why` says which limit.
+pub fn server_busy(why: &str) -> Vec<u8> {
+    let body = format!("SERVER_BUSY: {why}; retry later");
+    match error(503, "Service Unavailable", &body) {
+        Route::Answer { response, .. } | Route::Upgrade { response, .. } => {
+            let mut response = String::from_utf8_lossy(&response).into_owned();
+            response = response.replacen("\r\n", "\r\nRetry-After: 1\r\n", 1);
+            response.into_bytes()
+        }
+    }
+}
+
+/// The answer to plaintext HTTP on a TLS port (`wss://` only).
+pub fn tls_required() -> Vec<u8> {
+    match error(
+        400,
+        "Bad Request",
+        "this port speaks TLS: connect with wss://",
+    ) {
+        Route::Answer { response, .. } | Route::Upgrade { response, .. } => response,
+    }
+}
+
 fn error(status: u16, reason: &str, body: &str) -> Route {
     let body = format!("{status} {reason}: {body}\n");
     let response = format!(

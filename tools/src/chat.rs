@@ -45,6 +45,8 @@ pub struct ChatArgs {
     /// One JSON object per event on stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub tls: crate::tlsargs::TlsArgs,
 }
 
 /// What the stdin task asks the session to do.
@@ -129,6 +131,13 @@ async fn session(args: ChatArgs, stdin: OwnedFd) -> ExitCode {
     glommio::spawn_local(read_stdin(stdin, cmd_tx)).detach();
 
     let opts = ClientOptions::new(args.addr, args.token.clone(), args.device.clone());
+    let opts = match args.tls.apply(opts) {
+        Ok(opts) => opts,
+        Err(e) => {
+            eprintln!("--tls-name: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut backoff = Backoff::default();
     let mut state = State {
         last_seq: args.last_seq,

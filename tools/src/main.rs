@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 mod chat;
 mod inspect;
 mod load;
+mod spray;
+mod tlsargs;
 mod token;
 
 #[global_allocator]
@@ -31,6 +33,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Show what a shard's log holds (read-only): segments, records, users, corruption.
     Inspect(inspect::InspectArgs),
+    /// One user sends to many recipients that never logged in (memory per recipient).
+    Spray(spray::SprayArgs),
     /// Load scenarios against a running broker.
     #[command(subcommand)]
     Load(load::LoadCommand),
@@ -43,6 +47,7 @@ fn main() -> ExitCode {
         Command::Chat(args) => chat::run(args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Load(cmd) => load::run(cmd),
+        Command::Spray(args) => spray::run(args),
     }
 }
 

@@ -21,6 +21,16 @@ pub struct TokenArgs {
     /// Lifetime of the token, e.g. "90s", "1h", "7d".
     #[arg(long, default_value = "1h")]
     pub ttl: String,
+    /// Key ID for the JWT header (`kid`): the name of the key's file in the broker's
+    /// `[auth] secret_dir` (or of its secret_file). Without it the broker tries each key.
+    #[arg(long)]
+    pub kid: Option<String>,
+    /// `iss` claim (the broker's `[auth] issuer`).
+    #[arg(long)]
+    pub issuer: Option<String>,
+    /// `aud` claim (the broker's `[auth] audience`).
+    #[arg(long)]
+    pub audience: Option<String>,
 }
 
 /// Prints the token on stdout; errors go to stderr with exit code 1.
@@ -40,7 +50,12 @@ pub fn run(args: &TokenArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match auth::mint(&secret, &args.user, ttl) {
+    let extra = auth::Mint {
+        kid: args.kid.clone(),
+        issuer: args.issuer.clone(),
+        audience: args.audience.clone(),
+    };
+    match auth::mint_with(&secret, &args.user, ttl, &extra) {
         Ok(token) => {
             println!("{token}");
             ExitCode::SUCCESS

@@ -14,6 +14,9 @@
 //!   [`TestBroker::admin_addr`] (from the `ringpost admin on ADDR` line that follows the
 //!   listening line) and [`TestBroker::admin_token`]; [`TestBroker::metrics`] scrapes it and
 //!   [`metric`] / [`metric_total`] read the exposition.
+//! - [`tls`]: test certificates (a CA and broker certificates) for TLS scenarios;
+//!   [`BrokerBuilder::tls`] turns the broker's `[tls]` on with one, [`TestBroker::tls_opts`]
+//!   gives a client that trusts the CA.
 //!
 //! Every broker gets its own directory under the system temp dir, removed when the test
 //! passes and kept (with the broker's stderr printed) when it fails.
@@ -38,6 +41,8 @@ use futures_lite::future;
 use glommio::{LocalExecutorBuilder, Placement};
 use ringpost::client::{Client, ClientError, ClientOptions, Delivery, Event};
 use ringpost::protocol::{self, ClientMsg, Code, ServerMsg};
+
+pub mod tls;
 
 /// The HMAC secret brokers get through `RINGPOST_AUTH_SECRET` unless a test says otherwise.
 pub const SECRET: &str = "integration-test-secret";
@@ -202,6 +207,11 @@ impl BrokerBuilder {
 
     pub fn limits(self, lines: &str) -> Self {
         self.table("limits", lines)
+    }
+
+    /// `[tls]` on with `cert` (see [`tls::TestCa::issue`]).
+    pub fn tls(self, cert: &tls::ServerCert) -> Self {
+        self.table("tls", &cert.config_lines())
     }
 
     /// The secret comes from `RINGPOST_AUTH_SECRET=secret` (the default is [`SECRET`]).
@@ -571,6 +581,13 @@ impl TestBroker {
         ClientOptions::new(self.addr, self.token(user), device)
     }
 
+    /// [`TestBroker::opts`] over TLS, trusting the CA in `ca_file`.
+    pub fn tls_opts(&self, user: &str, device: &str, ca_file: &Path) -> ClientOptions {
+        self.opts(user, device)
+            .with_tls(ca_file)
+            .expect("a readable CA file")
+    }
+
     /// The WebSocket port (panics if the broker runs without one).
     pub fn ws(&self) -> SocketAddr {
         self.ws_addr.expect("this broker has WebSocket off")
@@ -821,6 +838,39 @@ pub fn raw_connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(WAIT)).expect("timeout");
     s
+}
+
+/// [`raw_connect`] from the local address `source` (e.g. 127.0.0.2: all of 127.0.0.0/8 is
+/// loopback), for tests of per-address limits.
+pub fn raw_connect_from(addr: SocketAddr, source: std::net::Ipv4Addr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(to) = addr else {
+        panic!("raw_connect_from is IPv4 only")
+    };
+    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a socket made here; every result is checked, and the fd is
+    // given to the TcpStream, which owns it from then on.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = sockaddr(source, 0);
+        let rc = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len);
+        assert_eq!(rc, 0, "bind {source}: {}", std::io::Error::last_os_error());
+        let remote = sockaddr(*to.ip(), to.port());
+        let rc = libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len);
+        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        stream
+    }
 }
 
 pub fn frame(msg: &ClientMsg<'_>) -> Vec<u8> {

@@ -437,6 +437,7 @@ fn spawn_children(args: &ConnectArgs) -> Result<Vec<std::process::Child>, String
         if let Some(s) = &args.source_ips {
             cmd.arg("--source-ips").arg(s);
         }
+        cmd.args(args.common.tls.to_args());
         let child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -80,6 +80,8 @@ pub struct CommonArgs {
     /// The broker's WebSocket address (`server.ws_listen`), used with --transport ws.
     #[arg(long, default_value = "127.0.0.1:7071")]
     pub ws_addr: SocketAddr,
+    #[command(flatten)]
+    pub tls: crate::tlsargs::TlsArgs,
 }
 
 /// `--transport`.
@@ -94,16 +96,21 @@ pub enum TransportArg {
 pub struct Endpoint {
     addr: SocketAddr,
     ws_addr: Option<SocketAddr>,
+    tls: crate::tlsargs::TlsArgs,
 }
 
 impl Endpoint {
     /// Options for one client of the scenario.
     pub fn options(&self, token: String, device_id: impl Into<String>) -> ClientOptions {
         let opts = ClientOptions::new(self.addr, token, device_id);
-        match self.ws_addr {
+        let opts = match self.ws_addr {
             Some(ws) => opts.over_websocket(ws),
             None => opts,
-        }
+        };
+        // `--tls-name` was checked when the arguments were parsed; a name that fails here
+        // leaves the IP address to check.
+        let fallback = opts.clone();
+        self.tls.apply(opts).unwrap_or(fallback)
     }
 }
 
@@ -112,6 +119,7 @@ impl CommonArgs {
         Endpoint {
             addr: self.addr,
             ws_addr: (self.transport == TransportArg::Ws).then_some(self.ws_addr),
+            tls: self.tls.clone(),
         }
     }
 
