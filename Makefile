@@ -115,6 +115,7 @@ test-clients: clients-check
 ## debug broker; ends with "browser: N passed, N failed". RINGPOST_BROWSER_OUT=dir keeps its screenshot.
 test-browser: clients-check
 	$(CARGO) build --bin ringpost
+	cd $(CLIENTS_JS) && ./node_modules/.bin/tsc -p tsconfig.json
 	@cd $(CLIENTS_JS) && log=$$(mktemp) && \
 	{ RINGPOST_BIN=$(CURDIR)/target/debug/ringpost node --test --test-timeout=120000 --test-reporter=spec \
 		test/browser/chat.browser.mjs 2>&1; echo $$? > $$log.rc; } | tee $$log; \

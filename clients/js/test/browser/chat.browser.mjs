@@ -4,7 +4,8 @@
 // own storage, so their own devices) sign in by pasting tokens, talk 1:1 and in a group, one
 // page is reloaded after messages arrived for it offline, the broker is killed (the pages show
 // "reconnecting…"), a message is written meanwhile, and the broker comes back on the same data
-// directory and ports: the pages reconnect and deliver it. Every wait is on page state, never a
+// directory and ports: the pages reconnect and deliver it; a message from alice's other device
+// (the Node client) shows on her page as sent. Every wait is on page state, never a
 // fixed sleep. One screenshot is saved under $RINGPOST_BROWSER_OUT if set, else in the test's
 // temp dir, which is removed after a clean run and kept (its path printed) when a step failed.
 //
@@ -17,6 +18,7 @@ import { join } from 'node:path';
 
 import { chromium } from 'playwright-core';
 
+import { connect } from '../../dist/index.js';
 import { Broker, mintToken, uniqueUser } from '../support/broker.mjs';
 import { nameOn, owner } from '../support/routing.mjs';
 
@@ -214,6 +216,24 @@ step('the broker restarts on the same data and ports: the pages reconnect and de
   await expectShown(bob, ['in received: hello bob', 'out acked: hi alice', 'in received: while you were away 1',
     'in received: while you were away 2', 'in received: sent while the broker was down']);
   assert.equal(await bob.isVisible('[data-testid=banner]'), false);
+});
+
+step('what alice sends from another device shows on her page as sent, once, and reaches bob', async () => {
+  const { alice, bob } = pages;
+  await alice.click(sel.conv('user', users.bob));
+  const phone = await connect({ url: broker.url, token: mintToken(users.alice), deviceId: 'phone' });
+  try {
+    await phone.send(users.bob, 'from my phone');
+  } finally {
+    phone.close();
+  }
+  await expectShown(alice, ['out acked: hello bob', 'in received: hi alice', 'out acked: while you were away 1',
+    'out acked: while you were away 2', 'out acked: sent while the broker was down', 'out acked: from my phone']);
+  const tick = alice.locator('[data-testid=message]:last-child [data-testid=message-state]');
+  assert.equal(await tick.getAttribute('data-origin'), 'elsewhere');
+  assert.equal(await tick.getAttribute('title'), 'sent from another device');
+  await expectShown(bob, ['in received: hello bob', 'out acked: hi alice', 'in received: while you were away 1',
+    'in received: while you were away 2', 'in received: sent while the broker was down', 'in received: from my phone']);
 });
 
 step('leaving the group: the page shows it and stops offering to write; the other member sees the event', async () => {
