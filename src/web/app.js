@@ -248,14 +248,13 @@ async function syncGroups(c) {
   try {
     const groups = await c.listGroups();
     if (c !== client) return;
-    let changed = false;
     for (const g of groups) {
-      if (!store.conversations[`group:${g}`]) {
-        conversation(`group:${g}`).left = false;
-        changed = true;
-      }
-    }
-    if (changed) {
+      if (store.conversations[`group:${g}`]) continue;
+      const members = (await c.groupMembers(g)).map((m) => m.userId);
+      if (c !== client) return;
+      const conv = conversation(`group:${g}`);
+      if (!conv.members.length) conv.members = members;
+      conv.left = false;
       save();
       render();
     }
