@@ -9,7 +9,7 @@ CONFIG     ?=
 RUN_ARGS   := $(if $(CONFIG),--config $(CONFIG),)
 
 .PHONY: build run test bench bench-micro soak schema schema-check flatc schemathesis fmt lint tune \
-	bench-1m clean clients-deps clients-codegen clients-check test-clients
+	bench-1m clean clients-deps clients-codegen clients-check test-clients test-browser
 
 ## build: release binaries (target/release/ringpost, target/release/ringpost-tools)
 build:
@@ -20,10 +20,11 @@ run: build
 	ulimit -n $$(ulimit -Hn) 2>/dev/null; ./target/release/ringpost $(RUN_ARGS)
 
 ## test: schema freshness, then every unit and black-box test (installs schemathesis if
-## missing), then the client libraries' suites
+## missing), then the client libraries' suites and the chat page in a real browser
 test: schema-check schemathesis
 	$(CARGO) test --workspace --all-targets
 	$(MAKE) test-clients
+	$(MAKE) test-browser
 
 ## bench: micro-benchmarks, then end-to-end runs against a local broker; rewrites the
 ## "End-to-end (make bench)" section of BENCHMARKS.md (about 3 minutes)
@@ -110,6 +111,19 @@ test-clients: clients-check
 		RINGPOST_BIN=$(CURDIR)/target/debug/ringpost node --test --test-reporter=spec test/*.test.mjs
 	RINGPOST_BIN=$(CURDIR)/target/debug/ringpost PYTHONPATH=$(PY_PKG)/.. \
 		$(PYTHON) -m pytest -p no:cacheprovider $(CLIENTS_PY)/tests
+
+## test-browser: the chat page the broker serves, in headless Chromium (Debian's /usr/bin/chromium,
+## or CHROMIUM=path; .ci/run installs it) driven by playwright-core, against the freshly built
+## debug broker; ends with "browser: N passed, N failed". RINGPOST_BROWSER_OUT=dir keeps its screenshot.
+test-browser: clients-check
+	$(CARGO) build --bin ringpost
+	cd $(CLIENTS_JS) && ./node_modules/.bin/tsc -p tsconfig.json
+	@cd $(CLIENTS_JS) && log=$$(mktemp) && \
+	{ RINGPOST_BIN=$(CURDIR)/target/debug/ringpost node --test --test-timeout=120000 --test-reporter=spec \
+		test/browser/chat.browser.mjs 2>&1; echo $$? > $$log.rc; } | tee $$log; \
+	rc=$$(cat $$log.rc); \
+	awk '/^ℹ pass [0-9]+$$/ { p = $$3 } /^ℹ fail [0-9]+$$/ { f = $$3 } END { printf "browser: %d passed, %d failed\n", p, f }' $$log; \
+	rm -f $$log $$log.rc; exit $$rc
 
 flatc:
 	@if ! flatc --version 2>/dev/null | grep -q "$(FLATC_WANT)"; then \

@@ -832,6 +832,16 @@ var Ack = class _Ack {
   }
 };
 
+// src/generated/ringpost/wire/entry-kind.ts
+var EntryKind = /* @__PURE__ */ ((EntryKind2) => {
+  EntryKind2[EntryKind2["Message"] = 0] = "Message";
+  EntryKind2[EntryKind2["GroupCreated"] = 1] = "GroupCreated";
+  EntryKind2[EntryKind2["MembersAdded"] = 2] = "MembersAdded";
+  EntryKind2[EntryKind2["MembersRemoved"] = 3] = "MembersRemoved";
+  EntryKind2[EntryKind2["MemberLeft"] = 4] = "MemberLeft";
+  return EntryKind2;
+})(EntryKind || {});
+
 // src/generated/ringpost/wire/deliver.ts
 var Deliver = class _Deliver {
   constructor() {
@@ -1011,8 +1021,10 @@ var Code = /* @__PURE__ */ ((Code2) => {
   Code2[Code2["RATE_LIMITED"] = 400] = "RATE_LIMITED";
   Code2[Code2["INBOX_FULL"] = 401] = "INBOX_FULL";
   Code2[Code2["INVALID_RECIPIENT"] = 402] = "INVALID_RECIPIENT";
+  Code2[Code2["USER_UNKNOWN"] = 403] = "USER_UNKNOWN";
   Code2[Code2["STORAGE_UNAVAILABLE"] = 500] = "STORAGE_UNAVAILABLE";
   Code2[Code2["INTERNAL"] = 501] = "INTERNAL";
+  Code2[Code2["SERVER_BUSY"] = 502] = "SERVER_BUSY";
   Code2[Code2["GROUP_NOT_FOUND"] = 600] = "GROUP_NOT_FOUND";
   Code2[Code2["GROUP_EXISTS"] = 601] = "GROUP_EXISTS";
   Code2[Code2["NOT_A_MEMBER"] = 602] = "NOT_A_MEMBER";
@@ -1115,6 +1127,628 @@ var GoAway = class _GoAway {
     _GoAway.addCode(builder, code);
     _GoAway.addReason(builder, reasonOffset);
     return _GoAway.endGoAway(builder);
+  }
+};
+
+// src/generated/ringpost/wire/group-add.ts
+var GroupAdd = class _GroupAdd {
+  constructor() {
+    __publicField(this, "bb", null);
+    __publicField(this, "bb_pos", 0);
+  }
+  __init(i, bb) {
+    this.bb_pos = i;
+    this.bb = bb;
+    return this;
+  }
+  static getRootAsGroupAdd(bb, obj) {
+    return (obj || new _GroupAdd()).__init(bb.readInt32(bb.position()) + bb.position(), bb);
+  }
+  static getSizePrefixedRootAsGroupAdd(bb, obj) {
+    bb.setPosition(bb.position() + SIZE_PREFIX_LENGTH);
+    return (obj || new _GroupAdd()).__init(bb.readInt32(bb.position()) + bb.position(), bb);
+  }
+  requestId() {
+    const offset = this.bb.__offset(this.bb_pos, 4);
+    return offset ? this.bb.readUint64(this.bb_pos + offset) : BigInt("0");
+  }
+  groupId(optionalEncoding) {
+    const offset = this.bb.__offset(this.bb_pos, 6);
+    return offset ? this.bb.__string(this.bb_pos + offset, optionalEncoding) : null;
+  }
+  members(index, optionalEncoding) {
+    const offset = this.bb.__offset(this.bb_pos, 8);
+    return offset ? this.bb.__string(this.bb.__vector(this.bb_pos + offset) + index * 4, optionalEncoding) : null;
+  }
+  membersLength() {
+    const offset = this.bb.__offset(this.bb_pos, 8);
+    return offset ? this.bb.__vector_len(this.bb_pos + offset) : 0;
+  }
+  static startGroupAdd(builder) {
+    builder.startObject(3);
+  }
+  static addRequestId(builder, requestId) {
+    builder.addFieldInt64(0, requestId, BigInt("0"));
+  }
+  static addGroupId(builder, groupIdOffset) {
+    builder.addFieldOffset(1, groupIdOffset, 0);
+  }
+  static addMembers(builder, membersOffset) {
+    builder.addFieldOffset(2, membersOffset, 0);
+  }
+  static createMembersVector(builder, data) {
+    builder.startVector(4, data.length, 4);
+    for (let i = data.length - 1; i >= 0; i--) {
+      builder.addOffset(data[i]);
+    }
+    return builder.endVector();
+  }
+  static startMembersVector(builder, numElems) {
+    builder.startVector(4, numElems, 4);
+  }
+  static endGroupAdd(builder) {
+    const offset = builder.endObject();
+    builder.requiredField(offset, 6);
+    return offset;
+  }
+  static createGroupAdd(builder, requestId, groupIdOffset, membersOffset) {
+    _GroupAdd.startGroupAdd(builder);
+    _GroupAdd.addRequestId(builder, requestId);
+    _GroupAdd.addGroupId(builder, groupIdOffset);
+    _GroupAdd.addMembers(builder, membersOffset);
+    return _GroupAdd.endGroupAdd(builder);
+  }
+};
+
+// src/generated/ringpost/wire/group-create.ts
+var GroupCreate = class _GroupCreate {
+  constructor() {
+    __publicField(this, "bb", null);
+    __publicField(this, "bb_pos", 0);
+  }
+  __init(i, bb) {
+    this.bb_pos = i;
+    this.bb = bb;
+    return this;
+  }
+  static getRootAsGroupCreate(bb, obj) {
+    return (obj || new _GroupCreate()).__init(bb.readInt32(bb.position()) + bb.position(), bb);
+  }
+  static getSizePrefixedRootAsGroupCreate(bb, obj) {
+    bb.setPosition(bb.position() + SIZE_PREFIX_LENGTH);
+    return (obj || new _GroupCreate()).__init(bb.readInt32(bb.position()) + bb.position(), bb);
+  }
+  requestId() {
+    const offset = this.bb.__offset(this.bb_pos, 4);
+    return offset ? this.bb.readUint64(this.bb_pos + offset) : BigInt("0");
+  }
+  groupId(optionalEncoding) {
+    const offset = this.bb.__offset(this.bb_pos, 6);
+    return offset ? this.bb.__string(this.bb_pos + offset, optionalEncoding) : null;
+  }
+  members(index, optionalEncoding) {
+    const offset = this.bb.__offset(this.bb_pos, 8);
+    return offset ? this.bb.__string(this.bb.__vector(this.bb_pos + offset) + index * 4, optionalEncoding) : null;
+  }
+  membersLength() {
+    const offset = this.bb.__offset(this.bb_pos, 8);
+    return offset ? this.bb.__vector_len(this.bb_pos + offset) : 0;
+  }
+  static startGroupCreate(builder) {
+    builder.startObject(3);
+  }
+  static addRequestId(builder, requestId) {
+    builder.addFieldInt64(0, requestId, BigInt("0"));
+  }
+  static addGroupId(builder, groupIdOffset) {
+    builder.addFieldOffset(1, groupIdOffset, 0);
+  }
+  static addMembers(builder, membersOffset) {
+    builder.addFieldOffset(2, membersOffset, 0);
+  }
+  static createMembersVector(builder, data) {
+    builder.startVector(4, data.length, 4);
+    for (let i = data.length - 1; i >= 0; i--) {
+      builder.addOffset(data[i]);
+    }
+    return builder.endVector();
+  }
+  static startMembersVector(builder, numElems) {
+    builder.startVector(4, numElems, 4);
+  }
+  static endGroupCreate(builder) {
+    const offset = builder.endObject();
+    builder.requiredField(offset, 6);
+    return offset;
+  }
+  static createGroupCreate(builder, requestId, groupIdOffset, membersOffset) {
+    _GroupCreate.startGroupCreate(builder);
+    _GroupCreate.addRequestId(builder, requestId);
+    _GroupCreate.addGroupId(builder, groupIdOffset);
+    _GroupCreate.addMembers(builder, membersOffset);
+    return _GroupCreate.endGroupCreate(builder);
+  }
+};
+
+// src/generated/ringpost/wire/group-info.ts
+var GroupInfo = class _GroupInfo {
+  constructor() {
+    __publicField(this, "bb", null);
+    __publicField(this, "bb_pos", 0);
+  }
+  __init(i, bb) {
+    this.bb_pos = i;
+    this.bb = bb;
+    return this;
+  }
+  static getRootAsGroupInfo(bb, obj) {
+    return (obj || new _GroupInfo()).__init(bb.readInt32(bb.position()) + bb.position(), bb);
+  }
+  static getSizePrefixedRootAsGroupInfo(bb, obj) {
+    bb.setPosition(bb.position() + SIZE_PREFIX_LENGTH);
+    return (obj || new _GroupInfo()).__init(bb.readInt32(bb.position()) + bb.position(), bb);
+  }
+  requestId() {
+    const offset = this.bb.__offset(this.bb_pos, 4);
+    return offset ? this.bb.readUint64(this.bb_pos + offset) : BigInt("0");
+  }
+  groupId(optionalEncoding) {
+    const offset = this.bb.__offset(this.bb_pos, 6);
+    return offset ? this.bb.__string(this.bb_pos + offset, optionalEncoding) : null;
+  }
+  after(optionalEncoding) {
+    const offset = this.bb.__offset(this.bb_pos, 8);
+    return offset ? this.bb.__string(this.bb_pos + offset, optionalEncoding) : null;
+  }
+  limit() {
+    const offset = this.bb.__offset(this.bb_pos, 10);
+    return offset ? this.bb.readUint32(this.bb_pos + offset) : 0;
+  }
+  static startGroupInfo(builder) {
+    builder.startObject(4);
+  }
+  static addRequestId(builder, requestId) {
+    builder.addFieldInt64(0, requestId, BigInt("0"));
+  }
+  static addGroupId(builder, groupIdOffset) {
+    builder.addFieldOffset(1, groupIdOffset, 0);
+  }
+  static addAfter(builder, afterOffset) {
+    builder.addFieldOffset(2, afterOffset, 0);
+  }
+  static addLimit(builder, limit) {
+    builder.addFieldInt32(3, limit, 0);
+  }
+  static endGroupInfo(builder) {
+    const offset = builder.endObject();
+    builder.requiredField(offset, 6);
+    return offset;
+  }
+  static createGroupInfo(builder, requestId, groupIdOffset, afterOffset, limit) {
+    _GroupInfo.startGroupInfo(builder);
+    _GroupInfo.addRequestId(builder, requestId);
+    _GroupInfo.addGroupId(builder, groupIdOffset);
+    _GroupInfo.addAfter(builder, afterOffset);
+    _GroupInfo.addLimit(builder, limit);
+    return _GroupInfo.endGroupInfo(builder);
+  }
+};
+
+// src/generated/ringpost/wire/group-leave.ts
+var GroupLeave = class _GroupLeave {
+  constructor() {
+    __publicField(this, "bb", null);
+    __publicField(this, "bb_pos", 0);
+  }
+  __init(i, bb) {
+    this.bb_pos = i;
+    this.bb = bb;
+    return this;
+  }
+  static getRootAsGroupLeave(bb, obj) {
+    return (obj || new _GroupLeave()).__init(bb.readInt32(bb.position()) + bb.position(), bb);
+  }
+  static getSizePrefixedRootAsGroupLeave(bb, obj) {
+    bb.setPosition(bb.position() + SIZE_PREFIX_LENGTH);
+    return (obj || new _GroupLeave()).__init(bb.readInt32(bb.position()) + bb.position(), bb);
+  }
+  requestId() {
+    const offset = this.bb.__offset(this.bb_pos, 4);
+    return offset ? this.bb.readUint64(this.bb_pos + offset) : BigInt("0");
+  }
+  groupId(optionalEncoding) {
+    const offset = this.bb.__offset(this.bb_pos, 6);
+    return offset ? this.bb.__string(this.bb_pos + offset, optionalEncoding) : null;
+  }
+  static startGroupLeave(builder) {
+    builder.startObject(2);
+  }
+  static addRequestId(builder, requestId) {
+    builder.addFieldInt64(0, requestId, BigInt("0"));
+  }
+  static addGroupId(builder, groupIdOffset) {
+    builder.addFieldOffset(1, groupIdOffset, 0);
+  }
+  static endGroupLeave(builder) {
+    const offset = builder.endObject();
+    builder.requiredField(offset, 6);
+    return offset;
+  }
+  static createGroupLeave(builder, requestId, groupIdOffset) {
+    _GroupLeave.startGroupLeave(builder);
+    _GroupLeave.addRequestId(builder, requestId);
+    _GroupLeave.addGroupId(builder, groupIdOffset);
+    return _GroupLeave.endGroupLeave(builder);
+  }
+};
+
+// src/generated/ringpost/wire/group-list.ts
+var GroupList = class _GroupList {
+  constructor() {
+    __publicField(this, "bb", null);
+    __publicField(this, "bb_pos", 0);
+  }
+  __init(i, bb) {
+    this.bb_pos = i;
+    this.bb = bb;
+    return this;
+  }
+  static getRootAsGroupList(bb, obj) {
+    return (obj || new _GroupList()).__init(bb.readInt32(bb.position()) + bb.position(), bb);
+  }
+  static getSizePrefixedRootAsGroupList(bb, obj) {
+    bb.setPosition(bb.position() + SIZE_PREFIX_LENGTH);
+    return (obj || new _GroupList()).__init(bb.readInt32(bb.position()) + bb.position(), bb);
+  }
+  requestId() {
+    const offset = this.bb.__offset(this.bb_pos, 4);
+    return offset ? this.bb.readUint64(this.bb_pos + offset) : BigInt("0");
+  }
+  static startGroupList(builder) {
+    builder.startObject(1);
+  }
+  static addRequestId(builder, requestId) {
+    builder.addFieldInt64(0, requestId, BigInt("0"));
+  }
+  static endGroupList(builder) {
+    const offset = builder.endObject();
+    return offset;
+  }
+  static createGroupList(builder, requestId) {
+    _GroupList.startGroupList(builder);
+    _GroupList.addRequestId(builder, requestId);
+    return _GroupList.endGroupList(builder);
+  }
+};
+
+// src/generated/ringpost/wire/group-remove.ts
+var GroupRemove = class _GroupRemove {
+  constructor() {
+    __publicField(this, "bb", null);
+    __publicField(this, "bb_pos", 0);
+  }
+  __init(i, bb) {
+    this.bb_pos = i;
+    this.bb = bb;
+    return this;
+  }
+  static getRootAsGroupRemove(bb, obj) {
+    return (obj || new _GroupRemove()).__init(bb.readInt32(bb.position()) + bb.position(), bb);
+  }
+  static getSizePrefixedRootAsGroupRemove(bb, obj) {
+    bb.setPosition(bb.position() + SIZE_PREFIX_LENGTH);
+    return (obj || new _GroupRemove()).__init(bb.readInt32(bb.position()) + bb.position(), bb);
+  }
+  requestId() {
+    const offset = this.bb.__offset(this.bb_pos, 4);
+    return offset ? this.bb.readUint64(this.bb_pos + offset) : BigInt("0");
+  }
+  groupId(optionalEncoding) {
+    const offset = this.bb.__offset(this.bb_pos, 6);
+    return offset ? this.bb.__string(this.bb_pos + offset, optionalEncoding) : null;
+  }
+  members(index, optionalEncoding) {
+    const offset = this.bb.__offset(this.bb_pos, 8);
+    return offset ? this.bb.__string(this.bb.__vector(this.bb_pos + offset) + index * 4, optionalEncoding) : null;
+  }
+  membersLength() {
+    const offset = this.bb.__offset(this.bb_pos, 8);
+    return offset ? this.bb.__vector_len(this.bb_pos + offset) : 0;
+  }
+  static startGroupRemove(builder) {
+    builder.startObject(3);
+  }
+  static addRequestId(builder, requestId) {
+    builder.addFieldInt64(0, requestId, BigInt("0"));
+  }
+  static addGroupId(builder, groupIdOffset) {
+    builder.addFieldOffset(1, groupIdOffset, 0);
+  }
+  static addMembers(builder, membersOffset) {
+    builder.addFieldOffset(2, membersOffset, 0);
+  }
+  static createMembersVector(builder, data) {
+    builder.startVector(4, data.length, 4);
+    for (let i = data.length - 1; i >= 0; i--) {
+      builder.addOffset(data[i]);
+    }
+    return builder.endVector();
+  }
+  static startMembersVector(builder, numElems) {
+    builder.startVector(4, numElems, 4);
+  }
+  static endGroupRemove(builder) {
+    const offset = builder.endObject();
+    builder.requiredField(offset, 6);
+    return offset;
+  }
+  static createGroupRemove(builder, requestId, groupIdOffset, membersOffset) {
+    _GroupRemove.startGroupRemove(builder);
+    _GroupRemove.addRequestId(builder, requestId);
+    _GroupRemove.addGroupId(builder, groupIdOffset);
+    _GroupRemove.addMembers(builder, membersOffset);
+    return _GroupRemove.endGroupRemove(builder);
+  }
+};
+
+// src/generated/ringpost/wire/group-member.ts
+var GroupMember = class _GroupMember {
+  constructor() {
+    __publicField(this, "bb", null);
+    __publicField(this, "bb_pos", 0);
+  }
+  __init(i, bb) {
+    this.bb_pos = i;
+    this.bb = bb;
+    return this;
+  }
+  static getRootAsGroupMember(bb, obj) {
+    return (obj || new _GroupMember()).__init(bb.readInt32(bb.position()) + bb.position(), bb);
+  }
+  static getSizePrefixedRootAsGroupMember(bb, obj) {
+    bb.setPosition(bb.position() + SIZE_PREFIX_LENGTH);
+    return (obj || new _GroupMember()).__init(bb.readInt32(bb.position()) + bb.position(), bb);
+  }
+  userId(optionalEncoding) {
+    const offset = this.bb.__offset(this.bb_pos, 4);
+    return offset ? this.bb.__string(this.bb_pos + offset, optionalEncoding) : null;
+  }
+  admin() {
+    const offset = this.bb.__offset(this.bb_pos, 6);
+    return offset ? !!this.bb.readInt8(this.bb_pos + offset) : false;
+  }
+  static startGroupMember(builder) {
+    builder.startObject(2);
+  }
+  static addUserId(builder, userIdOffset) {
+    builder.addFieldOffset(0, userIdOffset, 0);
+  }
+  static addAdmin(builder, admin) {
+    builder.addFieldInt8(1, +admin, 0);
+  }
+  static endGroupMember(builder) {
+    const offset = builder.endObject();
+    return offset;
+  }
+  static createGroupMember(builder, userIdOffset, admin) {
+    _GroupMember.startGroupMember(builder);
+    _GroupMember.addUserId(builder, userIdOffset);
+    _GroupMember.addAdmin(builder, admin);
+    return _GroupMember.endGroupMember(builder);
+  }
+};
+
+// src/generated/ringpost/wire/group-reply.ts
+var GroupReply = class _GroupReply {
+  constructor() {
+    __publicField(this, "bb", null);
+    __publicField(this, "bb_pos", 0);
+  }
+  __init(i, bb) {
+    this.bb_pos = i;
+    this.bb = bb;
+    return this;
+  }
+  static getRootAsGroupReply(bb, obj) {
+    return (obj || new _GroupReply()).__init(bb.readInt32(bb.position()) + bb.position(), bb);
+  }
+  static getSizePrefixedRootAsGroupReply(bb, obj) {
+    bb.setPosition(bb.position() + SIZE_PREFIX_LENGTH);
+    return (obj || new _GroupReply()).__init(bb.readInt32(bb.position()) + bb.position(), bb);
+  }
+  requestId() {
+    const offset = this.bb.__offset(this.bb_pos, 4);
+    return offset ? this.bb.readUint64(this.bb_pos + offset) : BigInt("0");
+  }
+  status() {
+    const offset = this.bb.__offset(this.bb_pos, 6);
+    return offset ? this.bb.readUint16(this.bb_pos + offset) : 0 /* OK */;
+  }
+  groupId(optionalEncoding) {
+    const offset = this.bb.__offset(this.bb_pos, 8);
+    return offset ? this.bb.__string(this.bb_pos + offset, optionalEncoding) : null;
+  }
+  /**
+   * Create/Add/Remove/Leave: the group_seq of the change (0 when nothing changed).
+   */
+  groupSeq() {
+    const offset = this.bb.__offset(this.bb_pos, 10);
+    return offset ? this.bb.readUint64(this.bb_pos + offset) : BigInt("0");
+  }
+  groups(index, optionalEncoding) {
+    const offset = this.bb.__offset(this.bb_pos, 12);
+    return offset ? this.bb.__string(this.bb.__vector(this.bb_pos + offset) + index * 4, optionalEncoding) : null;
+  }
+  groupsLength() {
+    const offset = this.bb.__offset(this.bb_pos, 12);
+    return offset ? this.bb.__vector_len(this.bb_pos + offset) : 0;
+  }
+  /**
+   * GroupInfo: a page of members, in user-ID order.
+   */
+  members(index, obj) {
+    const offset = this.bb.__offset(this.bb_pos, 14);
+    return offset ? (obj || new GroupMember()).__init(this.bb.__indirect(this.bb.__vector(this.bb_pos + offset) + index * 4), this.bb) : null;
+  }
+  membersLength() {
+    const offset = this.bb.__offset(this.bb_pos, 14);
+    return offset ? this.bb.__vector_len(this.bb_pos + offset) : 0;
+  }
+  nextAfter(optionalEncoding) {
+    const offset = this.bb.__offset(this.bb_pos, 16);
+    return offset ? this.bb.__string(this.bb_pos + offset, optionalEncoding) : null;
+  }
+  /**
+   * GroupInfo: how many members the group has.
+   */
+  memberCount() {
+    const offset = this.bb.__offset(this.bb_pos, 18);
+    return offset ? this.bb.readUint32(this.bb_pos + offset) : 0;
+  }
+  message(optionalEncoding) {
+    const offset = this.bb.__offset(this.bb_pos, 20);
+    return offset ? this.bb.__string(this.bb_pos + offset, optionalEncoding) : null;
+  }
+  static startGroupReply(builder) {
+    builder.startObject(9);
+  }
+  static addRequestId(builder, requestId) {
+    builder.addFieldInt64(0, requestId, BigInt("0"));
+  }
+  static addStatus(builder, status) {
+    builder.addFieldInt16(1, status, 0 /* OK */);
+  }
+  static addGroupId(builder, groupIdOffset) {
+    builder.addFieldOffset(2, groupIdOffset, 0);
+  }
+  static addGroupSeq(builder, groupSeq) {
+    builder.addFieldInt64(3, groupSeq, BigInt("0"));
+  }
+  static addGroups(builder, groupsOffset) {
+    builder.addFieldOffset(4, groupsOffset, 0);
+  }
+  static createGroupsVector(builder, data) {
+    builder.startVector(4, data.length, 4);
+    for (let i = data.length - 1; i >= 0; i--) {
+      builder.addOffset(data[i]);
+    }
+    return builder.endVector();
+  }
+  static startGroupsVector(builder, numElems) {
+    builder.startVector(4, numElems, 4);
+  }
+  static addMembers(builder, membersOffset) {
+    builder.addFieldOffset(5, membersOffset, 0);
+  }
+  static createMembersVector(builder, data) {
+    builder.startVector(4, data.length, 4);
+    for (let i = data.length - 1; i >= 0; i--) {
+      builder.addOffset(data[i]);
+    }
+    return builder.endVector();
+  }
+  static startMembersVector(builder, numElems) {
+    builder.startVector(4, numElems, 4);
+  }
+  static addNextAfter(builder, nextAfterOffset) {
+    builder.addFieldOffset(6, nextAfterOffset, 0);
+  }
+  static addMemberCount(builder, memberCount) {
+    builder.addFieldInt32(7, memberCount, 0);
+  }
+  static addMessage(builder, messageOffset) {
+    builder.addFieldOffset(8, messageOffset, 0);
+  }
+  static endGroupReply(builder) {
+    const offset = builder.endObject();
+    return offset;
+  }
+  static createGroupReply(builder, requestId, status, groupIdOffset, groupSeq, groupsOffset, membersOffset, nextAfterOffset, memberCount, messageOffset) {
+    _GroupReply.startGroupReply(builder);
+    _GroupReply.addRequestId(builder, requestId);
+    _GroupReply.addStatus(builder, status);
+    _GroupReply.addGroupId(builder, groupIdOffset);
+    _GroupReply.addGroupSeq(builder, groupSeq);
+    _GroupReply.addGroups(builder, groupsOffset);
+    _GroupReply.addMembers(builder, membersOffset);
+    _GroupReply.addNextAfter(builder, nextAfterOffset);
+    _GroupReply.addMemberCount(builder, memberCount);
+    _GroupReply.addMessage(builder, messageOffset);
+    return _GroupReply.endGroupReply(builder);
+  }
+};
+
+// src/generated/ringpost/wire/group-send.ts
+var GroupSend = class _GroupSend {
+  constructor() {
+    __publicField(this, "bb", null);
+    __publicField(this, "bb_pos", 0);
+  }
+  __init(i, bb) {
+    this.bb_pos = i;
+    this.bb = bb;
+    return this;
+  }
+  static getRootAsGroupSend(bb, obj) {
+    return (obj || new _GroupSend()).__init(bb.readInt32(bb.position()) + bb.position(), bb);
+  }
+  static getSizePrefixedRootAsGroupSend(bb, obj) {
+    bb.setPosition(bb.position() + SIZE_PREFIX_LENGTH);
+    return (obj || new _GroupSend()).__init(bb.readInt32(bb.position()) + bb.position(), bb);
+  }
+  clientMsgId() {
+    const offset = this.bb.__offset(this.bb_pos, 4);
+    return offset ? this.bb.readUint64(this.bb_pos + offset) : BigInt("0");
+  }
+  groupId(optionalEncoding) {
+    const offset = this.bb.__offset(this.bb_pos, 6);
+    return offset ? this.bb.__string(this.bb_pos + offset, optionalEncoding) : null;
+  }
+  body(index) {
+    const offset = this.bb.__offset(this.bb_pos, 8);
+    return offset ? this.bb.readUint8(this.bb.__vector(this.bb_pos + offset) + index) : 0;
+  }
+  bodyLength() {
+    const offset = this.bb.__offset(this.bb_pos, 8);
+    return offset ? this.bb.__vector_len(this.bb_pos + offset) : 0;
+  }
+  bodyArray() {
+    const offset = this.bb.__offset(this.bb_pos, 8);
+    return offset ? new Uint8Array(this.bb.bytes().buffer, this.bb.bytes().byteOffset + this.bb.__vector(this.bb_pos + offset), this.bb.__vector_len(this.bb_pos + offset)) : null;
+  }
+  static startGroupSend(builder) {
+    builder.startObject(3);
+  }
+  static addClientMsgId(builder, clientMsgId) {
+    builder.addFieldInt64(0, clientMsgId, BigInt("0"));
+  }
+  static addGroupId(builder, groupIdOffset) {
+    builder.addFieldOffset(1, groupIdOffset, 0);
+  }
+  static addBody(builder, bodyOffset) {
+    builder.addFieldOffset(2, bodyOffset, 0);
+  }
+  static createBodyVector(builder, data) {
+    builder.startVector(1, data.length, 1);
+    for (let i = data.length - 1; i >= 0; i--) {
+      builder.addInt8(data[i]);
+    }
+    return builder.endVector();
+  }
+  static startBodyVector(builder, numElems) {
+    builder.startVector(1, numElems, 1);
+  }
+  static endGroupSend(builder) {
+    const offset = builder.endObject();
+    builder.requiredField(offset, 6);
+    return offset;
+  }
+  static createGroupSend(builder, clientMsgId, groupIdOffset, bodyOffset) {
+    _GroupSend.startGroupSend(builder);
+    _GroupSend.addClientMsgId(builder, clientMsgId);
+    _GroupSend.addGroupId(builder, groupIdOffset);
+    _GroupSend.addBody(builder, bodyOffset);
+    return _GroupSend.endGroupSend(builder);
   }
 };
 
@@ -1618,13 +2252,31 @@ var RingpostError = class extends Error {
   }
 };
 var SendError = class extends RingpostError {
-  constructor(code, clientMsgId, to, detail = "") {
-    super(code, detail || `send #${clientMsgId} to ${JSON.stringify(to)} was not accepted`);
+  constructor(code, clientMsgId, to, detail = "", groupId = "") {
+    const target = groupId ? `group ${JSON.stringify(groupId)}` : JSON.stringify(to);
+    super(code, detail || `send #${clientMsgId} to ${target} was not accepted`);
     __publicField(this, "clientMsgId");
+    /** The recipient of a 1:1 send ("" for a group send). */
     __publicField(this, "to");
+    /** The group of a group send ("" for a 1:1 send). */
+    __publicField(this, "groupId");
     this.name = "SendError";
     this.clientMsgId = clientMsgId;
     this.to = to;
+    this.groupId = groupId;
+  }
+};
+var GroupError = class extends RingpostError {
+  constructor(code, requestId, op, groupId, detail = "") {
+    super(code, detail || `group ${op} ${JSON.stringify(groupId)} was refused`);
+    __publicField(this, "requestId");
+    /** "create", "add", "remove", "leave", "list" or "info". */
+    __publicField(this, "op");
+    __publicField(this, "groupId");
+    this.name = "GroupError";
+    this.requestId = requestId;
+    this.op = op;
+    this.groupId = groupId;
   }
 };
 var ConnectionError = class extends Error {
@@ -1678,6 +2330,25 @@ function fieldPos(b, t, slot) {
   const off = u16(b, t.vtable + entry);
   return off === 0 ? 0 : t.pos + off;
 }
+function vectorBytes(b, target, string, what) {
+  if (!inBounds(b, target, 4)) fail(`${what} points out of bounds`);
+  const len = u32(b, target);
+  const extra = string ? 1 : 0;
+  if (!inBounds(b, target + 4, len + extra)) fail(`${what} length ${len} out of bounds`);
+  if (string && b[target + 4 + len] !== 0) fail(`${what} is not NUL-terminated`);
+}
+function offsetVector(b, target, what, each) {
+  if (!inBounds(b, target, 4)) fail(`${what} points out of bounds`);
+  const len = u32(b, target);
+  if (!inBounds(b, target + 4, len * 4)) fail(`${what} length ${len} out of bounds`);
+  for (let i = 0; i < len; i++) {
+    const slot = target + 4 + 4 * i;
+    each(slot + u32(b, slot), i);
+  }
+}
+function tableFields(b, t, kinds, what) {
+  kinds.forEach((kind, slot) => field(b, t, slot, kind, what));
+}
 function field(b, t, slot, kind, what) {
   const p = fieldPos(b, t, slot);
   if (p === 0) return null;
@@ -1685,12 +2356,15 @@ function field(b, t, slot, kind, what) {
   if (p + size > t.pos + t.tableSize) fail(`${what} field ${slot} outside its table`);
   if (typeof kind === "number") return null;
   const target = p + u32(b, p);
+  const name = `${what} field ${slot}`;
   if (kind === "table") return table(b, target, what);
-  if (!inBounds(b, target, 4)) fail(`${what} field ${slot} points out of bounds`);
-  const len = u32(b, target);
-  const extra = kind === "string" ? 1 : 0;
-  if (!inBounds(b, target + 4, len + extra)) fail(`${what} field ${slot} length ${len} out of bounds`);
-  if (extra && b[target + 4 + len] !== 0) fail(`${what} string field ${slot} is not NUL-terminated`);
+  if (kind === "string" || kind === "bytes") {
+    vectorBytes(b, target, kind === "string", kind === "string" ? `${what} string field ${slot}` : name);
+  } else if (kind === "strings") {
+    offsetVector(b, target, name, (pos, i) => vectorBytes(b, pos, true, `${name}[${i}]`));
+  } else {
+    offsetVector(b, target, name, (pos, i) => tableFields(b, table(b, pos, `${name}[${i}]`), kind.tables, `${name}[${i}]`));
+  }
   return null;
 }
 function verifyFrame(b, bodies) {
@@ -1703,7 +2377,7 @@ function verifyFrame(b, bodies) {
   if (tag === 0 || kinds === void 0) return tag;
   const body = field(b, root, 1, "table", "Frame body");
   if (body === null) fail("frame has a body type but no body");
-  kinds.forEach((kind, slot) => field(b, body, slot, kind, `body ${tag}`));
+  tableFields(b, body, kinds, `body ${tag}`);
   return tag;
 }
 
@@ -1711,12 +2385,26 @@ function verifyFrame(b, bodies) {
 var SERVER_BODIES = {
   [6 /* LoginOk */]: ["string", 2, 8, 4, 8, 1],
   [7 /* SendAck */]: [8, 2],
-  [8 /* Deliver */]: [8, "string", 8, 8, "bytes"],
+  [8 /* Deliver */]: [8, "string", 8, 8, "bytes", "string", 8, 1, 1, "string", "strings"],
+  [19 /* GroupReply */]: [8, 2, "string", 8, "strings", { tables: ["string", 1] }, "string", 4, "string"],
   [9 /* Pong */]: [8],
   [10 /* Error */]: [2, "string"],
   [11 /* GoAway */]: [2, "string"]
 };
-var CLIENT_TAGS = /* @__PURE__ */ new Set([1 /* Login */, 2 /* Send */, 3 /* Ack */, 4 /* Ping */, 5 /* Logout */]);
+var CLIENT_TAGS = /* @__PURE__ */ new Set([
+  1 /* Login */,
+  2 /* Send */,
+  3 /* Ack */,
+  4 /* Ping */,
+  5 /* Logout */,
+  12 /* GroupCreate */,
+  13 /* GroupAdd */,
+  14 /* GroupRemove */,
+  15 /* GroupLeave */,
+  16 /* GroupList */,
+  17 /* GroupInfo */,
+  18 /* GroupSend */
+]);
 function count(v, what) {
   if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new ProtocolError(`${what} ${v} exceeds 2^53`);
   return Number(v);
@@ -1727,8 +2415,26 @@ function u64(v, what) {
   if (b < 0n || b > U64_MAX) throw new RangeError(`${what} ${v} is not a u64`);
   return b;
 }
+function stringVector(b, items) {
+  const offsets = items.map((m) => b.createString(m));
+  return GroupCreate.createMembersVector(b, offsets);
+}
+function sizeHint(msg) {
+  switch (msg.type) {
+    case "Send":
+      return msg.body.length + msg.toUser.length * 3;
+    case "GroupSend":
+      return msg.body.length + msg.groupId.length * 3;
+    case "GroupCreate":
+    case "GroupAdd":
+    case "GroupRemove":
+      return msg.groupId.length * 3 + msg.members.reduce((n, m) => n + 8 + m.length * 3, 0);
+    default:
+      return 0;
+  }
+}
 function encodeClient(msg) {
-  const b = new Builder(64 + (msg.type === "Send" ? msg.body.length + msg.toUser.length * 3 : 0));
+  const b = new Builder(64 + sizeHint(msg));
   let tag;
   let body;
   switch (msg.type) {
@@ -1758,6 +2464,49 @@ function encodeClient(msg) {
       body = Logout.createLogout(b);
       tag = 5 /* Logout */;
       break;
+    case "GroupCreate":
+    case "GroupAdd":
+    case "GroupRemove": {
+      const group = b.createString(msg.groupId);
+      const members = stringVector(b, msg.members);
+      const id = u64(msg.requestId, "requestId");
+      if (msg.type === "GroupCreate") {
+        body = GroupCreate.createGroupCreate(b, id, group, members);
+        tag = 12 /* GroupCreate */;
+      } else if (msg.type === "GroupAdd") {
+        body = GroupAdd.createGroupAdd(b, id, group, members);
+        tag = 13 /* GroupAdd */;
+      } else {
+        body = GroupRemove.createGroupRemove(b, id, group, members);
+        tag = 14 /* GroupRemove */;
+      }
+      break;
+    }
+    case "GroupLeave": {
+      const group = b.createString(msg.groupId);
+      body = GroupLeave.createGroupLeave(b, u64(msg.requestId, "requestId"), group);
+      tag = 15 /* GroupLeave */;
+      break;
+    }
+    case "GroupList":
+      body = GroupList.createGroupList(b, u64(msg.requestId, "requestId"));
+      tag = 16 /* GroupList */;
+      break;
+    case "GroupInfo": {
+      const group = b.createString(msg.groupId);
+      const after = b.createString(msg.after);
+      if (!Number.isInteger(msg.limit) || msg.limit < 0 || msg.limit > 4294967295) throw new RangeError(`limit ${msg.limit} is not a u32`);
+      body = GroupInfo.createGroupInfo(b, u64(msg.requestId, "requestId"), group, after, msg.limit);
+      tag = 17 /* GroupInfo */;
+      break;
+    }
+    case "GroupSend": {
+      const group = b.createString(msg.groupId);
+      const bytes = GroupSend.createBodyVector(b, msg.body);
+      body = GroupSend.createGroupSend(b, u64(msg.clientMsgId, "clientMsgId"), group, bytes);
+      tag = 18 /* GroupSend */;
+      break;
+    }
   }
   b.finish(Frame.createFrame(b, tag, body));
   return b.asUint8Array();
@@ -1788,6 +2537,9 @@ function encodeServer(msg) {
     case "Deliver": {
       const from = b.createString(msg.fromUser);
       const bytes = Deliver.createBodyVector(b, msg.body);
+      const group = msg.groupId ? b.createString(msg.groupId) : 0;
+      const to = msg.toUser ? b.createString(msg.toUser) : 0;
+      const members = msg.members?.length ? stringVector(b, msg.members) : 0;
       body = Deliver.createDeliver(
         b,
         u64(msg.seq, "seq"),
@@ -1795,14 +2547,36 @@ function encodeServer(msg) {
         u64(msg.clientMsgId, "clientMsgId"),
         u64(msg.sentAtMs, "sentAtMs"),
         bytes,
-        0,
-        0n,
-        0 /* Message */,
-        false,
-        0,
-        0
+        group,
+        u64(msg.groupSeq ?? 0, "groupSeq"),
+        msg.kind ?? 0 /* Message */,
+        msg.outgoing ?? false,
+        to,
+        members
       );
       tag = 8 /* Deliver */;
+      break;
+    }
+    case "GroupReply": {
+      const group = b.createString(msg.groupId ?? "");
+      const groups = msg.groups?.length ? stringVector(b, msg.groups) : 0;
+      const memberOffsets = (msg.members ?? []).map((m) => GroupMember.createGroupMember(b, b.createString(m.userId), m.admin));
+      const members = memberOffsets.length ? GroupReply.createMembersVector(b, memberOffsets) : 0;
+      const next = b.createString(msg.nextAfter ?? "");
+      const text = b.createString(msg.message ?? "");
+      body = GroupReply.createGroupReply(
+        b,
+        u64(msg.requestId, "requestId"),
+        msg.status,
+        group,
+        u64(msg.groupSeq ?? 0, "groupSeq"),
+        groups,
+        members,
+        next,
+        msg.memberCount ?? 0,
+        text
+      );
+      tag = 19 /* GroupReply */;
       break;
     }
     case "Pong":
@@ -1850,6 +2624,8 @@ function decodeServer(bytes) {
     }
     case 8 /* Deliver */: {
       const m = frame.body(new Deliver());
+      const members = [];
+      for (let i = 0; i < m.membersLength(); i++) members.push(m.members(i) ?? "");
       return {
         type: "Deliver",
         seq: count(m.seq(), "seq"),
@@ -1857,7 +2633,35 @@ function decodeServer(bytes) {
         clientMsgId: m.clientMsgId(),
         sentAtMs: count(m.sentAtMs(), "sent_at_ms"),
         // A copy: the frame's buffer may be reused by the transport.
-        body: (m.bodyArray() ?? new Uint8Array(0)).slice()
+        body: (m.bodyArray() ?? new Uint8Array(0)).slice(),
+        groupId: m.groupId() ?? "",
+        groupSeq: count(m.groupSeq(), "group_seq"),
+        kind: m.kind(),
+        outgoing: m.outgoing(),
+        toUser: m.toUser() ?? "",
+        members
+      };
+    }
+    case 19 /* GroupReply */: {
+      const m = frame.body(new GroupReply());
+      const groups = [];
+      for (let i = 0; i < m.groupsLength(); i++) groups.push(m.groups(i) ?? "");
+      const members = [];
+      for (let i = 0; i < m.membersLength(); i++) {
+        const gm = m.members(i);
+        members.push({ userId: gm?.userId() ?? "", admin: gm?.admin() ?? false });
+      }
+      return {
+        type: "GroupReply",
+        requestId: m.requestId(),
+        status: m.status(),
+        groupId: m.groupId() ?? "",
+        groupSeq: count(m.groupSeq(), "group_seq"),
+        groups,
+        members,
+        nextAfter: m.nextAfter() ?? "",
+        memberCount: m.memberCount(),
+        message: m.message() ?? ""
       };
     }
     case 9 /* Pong */: {
@@ -1927,20 +2731,72 @@ var Emitter = class {
 
 // src/client.ts
 var Delivery = class {
-  constructor(seq, from, clientMsgId, sentAtMs, body) {
-    __publicField(this, "seq", seq);
-    __publicField(this, "from", from);
-    __publicField(this, "clientMsgId", clientMsgId);
-    __publicField(this, "sentAtMs", sentAtMs);
-    __publicField(this, "body", body);
+  constructor(m, echo = false) {
+    __publicField(this, "seq");
+    /** The sender (messages) or who made the change (group events). */
+    __publicField(this, "from");
+    __publicField(this, "clientMsgId");
+    /** Broker clock (ms since the epoch) when the message was accepted. */
+    __publicField(this, "sentAtMs");
+    __publicField(this, "body");
+    /** Group entries: the group; "" for 1:1 messages. */
+    __publicField(this, "groupId");
+    /** Group entries: the place in the group's own order (0 for 1:1). */
+    __publicField(this, "groupSeq");
+    __publicField(this, "kind");
+    /** The user sent this message, from this device or another one. */
+    __publicField(this, "outgoing");
+    /** Outgoing 1:1 messages: the recipient ("" otherwise). */
+    __publicField(this, "to");
+    /** Group events: the users the group was created with, added, removed, or who left. */
+    __publicField(this, "members");
+    /**
+     * The echo of a send made by this client (outgoing, and this client sent its client_msg_id):
+     * the message the app already shows, now in the stream. Outgoing entries of sends from the
+     * user's other devices (or an earlier run of this app) have `echo` false.
+     */
+    __publicField(this, "echo");
+    this.seq = m.seq;
+    this.from = m.fromUser;
+    this.clientMsgId = m.clientMsgId;
+    this.sentAtMs = m.sentAtMs;
+    this.body = m.body;
+    this.groupId = m.groupId;
+    this.groupSeq = m.groupSeq;
+    this.kind = m.kind;
+    this.outgoing = m.outgoing;
+    this.to = m.toUser;
+    this.members = m.members;
+    this.echo = echo;
   }
   /** The body as UTF-8 text (invalid sequences become U+FFFD). */
   get text() {
     return new TextDecoder().decode(this.body);
   }
-  /** A key that identifies the message across re-sends: sender and client_msg_id. */
+  /** A group message or group event. */
+  get isGroup() {
+    return this.groupId !== "";
+  }
+  /** A message (1:1 or group), not a group event. */
+  get isMessage() {
+    return this.kind === 0 /* Message */;
+  }
+  /** "Message", "GroupCreated", "MembersAdded", "MembersRemoved", "MemberLeft" (or "Unknown"). */
+  get kindName() {
+    return EntryKind[this.kind] ?? "Unknown";
+  }
+  /** 1:1 messages: the other user of the conversation (the recipient when outgoing); "" for group entries. */
+  get peer() {
+    if (this.isGroup) return "";
+    return this.outgoing ? this.to : this.from;
+  }
+  /**
+   * Identifies the entry across re-sends and devices: messages by sender and client_msg_id
+   * (`from/id`, the same key the sender can compute for what it sent), group events by group
+   * and group_seq (`group#n`).
+   */
   get key() {
-    return `${this.from}/${this.clientMsgId}`;
+    return this.isMessage ? `${this.from}/${this.clientMsgId}` : `${this.groupId}#${this.groupSeq}`;
   }
 };
 var U64_MASK = (1n << 64n) - 1n;
@@ -1948,6 +2804,7 @@ var DEFAULT_MAX_FRAME = 16 * 1024 * 1024;
 var DEFAULT_MAX_SEND_FRAME = 64 * 1024;
 var DEFAULT_HEARTBEAT_MS = 3e4;
 var LOGOUT_WAIT_MS = 2e3;
+var ECHO_MEMORY = 4096;
 var RingpostClient = class extends Emitter {
   constructor(opts, dialerFor) {
     super();
@@ -1963,6 +2820,13 @@ var RingpostClient = class extends Emitter {
     __publicField(this, "ackTimer", null);
     __publicField(this, "processing", Promise.resolve());
     __publicField(this, "pending", /* @__PURE__ */ new Map());
+    __publicField(this, "ops", /* @__PURE__ */ new Map());
+    __publicField(this, "nextRequestId", 1n);
+    __publicField(this, "nextOrder", 0);
+    /** client_msg_ids this client sent, oldest first (bounded by ECHO_MEMORY). */
+    __publicField(this, "sentIds", /* @__PURE__ */ new Set());
+    /** Echoes skipped with autoAck off: processed once everything before them is (ack()). */
+    __publicField(this, "echoWait", []);
     /** Deliveries not yet given to a listener (none was registered). */
     __publicField(this, "held", []);
     __publicField(this, "nextId");
@@ -2037,6 +2901,17 @@ var RingpostClient = class extends Emitter {
    * reconnect with the same client_msg_id.
    */
   send(to, body, options = {}) {
+    return this.enqueueSend("", to, body, options);
+  }
+  /**
+   * Sends `body` to group `groupId` (members only). Resolves on SendAck OK (the group's owner
+   * stored it and fans it out to every member, the sender included); rejects with SendError
+   * otherwise (NOT_A_MEMBER, GROUP_NOT_FOUND, ...). Queued and re-sent like send().
+   */
+  sendToGroup(groupId, body, options = {}) {
+    return this.enqueueSend(groupId, "", body, options);
+  }
+  enqueueSend(groupId, to, body, options) {
     if (this._state === "closed") return Promise.reject(new ClosedError("client is closed", { cause: this.closeError }));
     const id = options.clientMsgId === void 0 ? this.newClientMsgId() : BigInt(options.clientMsgId);
     const existing = this.pending.get(id);
@@ -2044,7 +2919,7 @@ var RingpostClient = class extends Emitter {
     const bytes = typeof body === "string" ? new TextEncoder().encode(body) : body;
     let frame;
     try {
-      frame = encodeClient({ type: "Send", clientMsgId: id, toUser: to, body: bytes });
+      frame = encodeClient(groupId ? { type: "GroupSend", clientMsgId: id, groupId, body: bytes } : { type: "Send", clientMsgId: id, toUser: to, body: bytes });
     } catch (e) {
       return Promise.reject(e);
     }
@@ -2054,7 +2929,8 @@ var RingpostClient = class extends Emitter {
         200 /* FRAME_TOO_LARGE */,
         id,
         to,
-        `the Send frame is ${frame.length} bytes, over maxSendFrame (${limit}); not sent`
+        `the ${groupId ? "GroupSend" : "Send"} frame is ${frame.length} bytes, over maxSendFrame (${limit}); not sent`,
+        groupId
       ));
     }
     let resolve;
@@ -2063,17 +2939,128 @@ var RingpostClient = class extends Emitter {
       resolve = res;
       reject = rej;
     });
-    const p = { id, to, frame, attempts: 0, promise, resolve, reject };
+    const p = { id, to, groupId, frame, attempts: 0, order: this.nextOrder++, promise, resolve, reject };
     this.pending.set(id, p);
+    this.noteSent(id);
     if (this.conn?.loggedIn) this.writeSend(this.conn, p);
     return promise;
+  }
+  /** Remembers `id` as sent by this client, so its echo is recognised. */
+  noteSent(id) {
+    if (this.sentIds.has(id)) return;
+    this.sentIds.add(id);
+    if (this.sentIds.size > ECHO_MEMORY) {
+      const oldest = this.sentIds.values().next().value;
+      this.sentIds.delete(oldest);
+    }
+  }
+  // ---- groups ------------------------------------------------------------------------------
+  /**
+   * Creates `groupId` (1..=128 bytes) with this user as its first admin and `members`.
+   * Resolves with the change's group_seq on GroupReply OK; rejects with GroupError (code +
+   * name: GROUP_EXISTS, GROUP_FULL, TOO_MANY_GROUPS, INVALID_GROUP, ...) otherwise.
+   */
+  async createGroup(groupId, members = []) {
+    const r = await this.groupRequest("create", groupId, (requestId) => ({ type: "GroupCreate", requestId, groupId, members }), false);
+    return { groupId: r.groupId || groupId, groupSeq: r.groupSeq };
+  }
+  /** Admins only: adds `members`. Rejects with GroupError (NOT_GROUP_ADMIN, ALREADY_A_MEMBER, GROUP_FULL, ...). */
+  async addMembers(groupId, members) {
+    const r = await this.groupRequest("add", groupId, (requestId) => ({ type: "GroupAdd", requestId, groupId, members }), false);
+    return { groupId: r.groupId || groupId, groupSeq: r.groupSeq };
+  }
+  /** Admins only: removes `members`. Rejects with GroupError (NOT_GROUP_ADMIN, NOT_A_MEMBER, ...). */
+  async removeMembers(groupId, members) {
+    const r = await this.groupRequest("remove", groupId, (requestId) => ({ type: "GroupRemove", requestId, groupId, members }), false);
+    return { groupId: r.groupId || groupId, groupSeq: r.groupSeq };
+  }
+  /** Leaves the group (any member). Rejects with GroupError (NOT_A_MEMBER, GROUP_NOT_FOUND). */
+  async leaveGroup(groupId) {
+    const r = await this.groupRequest("leave", groupId, (requestId) => ({ type: "GroupLeave", requestId, groupId }), false);
+    return { groupId: r.groupId || groupId, groupSeq: r.groupSeq };
+  }
+  /** The groups this user is a member of, in ID order. */
+  async listGroups() {
+    const r = await this.groupRequest("list", "", (requestId) => ({ type: "GroupList", requestId }), true);
+    return r.groups;
+  }
+  /**
+   * One page of a group's members (members only), in user-ID order, starting after `after`
+   * ("" = from the start), at most `limit` (0 = the broker's page size, 1000).
+   */
+  async groupInfo(groupId, options = {}) {
+    const after = options.after ?? "";
+    const limit = options.limit ?? 0;
+    const r = await this.groupRequest("info", groupId, (requestId) => ({ type: "GroupInfo", requestId, groupId, after, limit }), true);
+    return { groupId: r.groupId || groupId, members: r.members, nextAfter: r.nextAfter, memberCount: r.memberCount };
+  }
+  /** Every member of a group: groupInfo page after page (`pageSize` per request, 0 = the broker's). */
+  async groupMembers(groupId, options = {}) {
+    const all = [];
+    let after = "";
+    for (; ; ) {
+      const page = await this.groupInfo(groupId, { after, limit: options.pageSize ?? 0 });
+      all.push(...page.members);
+      if (!page.nextAfter) return all;
+      after = page.nextAfter;
+    }
+  }
+  /**
+   * Queues a group request; written now when online, else after the next login. A request
+   * written on a connection that is lost before its GroupReply is asked again on the next one
+   * if it only reads (list, info); a change (create, add, remove, leave) is rejected with
+   * ConnectionError instead, because it may or may not have been applied.
+   */
+  groupRequest(op, groupId, make, readOnly) {
+    if (this._state === "closed") return Promise.reject(new ClosedError("client is closed", { cause: this.closeError }));
+    const requestId = this.nextRequestId++;
+    let frame;
+    try {
+      frame = encodeClient(make(requestId));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    const limit = this.opts.maxSendFrame ?? DEFAULT_MAX_SEND_FRAME;
+    if (frame.length > limit) {
+      return Promise.reject(new GroupError(
+        200 /* FRAME_TOO_LARGE */,
+        requestId,
+        op,
+        groupId,
+        `the group ${op} frame is ${frame.length} bytes, over maxSendFrame (${limit}); not sent`
+      ));
+    }
+    return new Promise((resolve, reject) => {
+      const p = { requestId, op, groupId, frame, readOnly, conn: null, order: this.nextOrder++, resolve, reject };
+      this.ops.set(requestId, p);
+      if (this.conn?.loggedIn) this.writeOp(this.conn, p);
+    });
+  }
+  writeOp(c, p) {
+    p.conn = c;
+    this.write(c, p.frame);
+  }
+  onGroupReply(r) {
+    const p = this.ops.get(r.requestId);
+    if (!p) return;
+    this.ops.delete(r.requestId);
+    if (r.status === 0 /* OK */) p.resolve(r);
+    else p.reject(new GroupError(r.status, r.requestId, p.op, r.groupId || p.groupId, r.message));
   }
   /** Marks every delivery with seq <= `seq` processed and acks it (needed with autoAck: false). */
   ack(seq) {
     const upTo = Math.min(seq, this.emitted);
-    if (upTo <= this.processed) return;
-    this.processed = upTo;
-    this.scheduleAck();
+    const before = this.processed;
+    if (upTo > this.processed) this.processed = upTo;
+    this.advanceEchoes();
+    if (this.processed > before) this.scheduleAck();
+  }
+  /** Skipped echoes (autoAck off) count as processed once everything before them is. */
+  advanceEchoes() {
+    while (this.echoWait.length > 0 && this.processed >= this.echoWait[0].prev) {
+      const { seq } = this.echoWait.shift();
+      if (seq > this.processed) this.processed = seq;
+    }
   }
   /** Logs out (the broker answers GoAway(LOGGED_OUT)) and closes. */
   async logout() {
@@ -2197,6 +3184,7 @@ var RingpostClient = class extends Emitter {
     if (reset) {
       this.processed = ok.headSeq;
       this.emitted = ok.headSeq;
+      this.echoWait = [];
     }
     this.ackSent = this.processed;
     c.loggedIn = true;
@@ -2220,9 +3208,13 @@ var RingpostClient = class extends Emitter {
     const first = this.firstLogin;
     this.firstLogin = null;
     first?.resolve(info);
-    for (const p of this.pending.values()) {
+    const queued = [...this.pending.values()];
+    for (const op of this.ops.values()) if (op.conn === null) queued.push(op);
+    queued.sort((a, b) => a.order - b.order);
+    for (const p of queued) {
       if (c.ended || !c.loggedIn) break;
-      this.writeSend(c, p);
+      if ("requestId" in p) this.writeOp(c, p);
+      else this.writeSend(c, p);
     }
   }
   startHeartbeat(c, brokerMs) {
@@ -2252,7 +3244,7 @@ var RingpostClient = class extends Emitter {
   writeSend(c, p) {
     p.attempts += 1;
     this.write(c, p.frame);
-    this.emit("sent", { clientMsgId: p.id, to: p.to, attempt: p.attempts });
+    this.emit("sent", { clientMsgId: p.id, to: p.to, groupId: p.groupId, attempt: p.attempts });
   }
   onFrame(c, bytes) {
     if (c.ended) return;
@@ -2287,6 +3279,9 @@ var RingpostClient = class extends Emitter {
       case "SendAck":
         this.onSendAck(msg.clientMsgId, msg.status);
         return;
+      case "GroupReply":
+        this.onGroupReply(msg);
+        return;
       case "Pong":
       case "Unknown":
         return;
@@ -2308,16 +3303,32 @@ var RingpostClient = class extends Emitter {
   }
   onDeliver(m) {
     if (m.seq <= this.emitted) return;
+    const prev = this.emitted;
     this.emitted = m.seq;
-    this.held.push(new Delivery(m.seq, m.fromUser, m.clientMsgId, m.sentAtMs, m.body));
+    const echo = m.outgoing && m.kind === 0 /* Message */ && this.sentIds.has(m.clientMsgId);
+    this.held.push({ d: new Delivery(m, echo), prev });
     this.dispatch();
   }
-  /** Hands held deliveries to the 'deliver' listeners, in seq order; holds them while there are none. */
+  /**
+   * Hands held entries out in seq order: echoes to 'echo' listeners (and to 'deliver' ones with
+   * deliverEchoes), everything else to 'deliver' listeners; holds them while a 'deliver'
+   * listener is needed and there is none.
+   */
   dispatch() {
-    while (this.held.length > 0 && this.listenerCount("deliver") > 0) {
-      const d = this.held.shift();
-      const results = this.emit("deliver", d);
-      if (this.opts.autoAck !== false) this.processWhenSettled(d.seq, results);
+    while (this.held.length > 0) {
+      const { d, prev } = this.held[0];
+      const skip = d.echo && this.opts.deliverEchoes !== true;
+      if (!skip && this.listenerCount("deliver") === 0) return;
+      this.held.shift();
+      const results = d.echo ? this.emit("echo", d) : [];
+      if (!skip) results.push(...this.emit("deliver", d));
+      if (this.opts.autoAck !== false) {
+        this.processWhenSettled(d.seq, results);
+      } else if (skip) {
+        this.echoWait.push({ prev, seq: d.seq });
+        this.advanceEchoes();
+        this.scheduleAck();
+      }
     }
   }
   /** autoAck: `seq` is processed once its listeners' promises settled and every earlier seq is. */
@@ -2338,15 +3349,15 @@ var RingpostClient = class extends Emitter {
    */
   on(event, fn) {
     const off = super.on(event, fn);
-    if (event === "deliver" && this.held.length > 0) queueMicrotask(() => this.dispatch());
+    if ((event === "deliver" || event === "echo") && this.held.length > 0) queueMicrotask(() => this.dispatch());
     return off;
   }
   onSendAck(id, status) {
     const p = this.pending.get(id);
     if (!p) return;
     this.pending.delete(id);
-    if (status === 0 /* OK */) p.resolve({ clientMsgId: id, to: p.to });
-    else p.reject(new SendError(status, id, p.to));
+    if (status === 0 /* OK */) p.resolve(p.groupId ? { clientMsgId: id, groupId: p.groupId } : { clientMsgId: id, to: p.to });
+    else p.reject(new SendError(status, id, p.to, "", p.groupId));
   }
   // ---- acks --------------------------------------------------------------------------------
   /** Coalesces acks: one Ack frame per turn of the event loop, for the highest processed seq. */
@@ -2378,11 +3389,26 @@ var RingpostClient = class extends Emitter {
     c.endError = error;
     c.loggedIn = false;
     if (c.heartbeat) clearInterval(c.heartbeat);
+    for (const op of [...this.ops.values()]) {
+      if (op.conn !== c) continue;
+      if (op.readOnly) {
+        op.conn = null;
+      } else {
+        this.ops.delete(op.requestId);
+        op.reject(new ConnectionError(
+          `the connection was lost before the broker answered group ${op.op} ${JSON.stringify(op.groupId)}; it may or may not have been applied`,
+          { cause: error ?? void 0 }
+        ));
+      }
+    }
     c.onEnd?.();
   }
   finish(error) {
     if (this._state === "closed") return;
     this.closeError = error;
+    const closedOps = new ClosedError(error ? `client closed: ${error.message}` : "client closed", { cause: error });
+    for (const op of this.ops.values()) op.reject(error instanceof RingpostError ? error : closedOps);
+    this.ops.clear();
     const c = this.conn;
     this.conn = null;
     if (c) {
@@ -2511,6 +3537,8 @@ export {
   Code,
   ConnectionError,
   Delivery,
+  EntryKind,
+  GroupError,
   ProtocolError,
   RingpostClient,
   RingpostError,

@@ -1,6 +1,7 @@
-// Serves the chat page (src/web) and bridges its WebSocket to a broker's TCP port, for trying
-// the page before the broker serves it itself on [server] ws_listen:
-//   node clients/js/scripts/dev-server.mjs --broker 127.0.0.1:7070 [--listen 127.0.0.1:7071]
+// Serves the chat page (src/web) from disk and bridges its WebSocket to a broker's TCP port, for
+// working on the page without rebuilding the broker (which embeds the page and serves it on
+// [server] ws_listen, 127.0.0.1:7071 by default; hence another port here):
+//   node clients/js/scripts/dev-server.mjs --broker 127.0.0.1:7070 [--listen 127.0.0.1:7072]
 // Each binary WebSocket message on /ws becomes one length-prefixed frame on TCP, and back.
 import { readFile } from 'node:fs/promises';
 import http from 'node:http';
@@ -16,7 +17,7 @@ const arg = (name, dflt) => {
   return i > 0 ? process.argv[i + 1] : dflt;
 };
 const [bHost, bPort] = arg('broker', '127.0.0.1:7070').split(':');
-const [lHost, lPort] = arg('listen', '127.0.0.1:7071').split(':');
+const [lHost, lPort] = arg('listen', '127.0.0.1:7072').split(':');
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../../src/web');
 const types = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.css': 'text/css; charset=utf-8' };
 

@@ -5,17 +5,28 @@
 //        │ backoff (equal jitter)                                            ▼ unacked sends
 //   reconnecting ◄── connection lost / transient refusal ◄── Deliver/SendAck/Pong, heartbeats
 //
-// Every Send stays pending until its SendAck; a connection lost in between re-sends it with
-// the same client_msg_id after the next login (the broker's dedup answers with the original
-// SendAck and does not deliver twice). Deliveries carry a per-user seq; the client resumes
-// after the last seq the application *processed* (autoAck: its listeners returned; otherwise
-// what it passed to ack()), and drops replayed seqs it already handed out on this instance.
+// Every Send and GroupSend stays pending until its SendAck; a connection lost in between
+// re-sends it with the same client_msg_id after the next login (the broker's dedup answers
+// with the original SendAck and does not deliver twice). Deliveries carry a per-user seq; the
+// client resumes after the last seq the application *processed* (autoAck: its listeners
+// returned; otherwise what it passed to ack()), and drops replayed seqs it already handed out
+// on this instance.
+//
+// Own-send sync: the broker puts every message the user sends into the user's own stream too
+// (`outgoing`), on every device. The entry that echoes a send made by *this* client (it
+// remembers the client_msg_ids it sent) is flagged `echo`; it goes to 'echo' listeners and —
+// unless `deliverEchoes` — not to 'deliver' ones, so an app that shows its sends at once sees
+// each message once. Group operations are requests answered by a GroupReply with their
+// request_id; the membership change itself also arrives as a stream entry, in either order.
 
 import { Backoff, type BackoffOptions } from './backoff.js';
-import { type ServerMsg, decodeServer, encodeClient } from './codec.js';
+import {
+  type ClientMsg, type DeliverMsg, EntryKind, type GroupMemberInfo, type GroupReplyMsg, type ServerMsg, decodeServer,
+  encodeClient,
+} from './codec.js';
 import { Code, codeName, isPermanent } from './codes.js';
 import { Emitter } from './emitter.js';
-import { ClosedError, ConnectionError, ProtocolError, RingpostError, SendError } from './errors.js';
+import { ClosedError, ConnectionError, GroupError, ProtocolError, RingpostError, SendError } from './errors.js';
 import type { Dialer, Transport } from './transport.js';
 
 export type State = 'idle' | 'connecting' | 'online' | 'reconnecting' | 'closed';
@@ -31,6 +42,12 @@ export interface ClientOptions {
   lastSeq?: number;
   /** Count a delivery as processed (and ack it) once its 'deliver' listeners returned or their promises settled. Default true. */
   autoAck?: boolean;
+  /**
+   * Also hand echoes (the stream entries of this client's own sends, `echo: true`) to 'deliver'
+   * listeners, for apps that rebuild their view from the stream alone. Default false: echoes go
+   * only to 'echo' listeners, and each message reaches 'deliver' once.
+   */
+  deliverEchoes?: boolean;
   /** Reconnect after transient failures. Default true. */
   reconnect?: boolean;
   /** Reconnect delays. Default 100 ms doubling up to 30 s, equal jitter. */
@@ -66,30 +83,112 @@ export interface LoginInfo {
   reset: boolean;
 }
 
-/** A delivered message. */
+/**
+ * One entry of the user's stream: a message to the user (1:1 or in a group), a message the
+ * user sent (`outgoing`, own-send sync), or a group event (`kind` other than Message).
+ */
 export class Delivery {
-  constructor(
-    readonly seq: number,
-    readonly from: string,
-    readonly clientMsgId: bigint,
-    readonly sentAtMs: number,
-    readonly body: Uint8Array,
-  ) {}
+  readonly seq: number;
+  /** The sender (messages) or who made the change (group events). */
+  readonly from: string;
+  readonly clientMsgId: bigint;
+  /** Broker clock (ms since the epoch) when the message was accepted. */
+  readonly sentAtMs: number;
+  readonly body: Uint8Array;
+  /** Group entries: the group; "" for 1:1 messages. */
+  readonly groupId: string;
+  /** Group entries: the place in the group's own order (0 for 1:1). */
+  readonly groupSeq: number;
+  readonly kind: EntryKind;
+  /** The user sent this message, from this device or another one. */
+  readonly outgoing: boolean;
+  /** Outgoing 1:1 messages: the recipient ("" otherwise). */
+  readonly to: string;
+  /** Group events: the users the group was created with, added, removed, or who left. */
+  readonly members: readonly string[];
+  /**
+   * The echo of a send made by this client (outgoing, and this client sent its client_msg_id):
+   * the message the app already shows, now in the stream. Outgoing entries of sends from the
+   * user's other devices (or an earlier run of this app) have `echo` false.
+   */
+  readonly echo: boolean;
+
+  constructor(m: Omit<DeliverMsg, 'type'>, echo = false) {
+    this.seq = m.seq;
+    this.from = m.fromUser;
+    this.clientMsgId = m.clientMsgId;
+    this.sentAtMs = m.sentAtMs;
+    this.body = m.body;
+    this.groupId = m.groupId;
+    this.groupSeq = m.groupSeq;
+    this.kind = m.kind;
+    this.outgoing = m.outgoing;
+    this.to = m.toUser;
+    this.members = m.members;
+    this.echo = echo;
+  }
 
   /** The body as UTF-8 text (invalid sequences become U+FFFD). */
   get text(): string {
     return new TextDecoder().decode(this.body);
   }
 
-  /** A key that identifies the message across re-sends: sender and client_msg_id. */
+  /** A group message or group event. */
+  get isGroup(): boolean {
+    return this.groupId !== '';
+  }
+
+  /** A message (1:1 or group), not a group event. */
+  get isMessage(): boolean {
+    return this.kind === EntryKind.Message;
+  }
+
+  /** "Message", "GroupCreated", "MembersAdded", "MembersRemoved", "MemberLeft" (or "Unknown"). */
+  get kindName(): string {
+    return (EntryKind as unknown as Record<number, string | undefined>)[this.kind] ?? 'Unknown';
+  }
+
+  /** 1:1 messages: the other user of the conversation (the recipient when outgoing); "" for group entries. */
+  get peer(): string {
+    if (this.isGroup) return '';
+    return this.outgoing ? this.to : this.from;
+  }
+
+  /**
+   * Identifies the entry across re-sends and devices: messages by sender and client_msg_id
+   * (`from/id`, the same key the sender can compute for what it sent), group events by group
+   * and group_seq (`group#n`).
+   */
   get key(): string {
-    return `${this.from}/${this.clientMsgId}`;
+    return this.isMessage ? `${this.from}/${this.clientMsgId}` : `${this.groupId}#${this.groupSeq}`;
   }
 }
 
 export interface SendResult {
   clientMsgId: bigint;
   to: string;
+}
+
+export interface GroupSendResult {
+  clientMsgId: bigint;
+  groupId: string;
+}
+
+/** What a membership change (create, add, remove, leave) resolves with. */
+export interface GroupChange {
+  groupId: string;
+  /** The group_seq of the change (0 when nothing changed). */
+  groupSeq: number;
+}
+
+/** A page of a group's members (groupInfo). */
+export interface GroupPage {
+  groupId: string;
+  /** In user-ID order. */
+  members: GroupMemberInfo[];
+  /** Pass as `after` for the next page; "" on the last page. */
+  nextAfter: string;
+  memberCount: number;
 }
 
 export interface SendOptions {
@@ -114,9 +213,12 @@ export interface RetryInfo {
 export interface ClientEvents {
   state: StateChange;
   login: LoginInfo;
+  /** Every stream entry except echoes of this client's own sends (see deliverEchoes), in seq order. */
   deliver: Delivery;
-  /** A Send frame was written; attempt > 1 is a re-send after a reconnect. */
-  sent: { clientMsgId: bigint; to: string; attempt: number };
+  /** The stream entry of a message this client sent (Delivery.echo), in seq order with 'deliver'. */
+  echo: Delivery;
+  /** A Send or GroupSend frame was written; attempt > 1 is a re-send after a reconnect. `to` is "" for a group, `groupId` "" for 1:1. */
+  sent: { clientMsgId: bigint; to: string; groupId: string; attempt: number };
   retry: RetryInfo;
   goaway: { code: number; codeName: string; reason: string };
   /** Something went wrong that the client handles itself (it reconnects); for logging. */
@@ -125,12 +227,38 @@ export interface ClientEvents {
 
 interface PendingSend {
   id: bigint;
+  /** 1:1: the recipient; group sends: "". */
   to: string;
+  /** Group sends: the group; 1:1: "". */
+  groupId: string;
   frame: Uint8Array;
   attempts: number;
-  promise: Promise<SendResult>;
-  resolve: (r: SendResult) => void;
+  /** Place among everything queued (sends and group operations): re-sent in this order. */
+  order: number;
+  promise: Promise<SendResult | GroupSendResult>;
+  resolve: (r: SendResult | GroupSendResult) => void;
   reject: (e: Error) => void;
+}
+
+/** A group operation waiting for its GroupReply. */
+interface PendingOp {
+  requestId: bigint;
+  op: string;
+  groupId: string;
+  frame: Uint8Array;
+  /** List and info change nothing: safe to ask again on the next connection. */
+  readOnly: boolean;
+  /** The connection it was written on (null: not yet written). */
+  conn: Conn | null;
+  order: number;
+  resolve: (r: GroupReplyMsg) => void;
+  reject: (e: Error) => void;
+}
+
+/** A delivery not yet handed out, with the seq of the entry before it (for echo processing). */
+interface Held {
+  d: Delivery;
+  prev: number;
 }
 
 /** One connection attempt and, if it logs in, its online life. */
@@ -162,6 +290,8 @@ const DEFAULT_MAX_SEND_FRAME = 64 * 1024;
 const DEFAULT_HEARTBEAT_MS = 30_000;
 /** How long logout() waits for GoAway(LOGGED_OUT) before closing anyway. */
 const LOGOUT_WAIT_MS = 2_000;
+/** How many recent client_msg_ids the client remembers to recognise its own echoes (as the Rust client). */
+const ECHO_MEMORY = 4096;
 
 /** Resolves an options URL to a Dialer; set by the entry point (index.ts for Node, browser.ts). */
 export type DialerFactory = (url: string) => Dialer;
@@ -179,8 +309,15 @@ export class RingpostClient extends Emitter<ClientEvents> {
   private ackTimer: ReturnType<typeof setTimeout> | null = null;
   private processing: Promise<void> = Promise.resolve();
   private readonly pending = new Map<bigint, PendingSend>();
+  private readonly ops = new Map<bigint, PendingOp>();
+  private nextRequestId = 1n;
+  private nextOrder = 0;
+  /** client_msg_ids this client sent, oldest first (bounded by ECHO_MEMORY). */
+  private readonly sentIds = new Set<bigint>();
+  /** Echoes skipped with autoAck off: processed once everything before them is (ack()). */
+  private echoWait: { prev: number; seq: number }[] = [];
   /** Deliveries not yet given to a listener (none was registered). */
-  private readonly held: Delivery[] = [];
+  private readonly held: Held[] = [];
   private nextId: bigint;
   private nextNonce = 1n;
   private sleepTimer: ReturnType<typeof setTimeout> | null = null;
@@ -265,6 +402,19 @@ export class RingpostClient extends Emitter<ClientEvents> {
    * reconnect with the same client_msg_id.
    */
   send(to: string, body: string | Uint8Array, options: SendOptions = {}): Promise<SendResult> {
+    return this.enqueueSend('', to, body, options) as Promise<SendResult>;
+  }
+
+  /**
+   * Sends `body` to group `groupId` (members only). Resolves on SendAck OK (the group's owner
+   * stored it and fans it out to every member, the sender included); rejects with SendError
+   * otherwise (NOT_A_MEMBER, GROUP_NOT_FOUND, ...). Queued and re-sent like send().
+   */
+  sendToGroup(groupId: string, body: string | Uint8Array, options: SendOptions = {}): Promise<GroupSendResult> {
+    return this.enqueueSend(groupId, '', body, options) as Promise<GroupSendResult>;
+  }
+
+  private enqueueSend(groupId: string, to: string, body: string | Uint8Array, options: SendOptions): Promise<SendResult | GroupSendResult> {
     if (this._state === 'closed') return Promise.reject(new ClosedError('client is closed', { cause: this.closeError }));
     const id = options.clientMsgId === undefined ? this.newClientMsgId() : BigInt(options.clientMsgId);
     const existing = this.pending.get(id);
@@ -272,33 +422,154 @@ export class RingpostClient extends Emitter<ClientEvents> {
     const bytes = typeof body === 'string' ? new TextEncoder().encode(body) : body;
     let frame: Uint8Array;
     try {
-      frame = encodeClient({ type: 'Send', clientMsgId: id, toUser: to, body: bytes });
+      frame = encodeClient(groupId
+        ? { type: 'GroupSend', clientMsgId: id, groupId, body: bytes }
+        : { type: 'Send', clientMsgId: id, toUser: to, body: bytes });
     } catch (e) {
       return Promise.reject(e);
     }
     const limit = this.opts.maxSendFrame ?? DEFAULT_MAX_SEND_FRAME;
     if (frame.length > limit) {
       return Promise.reject(new SendError(Code.FRAME_TOO_LARGE, id, to,
-        `the Send frame is ${frame.length} bytes, over maxSendFrame (${limit}); not sent`));
+        `the ${groupId ? 'GroupSend' : 'Send'} frame is ${frame.length} bytes, over maxSendFrame (${limit}); not sent`, groupId));
     }
-    let resolve!: (r: SendResult) => void;
+    let resolve!: (r: SendResult | GroupSendResult) => void;
     let reject!: (e: Error) => void;
-    const promise = new Promise<SendResult>((res, rej) => {
+    const promise = new Promise<SendResult | GroupSendResult>((res, rej) => {
       resolve = res;
       reject = rej;
     });
-    const p: PendingSend = { id, to, frame, attempts: 0, promise, resolve, reject };
+    const p: PendingSend = { id, to, groupId, frame, attempts: 0, order: this.nextOrder++, promise, resolve, reject };
     this.pending.set(id, p);
+    this.noteSent(id);
     if (this.conn?.loggedIn) this.writeSend(this.conn, p);
     return promise;
+  }
+
+  /** Remembers `id` as sent by this client, so its echo is recognised. */
+  private noteSent(id: bigint): void {
+    if (this.sentIds.has(id)) return;
+    this.sentIds.add(id);
+    if (this.sentIds.size > ECHO_MEMORY) {
+      const oldest = this.sentIds.values().next().value as bigint;
+      this.sentIds.delete(oldest);
+    }
+  }
+
+  // ---- groups ------------------------------------------------------------------------------
+
+  /**
+   * Creates `groupId` (1..=128 bytes) with this user as its first admin and `members`.
+   * Resolves with the change's group_seq on GroupReply OK; rejects with GroupError (code +
+   * name: GROUP_EXISTS, GROUP_FULL, TOO_MANY_GROUPS, INVALID_GROUP, ...) otherwise.
+   */
+  async createGroup(groupId: string, members: readonly string[] = []): Promise<GroupChange> {
+    const r = await this.groupRequest('create', groupId, (requestId) => ({ type: 'GroupCreate', requestId, groupId, members }), false);
+    return { groupId: r.groupId || groupId, groupSeq: r.groupSeq };
+  }
+
+  /** Admins only: adds `members`. Rejects with GroupError (NOT_GROUP_ADMIN, ALREADY_A_MEMBER, GROUP_FULL, ...). */
+  async addMembers(groupId: string, members: readonly string[]): Promise<GroupChange> {
+    const r = await this.groupRequest('add', groupId, (requestId) => ({ type: 'GroupAdd', requestId, groupId, members }), false);
+    return { groupId: r.groupId || groupId, groupSeq: r.groupSeq };
+  }
+
+  /** Admins only: removes `members`. Rejects with GroupError (NOT_GROUP_ADMIN, NOT_A_MEMBER, ...). */
+  async removeMembers(groupId: string, members: readonly string[]): Promise<GroupChange> {
+    const r = await this.groupRequest('remove', groupId, (requestId) => ({ type: 'GroupRemove', requestId, groupId, members }), false);
+    return { groupId: r.groupId || groupId, groupSeq: r.groupSeq };
+  }
+
+  /** Leaves the group (any member). Rejects with GroupError (NOT_A_MEMBER, GROUP_NOT_FOUND). */
+  async leaveGroup(groupId: string): Promise<GroupChange> {
+    const r = await this.groupRequest('leave', groupId, (requestId) => ({ type: 'GroupLeave', requestId, groupId }), false);
+    return { groupId: r.groupId || groupId, groupSeq: r.groupSeq };
+  }
+
+  /** The groups this user is a member of, in ID order. */
+  async listGroups(): Promise<string[]> {
+    const r = await this.groupRequest('list', '', (requestId) => ({ type: 'GroupList', requestId }), true);
+    return r.groups;
+  }
+
+  /**
+   * One page of a group's members (members only), in user-ID order, starting after `after`
+   * ("" = from the start), at most `limit` (0 = the broker's page size, 1000).
+   */
+  async groupInfo(groupId: string, options: { after?: string; limit?: number } = {}): Promise<GroupPage> {
+    const after = options.after ?? '';
+    const limit = options.limit ?? 0;
+    const r = await this.groupRequest('info', groupId, (requestId) => ({ type: 'GroupInfo', requestId, groupId, after, limit }), true);
+    return { groupId: r.groupId || groupId, members: r.members, nextAfter: r.nextAfter, memberCount: r.memberCount };
+  }
+
+  /** Every member of a group: groupInfo page after page (`pageSize` per request, 0 = the broker's). */
+  async groupMembers(groupId: string, options: { pageSize?: number } = {}): Promise<GroupMemberInfo[]> {
+    const all: GroupMemberInfo[] = [];
+    let after = '';
+    for (;;) {
+      const page = await this.groupInfo(groupId, { after, limit: options.pageSize ?? 0 });
+      all.push(...page.members);
+      if (!page.nextAfter) return all;
+      after = page.nextAfter;
+    }
+  }
+
+  /**
+   * Queues a group request; written now when online, else after the next login. A request
+   * written on a connection that is lost before its GroupReply is asked again on the next one
+   * if it only reads (list, info); a change (create, add, remove, leave) is rejected with
+   * ConnectionError instead, because it may or may not have been applied.
+   */
+  private groupRequest(op: string, groupId: string, make: (requestId: bigint) => ClientMsg, readOnly: boolean): Promise<GroupReplyMsg> {
+    if (this._state === 'closed') return Promise.reject(new ClosedError('client is closed', { cause: this.closeError }));
+    const requestId = this.nextRequestId++;
+    let frame: Uint8Array;
+    try {
+      frame = encodeClient(make(requestId));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    const limit = this.opts.maxSendFrame ?? DEFAULT_MAX_SEND_FRAME;
+    if (frame.length > limit) {
+      return Promise.reject(new GroupError(Code.FRAME_TOO_LARGE, requestId, op, groupId,
+        `the group ${op} frame is ${frame.length} bytes, over maxSendFrame (${limit}); not sent`));
+    }
+    return new Promise<GroupReplyMsg>((resolve, reject) => {
+      const p: PendingOp = { requestId, op, groupId, frame, readOnly, conn: null, order: this.nextOrder++, resolve, reject };
+      this.ops.set(requestId, p);
+      if (this.conn?.loggedIn) this.writeOp(this.conn, p);
+    });
+  }
+
+  private writeOp(c: Conn, p: PendingOp): void {
+    p.conn = c;
+    this.write(c, p.frame);
+  }
+
+  private onGroupReply(r: GroupReplyMsg): void {
+    const p = this.ops.get(r.requestId);
+    if (!p) return; // not ours (or already given up on)
+    this.ops.delete(r.requestId);
+    if (r.status === Code.OK) p.resolve(r);
+    else p.reject(new GroupError(r.status, r.requestId, p.op, r.groupId || p.groupId, r.message));
   }
 
   /** Marks every delivery with seq <= `seq` processed and acks it (needed with autoAck: false). */
   ack(seq: number): void {
     const upTo = Math.min(seq, this.emitted);
-    if (upTo <= this.processed) return;
-    this.processed = upTo;
-    this.scheduleAck();
+    const before = this.processed;
+    if (upTo > this.processed) this.processed = upTo;
+    this.advanceEchoes();
+    if (this.processed > before) this.scheduleAck();
+  }
+
+  /** Skipped echoes (autoAck off) count as processed once everything before them is. */
+  private advanceEchoes(): void {
+    while (this.echoWait.length > 0 && this.processed >= this.echoWait[0].prev) {
+      const { seq } = this.echoWait.shift() as { prev: number; seq: number };
+      if (seq > this.processed) this.processed = seq;
+    }
   }
 
   /** Logs out (the broker answers GoAway(LOGGED_OUT)) and closes. */
@@ -419,6 +690,7 @@ export class RingpostClient extends Emitter<ClientEvents> {
       // start again after headSeq, and keeping the old high-water mark would drop them all.
       this.processed = ok.headSeq;
       this.emitted = ok.headSeq;
+      this.echoWait = [];
     }
     // The broker counts the login's last_seq as acked by this connection.
     this.ackSent = this.processed;
@@ -437,9 +709,14 @@ export class RingpostClient extends Emitter<ClientEvents> {
     const first = this.firstLogin;
     this.firstLogin = null;
     first?.resolve(info);
-    for (const p of this.pending.values()) {
+    // Everything queued, in the order the app asked for it (a group created before a send to it).
+    const queued: Array<PendingSend | PendingOp> = [...this.pending.values()];
+    for (const op of this.ops.values()) if (op.conn === null) queued.push(op);
+    queued.sort((a, b) => a.order - b.order);
+    for (const p of queued) {
       if (c.ended || !c.loggedIn) break;
-      this.writeSend(c, p);
+      if ('requestId' in p) this.writeOp(c, p);
+      else this.writeSend(c, p);
     }
   }
 
@@ -475,7 +752,7 @@ export class RingpostClient extends Emitter<ClientEvents> {
   private writeSend(c: Conn, p: PendingSend): void {
     p.attempts += 1;
     this.write(c, p.frame);
-    this.emit('sent', { clientMsgId: p.id, to: p.to, attempt: p.attempts });
+    this.emit('sent', { clientMsgId: p.id, to: p.to, groupId: p.groupId, attempt: p.attempts });
   }
 
   private onFrame(c: Conn, bytes: Uint8Array): void {
@@ -511,6 +788,9 @@ export class RingpostClient extends Emitter<ClientEvents> {
       case 'SendAck':
         this.onSendAck(msg.clientMsgId, msg.status);
         return;
+      case 'GroupReply':
+        this.onGroupReply(msg);
+        return;
       case 'Pong':
       case 'Unknown':
         return;
@@ -533,19 +813,36 @@ export class RingpostClient extends Emitter<ClientEvents> {
     this.dropConn(c, c.refusal);
   }
 
-  private onDeliver(m: ServerMsg & { type: 'Deliver' }): void {
+  private onDeliver(m: DeliverMsg): void {
     if (m.seq <= this.emitted) return; // replayed after a reconnect: already handed out
+    const prev = this.emitted;
     this.emitted = m.seq;
-    this.held.push(new Delivery(m.seq, m.fromUser, m.clientMsgId, m.sentAtMs, m.body));
+    // Group events carry client_msg_id 0: only messages can be echoes.
+    const echo = m.outgoing && m.kind === EntryKind.Message && this.sentIds.has(m.clientMsgId);
+    this.held.push({ d: new Delivery(m, echo), prev });
     this.dispatch();
   }
 
-  /** Hands held deliveries to the 'deliver' listeners, in seq order; holds them while there are none. */
+  /**
+   * Hands held entries out in seq order: echoes to 'echo' listeners (and to 'deliver' ones with
+   * deliverEchoes), everything else to 'deliver' listeners; holds them while a 'deliver'
+   * listener is needed and there is none.
+   */
   private dispatch(): void {
-    while (this.held.length > 0 && this.listenerCount('deliver') > 0) {
-      const d = this.held.shift() as Delivery;
-      const results = this.emit('deliver', d);
-      if (this.opts.autoAck !== false) this.processWhenSettled(d.seq, results);
+    while (this.held.length > 0) {
+      const { d, prev } = this.held[0];
+      const skip = d.echo && this.opts.deliverEchoes !== true;
+      if (!skip && this.listenerCount('deliver') === 0) return;
+      this.held.shift();
+      const results = d.echo ? this.emit('echo', d) : [];
+      if (!skip) results.push(...this.emit('deliver', d));
+      if (this.opts.autoAck !== false) {
+        this.processWhenSettled(d.seq, results);
+      } else if (skip) {
+        this.echoWait.push({ prev, seq: d.seq });
+        this.advanceEchoes();
+        this.scheduleAck();
+      }
     }
   }
 
@@ -568,7 +865,7 @@ export class RingpostClient extends Emitter<ClientEvents> {
    */
   override on<K extends keyof ClientEvents>(event: K, fn: (value: ClientEvents[K]) => unknown): () => void {
     const off = super.on(event, fn);
-    if (event === 'deliver' && this.held.length > 0) queueMicrotask(() => this.dispatch());
+    if ((event === 'deliver' || event === 'echo') && this.held.length > 0) queueMicrotask(() => this.dispatch());
     return off;
   }
 
@@ -576,8 +873,8 @@ export class RingpostClient extends Emitter<ClientEvents> {
     const p = this.pending.get(id);
     if (!p) return; // e.g. the original's ack after a resend was answered already
     this.pending.delete(id);
-    if (status === Code.OK) p.resolve({ clientMsgId: id, to: p.to });
-    else p.reject(new SendError(status, id, p.to));
+    if (status === Code.OK) p.resolve(p.groupId ? { clientMsgId: id, groupId: p.groupId } : { clientMsgId: id, to: p.to });
+    else p.reject(new SendError(status, id, p.to, '', p.groupId));
   }
 
   // ---- acks --------------------------------------------------------------------------------
@@ -616,12 +913,26 @@ export class RingpostClient extends Emitter<ClientEvents> {
     c.endError = error;
     c.loggedIn = false;
     if (c.heartbeat) clearInterval(c.heartbeat);
+    for (const op of [...this.ops.values()]) {
+      if (op.conn !== c) continue;
+      if (op.readOnly) {
+        op.conn = null; // asked again after the next login
+      } else {
+        this.ops.delete(op.requestId);
+        op.reject(new ConnectionError(
+          `the connection was lost before the broker answered group ${op.op} ${JSON.stringify(op.groupId)}; it may or may not have been applied`,
+          { cause: error ?? undefined }));
+      }
+    }
     c.onEnd?.();
   }
 
   private finish(error: Error | null): void {
     if (this._state === 'closed') return;
     this.closeError = error;
+    const closedOps = new ClosedError(error ? `client closed: ${error.message}` : 'client closed', { cause: error });
+    for (const op of this.ops.values()) op.reject(error instanceof RingpostError ? error : closedOps);
+    this.ops.clear();
     const c = this.conn;
     this.conn = null;
     if (c) {

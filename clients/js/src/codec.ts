@@ -11,6 +11,15 @@ import { EntryKind } from './generated/ringpost/wire/entry-kind.js';
 import { Error as ErrorFrame } from './generated/ringpost/wire/error.js';
 import { Frame } from './generated/ringpost/wire/frame.js';
 import { GoAway } from './generated/ringpost/wire/go-away.js';
+import { GroupAdd } from './generated/ringpost/wire/group-add.js';
+import { GroupCreate } from './generated/ringpost/wire/group-create.js';
+import { GroupInfo } from './generated/ringpost/wire/group-info.js';
+import { GroupLeave } from './generated/ringpost/wire/group-leave.js';
+import { GroupList } from './generated/ringpost/wire/group-list.js';
+import { GroupMember } from './generated/ringpost/wire/group-member.js';
+import { GroupRemove } from './generated/ringpost/wire/group-remove.js';
+import { GroupReply } from './generated/ringpost/wire/group-reply.js';
+import { GroupSend } from './generated/ringpost/wire/group-send.js';
 import { Login } from './generated/ringpost/wire/login.js';
 import { LoginOk } from './generated/ringpost/wire/login-ok.js';
 import { Logout } from './generated/ringpost/wire/logout.js';
@@ -21,7 +30,7 @@ import { SendAck } from './generated/ringpost/wire/send-ack.js';
 import { ProtocolError } from './errors.js';
 import { type FieldKind, verifyFrame } from './verify.js';
 
-export { Body };
+export { Body, EntryKind };
 
 /** Client → server messages. */
 export type ClientMsg =
@@ -29,7 +38,53 @@ export type ClientMsg =
   | { type: 'Send'; clientMsgId: bigint; toUser: string; body: Uint8Array }
   | { type: 'Ack'; upToSeq: number }
   | { type: 'Ping'; nonce: bigint }
-  | { type: 'Logout' };
+  | { type: 'Logout' }
+  | { type: 'GroupCreate' | 'GroupAdd' | 'GroupRemove'; requestId: bigint; groupId: string; members: readonly string[] }
+  | { type: 'GroupLeave'; requestId: bigint; groupId: string }
+  | { type: 'GroupList'; requestId: bigint }
+  | { type: 'GroupInfo'; requestId: bigint; groupId: string; after: string; limit: number }
+  | { type: 'GroupSend'; clientMsgId: bigint; groupId: string; body: Uint8Array };
+
+/** One member in a GroupReply to GroupInfo. */
+export interface GroupMemberInfo {
+  userId: string;
+  admin: boolean;
+}
+
+/** A Deliver frame: one entry of the user's stream. */
+export interface DeliverMsg {
+  type: 'Deliver';
+  seq: number;
+  /** The sender (messages) or who made the change (group events). */
+  fromUser: string;
+  clientMsgId: bigint;
+  sentAtMs: number;
+  body: Uint8Array;
+  /** Group entries: the group ("" for 1:1) and the entry's place in the group's order. */
+  groupId: string;
+  groupSeq: number;
+  kind: EntryKind;
+  /** The user sent this message (from this device or another one). */
+  outgoing: boolean;
+  /** Outgoing 1:1 messages: the recipient. */
+  toUser: string;
+  /** Group events: the users created with, added, removed, or who left. */
+  members: string[];
+}
+
+/** A GroupReply frame: the answer to a group operation. */
+export interface GroupReplyMsg {
+  type: 'GroupReply';
+  requestId: bigint;
+  status: number;
+  groupId: string;
+  groupSeq: number;
+  groups: string[];
+  members: GroupMemberInfo[];
+  nextAfter: string;
+  memberCount: number;
+  message: string;
+}
 
 /** Server → client messages. `Unknown` is a frame type newer than this build (ignored). */
 export type ServerMsg =
@@ -43,7 +98,8 @@ export type ServerMsg =
       gap: boolean;
     }
   | { type: 'SendAck'; clientMsgId: bigint; status: number }
-  | { type: 'Deliver'; seq: number; fromUser: string; clientMsgId: bigint; sentAtMs: number; body: Uint8Array }
+  | DeliverMsg
+  | GroupReplyMsg
   | { type: 'Pong'; nonce: bigint }
   | { type: 'Error'; code: number; message: string }
   | { type: 'GoAway'; code: number; reason: string }
@@ -53,14 +109,18 @@ export type ServerMsg =
 const SERVER_BODIES: Readonly<Record<number, readonly FieldKind[]>> = {
   [Body.LoginOk]: ['string', 2, 8, 4, 8, 1],
   [Body.SendAck]: [8, 2],
-  [Body.Deliver]: [8, 'string', 8, 8, 'bytes'],
+  [Body.Deliver]: [8, 'string', 8, 8, 'bytes', 'string', 8, 1, 1, 'string', 'strings'],
+  [Body.GroupReply]: [8, 2, 'string', 8, 'strings', { tables: ['string', 1] }, 'string', 4, 'string'],
   [Body.Pong]: [8],
   [Body.Error]: [2, 'string'],
   [Body.GoAway]: [2, 'string'],
 };
 
 /** Client body tags: a server sending one of these is a protocol error. */
-const CLIENT_TAGS: ReadonlySet<number> = new Set([Body.Login, Body.Send, Body.Ack, Body.Ping, Body.Logout]);
+const CLIENT_TAGS: ReadonlySet<number> = new Set([
+  Body.Login, Body.Send, Body.Ack, Body.Ping, Body.Logout, Body.GroupCreate, Body.GroupAdd, Body.GroupRemove,
+  Body.GroupLeave, Body.GroupList, Body.GroupInfo, Body.GroupSend,
+]);
 
 /** Converts a u64 that counts something (seq, ms) to a number; beyond 2^53 is a protocol error. */
 function count(v: bigint, what: string): number {
@@ -76,9 +136,30 @@ function u64(v: number | bigint, what: string): bigint {
   return b;
 }
 
+function stringVector(b: Builder, items: readonly string[]): number {
+  const offsets = items.map((m) => b.createString(m));
+  return GroupCreate.createMembersVector(b, offsets);
+}
+
+/** A first guess at the frame's size (the builder grows if it is short). */
+function sizeHint(msg: ClientMsg): number {
+  switch (msg.type) {
+    case 'Send':
+      return msg.body.length + msg.toUser.length * 3;
+    case 'GroupSend':
+      return msg.body.length + msg.groupId.length * 3;
+    case 'GroupCreate':
+    case 'GroupAdd':
+    case 'GroupRemove':
+      return msg.groupId.length * 3 + msg.members.reduce((n, m) => n + 8 + m.length * 3, 0);
+    default:
+      return 0;
+  }
+}
+
 /** Encodes one client frame (no length prefix). */
 export function encodeClient(msg: ClientMsg): Uint8Array {
-  const b = new Builder(64 + (msg.type === 'Send' ? msg.body.length + msg.toUser.length * 3 : 0));
+  const b = new Builder(64 + sizeHint(msg));
   let tag: Body;
   let body: number;
   switch (msg.type) {
@@ -108,16 +189,65 @@ export function encodeClient(msg: ClientMsg): Uint8Array {
       body = Logout.createLogout(b);
       tag = Body.Logout;
       break;
+    case 'GroupCreate':
+    case 'GroupAdd':
+    case 'GroupRemove': {
+      const group = b.createString(msg.groupId);
+      const members = stringVector(b, msg.members);
+      const id = u64(msg.requestId, 'requestId');
+      if (msg.type === 'GroupCreate') {
+        body = GroupCreate.createGroupCreate(b, id, group, members);
+        tag = Body.GroupCreate;
+      } else if (msg.type === 'GroupAdd') {
+        body = GroupAdd.createGroupAdd(b, id, group, members);
+        tag = Body.GroupAdd;
+      } else {
+        body = GroupRemove.createGroupRemove(b, id, group, members);
+        tag = Body.GroupRemove;
+      }
+      break;
+    }
+    case 'GroupLeave': {
+      const group = b.createString(msg.groupId);
+      body = GroupLeave.createGroupLeave(b, u64(msg.requestId, 'requestId'), group);
+      tag = Body.GroupLeave;
+      break;
+    }
+    case 'GroupList':
+      body = GroupList.createGroupList(b, u64(msg.requestId, 'requestId'));
+      tag = Body.GroupList;
+      break;
+    case 'GroupInfo': {
+      const group = b.createString(msg.groupId);
+      const after = b.createString(msg.after);
+      if (!Number.isInteger(msg.limit) || msg.limit < 0 || msg.limit > 0xffffffff) throw new RangeError(`limit ${msg.limit} is not a u32`);
+      body = GroupInfo.createGroupInfo(b, u64(msg.requestId, 'requestId'), group, after, msg.limit);
+      tag = Body.GroupInfo;
+      break;
+    }
+    case 'GroupSend': {
+      const group = b.createString(msg.groupId);
+      const bytes = GroupSend.createBodyVector(b, msg.body);
+      body = GroupSend.createGroupSend(b, u64(msg.clientMsgId, 'clientMsgId'), group, bytes);
+      tag = Body.GroupSend;
+      break;
+    }
   }
   b.finish(Frame.createFrame(b, tag, body));
   return b.asUint8Array();
 }
 
+/** A server message as encodeServer takes it: Deliver's group fields may be left out (1:1 message). */
+export type ServerInput =
+  | Exclude<ServerMsg, { type: 'Unknown' } | DeliverMsg | GroupReplyMsg>
+  | (Pick<DeliverMsg, 'type' | 'seq' | 'fromUser' | 'clientMsgId' | 'sentAtMs' | 'body'> & Partial<DeliverMsg>)
+  | (Pick<GroupReplyMsg, 'type' | 'requestId' | 'status'> & Partial<GroupReplyMsg>);
+
 /**
  * Encodes one server frame (no length prefix). The client never sends these; tests and tools
  * use it to play a broker's part.
  */
-export function encodeServer(msg: Exclude<ServerMsg, { type: 'Unknown' }>): Uint8Array {
+export function encodeServer(msg: ServerInput): Uint8Array {
   const b = new Builder(64 + (msg.type === 'Deliver' ? msg.body.length : 0));
   let tag: Body;
   let body: number;
@@ -136,9 +266,25 @@ export function encodeServer(msg: Exclude<ServerMsg, { type: 'Unknown' }>): Uint
     case 'Deliver': {
       const from = b.createString(msg.fromUser);
       const bytes = Deliver.createBodyVector(b, msg.body);
+      const group = msg.groupId ? b.createString(msg.groupId) : 0;
+      const to = msg.toUser ? b.createString(msg.toUser) : 0;
+      const members = msg.members?.length ? stringVector(b, msg.members) : 0;
       body = Deliver.createDeliver(b, u64(msg.seq, 'seq'), from, u64(msg.clientMsgId, 'clientMsgId'),
-        u64(msg.sentAtMs, 'sentAtMs'), bytes, 0, 0n, EntryKind.Message, false, 0, 0);
+        u64(msg.sentAtMs, 'sentAtMs'), bytes, group, u64(msg.groupSeq ?? 0, 'groupSeq'), msg.kind ?? EntryKind.Message,
+        msg.outgoing ?? false, to, members);
       tag = Body.Deliver;
+      break;
+    }
+    case 'GroupReply': {
+      const group = b.createString(msg.groupId ?? '');
+      const groups = msg.groups?.length ? stringVector(b, msg.groups) : 0;
+      const memberOffsets = (msg.members ?? []).map((m) => GroupMember.createGroupMember(b, b.createString(m.userId), m.admin));
+      const members = memberOffsets.length ? GroupReply.createMembersVector(b, memberOffsets) : 0;
+      const next = b.createString(msg.nextAfter ?? '');
+      const text = b.createString(msg.message ?? '');
+      body = GroupReply.createGroupReply(b, u64(msg.requestId, 'requestId'), msg.status, group,
+        u64(msg.groupSeq ?? 0, 'groupSeq'), groups, members, next, msg.memberCount ?? 0, text);
+      tag = Body.GroupReply;
       break;
     }
     case 'Pong':
@@ -188,6 +334,8 @@ export function decodeServer(bytes: Uint8Array): ServerMsg {
     }
     case Body.Deliver: {
       const m = frame.body(new Deliver()) as Deliver;
+      const members: string[] = [];
+      for (let i = 0; i < m.membersLength(); i++) members.push(m.members(i) ?? '');
       return {
         type: 'Deliver',
         seq: count(m.seq(), 'seq'),
@@ -196,6 +344,34 @@ export function decodeServer(bytes: Uint8Array): ServerMsg {
         sentAtMs: count(m.sentAtMs(), 'sent_at_ms'),
         // A copy: the frame's buffer may be reused by the transport.
         body: (m.bodyArray() ?? new Uint8Array(0)).slice(),
+        groupId: m.groupId() ?? '',
+        groupSeq: count(m.groupSeq(), 'group_seq'),
+        kind: m.kind(),
+        outgoing: m.outgoing(),
+        toUser: m.toUser() ?? '',
+        members,
+      };
+    }
+    case Body.GroupReply: {
+      const m = frame.body(new GroupReply()) as GroupReply;
+      const groups: string[] = [];
+      for (let i = 0; i < m.groupsLength(); i++) groups.push(m.groups(i) ?? '');
+      const members: GroupMemberInfo[] = [];
+      for (let i = 0; i < m.membersLength(); i++) {
+        const gm = m.members(i);
+        members.push({ userId: gm?.userId() ?? '', admin: gm?.admin() ?? false });
+      }
+      return {
+        type: 'GroupReply',
+        requestId: m.requestId(),
+        status: m.status(),
+        groupId: m.groupId() ?? '',
+        groupSeq: count(m.groupSeq(), 'group_seq'),
+        groups,
+        members,
+        nextAfter: m.nextAfter() ?? '',
+        memberCount: m.memberCount(),
+        message: m.message() ?? '',
       };
     }
     case Body.Pong: {

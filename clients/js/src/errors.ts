@@ -21,16 +21,37 @@ export class RingpostError extends Error {
   }
 }
 
-/** A Send the broker answered with a non-OK SendAck status (or that the client refused to send). */
+/** A Send or GroupSend the broker answered with a non-OK SendAck status (or that the client refused to send). */
 export class SendError extends RingpostError {
   readonly clientMsgId: bigint;
+  /** The recipient of a 1:1 send ("" for a group send). */
   readonly to: string;
+  /** The group of a group send ("" for a 1:1 send). */
+  readonly groupId: string;
 
-  constructor(code: number, clientMsgId: bigint, to: string, detail = '') {
-    super(code, detail || `send #${clientMsgId} to ${JSON.stringify(to)} was not accepted`);
+  constructor(code: number, clientMsgId: bigint, to: string, detail = '', groupId = '') {
+    const target = groupId ? `group ${JSON.stringify(groupId)}` : JSON.stringify(to);
+    super(code, detail || `send #${clientMsgId} to ${target} was not accepted`);
     this.name = 'SendError';
     this.clientMsgId = clientMsgId;
     this.to = to;
+    this.groupId = groupId;
+  }
+}
+
+/** A group operation answered by a GroupReply with a non-OK status (GROUP_EXISTS 601, NOT_A_MEMBER 602, ...). */
+export class GroupError extends RingpostError {
+  readonly requestId: bigint;
+  /** "create", "add", "remove", "leave", "list" or "info". */
+  readonly op: string;
+  readonly groupId: string;
+
+  constructor(code: number, requestId: bigint, op: string, groupId: string, detail = '') {
+    super(code, detail || `group ${op} ${JSON.stringify(groupId)} was refused`);
+    this.name = 'GroupError';
+    this.requestId = requestId;
+    this.op = op;
+    this.groupId = groupId;
   }
 }
 

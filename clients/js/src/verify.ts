@@ -10,8 +10,11 @@
 
 import { ProtocolError } from './errors.js';
 
-/** What a field slot holds: a scalar of N bytes, a string, a byte vector or a sub-table. */
-export type FieldKind = 1 | 2 | 4 | 8 | 'string' | 'bytes' | 'table';
+/**
+ * What a field slot holds: a scalar of N bytes, a string, a byte vector, a sub-table (not
+ * checked further), a vector of strings, or a vector of tables whose slots are `tables`.
+ */
+export type FieldKind = 1 | 2 | 4 | 8 | 'string' | 'bytes' | 'table' | 'strings' | { readonly tables: readonly FieldKind[] };
 
 function fail(what: string): never {
   throw new ProtocolError(`malformed frame: ${what}`);
@@ -59,6 +62,31 @@ function fieldPos(b: Uint8Array, t: TableRef, slot: number): number {
   return off === 0 ? 0 : t.pos + off;
 }
 
+/** A string or byte vector at `target`: u32 count, the bytes, and a NUL for strings. */
+function vectorBytes(b: Uint8Array, target: number, string: boolean, what: string): void {
+  if (!inBounds(b, target, 4)) fail(`${what} points out of bounds`);
+  const len = u32(b, target);
+  const extra = string ? 1 : 0;
+  if (!inBounds(b, target + 4, len + extra)) fail(`${what} length ${len} out of bounds`);
+  if (string && b[target + 4 + len] !== 0) fail(`${what} is not NUL-terminated`);
+}
+
+/** A vector of offsets at `target` (strings or tables); calls `each` with every element's position. */
+function offsetVector(b: Uint8Array, target: number, what: string, each: (pos: number, i: number) => void): void {
+  if (!inBounds(b, target, 4)) fail(`${what} points out of bounds`);
+  const len = u32(b, target);
+  if (!inBounds(b, target + 4, len * 4)) fail(`${what} length ${len} out of bounds`);
+  for (let i = 0; i < len; i++) {
+    const slot = target + 4 + 4 * i;
+    each(slot + u32(b, slot), i);
+  }
+}
+
+/** Checks a table's slots against `kinds`. */
+function tableFields(b: Uint8Array, t: TableRef, kinds: readonly FieldKind[], what: string): void {
+  kinds.forEach((kind, slot) => field(b, t, slot, kind, what));
+}
+
 /** Checks one field; returns the sub-table for kind 'table' (null when absent). */
 function field(b: Uint8Array, t: TableRef, slot: number, kind: FieldKind, what: string): TableRef | null {
   const p = fieldPos(b, t, slot);
@@ -67,12 +95,15 @@ function field(b: Uint8Array, t: TableRef, slot: number, kind: FieldKind, what: 
   if (p + size > t.pos + t.tableSize) fail(`${what} field ${slot} outside its table`);
   if (typeof kind === 'number') return null;
   const target = p + u32(b, p);
+  const name = `${what} field ${slot}`;
   if (kind === 'table') return table(b, target, what);
-  if (!inBounds(b, target, 4)) fail(`${what} field ${slot} points out of bounds`);
-  const len = u32(b, target);
-  const extra = kind === 'string' ? 1 : 0; // strings end with a NUL
-  if (!inBounds(b, target + 4, len + extra)) fail(`${what} field ${slot} length ${len} out of bounds`);
-  if (extra && b[target + 4 + len] !== 0) fail(`${what} string field ${slot} is not NUL-terminated`);
+  if (kind === 'string' || kind === 'bytes') {
+    vectorBytes(b, target, kind === 'string', kind === 'string' ? `${what} string field ${slot}` : name);
+  } else if (kind === 'strings') {
+    offsetVector(b, target, name, (pos, i) => vectorBytes(b, pos, true, `${name}[${i}]`));
+  } else {
+    offsetVector(b, target, name, (pos, i) => tableFields(b, table(b, pos, `${name}[${i}]`), kind.tables, `${name}[${i}]`));
+  }
   return null;
 }
 
@@ -91,6 +122,6 @@ export function verifyFrame(b: Uint8Array, bodies: Readonly<Record<number, reado
   if (tag === 0 || kinds === undefined) return tag;
   const body = field(b, root, 1, 'table', 'Frame body');
   if (body === null) fail('frame has a body type but no body');
-  kinds.forEach((kind, slot) => field(b, body, slot, kind, `body ${tag}`));
+  tableFields(b, body, kinds, `body ${tag}`);
   return tag;
 }

@@ -2,12 +2,27 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { Code, ProtocolError, codeName, decodeServer, encodeClient, encodeServer, FrameReader } from '../dist/index.js';
+import { Code, EntryKind, ProtocolError, codeName, decodeServer, encodeClient, encodeServer, FrameReader } from '../dist/index.js';
+
+const noGroup = { groupId: '', groupSeq: 0, kind: EntryKind.Message, outgoing: false, toUser: '', members: [] };
 
 const samples = [
   { type: 'LoginOk', userId: 'alice', shard: 1, headSeq: 42, heartbeatMs: 30000, oldestSeq: 3, gap: true },
   { type: 'SendAck', clientMsgId: (1n << 64n) - 1n, status: Code.INBOX_FULL },
-  { type: 'Deliver', seq: 7, fromUser: 'bob', clientMsgId: 99n, sentAtMs: 1700000000123, body: new Uint8Array([0, 1, 255]) },
+  { type: 'Deliver', seq: 7, fromUser: 'bob', clientMsgId: 99n, sentAtMs: 1700000000123, body: new Uint8Array([0, 1, 255]), ...noGroup },
+  { type: 'Deliver', seq: 8, fromUser: 'me', clientMsgId: 5n, sentAtMs: 1, body: new Uint8Array([104, 105]), ...noGroup, outgoing: true, toUser: 'bob' },
+  {
+    type: 'Deliver', seq: 9, fromUser: 'alice', clientMsgId: 0n, sentAtMs: 2, body: new Uint8Array(0), groupId: 'team',
+    groupSeq: 4, kind: EntryKind.MembersAdded, outgoing: false, toUser: '', members: ['carol', 'dave'],
+  },
+  {
+    type: 'GroupReply', requestId: 12n, status: Code.OK, groupId: 'team', groupSeq: 0, groups: [],
+    members: [{ userId: 'alice', admin: true }, { userId: 'bob', admin: false }], nextAfter: 'bob', memberCount: 7, message: '',
+  },
+  {
+    type: 'GroupReply', requestId: 13n, status: Code.GROUP_EXISTS, groupId: 'team', groupSeq: 0, groups: ['a', 'b'],
+    members: [], nextAfter: '', memberCount: 0, message: 'group "team" already exists',
+  },
   { type: 'Pong', nonce: 5n },
   { type: 'Error', code: Code.AUTH_FAILED, message: 'bad signature' },
   { type: 'GoAway', code: Code.SHUTDOWN, reason: 'broker is shutting down' },
@@ -15,6 +30,26 @@ const samples = [
 
 test('every server frame survives encode → decode', () => {
   for (const msg of samples) assert.deepEqual(decodeServer(encodeServer(msg)), msg);
+});
+
+test('encodeServer fills in what a 1:1 Deliver leaves out', () => {
+  const m = { type: 'Deliver', seq: 1, fromUser: 'a', clientMsgId: 1n, sentAtMs: 3, body: new Uint8Array([1]) };
+  assert.deepEqual(decodeServer(encodeServer(m)), { ...m, ...noGroup });
+});
+
+test('every group request encodes (the broker decodes them in its own tests)', () => {
+  const frames = [
+    { type: 'GroupCreate', requestId: 1n, groupId: 'g', members: ['a', 'b'] },
+    { type: 'GroupAdd', requestId: 2n, groupId: 'g', members: ['c'] },
+    { type: 'GroupRemove', requestId: 3n, groupId: 'g', members: [] },
+    { type: 'GroupLeave', requestId: 4n, groupId: 'g' },
+    { type: 'GroupList', requestId: 5n },
+    { type: 'GroupInfo', requestId: 6n, groupId: 'g', after: 'b', limit: 10 },
+    { type: 'GroupSend', clientMsgId: 7n, groupId: 'g', body: new Uint8Array([1, 2]) },
+  ].map((m) => encodeClient(m));
+  // Each is a client frame: the server-side decoder refuses it as one.
+  for (const f of frames) assert.throws(() => decodeServer(f), /unexpected frame type Group/);
+  assert.throws(() => encodeClient({ type: 'GroupInfo', requestId: 1n, groupId: 'g', after: '', limit: -1 }), RangeError);
 });
 
 test('code names come from the schema', () => {
@@ -28,11 +63,23 @@ test('a client frame from the server is a protocol error', () => {
   assert.throws(() => decodeServer(login), (e) => e instanceof ProtocolError && /unexpected frame type Login/.test(e.message));
 });
 
-test('truncated and bit-flipped frames never decode into garbage silently', () => {
-  const deliver = encodeServer(samples[2]);
+for (const [name, sample] of [['Deliver', samples[2]], ['group Deliver', samples[4]], ['GroupReply', samples[5]]]) test(`truncated and bit-flipped ${name} frames never decode into garbage silently`, () => {
+  const deliver = encodeServer(sample);
+  // A cut either fails or only removed trailing alignment padding (then the frame is intact).
+  let cutRefused = 0;
   for (let n = 0; n < deliver.length; n++) {
-    assert.throws(() => decodeServer(deliver.subarray(0, n)), ProtocolError, `truncated to ${n}`);
+    let m;
+    try {
+      m = decodeServer(deliver.subarray(0, n));
+    } catch (e) {
+      assert.ok(e instanceof ProtocolError, `truncated to ${n}: ${e}`);
+      cutRefused++;
+      continue;
+    }
+    assert.ok(n >= deliver.length - 7, `truncated to ${n} of ${deliver.length} and still decoded`);
+    assert.deepEqual(m, sample, `truncated to ${n}`);
   }
+  assert.ok(cutRefused >= deliver.length - 7);
   // Random flips: the decoder either refuses (ProtocolError) or returns a well-typed message;
   // any other exception (TypeError, RangeError) would be a decoder bug.
   let refused = 0;
@@ -64,13 +111,13 @@ test('random bytes are refused', () => {
 });
 
 test('FrameReader splits a stream and rejects bad prefixes at once', () => {
-  const a = encodeServer(samples[3]);
-  const b = encodeServer(samples[4]);
+  const a = encodeServer(samples[7]);
+  const b = encodeServer(samples[8]);
   const stream = Buffer.concat([prefix(a), Buffer.from(a), prefix(b), Buffer.from(b)]);
   const r = new FrameReader(1024);
   const out = [];
   for (const byte of stream) out.push(...r.push(Buffer.from([byte])));
-  assert.deepEqual(out.map((f) => decodeServer(f)), [samples[3], samples[4]]);
+  assert.deepEqual(out.map((f) => decodeServer(f)), [samples[7], samples[8]]);
   assert.throws(() => new FrameReader(1024).push(Buffer.from([0, 0, 0, 0])), /zero-length/);
   assert.throws(() => new FrameReader(1024).push(Buffer.from([1, 4, 0, 0])), /1025 bytes exceeds the limit of 1024/);
 });

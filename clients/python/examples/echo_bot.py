@@ -1,4 +1,5 @@
-"""Echo bot: answers every message with the same text. Resumes where it left off after a restart.
+"""Echo bot: answers every message with the same text, 1:1 or in the group it came from.
+Resumes where it left off after a restart.
 
     RINGPOST_URL=tcp://127.0.0.1:7070 RINGPOST_TOKEN="$(ringpost-tools token ... --user echo)" python echo_bot.py
 """
@@ -17,7 +18,11 @@ async def main() -> None:
     async with Client(os.environ["RINGPOST_URL"], os.environ["RINGPOST_TOKEN"], device_id="echo-bot", last_seq=last) as bot:
         print(f"echo bot online as {bot.login.user_id}", flush=True)
         async for msg in bot:  # each message counts as processed when the next one is asked for
-            await bot.send(msg.from_user, f"echo: {msg.text}")
+            if msg.is_message and not msg.outgoing:  # not group events, not what the bot itself sent
+                if msg.is_group:
+                    await bot.send_to_group(msg.group_id, f"echo: {msg.text}")
+                else:
+                    await bot.send(msg.from_user, f"echo: {msg.text}")
             STATE.write_text(str(msg.seq))
 
 

@@ -1,7 +1,7 @@
 """Test harness: the real ringpost broker (target/debug/ringpost, or $RINGPOST_BIN) on port 0
 with a per-test config, as tests/support/mod.rs does for the Rust tests; HS256 tokens minted
-here; a TCP proxy for network faults, a WebSocket->TCP bridge (the broker has no WebSocket
-listener yet) and a raw TCP server for playing a misbehaving peer."""
+here; a TCP proxy for network faults (on either of the broker's ports) and a raw TCP server for
+playing a misbehaving peer."""
 
 import asyncio
 import base64
@@ -60,6 +60,7 @@ class Broker:
         self.shards = shards
         self.limits = limits
         self.port = 0
+        self.ws_port = 0
         self.proc = None
         self._spawn()
 
@@ -68,21 +69,25 @@ class Broker:
         config = d / "ringpost.toml"
         config.write_text(
             f'[server]\nlisten = "127.0.0.1:{self.port}"\nshards = {self.shards}\nshutdown_grace = "5s"\n'
-            # Own ports for WebSocket too (tests run brokers side by side); own-send sync off
-            # until the client presents a user's own sends (echoes).
-            'ws_listen = "127.0.0.1:0"\nown_send_sync = false\n'
+            # Own ports for WebSocket too (tests run brokers side by side), the same again on a
+            # restart. Own-send sync stays on (the default): every test sees its users' echoes.
+            f'ws_listen = "127.0.0.1:{self.ws_port}"\n'
             f'[storage]\ndata_dir = "{d}/data"\nsegment_size = "4MiB"\n'
             f'[auth]\nsecret_file = "{d}/auth.secret"\n'
             f"[limits]\n{self.limits}\n"
+            # No admin listener: its default port would clash between brokers run side by side.
+            '[admin]\nlisten = ""\n'
         )
         env = dict(os.environ, RINGPOST_AUTH_SECRET=SECRET, RUST_LOG="info")
         with open(d / "stderr.log", "ab") as err:
             self.proc = subprocess.Popen([BROKER_BIN, "--config", str(config)], stdout=subprocess.PIPE, stderr=err, env=env)
+        # The first line names the TCP address, the second the WebSocket one.
         line = []
-        reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline().decode()), daemon=True)
+        reader = threading.Thread(target=lambda: line.extend(self.proc.stdout.readline().decode() for _ in range(2)), daemon=True)
         reader.start()
         reader.join(WAIT)
-        if not line or not line[0].startswith("ringpost listening on "):
+        if (len(line) < 2 or not line[0].startswith("ringpost listening on ")
+                or not line[1].startswith("ringpost websocket on ")):
             self.proc.kill()
             raise RuntimeError(f"broker did not start: {line!r}\n{self.stderr()}")
         # Keep draining stdout so the broker never blocks on it.
@@ -90,6 +95,9 @@ class Broker:
         self.addr = line[0].split()[3]
         self.port = int(self.addr.rsplit(":", 1)[1])
         self.url = f"tcp://{self.addr}"
+        self.ws_addr = line[1].split()[3]
+        self.ws_port = int(self.ws_addr.rsplit(":", 1)[1])
+        self.ws_url = f"ws://{self.ws_addr}/ws"
 
     def stderr(self) -> str:
         try:
@@ -164,52 +172,6 @@ class Proxy:
         self.server.close()
 
 
-class WsBridge:
-    """A WebSocket server on 127.0.0.1:0 path /ws relaying each connection to the broker over TCP."""
-
-    def __init__(self, broker_port: int):
-        self.broker_port = broker_port
-        self.conns = set()
-
-    async def start(self) -> "WsBridge":
-        from websockets.asyncio.server import serve
-
-        self.server = await serve(self._handle, "127.0.0.1", 0, compression=None)
-        port = self.server.sockets[0].getsockname()[1]
-        self.url = f"ws://127.0.0.1:{port}/ws"
-        return self
-
-    async def _handle(self, ws):
-        self.conns.add(ws)
-        r, w = await asyncio.open_connection("127.0.0.1", self.broker_port)
-
-        async def down():
-            try:
-                while True:
-                    (n,) = struct.unpack("<I", await r.readexactly(4))
-                    await ws.send(await r.readexactly(n))
-            except Exception:
-                await ws.close()
-
-        task = asyncio.create_task(down())
-        try:
-            async for msg in ws:
-                if isinstance(msg, str):
-                    await ws.close(1003, "binary frames only")
-                    break
-                w.write(prefixed(msg))
-        except Exception:
-            pass
-        finally:
-            task.cancel()
-            w.close()
-            self.conns.discard(ws)
-
-    async def close(self) -> None:
-        self.server.close()
-        await self.server.wait_closed()
-
-
 async def raw_server(on_connection):
     """A TCP server on 127.0.0.1:0 calling on_connection(reader, writer, index) per client."""
     counter = itertools.count()
@@ -223,6 +185,47 @@ async def raw_server(on_connection):
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     server.url = f"tcp://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     return server
+
+
+# The broker's owner function (src/shard/routing.rs): FNV-1a 64 then the SplitMix64 finaliser;
+# groups hash 0xFF ++ id. Pinned by the Rust golden values in test_routing.py.
+_MASK = (1 << 64) - 1
+
+
+def _fnv(h: int, data: bytes) -> int:
+    for byte in data:
+        h = ((h ^ byte) * 0x100000001B3) & _MASK
+    return h
+
+
+def _finish_hash(h: int) -> int:
+    h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK
+    return h ^ (h >> 31)
+
+
+def stable_hash(user_id: str) -> int:
+    return _finish_hash(_fnv(0xCBF29CE484222325, user_id.encode()))
+
+
+def stable_group_hash(group_id: str) -> int:
+    return _finish_hash(_fnv(_fnv(0xCBF29CE484222325, b"\xff"), group_id.encode()))
+
+
+def owner(user_id: str, shards: int) -> int:
+    return stable_hash(user_id) % shards
+
+
+def group_owner(group_id: str, shards: int) -> int:
+    return stable_group_hash(group_id) % shards
+
+
+def name_on(base: str, shard: int, own) -> str:
+    """The first of base-0, base-1, ... for which own(name) == shard."""
+    i = 0
+    while own(f"{base}-{i}") != shard:
+        i += 1
+    return f"{base}-{i}"
 
 
 class Events:
@@ -248,5 +251,5 @@ class Events:
         return asyncio.wait_for(fut, timeout)
 
 
-__all__ = ["Broker", "Events", "Proxy", "WsBridge", "WAIT", "mint_token", "prefixed", "raw_server", "run",
-           "signal", "unique_user"]
+__all__ = ["Broker", "Events", "Proxy", "WAIT", "mint_token", "owner", "group_owner", "name_on", "prefixed",
+           "raw_server", "run", "signal", "unique_user"]

@@ -46,6 +46,26 @@ async def test_the_echo_bot_echoes_and_resumes_after_a_restart(broker, tmp_path)
     assert reply.text == "echo: are you there?"  # and not "hello bot" again
     await human.send(bot_user, "third")
     assert (await human.next_delivery(WAIT)).text == "echo: third"
+
+    # In a group the bot answers in the group; the group's creation is no message to answer.
+    group = unique_user("bots")
+    await human.create_group(group, [bot_user])
+    created = await human.next_delivery(WAIT)
+    assert (created.kind_name, created.outgoing) == ("GroupCreated", True)
+    await human.send_to_group(group, "hi all")
+    reply = await human.next_delivery(WAIT)
+    assert (reply.group_id, reply.from_user, reply.text) == (group, bot_user, "echo: hi all")
     bot.terminate()
     await bot.wait()
     await human.close()
+
+    # The bot's whole stream, read by another device: each message once, and the bot never
+    # answered what it sent itself (its own entries come back to it, as outgoing, after a restart).
+    audit = Client(broker.url, mint_token(bot_user), device_id="audit")
+    await audit.connect()
+    entries = [await audit.next_delivery(WAIT) for _ in range(audit.login.head_seq)]
+    assert [(d.outgoing, d.text) for d in entries if d.is_message] == [
+        (False, "hello bot"), (True, "echo: hello bot"), (False, "are you there?"), (True, "echo: are you there?"),
+        (False, "third"), (True, "echo: third"), (False, "hi all"), (True, "echo: hi all")]
+    assert audit.login.head_seq == 9  # those 8 and the group's creation
+    await audit.close()

@@ -40,27 +40,29 @@ export class Broker {
    * Starts a broker. `limits` / `server` are extra TOML lines for those tables. `dir` reuses a
    * data directory (a restart); `port` pins the listen port (a restart on the same address).
    */
-  static async start({ shards = 2, limits = '', server = '', dir = null, port = 0 } = {}) {
+  static async start({ shards = 2, limits = '', server = '', dir = null, port = 0, wsPort = 0 } = {}) {
     const b = new Broker();
     b.ownsDir = dir === null;
     b.dir = dir ?? mkdtempSync(join(tmpdir(), 'ringpost-js-'));
     b.shards = shards;
     b.opts = { shards, limits, server };
-    await b.spawn(port);
+    await b.spawn(port, wsPort);
     return b;
   }
 
-  async spawn(port) {
+  async spawn(port, wsPort) {
     const d = this.dir;
     const config = join(d, 'ringpost.toml');
     writeFileSync(config, [
       '[server]', `listen = "127.0.0.1:${port}"`, `shards = ${this.opts.shards}`, 'shutdown_grace = "5s"',
-      // Own ports for WebSocket too (tests run brokers side by side); own-send sync off until
-      // the client presents a user's own sends (echoes).
-      'ws_listen = "127.0.0.1:0"', 'own_send_sync = false', this.opts.server,
+      // Own ports for WebSocket too (tests run brokers side by side): the same port again on
+      // a restart. Own-send sync stays on (the default): every test sees its users' echoes.
+      `ws_listen = "127.0.0.1:${wsPort}"`, this.opts.server,
       '[storage]', `data_dir = "${d}/data"`, 'segment_size = "4MiB"',
       '[auth]', `secret_file = "${d}/auth.secret"`,
-      '[limits]', this.opts.limits, '',
+      '[limits]', this.opts.limits,
+      // No admin listener: its default port would clash between brokers run side by side.
+      '[admin]', 'listen = ""', '',
     ].join('\n'));
     const stderr = openSync(join(d, 'stderr.log'), 'a');
     this.child = spawn(BROKER_BIN, ['--config', config], {
@@ -70,23 +72,34 @@ export class Broker {
     closeSync(stderr);
     this.exited = new Promise((res) => this.child.once('exit', (code, signal) => res({ code, signal })));
     const lines = createInterface({ input: this.child.stdout });
-    const first = await new Promise((res, rej) => {
+    // The first line names the TCP address, the second the WebSocket one.
+    const [first, second] = await new Promise((res, rej) => {
+      const got = [];
       const timer = setTimeout(() => rej(new Error(`broker did not start within ${WAIT_MS} ms:\n${this.stderr()}`)), WAIT_MS);
-      lines.once('line', (l) => {
-        clearTimeout(timer);
-        res(l);
+      lines.on('line', (l) => {
+        got.push(l);
+        if (got.length === 2) {
+          clearTimeout(timer);
+          res(got);
+        }
       });
       this.exited.then(({ code, signal }) => {
         clearTimeout(timer);
         rej(new Error(`broker exited (${code ?? signal}) before listening:\n${this.stderr()}`));
       });
     });
-    lines.on('line', () => {}); // keep draining stdout
     const m = /^ringpost listening on (\S+)/.exec(first);
     if (!m) throw new Error(`unexpected first line: ${first}`);
+    const w = /^ringpost websocket on (\S+)/.exec(second);
+    if (!w) throw new Error(`unexpected second line: ${second}`);
     this.addr = m[1];
     this.port = Number(m[1].split(':').pop());
     this.url = `tcp://${this.addr}`;
+    this.wsAddr = w[1];
+    this.wsPort = Number(w[1].split(':').pop());
+    this.wsUrl = `ws://${this.wsAddr}/ws`;
+    /** The chat page the broker serves. */
+    this.pageUrl = `http://${this.wsAddr}/`;
   }
 
   token(user, opts) {
@@ -113,7 +126,7 @@ export class Broker {
 
   /** Starts the broker again over the same data directory and the same port. */
   async restart() {
-    await this.spawn(this.port);
+    await this.spawn(this.port, this.wsPort);
   }
 
   async stop() {
@@ -155,4 +168,58 @@ export function within(p, ms = WAIT_MS, what = 'operation') {
     p.finally(() => clearTimeout(timer)),
     new Promise((_, rej) => (timer = setTimeout(() => rej(new Error(`${what} did not finish within ${ms} ms`)), ms))),
   ]);
+}
+
+/**
+ * Records a client's stream as the app sees it: 'deliver' entries and, unless `echoes` is
+ * false, 'echo' entries (both are handed out in seq order), and lets a test wait on it.
+ */
+export class Entries {
+  constructor(client, { echoes = true } = {}) {
+    this.all = [];
+    this.waiters = [];
+    client.on('deliver', (d) => this.push(d));
+    if (echoes) client.on('echo', (d) => this.push(d));
+  }
+
+  push(d) {
+    this.all.push(d);
+    this.waiters = this.waiters.filter((w) => !w());
+  }
+
+  /** Resolves with the first entry after the `from`-th (default: any) matching `pred`. */
+  find(pred, { from = 0, what = 'entry', ms = WAIT_MS } = {}) {
+    return this.until(() => this.all.slice(from).find(pred), what, ms);
+  }
+
+  /** Resolves once `check()` returns something truthy (checked now and on each entry). */
+  until(check, what = 'condition', ms = WAIT_MS) {
+    return new Promise((res, rej) => {
+      const now = check();
+      if (now) return res(now);
+      let timer;
+      const w = () => {
+        const v = check();
+        if (!v) return false;
+        clearTimeout(timer);
+        res(v);
+        return true;
+      };
+      timer = setTimeout(() => {
+        this.waiters = this.waiters.filter((x) => x !== w);
+        rej(new Error(`no ${what} within ${ms} ms; have ${JSON.stringify(this.all.map(summary))}`));
+      }, ms);
+      this.waiters.push(w);
+    });
+  }
+
+  /** Waits for `n` entries in all and returns them. */
+  count(n, what = `${n} entries`) {
+    return this.until(() => this.all.length >= n && this.all.slice(0, n), what);
+  }
+}
+
+/** A short, readable form of a Delivery for failure messages. */
+export function summary(d) {
+  return `${d.seq}:${d.kindName}${d.groupId ? `#${d.groupId}@${d.groupSeq}` : ''}:${d.from}${d.outgoing ? '>' : ''}${d.echo ? '(echo)' : ''}:${d.text}`;
 }

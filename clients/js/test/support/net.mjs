@@ -1,13 +1,8 @@
-// Network fault injection and a WebSocket front for tests: a TCP proxy between a client and
-// the broker that can swallow the broker's bytes or cut connections, a WebSocket→TCP bridge
-// (one binary message ⇄ one length-prefixed frame) so the WebSocket transport can talk to
-// the real broker before the broker has its own WebSocket listener, and a raw TCP server for
-// playing a misbehaving peer.
+// Network fault injection for tests: a TCP proxy between a client and the broker (either of
+// its ports: TCP frames or WebSocket) that can swallow the broker's bytes or cut connections,
+// and a raw TCP server for playing a misbehaving peer.
 
 import net from 'node:net';
-import { WebSocketServer } from 'ws';
-
-import { FrameReader } from '../../dist/index.js';
 
 export class Proxy {
   /** Listens on 127.0.0.1:0 and forwards every connection to targetPort. */
@@ -54,42 +49,6 @@ export class Proxy {
   async close() {
     this.cutAll();
     await new Promise((res) => this.server.close(res));
-  }
-}
-
-/** A WebSocket server on 127.0.0.1:0 path /ws that relays each connection to the broker over TCP. */
-export class WsBridge {
-  static async start(brokerPort) {
-    const b = new WsBridge();
-    b.wss = new WebSocketServer({ host: '127.0.0.1', port: 0, path: '/ws' });
-    await new Promise((res) => b.wss.once('listening', res));
-    b.url = `ws://127.0.0.1:${b.wss.address().port}/ws`;
-    b.wss.on('connection', (ws) => {
-      const tcp = net.connect(brokerPort, '127.0.0.1');
-      const reader = new FrameReader(16 * 1024 * 1024);
-      ws.on('message', (data, isBinary) => {
-        if (!isBinary) return ws.close(1003, 'binary frames only');
-        const prefix = Buffer.alloc(4);
-        prefix.writeUInt32LE(data.length, 0);
-        tcp.write(Buffer.concat([prefix, data]));
-      });
-      tcp.on('data', (chunk) => {
-        for (const f of reader.push(chunk)) ws.send(f, { binary: true });
-      });
-      const end = () => {
-        tcp.destroy();
-        ws.close();
-      };
-      tcp.on('close', end);
-      tcp.on('error', end);
-      ws.on('close', () => tcp.destroy());
-    });
-    return b;
-  }
-
-  async close() {
-    for (const c of this.wss.clients) c.terminate();
-    await new Promise((res) => this.wss.close(res));
   }
 }
 

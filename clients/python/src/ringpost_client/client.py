@@ -7,30 +7,42 @@
          | backoff (equal jitter)                               v
     reconnecting <- connection lost / transient refusal <- Deliver / SendAck / Pong, heartbeats
 
-Every send stays pending until its SendAck; a connection lost in between re-sends it with the
-same client_msg_id after the next login (the broker's dedup answers with the original SendAck
-and does not deliver twice). Deliveries carry a per-user seq; the client resumes after the last
-seq the application *processed* (auto_ack: it asked for the next delivery; otherwise what it
-passed to ack()) and drops replayed seqs it already handed out on this instance.
+Every send (1:1 or group) stays pending until its SendAck; a connection lost in between
+re-sends it with the same client_msg_id after the next login (the broker's dedup answers with
+the original SendAck and does not deliver twice). Deliveries carry a per-user seq; the client
+resumes after the last seq the application *processed* (auto_ack: it asked for the next
+delivery; otherwise what it passed to ack()) and drops replayed seqs it already handed out on
+this instance.
+
+Own-send sync: the broker puts every message the user sends into the user's own stream too
+(``outgoing``), on every device. The entry that echoes a send made by *this* client (it
+remembers the client_msg_ids it sent) is flagged ``echo``; it goes to ``on("echo")`` callbacks
+and - unless ``deliver_echoes=True`` - is not yielded by the iterator, so an app that shows its
+sends at once sees each message once. Group operations are requests answered by a GroupReply
+with their request_id; the membership change itself also arrives as a stream entry, in either
+order.
 """
 
 import asyncio
+import collections
 import inspect
 import random as _random
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
+from typing import Any, Awaitable, Callable, Deque, Dict, Iterable, List, Optional, Tuple, Union
 
 from . import codec
 from .backoff import Backoff
 from .codes import Code, code_name, is_permanent
-from .errors import ClientClosed, ConnectionLost, ProtocolError, RingpostError, SendError
+from .codec import EntryKind, GroupMember
+from .errors import ClientClosed, ConnectionLost, GroupError, ProtocolError, RingpostError, SendError
 from .transport import Dialer, Transport, dialer_for
 
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024  # generous: the broker bounds what it sends itself
 DEFAULT_MAX_SEND_FRAME = 64 * 1024  # the broker's default limits.max_frame
 DEFAULT_HEARTBEAT = 30.0  # when LoginOk carries no heartbeat_ms
 LOGOUT_WAIT = 2.0  # how long logout() waits for GoAway(LOGGED_OUT)
+ECHO_MEMORY = 4096  # recent client_msg_ids remembered to recognise own echoes (as the Rust client)
 _U64_MASK = (1 << 64) - 1
 
 TokenSource = Union[str, Callable[[], Union[str, Awaitable[str]]]]
@@ -51,13 +63,35 @@ class LoginInfo:
     reset: bool
 
 
+_KIND_NAMES = {v: k for k, v in vars(EntryKind).items() if not k.startswith("_") and isinstance(v, int)}
+
+
 @dataclass(frozen=True)
 class Delivery:
+    """One entry of the user's stream: a message to the user (1:1 or in a group), a message the
+    user sent (``outgoing``, own-send sync), or a group event (``kind`` other than Message)."""
+
     seq: int
+    #: The sender (messages) or who made the change (group events).
     from_user: str
     client_msg_id: int
+    #: Broker clock (ms since the epoch) when the message was accepted.
     sent_at_ms: int
     body: bytes
+    #: Group entries: the group ("" for 1:1) and the entry's place in the group's own order.
+    group_id: str = ""
+    group_seq: int = 0
+    #: An ``EntryKind`` value: Message, GroupCreated, MembersAdded, MembersRemoved, MemberLeft.
+    kind: int = EntryKind.Message
+    #: The user sent this message, from this device or another one.
+    outgoing: bool = False
+    #: Outgoing 1:1 messages: the recipient.
+    to_user: str = ""
+    #: Group events: the users the group was created with, added, removed, or who left.
+    members: Tuple[str, ...] = ()
+    #: The echo of a send made by this client: the message the app already shows, now in the
+    #: stream. Outgoing entries of sends from the user's other devices have it False.
+    echo: bool = False
 
     @property
     def text(self) -> str:
@@ -65,22 +99,86 @@ class Delivery:
         return self.body.decode("utf-8", errors="replace")
 
     @property
+    def is_group(self) -> bool:
+        return self.group_id != ""
+
+    @property
+    def is_message(self) -> bool:
+        """A message (1:1 or group), not a group event."""
+        return self.kind == EntryKind.Message
+
+    @property
+    def kind_name(self) -> str:
+        return _KIND_NAMES.get(self.kind, "Unknown")
+
+    @property
+    def peer(self) -> str:
+        """1:1 messages: the other user of the conversation (the recipient when outgoing); "" for group entries."""
+        if self.is_group:
+            return ""
+        return self.to_user if self.outgoing else self.from_user
+
+    @property
     def key(self) -> str:
-        """Identifies the message across re-sends: sender and client_msg_id."""
-        return f"{self.from_user}/{self.client_msg_id}"
+        """Identifies the entry across re-sends and devices: messages by sender and client_msg_id
+        (``from/id``, which the sender can compute for what it sent), group events by group and
+        group_seq (``group#n``)."""
+        if self.is_message:
+            return f"{self.from_user}/{self.client_msg_id}"
+        return f"{self.group_id}#{self.group_seq}"
 
 
 @dataclass(frozen=True)
 class SendResult:
     client_msg_id: int
+    #: The recipient of a 1:1 send ("" for a group send).
     to: str
+    #: The group of a group send ("" for a 1:1 send).
+    group_id: str = ""
+
+
+@dataclass(frozen=True)
+class GroupChange:
+    """What a membership change (create, add, remove, leave) returns."""
+
+    group_id: str
+    #: The group_seq of the change (0 when nothing changed).
+    group_seq: int
+
+
+@dataclass(frozen=True)
+class GroupPage:
+    """A page of a group's members (group_info)."""
+
+    group_id: str
+    #: In user-ID order.
+    members: Tuple[GroupMember, ...]
+    #: Pass as ``after`` for the next page; "" on the last page.
+    next_after: str
+    member_count: int
 
 
 class _Pending:
-    __slots__ = ("id", "to", "frame", "attempts", "future")
+    __slots__ = ("id", "to", "group_id", "frame", "attempts", "order", "future")
 
-    def __init__(self, id: int, to: str, frame: bytes, future: "asyncio.Future[SendResult]"):
-        self.id, self.to, self.frame, self.attempts, self.future = id, to, frame, 0, future
+    def __init__(self, id: int, to: str, group_id: str, frame: bytes, order: int, future: "asyncio.Future[SendResult]"):
+        self.id, self.to, self.group_id, self.frame, self.order, self.future = id, to, group_id, frame, order, future
+        self.attempts = 0
+
+
+class _PendingOp:
+    """A group request waiting for its GroupReply."""
+
+    __slots__ = ("request_id", "op", "group_id", "frame", "read_only", "conn", "order", "future")
+
+    def __init__(self, request_id: int, op: str, group_id: str, frame: bytes, read_only: bool, order: int,
+                 future: "asyncio.Future[codec.GroupReply]"):
+        self.request_id, self.op, self.group_id, self.frame = request_id, op, group_id, frame
+        #: List and info change nothing: safe to ask again on the next connection.
+        self.read_only = read_only
+        #: The connection it was written on (None: not yet written).
+        self.conn: Optional["_Conn"] = None
+        self.order, self.future = order, future
 
 
 class _Conn:
@@ -96,8 +194,10 @@ class Client:
     """An asyncio ringpost client.
 
     ``url`` is ``tcp://host:port`` or ``ws(s)://host:port/ws``. Events (``state``, ``login``,
-    ``sent``, ``retry``, ``goaway``, ``error``) go to callbacks added with :meth:`on`;
-    deliveries come from ``async for d in client`` (or :meth:`next_delivery`).
+    ``sent``, ``echo``, ``retry``, ``goaway``, ``error``) go to callbacks added with :meth:`on`;
+    deliveries come from ``async for d in client`` (or :meth:`next_delivery`): every stream
+    entry except the echoes of this client's own sends (``deliver_echoes=True`` yields those
+    too, flagged ``echo``).
     """
 
     def __init__(
@@ -108,6 +208,7 @@ class Client:
         device_id: str = "",
         last_seq: int = 0,
         auto_ack: bool = True,
+        deliver_echoes: bool = False,
         reconnect: bool = True,
         backoff: Optional[Backoff] = None,
         login_timeout: float = 10.0,
@@ -125,6 +226,7 @@ class Client:
         self._token = token
         self.device_id = device_id
         self._auto_ack = auto_ack
+        self._deliver_echoes = deliver_echoes
         self._reconnect = reconnect
         self._backoff = backoff or Backoff()
         self._login_timeout = login_timeout
@@ -138,7 +240,15 @@ class Client:
         self._ack_sent = 0
         self._ack_scheduled = False
         self._pending: Dict[int, _Pending] = {}
-        self._deliveries: "asyncio.Queue[Optional[Delivery]]" = asyncio.Queue()
+        self._ops: Dict[int, _PendingOp] = {}
+        self._next_request_id = 1
+        self._next_order = 0
+        #: client_msg_ids this client sent, oldest first (bounded by ECHO_MEMORY).
+        self._sent_ids: "collections.OrderedDict[int, None]" = collections.OrderedDict()
+        #: Skipped echoes (prev seq, seq): processed once everything up to prev is.
+        self._echo_wait: Deque[Tuple[int, int]] = collections.deque()
+        #: Entries not yet handed out, with the seq of the entry before each; None ends the stream.
+        self._deliveries: "asyncio.Queue[Optional[Tuple[int, Delivery]]]" = asyncio.Queue()
         self._last_yielded: Optional[int] = None
         self._listeners: Dict[str, List[Callable[[Any], Any]]] = {}
         self._conn: Optional[_Conn] = None
@@ -213,6 +323,23 @@ class Client:
 
     def send_nowait(self, to: str, body: Union[bytes, str], *, client_msg_id: Optional[int] = None) -> "asyncio.Future[SendResult]":
         """Like send(), but returns the future at once (for many sends in flight)."""
+        return self._enqueue_send("", to, body, client_msg_id)
+
+    async def send_to_group(self, group_id: str, body: Union[bytes, str], *, client_msg_id: Optional[int] = None) -> SendResult:
+        """Sends ``body`` to group ``group_id`` (members only) and waits for its SendAck.
+
+        Returns SendResult(client_msg_id, to="", group_id) when the group's owner stored it (it
+        then reaches every member, the sender included); raises SendError otherwise (NOT_A_MEMBER,
+        GROUP_NOT_FOUND, ...). Queued and re-sent like send().
+        """
+        return await self.send_to_group_nowait(group_id, body, client_msg_id=client_msg_id)
+
+    def send_to_group_nowait(self, group_id: str, body: Union[bytes, str], *,
+                             client_msg_id: Optional[int] = None) -> "asyncio.Future[SendResult]":
+        """Like send_to_group(), but returns the future at once."""
+        return self._enqueue_send(group_id, "", body, client_msg_id)
+
+    def _enqueue_send(self, group_id: str, to: str, body: Union[bytes, str], client_msg_id: Optional[int]) -> "asyncio.Future[SendResult]":
         loop = asyncio.get_running_loop()
         fut: "asyncio.Future[SendResult]" = loop.create_future()
         if self._state == "closed":
@@ -223,24 +350,117 @@ class Client:
         if existing:
             return existing.future
         data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
-        frame = codec.encode_client(codec.Send(cid, to, data))
+        msg = codec.GroupSend(cid, group_id, data) if group_id else codec.Send(cid, to, data)
+        frame = codec.encode_client(msg)
         if len(frame) > self._max_send_frame:
+            kind = "GroupSend" if group_id else "Send"
             fut.set_exception(SendError(Code.FRAME_TOO_LARGE, cid, to,
-                                        f"the Send frame is {len(frame)} bytes, over max_send_frame ({self._max_send_frame}); not sent"))
+                                        f"the {kind} frame is {len(frame)} bytes, over max_send_frame ({self._max_send_frame}); not sent",
+                                        group_id))
             return fut
-        p = _Pending(cid, to, frame, fut)
+        p = _Pending(cid, to, group_id, frame, self._next_order, fut)
+        self._next_order += 1
         self._pending[cid] = p
+        self._note_sent(cid)
         if self._conn and self._conn.logged_in:
             self._write_send(self._conn, p)
         return fut
 
+    def _note_sent(self, cid: int) -> None:
+        """Remembers ``cid`` as sent by this client, so its echo is recognised."""
+        if cid in self._sent_ids:
+            return
+        self._sent_ids[cid] = None
+        if len(self._sent_ids) > ECHO_MEMORY:
+            self._sent_ids.popitem(last=False)
+
+    # ---- groups ---------------------------------------------------------------------------------
+
+    async def create_group(self, group_id: str, members: Iterable[str] = ()) -> GroupChange:
+        """Creates ``group_id`` (1..=128 bytes) with this user as its first admin and ``members``.
+
+        Returns the change's group_seq on GroupReply OK; raises GroupError (code + name:
+        GROUP_EXISTS, GROUP_FULL, TOO_MANY_GROUPS, INVALID_GROUP, ...) otherwise.
+        """
+        r = await self._group_request("create", group_id, lambda rid: codec.GroupCreate(rid, group_id, tuple(members)), False)
+        return GroupChange(r.group_id or group_id, r.group_seq)
+
+    async def add_members(self, group_id: str, members: Iterable[str]) -> GroupChange:
+        """Admins only: adds ``members``. Raises GroupError (NOT_GROUP_ADMIN, ALREADY_A_MEMBER, GROUP_FULL, ...)."""
+        r = await self._group_request("add", group_id, lambda rid: codec.GroupAdd(rid, group_id, tuple(members)), False)
+        return GroupChange(r.group_id or group_id, r.group_seq)
+
+    async def remove_members(self, group_id: str, members: Iterable[str]) -> GroupChange:
+        """Admins only: removes ``members``. Raises GroupError (NOT_GROUP_ADMIN, NOT_A_MEMBER, ...)."""
+        r = await self._group_request("remove", group_id, lambda rid: codec.GroupRemove(rid, group_id, tuple(members)), False)
+        return GroupChange(r.group_id or group_id, r.group_seq)
+
+    async def leave_group(self, group_id: str) -> GroupChange:
+        """Leaves the group (any member). Raises GroupError (NOT_A_MEMBER, GROUP_NOT_FOUND)."""
+        r = await self._group_request("leave", group_id, lambda rid: codec.GroupLeave(rid, group_id), False)
+        return GroupChange(r.group_id or group_id, r.group_seq)
+
+    async def list_groups(self) -> List[str]:
+        """The groups this user is a member of, in ID order."""
+        r = await self._group_request("list", "", lambda rid: codec.GroupList(rid), True)
+        return list(r.groups)
+
+    async def group_info(self, group_id: str, *, after: str = "", limit: int = 0) -> GroupPage:
+        """One page of a group's members (members only), in user-ID order, starting after
+        ``after`` ("" = from the start), at most ``limit`` (0 = the broker's page size, 1000)."""
+        r = await self._group_request("info", group_id, lambda rid: codec.GroupInfo(rid, group_id, after, limit), True)
+        return GroupPage(r.group_id or group_id, r.members, r.next_after, r.member_count)
+
+    async def group_members(self, group_id: str, *, page_size: int = 0) -> List[GroupMember]:
+        """Every member of a group: group_info page after page."""
+        members: List[GroupMember] = []
+        after = ""
+        while True:
+            page = await self.group_info(group_id, after=after, limit=page_size)
+            members.extend(page.members)
+            if not page.next_after:
+                return members
+            after = page.next_after
+
+    def _group_request(self, op: str, group_id: str, make, read_only: bool) -> "asyncio.Future[codec.GroupReply]":
+        """Queues a group request: written now when online, else after the next login. A request
+        written on a connection lost before its GroupReply is asked again on the next one if it
+        only reads (list, info); a change (create, add, remove, leave) raises ConnectionLost
+        instead, because it may or may not have been applied."""
+        fut: "asyncio.Future[codec.GroupReply]" = asyncio.get_running_loop().create_future()
+        if self._state == "closed":
+            fut.set_exception(ClientClosed("client is closed"))
+            return fut
+        rid = self._next_request_id
+        self._next_request_id += 1
+        frame = codec.encode_client(make(rid))
+        if len(frame) > self._max_send_frame:
+            fut.set_exception(GroupError(Code.FRAME_TOO_LARGE, rid, op, group_id,
+                                         f"the group {op} frame is {len(frame)} bytes, over max_send_frame ({self._max_send_frame}); not sent"))
+            return fut
+        p = _PendingOp(rid, op, group_id, frame, read_only, self._next_order, fut)
+        self._next_order += 1
+        self._ops[rid] = p
+        if self._conn and self._conn.logged_in:
+            self._write_op(self._conn, p)
+        return fut
+
+    def _write_op(self, c: "_Conn", p: _PendingOp) -> None:
+        p.conn = c
+        self._write(c, p.frame)
+
     def ack(self, seq: int) -> None:
         """Marks every delivery with seq <= ``seq`` processed and acks it (needed with auto_ack=False)."""
         up_to = min(seq, self._emitted)
-        if up_to <= self._processed:
-            return
-        self._processed = up_to
-        if not self._ack_scheduled:
+        if up_to > self._processed:
+            self._processed = up_to
+        self._advance_echoes()
+
+    def _advance_echoes(self) -> None:
+        """Skipped echoes count as processed once everything before them is; schedules the Ack."""
+        while self._echo_wait and self._processed >= self._echo_wait[0][0]:
+            self._processed = max(self._processed, self._echo_wait.popleft()[1])
+        if self._processed > self._ack_sent and not self._ack_scheduled:
             # Coalesced: one Ack per turn of the loop, for the highest processed seq.
             self._ack_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_ack)
@@ -250,12 +470,21 @@ class Client:
         if self._auto_ack and self._last_yielded is not None:
             self.ack(self._last_yielded)
         self._last_yielded = None
-        d = await asyncio.wait_for(self._deliveries.get(), timeout)
-        if d is None:
-            self._deliveries.put_nowait(None)  # keep the end marker for the next caller
-            raise ClientClosed("client is closed") from self._closed_error
-        self._last_yielded = d.seq
-        return d
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            item = await asyncio.wait_for(self._deliveries.get(), left)
+            if item is None:
+                self._deliveries.put_nowait(None)  # keep the end marker for the next caller
+                raise ClientClosed("client is closed") from self._closed_error
+            prev, d = item
+            if d.echo and not self._deliver_echoes:
+                self._echo_wait.append((prev, d.seq))  # shown already by the app: not handed out
+                self._advance_echoes()
+                continue
+            self._last_yielded = d.seq
+            return d
 
     def __aiter__(self):
         return self
@@ -371,6 +600,7 @@ class Client:
                 c.logged_in = False
                 if self._conn is c:
                     self._conn = None
+                self._conn_lost(c)
                 await c.transport.close()
 
     def _online(self, c: _Conn, ok: codec.LoginOk) -> None:
@@ -380,6 +610,7 @@ class Client:
             # The broker has fewer messages than this device processed (its data was wiped):
             # seqs start again after head_seq, and the old high-water mark would drop them all.
             self._processed = self._emitted = ok.head_seq
+            self._echo_wait.clear()
         self._ack_sent = self._processed  # the broker counts the login's last_seq as acked
         c.logged_in = True
         self._everything_online = True
@@ -390,22 +621,47 @@ class Client:
         first, self._first_login = self._first_login, None
         if first and not first.done():
             first.set_result(self.login)
-        for p in list(self._pending.values()):
-            self._write_send(c, p)
+        # Everything queued, in the order the app asked for it (a group created before a send to it).
+        queued: List[Union[_Pending, _PendingOp]] = list(self._pending.values())
+        queued += [op for op in self._ops.values() if op.conn is None]
+        queued.sort(key=lambda p: p.order)
+        for p in queued:
+            if isinstance(p, _PendingOp):
+                self._write_op(c, p)
+            else:
+                self._write_send(c, p)
 
     def _handle(self, c: _Conn, msg: codec.ServerMsg) -> None:
         if isinstance(msg, codec.Deliver):
             if msg.seq <= self._emitted:
                 return  # replayed after a reconnect: already handed out
-            self._emitted = msg.seq
-            self._deliveries.put_nowait(Delivery(msg.seq, msg.from_user, msg.client_msg_id, msg.sent_at_ms, msg.body))
+            prev, self._emitted = self._emitted, msg.seq
+            # Group events carry client_msg_id 0: only messages can be echoes.
+            echo = msg.outgoing and msg.kind == EntryKind.Message and msg.client_msg_id in self._sent_ids
+            d = Delivery(msg.seq, msg.from_user, msg.client_msg_id, msg.sent_at_ms, msg.body, msg.group_id,
+                         msg.group_seq, msg.kind, msg.outgoing, msg.to_user, msg.members, echo)
+            if echo:
+                self._emit("echo", d)
+            if echo and not self._deliver_echoes and self._deliveries.empty():
+                # Nothing waits before it: no need to queue it for an iterator that may never come.
+                self._echo_wait.append((prev, d.seq))
+                self._advance_echoes()
+            else:
+                self._deliveries.put_nowait((prev, d))
         elif isinstance(msg, codec.SendAck):
             p = self._pending.pop(msg.client_msg_id, None)
             if p and not p.future.done():
                 if msg.status == Code.OK:
-                    p.future.set_result(SendResult(p.id, p.to))
+                    p.future.set_result(SendResult(p.id, p.to, p.group_id))
                 else:
-                    p.future.set_exception(SendError(msg.status, p.id, p.to))
+                    p.future.set_exception(SendError(msg.status, p.id, p.to, "", p.group_id))
+        elif isinstance(msg, codec.GroupReply):
+            op = self._ops.pop(msg.request_id, None)
+            if op and not op.future.done():
+                if msg.status == Code.OK:
+                    op.future.set_result(msg)
+                else:
+                    op.future.set_exception(GroupError(msg.status, msg.request_id, op.op, msg.group_id or op.group_id, msg.message))
         elif isinstance(msg, (codec.Error, codec.GoAway)):
             detail = msg.message if isinstance(msg, codec.Error) else msg.reason
             if isinstance(msg, codec.GoAway):
@@ -446,7 +702,21 @@ class Client:
     def _write_send(self, c: _Conn, p: _Pending) -> None:
         p.attempts += 1
         self._write(c, p.frame)
-        self._emit("sent", {"client_msg_id": p.id, "to": p.to, "attempt": p.attempts})
+        self._emit("sent", {"client_msg_id": p.id, "to": p.to, "group_id": p.group_id, "attempt": p.attempts})
+
+    def _conn_lost(self, c: _Conn) -> None:
+        """Group requests written on ``c`` and not answered: reads are asked again, changes fail."""
+        for op in list(self._ops.values()):
+            if op.conn is not c:
+                continue
+            if op.read_only:
+                op.conn = None
+            else:
+                del self._ops[op.request_id]
+                if not op.future.done():
+                    op.future.set_exception(ConnectionLost(
+                        f"the connection was lost before the broker answered group {op.op} {op.group_id!r}; "
+                        "it may or may not have been applied"))
 
     def _flush_ack(self) -> None:
         self._ack_scheduled = False
@@ -461,16 +731,18 @@ class Client:
         self._closed_error = error
         self._set_state("closed", error)
         self._wake.set()
-        c = self._conn
-        if c:
-            c.logged_in = False
-            await c.transport.close()
+        # Before the connection closes, so requests in flight end as closed, not as lost.
         closed = ClientClosed(f"client closed: {error}" if error else "client closed")
-        for p in self._pending.values():
+        for p in list(self._pending.values()) + list(self._ops.values()):
             if not p.future.done():
                 p.future.set_exception(error if isinstance(error, RingpostError) else closed)
                 p.future.exception()  # retrieved: no "never retrieved" warning for fire-and-forget sends
         self._pending.clear()
+        self._ops.clear()
+        c = self._conn
+        if c:
+            c.logged_in = False
+            await c.transport.close()
         first, self._first_login = self._first_login, None
         if first and not first.done():
             first.set_exception(error or closed)

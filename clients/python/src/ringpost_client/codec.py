@@ -5,7 +5,7 @@ strips the u32 LE prefix, a WebSocket binary message carries exactly one frame.
 """
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Tuple, Union
 
 import flatbuffers
 
@@ -14,6 +14,7 @@ from .errors import ProtocolError
 from .verify import verify_frame
 
 Body = fb.Body
+EntryKind = fb.EntryKind
 
 # ---- client -> server -----------------------------------------------------------------------
 
@@ -47,7 +48,55 @@ class Logout:
     pass
 
 
-ClientMsg = Union[Login, Send, Ack, Ping, Logout]
+@dataclass(frozen=True)
+class GroupCreate:
+    request_id: int
+    group_id: str
+    members: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GroupAdd:
+    request_id: int
+    group_id: str
+    members: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GroupRemove:
+    request_id: int
+    group_id: str
+    members: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GroupLeave:
+    request_id: int
+    group_id: str
+
+
+@dataclass(frozen=True)
+class GroupList:
+    request_id: int
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    request_id: int
+    group_id: str
+    after: str = ""
+    limit: int = 0
+
+
+@dataclass(frozen=True)
+class GroupSend:
+    client_msg_id: int
+    group_id: str
+    body: bytes = b""
+
+
+ClientMsg = Union[Login, Send, Ack, Ping, Logout, GroupCreate, GroupAdd, GroupRemove, GroupLeave, GroupList, GroupInfo,
+                  GroupSend]
 
 # ---- server -> client -----------------------------------------------------------------------
 
@@ -70,11 +119,38 @@ class SendAck:
 
 @dataclass(frozen=True)
 class Deliver:
+    """One entry of the user's stream: a message to them, one they sent, or a group event."""
+
     seq: int
     from_user: str
     client_msg_id: int
     sent_at_ms: int
     body: bytes
+    group_id: str = ""
+    group_seq: int = 0
+    kind: int = EntryKind.Message
+    outgoing: bool = False
+    to_user: str = ""
+    members: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    user_id: str
+    admin: bool = False
+
+
+@dataclass(frozen=True)
+class GroupReply:
+    request_id: int
+    status: int
+    group_id: str = ""
+    group_seq: int = 0
+    groups: Tuple[str, ...] = ()
+    members: Tuple[GroupMember, ...] = ()
+    next_after: str = ""
+    member_count: int = 0
+    message: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,18 +177,23 @@ class Unknown:
     tag: int
 
 
-ServerMsg = Union[LoginOk, SendAck, Deliver, Pong, Error, GoAway, Unknown]
+ServerMsg = Union[LoginOk, SendAck, Deliver, GroupReply, Pong, Error, GoAway, Unknown]
 
 #: Field slots of each server body table, in schema order (schema/ringpost.fbs).
 _SERVER_BODIES = {
     Body.LoginOk: ("string", 2, 8, 4, 8, 1),
     Body.SendAck: (8, 2),
-    Body.Deliver: (8, "string", 8, 8, "bytes"),
+    Body.Deliver: (8, "string", 8, 8, "bytes", "string", 8, 1, 1, "string", "strings"),
+    Body.GroupReply: (8, 2, "string", 8, "strings", ("string", 1), "string", 4, "string"),
     Body.Pong: (8,),
     Body.Error: (2, "string"),
     Body.GoAway: (2, "string"),
 }
-_CLIENT_TAGS = {Body.Login: "Login", Body.Send: "Send", Body.Ack: "Ack", Body.Ping: "Ping", Body.Logout: "Logout"}
+_CLIENT_TAGS = {
+    getattr(Body, name): name
+    for name in ("Login", "Send", "Ack", "Ping", "Logout", "GroupCreate", "GroupAdd", "GroupRemove", "GroupLeave",
+                 "GroupList", "GroupInfo", "GroupSend")
+}
 
 _U64_MAX = (1 << 64) - 1
 
@@ -131,9 +212,38 @@ def _finish(b: flatbuffers.Builder, tag: int, body: int) -> bytes:
     return bytes(b.Output())
 
 
+def _strings(b: flatbuffers.Builder, items, start) -> int:
+    """A vector of strings (``start`` is the table's StartXxxVector function)."""
+    offsets = [b.CreateString(m) for m in items]
+    start(b, len(offsets))
+    for o in reversed(offsets):
+        b.PrependUOffsetTRelative(o)
+    return b.EndVector()
+
+
+def _size_hint(msg) -> int:
+    if isinstance(msg, Send):
+        return len(msg.body) + len(msg.to_user) * 4
+    if isinstance(msg, GroupSend):
+        return len(msg.body) + len(msg.group_id) * 4
+    if isinstance(msg, (GroupCreate, GroupAdd, GroupRemove)):
+        return len(msg.group_id) * 4 + sum(8 + len(m) * 4 for m in msg.members)
+    return 0
+
+
+_MEMBER_OPS = {
+    GroupCreate: (Body.GroupCreate, fb.GroupCreateStart, fb.GroupCreateAddRequestId, fb.GroupCreateAddGroupId,
+                  fb.GroupCreateAddMembers, fb.GroupCreateStartMembersVector, fb.GroupCreateEnd),
+    GroupAdd: (Body.GroupAdd, fb.GroupAddStart, fb.GroupAddAddRequestId, fb.GroupAddAddGroupId, fb.GroupAddAddMembers,
+               fb.GroupAddStartMembersVector, fb.GroupAddEnd),
+    GroupRemove: (Body.GroupRemove, fb.GroupRemoveStart, fb.GroupRemoveAddRequestId, fb.GroupRemoveAddGroupId,
+                  fb.GroupRemoveAddMembers, fb.GroupRemoveStartMembersVector, fb.GroupRemoveEnd),
+}
+
+
 def encode_client(msg: ClientMsg) -> bytes:
     """Encodes one client frame (no length prefix)."""
-    b = flatbuffers.Builder(64 + (len(msg.body) + len(msg.to_user) * 4 if isinstance(msg, Send) else 0))
+    b = flatbuffers.Builder(64 + _size_hint(msg))
     if isinstance(msg, Login):
         token = b.CreateString(msg.token)
         device = b.CreateString(msg.device_id)
@@ -161,6 +271,44 @@ def encode_client(msg: ClientMsg) -> bytes:
     if isinstance(msg, Logout):
         fb.LogoutStart(b)
         return _finish(b, Body.Logout, fb.LogoutEnd(b))
+    if type(msg) in _MEMBER_OPS:
+        tag, start, add_id, add_group, add_members, start_vec, end = _MEMBER_OPS[type(msg)]
+        group = b.CreateString(msg.group_id)
+        members = _strings(b, msg.members, start_vec)
+        start(b)
+        add_id(b, _u64(msg.request_id, "request_id"))
+        add_group(b, group)
+        add_members(b, members)
+        return _finish(b, tag, end(b))
+    if isinstance(msg, GroupLeave):
+        group = b.CreateString(msg.group_id)
+        fb.GroupLeaveStart(b)
+        fb.GroupLeaveAddRequestId(b, _u64(msg.request_id, "request_id"))
+        fb.GroupLeaveAddGroupId(b, group)
+        return _finish(b, Body.GroupLeave, fb.GroupLeaveEnd(b))
+    if isinstance(msg, GroupList):
+        fb.GroupListStart(b)
+        fb.GroupListAddRequestId(b, _u64(msg.request_id, "request_id"))
+        return _finish(b, Body.GroupList, fb.GroupListEnd(b))
+    if isinstance(msg, GroupInfo):
+        if not isinstance(msg.limit, int) or not 0 <= msg.limit <= 0xFFFFFFFF:
+            raise ValueError(f"limit {msg.limit!r} is not a u32")
+        group = b.CreateString(msg.group_id)
+        after = b.CreateString(msg.after)
+        fb.GroupInfoStart(b)
+        fb.GroupInfoAddRequestId(b, _u64(msg.request_id, "request_id"))
+        fb.GroupInfoAddGroupId(b, group)
+        fb.GroupInfoAddAfter(b, after)
+        fb.GroupInfoAddLimit(b, msg.limit)
+        return _finish(b, Body.GroupInfo, fb.GroupInfoEnd(b))
+    if isinstance(msg, GroupSend):
+        group = b.CreateString(msg.group_id)
+        body = b.CreateByteVector(bytes(msg.body))
+        fb.GroupSendStart(b)
+        fb.GroupSendAddClientMsgId(b, _u64(msg.client_msg_id, "client_msg_id"))
+        fb.GroupSendAddGroupId(b, group)
+        fb.GroupSendAddBody(b, body)
+        return _finish(b, Body.GroupSend, fb.GroupSendEnd(b))
     raise TypeError(f"not a client message: {msg!r}")
 
 
@@ -185,13 +333,56 @@ def encode_server(msg: ServerMsg) -> bytes:
     if isinstance(msg, Deliver):
         frm = b.CreateString(msg.from_user)
         body = b.CreateByteVector(bytes(msg.body))
+        group = b.CreateString(msg.group_id) if msg.group_id else None
+        to = b.CreateString(msg.to_user) if msg.to_user else None
+        members = _strings(b, msg.members, fb.DeliverStartMembersVector) if msg.members else None
         fb.DeliverStart(b)
         fb.DeliverAddSeq(b, msg.seq)
         fb.DeliverAddFromUser(b, frm)
         fb.DeliverAddClientMsgId(b, msg.client_msg_id)
         fb.DeliverAddSentAtMs(b, msg.sent_at_ms)
         fb.DeliverAddBody(b, body)
+        if group is not None:
+            fb.DeliverAddGroupId(b, group)
+        fb.DeliverAddGroupSeq(b, msg.group_seq)
+        fb.DeliverAddKind(b, msg.kind)
+        fb.DeliverAddOutgoing(b, msg.outgoing)
+        if to is not None:
+            fb.DeliverAddToUser(b, to)
+        if members is not None:
+            fb.DeliverAddMembers(b, members)
         return _finish(b, Body.Deliver, fb.DeliverEnd(b))
+    if isinstance(msg, GroupReply):
+        group = b.CreateString(msg.group_id)
+        groups = _strings(b, msg.groups, fb.GroupReplyStartGroupsVector) if msg.groups else None
+        member_offsets = []
+        for m in msg.members:
+            uid = b.CreateString(m.user_id)
+            fb.GroupMemberStart(b)
+            fb.GroupMemberAddUserId(b, uid)
+            fb.GroupMemberAddAdmin(b, m.admin)
+            member_offsets.append(fb.GroupMemberEnd(b))
+        members = None
+        if member_offsets:
+            fb.GroupReplyStartMembersVector(b, len(member_offsets))
+            for o in reversed(member_offsets):
+                b.PrependUOffsetTRelative(o)
+            members = b.EndVector()
+        nxt = b.CreateString(msg.next_after)
+        text = b.CreateString(msg.message)
+        fb.GroupReplyStart(b)
+        fb.GroupReplyAddRequestId(b, msg.request_id)
+        fb.GroupReplyAddStatus(b, msg.status)
+        fb.GroupReplyAddGroupId(b, group)
+        fb.GroupReplyAddGroupSeq(b, msg.group_seq)
+        if groups is not None:
+            fb.GroupReplyAddGroups(b, groups)
+        if members is not None:
+            fb.GroupReplyAddMembers(b, members)
+        fb.GroupReplyAddNextAfter(b, nxt)
+        fb.GroupReplyAddMemberCount(b, msg.member_count)
+        fb.GroupReplyAddMessage(b, text)
+        return _finish(b, Body.GroupReply, fb.GroupReplyEnd(b))
     if isinstance(msg, Pong):
         fb.PongStart(b)
         fb.PongAddNonce(b, msg.nonce)
@@ -250,7 +441,19 @@ def decode_server(data: bytes) -> ServerMsg:
     if tag == Body.Deliver:
         m = fb.Deliver()
         m.Init(table.Bytes, table.Pos)
-        return Deliver(m.Seq(), _text(m.FromUser()), m.ClientMsgId(), m.SentAtMs(), _body(m._tab, 12))
+        return Deliver(m.Seq(), _text(m.FromUser()), m.ClientMsgId(), m.SentAtMs(), _body(m._tab, 12),
+                       _text(m.GroupId()), m.GroupSeq(), m.Kind(), bool(m.Outgoing()), _text(m.ToUser()),
+                       tuple(_text(m.Members(i)) for i in range(m.MembersLength())))
+    if tag == Body.GroupReply:
+        m = fb.GroupReply()
+        m.Init(table.Bytes, table.Pos)
+        members = []
+        for i in range(m.MembersLength()):
+            gm = m.Members(i)
+            members.append(GroupMember(_text(gm.UserId()), bool(gm.Admin())))
+        return GroupReply(m.RequestId(), m.Status(), _text(m.GroupId()), m.GroupSeq(),
+                          tuple(_text(m.Groups(i)) for i in range(m.GroupsLength())), tuple(members),
+                          _text(m.NextAfter()), m.MemberCount(), _text(m.Message()))
     if tag == Body.Pong:
         m = fb.Pong()
         m.Init(table.Bytes, table.Pos)

@@ -54,10 +54,17 @@ class Code(object):
     INBOX_FULL = 401
     # The recipient user ID is empty or longer than 128 bytes.
     INVALID_RECIPIENT = 402
+    # `limits.recipients = "known"` and the recipient has never logged in (nor been
+    # registered by the app backend); nothing was stored.
+    USER_UNKNOWN = 403
     # The broker could not store the message (log issue: disk full, I/O error). Retry later.
     STORAGE_UNAVAILABLE = 500
     # An internal error; the connection is closed, the broker keeps serving others.
     INTERNAL = 501
+    # The broker refuses new connections for now: it holds `limits.max_connections`, or this
+    # address has `limits.max_pending_logins_per_ip` connections not yet logged in. Retry with
+    # backoff; connections already logged in are unaffected.
+    SERVER_BUSY = 502
     # No group with this ID exists.
     GROUP_NOT_FOUND = 600
     # GroupCreate: a group with this ID already exists.

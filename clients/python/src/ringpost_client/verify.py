@@ -15,8 +15,10 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 from .errors import ProtocolError
 
-#: A field slot holds a scalar of N bytes, a string, a byte vector or a sub-table.
-FieldKind = Union[int, str]
+#: A field slot holds a scalar of N bytes, ``"string"``, ``"bytes"``, ``"table"`` (a sub-table,
+#: not checked further), ``"strings"`` (a vector of strings) or a tuple of field kinds (a vector
+#: of tables with those slots).
+FieldKind = Union[int, str, tuple]
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -54,6 +56,34 @@ def _field_pos(b: bytes, t, slot: int) -> int:
     return pos + off if off else 0
 
 
+def _vector_bytes(b: bytes, target: int, string: bool, what: str) -> None:
+    if not _in(b, target, 4):
+        _fail(f"{what} points out of bounds")
+    n = _U32.unpack_from(b, target)[0]
+    extra = 1 if string else 0
+    if not _in(b, target + 4, n + extra):
+        _fail(f"{what} length {n} out of bounds")
+    if string and b[target + 4 + n] != 0:
+        _fail(f"{what} is not NUL-terminated")
+
+
+def _offset_vector(b: bytes, target: int, what: str):
+    """Positions of the elements of a vector of offsets (strings or tables)."""
+    if not _in(b, target, 4):
+        _fail(f"{what} points out of bounds")
+    n = _U32.unpack_from(b, target)[0]
+    if not _in(b, target + 4, n * 4):
+        _fail(f"{what} length {n} out of bounds")
+    for i in range(n):
+        slot = target + 4 + 4 * i
+        yield i, slot + _U32.unpack_from(b, slot)[0]
+
+
+def _table_fields(b: bytes, t, kinds: Sequence[FieldKind], what: str) -> None:
+    for slot, kind in enumerate(kinds):
+        _field(b, t, slot, kind, what)
+
+
 def _field(b: bytes, t, slot: int, kind: FieldKind, what: str) -> Optional[tuple]:
     p = _field_pos(b, t, slot)
     if p == 0:
@@ -64,16 +94,17 @@ def _field(b: bytes, t, slot: int, kind: FieldKind, what: str) -> Optional[tuple
     if isinstance(kind, int):
         return None
     target = p + _U32.unpack_from(b, p)[0]
+    name = f"{what} field {slot}"
     if kind == "table":
         return _table(b, target, what)
-    if not _in(b, target, 4):
-        _fail(f"{what} field {slot} points out of bounds")
-    n = _U32.unpack_from(b, target)[0]
-    extra = 1 if kind == "string" else 0
-    if not _in(b, target + 4, n + extra):
-        _fail(f"{what} field {slot} length {n} out of bounds")
-    if extra and b[target + 4 + n] != 0:
-        _fail(f"{what} string field {slot} is not NUL-terminated")
+    if kind in ("string", "bytes"):
+        _vector_bytes(b, target, kind == "string", f"{what} string field {slot}" if kind == "string" else name)
+    elif kind == "strings":
+        for i, pos in _offset_vector(b, target, name):
+            _vector_bytes(b, pos, True, f"{name}[{i}]")
+    else:
+        for i, pos in _offset_vector(b, target, name):
+            _table_fields(b, _table(b, pos, f"{name}[{i}]"), kind, f"{name}[{i}]")
     return None
 
 
@@ -96,6 +127,5 @@ def verify_frame(b: bytes, bodies: Dict[int, Sequence[FieldKind]]) -> int:
     body = _field(b, root, 1, "table", "Frame body")
     if body is None:
         _fail("frame has a body type but no body")
-    for slot, kind in enumerate(kinds):
-        _field(b, body, slot, kind, f"body {tag}")
+    _table_fields(b, body, kinds, f"body {tag}")
     return tag

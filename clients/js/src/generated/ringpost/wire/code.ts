@@ -113,6 +113,12 @@ export enum Code {
   INVALID_RECIPIENT = 402,
 
   /**
+   * `limits.recipients = "known"` and the recipient has never logged in (nor been
+   * registered by the app backend); nothing was stored.
+   */
+  USER_UNKNOWN = 403,
+
+  /**
    * The broker could not store the message (log issue: disk full, I/O error). Retry later.
    */
   STORAGE_UNAVAILABLE = 500,
@@ -121,6 +127,13 @@ export enum Code {
    * An internal error; the connection is closed, the broker keeps serving others.
    */
   INTERNAL = 501,
+
+  /**
+   * The broker refuses new connections for now: it holds `limits.max_connections`, or this
+   * address has `limits.max_pending_logins_per_ip` connections not yet logged in. Retry with
+   * backoff; connections already logged in are unaffected.
+   */
+  SERVER_BUSY = 502,
 
   /**
    * No group with this ID exists.
