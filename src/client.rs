@@ -816,7 +816,10 @@ impl Reader {
         };
         if let Event::Deliver(d) = &mut event {
             self.last_seq = self.last_seq.max(d.seq);
-            d.echo = d.outgoing && self.sent.borrow().set.contains(&d.client_msg_id);
+            // Membership events carry client_msg_id 0, which a client may also have sent.
+            d.echo = d.outgoing
+                && d.kind == EntryKind::Message
+                && self.sent.borrow().set.contains(&d.client_msg_id);
         }
         Ok(event)
     }
