@@ -114,12 +114,13 @@ test-clients: clients-check
 
 ## test-browser: the chat page the broker serves, in headless Chromium (Debian's /usr/bin/chromium,
 ## or CHROMIUM=path; .ci/run installs it) driven by playwright-core, against the freshly built
-## debug broker; ends with "browser: N passed, N failed". RINGPOST_BROWSER_OUT=dir keeps its screenshot.
+## debug broker; ends with "browser: N passed, N failed". Screenshots go to target/browser/
+## (RINGPOST_BROWSER_OUT=dir to change).
 test-browser: clients-check
 	$(CARGO) build --bin ringpost
 	cd $(CLIENTS_JS) && ./node_modules/.bin/tsc -p tsconfig.json
 	@cd $(CLIENTS_JS) && log=$$(mktemp) && \
-	{ RINGPOST_BIN=$(CURDIR)/target/debug/ringpost node --test --test-timeout=120000 --test-reporter=spec \
+	{ RINGPOST_BROWSER_OUT=$${RINGPOST_BROWSER_OUT:-$(CURDIR)/target/browser} RINGPOST_BIN=$(CURDIR)/target/debug/ringpost node --test --test-timeout=120000 --test-reporter=spec \
 		test/browser/chat.browser.mjs 2>&1; echo $$? > $$log.rc; } | tee $$log; \
 	rc=$$(cat $$log.rc); \
 	awk '/^ℹ pass [0-9]+$$/ { p = $$3 } /^ℹ fail [0-9]+$$/ { f = $$3 } END { printf "browser: %d passed, %d failed\n", p, f }' $$log; \
