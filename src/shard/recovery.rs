@@ -221,6 +221,9 @@ impl Rebuild {
                 .map(|(u, _)| Arc::from(u.as_str()))
                 .collect();
             v.sort_unstable();
+            // A set, as every replica's `local` is (a damaged snapshot naming a member twice
+            // must not give them each later entry twice).
+            v.dedup();
             v
         };
         let replica = self.groups.replicas.entry(name.clone()).or_default();
@@ -328,5 +331,52 @@ mod tests {
         let carol = &r.users["carol"];
         assert_eq!(carol.head_seq, u64::MAX, "the head saturates");
         assert_eq!(Vec::from(carol.index.clone()), vec![(u64::MAX, pos[3])]);
+    }
+
+    /// Found by the `log_recovery` fuzz target: a group snapshot naming a member twice made
+    /// the member a local member twice, so each later group entry took two of their seqs.
+    #[test]
+    fn a_snapshot_naming_a_member_twice_gives_them_each_entry_once() {
+        let dir =
+            std::env::temp_dir().join(format!("ringpost-recovery-dup-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let snapshot = Record::GroupSnapshot(GroupSnapshotRecord {
+            group: "g".into(),
+            group_seq: 1,
+            owned: false,
+            members: vec![("dave".into(), false), ("dave".into(), true)],
+            fanout: Vec::new(),
+            at_ms: 1,
+        });
+        let entry = Record::Group(GroupRecord {
+            group: "g".into(),
+            group_seq: 2,
+            kind: EntryKind::Message.0,
+            from: "erin".into(),
+            client_msg_id: 1,
+            sent_at_ms: 1,
+            body: b"hi".to_vec(),
+            members: Vec::new(),
+        });
+        let at = {
+            let (mut log, _) = Log::open(&dir, 4096, |_, _| {}).unwrap();
+            log.append(&snapshot).unwrap();
+            let at = log.append(&entry).unwrap();
+            log.sync().unwrap();
+            at
+        };
+        let ctx = RecoveryContext {
+            shard: 0,
+            shards: 1,
+            now_ms: 0,
+            dedup_window_ms: 0,
+            dedup_entries: 1,
+        };
+        let r = recover(&dir, 4096, ctx).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let dave = &r.users["dave"];
+        assert_eq!(Vec::from(dave.index.clone()), vec![(1, at)]);
+        assert_eq!(dave.head_seq, 1);
+        assert_eq!(dave.groups, vec![Arc::<str>::from("g")]);
     }
 }
