@@ -6,10 +6,14 @@ FLATC_WANT := 25.12.19
 # schemathesis checks src/admin/openapi.yaml against a live broker (tests/admin_scenario.rs).
 SCHEMATHESIS_PIP := schemathesis==4.32.5
 CONFIG     ?=
+# make fuzz: seconds per target, and which targets (every one in fuzz/Cargo.toml by default).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= client_frame server_frame frame_reader config log_recovery ws_upgrade ws_frames
 RUN_ARGS   := $(if $(CONFIG),--config $(CONFIG),)
 
 .PHONY: build run test bench bench-micro soak schema schema-check flatc schemathesis fmt lint tune \
-	bench-1m clean clients-deps clients-codegen clients-check test-clients test-browser
+	bench-1m clean clients-deps clients-codegen clients-check test-clients test-browser \
+	fuzz fuzz-seeds cargo-fuzz
 
 ## build: release binaries (target/release/ringpost, target/release/ringpost-tools)
 build:
@@ -49,6 +53,24 @@ tune:
 ## bench-1m: broker + `load connect --conns $${CONNS:-1000000}` on this machine (make tune first)
 bench-1m: build
 	scripts/bench-1m.sh
+
+## fuzz: every cargo-fuzz target in fuzz/ for FUZZ_SECONDS (default 60) each, one after another,
+## from the committed seeds (fuzz/corpus/); stops with a non-zero exit at the first crash, whose
+## input is left in fuzz/artifacts/. Needs the nightly toolchain (cargo-fuzz is installed if
+## missing). Not part of `make test` or CI. FUZZ_TARGETS="config ws_frames" picks targets.
+fuzz: cargo-fuzz
+	@for t in $(FUZZ_TARGETS); do \
+		echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+		CARGO=$(CARGO) fuzz/run.sh $$t $(FUZZ_SECONDS) || exit $$?; \
+	done
+
+## fuzz-seeds: regenerate fuzz/corpus/ (the seeds) from the real codec, config, log and WebSocket code
+fuzz-seeds:
+	$(CARGO) run --manifest-path fuzz/Cargo.toml --example seeds
+
+cargo-fuzz:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz
 
 ## schema: regenerate src/protocol/ringpost_generated.rs from schema/ringpost.fbs
 schema: flatc
