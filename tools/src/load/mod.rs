@@ -22,6 +22,8 @@ mod churn;
 mod connect;
 mod fanout;
 mod logbytes;
+mod mqtt;
+mod mqtt_p2p;
 mod offline;
 mod p2p;
 mod soak;
@@ -68,8 +70,9 @@ pub struct CommonArgs {
     /// Broker address.
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub addr: SocketAddr,
-    /// The broker's auth secret file (tokens are minted from it).
-    #[arg(long)]
+    /// The broker's auth secret file (tokens are minted from it); the broker's default place.
+    /// Not read when the scenario runs against another broker (`--target`).
+    #[arg(long, default_value = "data/auth.secret")]
     pub secret_file: PathBuf,
     /// How long to generate load, e.g. "10s".
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
