@@ -15,10 +15,14 @@ use ringpost_harness::{tools, TempDir};
 use serde_json::Value;
 
 fn mosquitto_bin() -> Option<PathBuf> {
-    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
 }
 
 /// A Mosquitto process on a free local port with persistence on; killed on drop.
@@ -63,7 +67,10 @@ impl Mosquitto {
         // Ready once it accepts connections.
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto never listened on {port}");
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto never listened on {port}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         Some(Mosquitto {

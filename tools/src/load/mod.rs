@@ -36,7 +36,7 @@ pub enum LoadCommand {
     P2p(p2p::P2pArgs),
     /// G groups of M connected members; senders among them send group messages at an
     /// open-loop total rate; checks every member gets every message once, in group order.
-    Fanout(fanout::FanoutArgs),
+    Fanout(Box<fanout::FanoutArgs>),
     /// Messages to offline users, then their replay at login; with --phase send/verify and
     /// --record, the two halves of a crash test.
     Offline(offline::OfflineArgs),
@@ -56,7 +56,7 @@ pub enum LoadCommand {
 pub fn run(cmd: LoadCommand) -> ExitCode {
     match cmd {
         LoadCommand::P2p(args) => p2p::run(args),
-        LoadCommand::Fanout(args) => fanout::run(args),
+        LoadCommand::Fanout(args) => fanout::run(*args),
         LoadCommand::Offline(args) => offline::run(args),
         LoadCommand::Connect(args) => connect::run(args),
         LoadCommand::Churn(args) => churn::run(args),
