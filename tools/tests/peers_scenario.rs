@@ -1,6 +1,7 @@
-//! The load tool's MQTT driver (`load p2p --target mqtt://…`) against a real Mosquitto started
-//! by the test: the p2p workload delivers everything with the same checks and JSON as against
-//! ringpost, and a broker killed mid-run fails the run.
+//! The load tool's MQTT driver (`load p2p|fanout --target mqtt://…`) against a real Mosquitto
+//! started by the test: the p2p and fan-out workloads deliver everything with the same checks
+//! and JSON as against ringpost (offline members replaying from their persistent sessions), and
+//! a broker killed mid-run fails the run.
 //!
 //! Mosquitto comes from Debian (`apt-get install mosquitto`; `.ci/run` installs it). Where it
 //! is missing these tests say so loudly and pass without running.
@@ -148,6 +149,60 @@ fn p2p_over_mqtt_delivers_everything_once_in_order_with_the_same_report() {
     for k in ["p50", "p90", "p99", "p999", "p9999", "max"] {
         assert!(lat[k].as_u64().unwrap() > 0, "{k}: {r}");
     }
+}
+
+#[test]
+fn fanout_over_mqtt_reaches_every_subscriber_and_replays_offline_sessions() {
+    let Some(broker) = Mosquitto::start("fanout_over_mqtt") else {
+        return;
+    };
+    let out = tools(&[
+        "load",
+        "fanout",
+        "--json",
+        "--target",
+        &broker.target(),
+        "--groups",
+        "2",
+        "--members",
+        "21",
+        "--senders",
+        "1",
+        "--rate",
+        "100",
+        "--duration",
+        "2s",
+        "--offline-fraction",
+        "0.5",
+    ])
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let r = report(&out.stdout, &stderr);
+    assert!(out.status.success(), "{r} {stderr}");
+    assert_eq!(r["target"], broker.target());
+    for k in [
+        "lost",
+        "duplicated",
+        "out_of_order",
+        "mismatched",
+        "unanswered",
+        "errors",
+    ] {
+        assert_eq!(r[k], 0, "{k}: {r}");
+    }
+    // 200 group messages over 2 groups; 10 of each group's 20 non-senders were offline and
+    // took their 100 from their persistent sessions afterwards.
+    let acked = r["acked"].as_u64().unwrap();
+    assert!((196..=200).contains(&acked), "{r}");
+    assert_eq!(r["offline_members"], 20, "{r}");
+    assert_eq!(
+        r["expected_deliveries"].as_u64().unwrap(),
+        21 * acked,
+        "{r}"
+    );
+    assert_eq!(r["unique_delivered"], r["expected_deliveries"], "{r}");
+    assert_eq!(r["replayed"].as_u64().unwrap(), 10 * acked, "{r}");
 }
 
 #[test]
