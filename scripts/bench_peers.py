@@ -7,7 +7,9 @@ rate, in turn, each broker is started fresh on a free local port with its own di
   * ringpost (release build): 2 shards, fsync = "always" (acked after the msync that covers
     the message), own-send sync on (the default);
   * Mosquitto: persistence on (its in-memory store is saved to mosquitto.db periodically),
-    max_queued_messages 0 (no silent drops of queued QoS 1 messages), max_inflight_messages 100;
+    max_queued_messages 0 (no silent drops of queued QoS 1 messages), max_inflight_messages 100,
+    set_tcp_nodelay true (its default leaves Nagle on: ~40 ms stalls per message on loopback;
+    ringpost and nats-server set TCP_NODELAY);
   * nats-server: JetStream (file store) and its MQTT listener; MQTT needs both and a server name.
 Then `ringpost-tools load p2p` runs the workload (ringpost over its protocol, the peers over MQTT
 3.1.1 with --target mqtt://…: QoS 1, persistent sessions, one topic per user) and the broker's
@@ -16,6 +18,8 @@ CPU time (utime + stime from /proc/PID/stat) and memory (VmRSS at the end, VmHWM
 A run that loses, duplicates or reorders is recorded as it is, not dropped: the table says so.
 The sustainable rate of a broker is the highest offered rate whose run was clean (exit 0),
 delivered at least 95 % of the offered rate, with p99 ≤ PEERS_SUSTAIN_P99_MS (default 100 ms).
+A broker that delivered less than 80 % of a rate is not offered the higher ones (its backlog
+would take minutes to drain); the table says so.
 
 Environment:
   PEERS_RATES="5000,10000,…"  offered msg/s (default 5k…160k, doubling)
@@ -27,6 +31,7 @@ Environment:
 
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -41,6 +46,8 @@ BEGIN = "<!-- peers:begin (written by scripts/bench_peers.py; edits inside are o
 END = "<!-- peers:end -->"
 QUICK = os.environ.get("PEERS_QUICK") == "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# CPU seconds (user + system) of the last load command (run_load), for "who was the bottleneck".
+LAST_TOOL_CPU = 0.0
 
 
 def free_port():
@@ -151,7 +158,8 @@ def mosquitto(binary):
     conf = os.path.join(d, "mosquitto.conf")
     with open(conf, "w") as f:
         f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                f"persistence_location {d}/\nmax_queued_messages 0\nmax_inflight_messages 100\n")
+                f"persistence_location {d}/\nmax_queued_messages 0\nmax_inflight_messages 100\n"
+                "set_tcp_nodelay true\n")
     p = Process("mosquitto", [binary, "-c", conf], port, d)
     p.args = ["--target", f"mqtt://127.0.0.1:{port}"]
     return p
@@ -178,10 +186,14 @@ def run_load(broker, scenario, args, timeout=600, prefix=()):
     # ringpost's --addr/--secret-file change every run and are left out of what is shown.
     shown_args = (broker.args if broker.name != "ringpost" else []) + args
     shown = " ".join(list(prefix) + ["ringpost-tools", "load", scenario] + shown_args)
+    global LAST_TOOL_CPU
     cpu0 = cpu_seconds(broker.pid)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          timeout=timeout)
     cpu = cpu_seconds(broker.pid) - cpu0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    LAST_TOOL_CPU = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
     mem = memory_kib(broker.pid)
     try:
         report = json.loads(out.stdout)
@@ -194,6 +206,8 @@ def run_load(broker, scenario, args, timeout=600, prefix=()):
 def sustainable(rows, p99_ms):
     best = 0
     for r in rows:
+        if "skipped" in r:
+            continue
         rep = r["report"]
         ok = (r["code"] == 0 and rep["throughput_per_s"] >= 0.95 * rep["rate"]
               and rep["latency_us"]["p99"] <= p99_ms * 1000)
@@ -235,14 +249,21 @@ def main():
               ("nats-server", lambda: nats(nats_bin))]
     results = {name: [] for name, _ in makers}
     commands = []
+    saturated = {}  # broker → the rate it fell behind at; higher rates are not offered to it
     for rate in rates:
         for name, make in makers:
+            if name in saturated:
+                results[name].append({"skipped": saturated[name]})
+                continue
             broker = make()
             try:
                 shown, rep, code, cpu, mem = run_load(broker, "p2p", base + ["--rate", str(rate)])
             finally:
                 broker.close()
             results[name].append({"report": rep, "code": code, "cpu": cpu, "mem": mem})
+            # Far behind: a higher rate would only queue longer (a backlog of minutes to drain).
+            if rep["throughput_per_s"] < 0.8 * rate:
+                saturated[name] = rate
             if rate == rates[0]:
                 commands.append(f"# {name}\n{shown}")
             print(f"{name} @ {rate}: {rep['throughput_per_s']:.0f} msg/s, p99 "
@@ -259,13 +280,22 @@ def main():
              f"Workload: `load p2p`, {users} users in pairs, 64 B bodies, open loop, {duration} "
              "measured after a 1 s warm-up, latency from the intended send time. ringpost over "
              "its own protocol (SendAck = acked); the peers over MQTT 3.1.1 (`--target`), QoS 1, "
-             "persistent sessions, one topic per user (PUBACK = acked).", "",
+             "persistent sessions, one topic per user (PUBACK = acked). Mosquitto runs with "
+             "`persistence true`, `max_queued_messages 0` (its default, 1000, drops QoS 1 "
+             "messages beyond the queue), `max_inflight_messages 100`, `set_tcp_nodelay true`; "
+             "nats-server with JetStream (file store) and its MQTT listener, defaults otherwise. "
+             "Broker CPU is utime + stime over the whole load command (log-in, run, drain), so "
+             "at low rates it includes the idle cost of the broker's event loops.", "",
              "| offered msg/s | broker | delivered msg/s | lost / dup / reorder | unanswered | "
              "latency µs p50 / p99 / p99.9 | broker CPU s per 100k msgs | broker RSS MiB end / peak | exit |",
              "|---:|---|---:|---|---:|---|---:|---|---:|"]
     for i, rate in enumerate(rates):
         for name, _ in makers:
             r = results[name][i]
+            if "skipped" in r:
+                lines.append(f"| {rate:,} | {name} | not offered: fell below 80 % of the offered "
+                             f"rate at {r['skipped']:,} | | | | | | |")
+                continue
             rep = r["report"]
             lat = rep["latency_us"]
             per100k = r["cpu"] / max(1, rep["delivered"]) * 100_000

@@ -53,7 +53,7 @@ impl Mosquitto {
             &conf,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-                 persistence_location {}/\nmax_queued_messages 0\nmax_inflight_messages 100\n",
+                 persistence_location {}/\nmax_queued_messages 0\nmax_inflight_messages 100\nset_tcp_nodelay true\n",
                 dir.path().display()
             ),
         )
