@@ -1,6 +1,8 @@
 //! An MQTT 3.1.1 client connection for the load scenarios' MQTT driver (`--target
 //! mqtt://HOST:PORT`), on glommio: packets encoded and decoded by the `mqtt-protocol` crate
-//! (codec only, no runtime), framed here check-then-parse.
+//! (codec only, no runtime; its tokio support is an off-by-default feature), framed here
+//! check-then-parse. Of the codec-only crates it is the one still released (0.12, 2024);
+//! `mqttbytes` was folded into rumqttc (tokio) and `mqttrs` has had no release since 2021.
 //!
 //! A connection is split like [`ringpost::client::Client`]: a [`MqttReader`] and an [`Outbox`]
 //! on two fds of the same socket. The outbox is a combining writer: any task appends whole
