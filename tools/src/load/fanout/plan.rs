@@ -3,7 +3,7 @@
 
 use super::*;
 
-// ---- the plan: who is in which group, who sends, who is offline ----------------------------
+// ---- the plan ------------------------------------------------------------------------------------
 
 pub(super) struct UserPlan {
     pub(super) name: String,

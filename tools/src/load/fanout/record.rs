@@ -3,8 +3,6 @@
 
 use super::*;
 
-// ---- the record (crash tests) ------------------------------------------------------------------
-
 /// Writes the record's header; returns its path for the generator threads to append to.
 pub(super) fn open_record(args: &FanoutArgs, plan: &Plan) -> Result<Option<PathBuf>, String> {
     let Some(path) = args.record.as_ref().filter(|_| args.phase == Phase::Send) else {

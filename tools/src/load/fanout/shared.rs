@@ -3,8 +3,6 @@
 
 use super::*;
 
-// ---- shared progress of the generator threads ------------------------------------------------
-
 /// Counters every generator thread reads to know when the run is over.
 #[derive(Default)]
 pub(super) struct Progress {

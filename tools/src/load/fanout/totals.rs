@@ -2,8 +2,6 @@
 
 use super::*;
 
-// ---- totals and the report ---------------------------------------------------------------------
-
 pub(super) struct Totals {
     pub(super) written: u64,
     pub(super) acks: AckTally,
