@@ -11,9 +11,9 @@ FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= client_frame server_frame frame_reader config log_recovery ws_upgrade ws_frames
 RUN_ARGS   := $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: build run test bench bench-micro soak schema schema-check flatc schemathesis fmt lint tune \
-	bench-1m clean clients-deps clients-codegen clients-check test-clients test-browser \
-	fuzz fuzz-seeds cargo-fuzz
+.PHONY: build run test bench bench-micro bench-peers bench-scaling soak schema schema-check flatc \
+	schemathesis fmt lint tune bench-1m clean clients-deps clients-codegen clients-check test-clients \
+	test-browser fuzz fuzz-seeds cargo-fuzz
 
 ## build: release binaries (target/release/ringpost, target/release/ringpost-tools)
 build:
@@ -40,6 +40,18 @@ bench: build
 ## RELIABILITY.md (about 2 minutes; SOAK_KILLS, SOAK_DURATION, ... in scripts/soak.py)
 soak: build
 	ulimit -n $$(ulimit -Hn) 2>/dev/null; python3 scripts/soak.py
+
+## bench-peers: the same p2p workload against ringpost (fsync=always), Mosquitto (persistence on)
+## and nats-server (JetStream + MQTT), installed from Debian if missing; rewrites the peers
+## section of BENCHMARKS.md (about 4 minutes; PEERS_RATES, PEERS_DURATION in scripts/bench_peers.py)
+bench-peers: build
+	ulimit -n $$(ulimit -Hn) 2>/dev/null; python3 scripts/bench_peers.py
+
+## bench-scaling: p2p and fan-out peak and p99 for 1, 2, 4, 8 (16) shards, the generator pinned to
+## other cores; rewrites the scaling section of BENCHMARKS.md (needs more cores than shards: on a
+## 2-core box only 1 shard runs; SCALING_SHARDS=1,2,4,8,16 on a 16-core box)
+bench-scaling: build
+	ulimit -n $$(ulimit -Hn) 2>/dev/null; python3 scripts/bench_scaling.py
 
 ## bench-micro: only the micro-benchmarks in bench/ (printed, nothing written)
 bench-micro:
