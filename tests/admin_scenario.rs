@@ -1488,6 +1488,8 @@ fn the_deployment_files_use_what_the_broker_exposes() {
         "ringpost_log_sync_seconds_bucket",
         "ringpost_mesh_queue_depth",
         "ringpost_log_bytes",
+        "ringpost_group_messages_total",
+        "ringpost_group_fanout_pending",
     ] {
         assert!(
             names.contains(&family),
