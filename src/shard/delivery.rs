@@ -77,6 +77,9 @@ impl Shard {
             .replayed
             .add(user.durable_seq.saturating_sub(start_after));
         self.remember_known(user, &conn.user, &conn.device_id);
+        // Most users have one device: room for exactly one more, not the four a first push
+        // would reserve.
+        user.devices.reserve_exact(1);
         user.devices.push(conn.clone());
         let queued =
             Self::refill_from(user, conn, self.cfg.limits.max_outbound, &self.log.borrow());
