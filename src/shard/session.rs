@@ -3,6 +3,9 @@
 //! traffic the connection parks (see [`super::park`]): the active part of the task is dropped
 //! and a small stub waits for the shard's epoll poller or any other wake-up to resume it.
 //!
+//! A connection woken from parking that then reads nothing but Pings (an idle client's
+//! heartbeat) parks again as soon as its Pongs are written, rather than after `park_after`.
+//!
 //! Between frames an active connection costs one pending readiness poll on the ring (the one
 //! glommio arms when the stream is created) and this task's future: no read buffer, no write
 //! buffer. The task waits in a 1-byte `read`, which glommio serves from that poll without
