@@ -82,7 +82,7 @@ fn release_after_churn() -> bool {
         }
         due
     });
-    if due && std::env::var_os("RINGPOST_EXP_NOCOLLECT").is_none() {
+    if due {
         release_free_memory();
     }
     due
@@ -102,7 +102,13 @@ fn release_free_memory() {
         // and mimalloc's own (internally synchronised) segment and arena state. mimalloc is
         // linked (the `mimalloc` dependency) whether or not it is the global allocator; when
         // it is not, its heap is empty and this does nothing.
-        unsafe { mi_collect(true) };
+        unsafe {
+            // mimalloc 2.x purges a segment's free spans before it frees that segment's empty
+            // pages (`mi_heap_page_collect`), and an idle shard triggers no later purge: the
+            // second pass purges what the first freed.
+            mi_collect(true);
+            mi_collect(true);
+        }
     }
     #[cfg(feature = "sysalloc")]
     // SAFETY: malloc_trim has no preconditions.

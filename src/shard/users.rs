@@ -164,7 +164,7 @@ impl Users {
 
     /// The user of a connection (whose ID is already interned).
     pub fn of_conn(&mut self, name: &Arc<str>) -> &mut User {
-        &mut **self.0.entry(name.clone()).or_default()
+        self.0.entry(name.clone()).or_default()
     }
 
     pub fn len(&self) -> usize {

@@ -528,7 +528,7 @@ async fn verify(
             ids.push(id);
         }
     }
-    for r in 0..args.users {
+    for (r, acked_ids) in acked_by.iter().enumerate() {
         let device = format!("verify-{:08x}", rand::random::<u32>());
         let opts = args
             .common
@@ -581,7 +581,7 @@ async fn verify(
             last_id = last_id.max(id);
         }
         let _ = c.ack(last_seq).await;
-        for &id in &acked_by[r] {
+        for &id in acked_ids {
             if !seen.contains(&id) {
                 v.lost.push((r, id));
             }
