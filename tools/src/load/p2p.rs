@@ -8,7 +8,8 @@
 //! 0 sends, every device receives and acks.
 //!
 //! After the schedule it waits for the tail (every send answered, every message acked OK
-//! delivered to every device of its recipient) until `--drain-timeout` passes without progress
+//! delivered to every device of its recipient, and once echoes are seen, its echo on every
+//! device of its sender) until `--drain-timeout` passes without progress
 //! or every connection is gone, then checks and reports:
 //!
 //! - **lost**: acked OK and never delivered, counted per device of the recipient;
@@ -122,6 +123,11 @@ struct Shared {
     written: Cell<u64>,
     /// Deliveries owed: for every message acked OK, one per device of its recipient.
     expected: Cell<u64>,
+    /// Echoes owed under own-send sync: for every message acked OK, one per device of its
+    /// sender. The drain waits for them only once an echo was seen (own-send sync is a broker
+    /// setting the tool does not know): an echo commits on the sender's shard, independently of
+    /// the recipient's commit that answered the send, so it can trail the last SendAck.
+    expected_echoes: Cell<u64>,
     measured: Cell<u64>,
     last_measured: Cell<Duration>,
     conn_errors: Cell<u64>,
@@ -304,6 +310,7 @@ async fn generator(
         acks: RefCell::default(),
         written: Cell::new(0),
         expected: Cell::new(0),
+        expected_echoes: Cell::new(0),
         measured: Cell::new(0),
         last_measured: Cell::new(Duration::ZERO),
         conn_errors: Cell::new(conn_errors),
@@ -384,16 +391,22 @@ async fn generator(
             shared.live.p99_us.store(p99, Ordering::Relaxed);
         }
         let answered = shared.acks.borrow().answered();
-        let unique = shared.tally.borrow().unique;
+        let (unique, echoes) = {
+            let t = shared.tally.borrow();
+            (t.unique, t.echoes)
+        };
         let senders_done = shared.senders_done.get() == senders;
-        let done =
-            senders_done && answered >= shared.written.get() && unique >= shared.expected.get();
+        let echoes_in = echoes == 0 || echoes >= shared.expected_echoes.get();
+        let done = senders_done
+            && answered >= shared.written.get()
+            && unique >= shared.expected.get()
+            && echoes_in;
         // Nothing more can arrive once every connection is closed.
         let all_closed = shared.readers_closed.get() == connections;
         if done || (senders_done && all_closed) {
             break;
         }
-        let progress = answered + shared.tally.borrow().delivered;
+        let progress = answered + shared.tally.borrow().delivered + echoes;
         if progress != last_progress.1 {
             last_progress = (Instant::now(), progress);
         } else if senders_done && last_progress.0.elapsed() > cfg.drain_timeout {
@@ -588,6 +601,8 @@ async fn receive_loop(shared: Rc<Shared>, r: Receiver, mut reader: Reader) {
                     AckOutcome::Ok => {
                         let owed = r.partner.devices.len() as u64;
                         shared.expected.set(shared.expected.get() + owed);
+                        let echoes = shared.expected_echoes.get() + r.me.devices.len() as u64;
+                        shared.expected_echoes.set(echoes);
                         Live::add(&shared.live.acked, 1);
                     }
                     AckOutcome::Refused => Live::add(&shared.live.errors, 1),
