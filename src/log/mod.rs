@@ -193,9 +193,9 @@ pub struct Log {
     preparing: Option<std::sync::mpsc::Receiver<Result<Segment, LogError>>>,
     /// A failed preparation is not tried again before this (a full disk).
     spare_retry_at: Option<Instant>,
-    /// [`SyncPlan`]s running elsewhere (group commits are pipelined): no segment may be
-    /// unmapped until they end.
-    sync_in_flight: usize,
+    /// The lowest segment base of each [`SyncPlan`] running elsewhere (group commits are
+    /// pipelined): a segment at or after one of them may not be unmapped until it ends.
+    sync_in_flight: Vec<u64>,
     /// A sync failed: no append or sync succeeds again in this process (module doc).
     poisoned: bool,
     /// Set by poisoning: the next plan fails even if it has nothing new to cover. Records
@@ -219,8 +219,8 @@ pub struct SyncPlan {
     poisoned: bool,
     /// The skip-sync fault answered instead of msync (nothing became durable).
     skipped: AtomicBool,
-    /// Counted in the log's syncs in flight (it has ranges).
-    counted: bool,
+    /// Its lowest segment base, as pinned in the log's syncs in flight (it has ranges).
+    pinned: Option<u64>,
     /// Only when a fault is armed: a shared refcount touched by every shard's commit would
     /// bounce between cores.
     faults: Option<Arc<Faults>>,
@@ -491,7 +491,7 @@ impl Log {
             spare,
             preparing: None,
             spare_retry_at: None,
-            sync_in_flight: 0,
+            sync_in_flight: Vec::new(),
             poisoned: false,
             owe_failure: false,
             faults,
@@ -558,7 +558,7 @@ impl Log {
             targets: Vec::new(),
             poisoned: false,
             skipped: AtomicBool::new(false),
-            counted: false,
+            pinned: None,
             faults: self.faults.is_armed().then(|| self.faults.clone()),
         };
         let recording = self.faults.is_recording();
@@ -579,8 +579,8 @@ impl Log {
             plan.targets.clear();
             plan.poisoned = true;
         }
-        plan.counted = !plan.ranges.is_empty();
-        self.sync_in_flight += usize::from(plan.counted);
+        plan.pinned = plan.targets.iter().map(|t| t.base).min();
+        self.sync_in_flight.extend(plan.pinned);
         plan
     }
 
@@ -591,7 +591,11 @@ impl Log {
     /// alongside the failing one (the error is reported once per file): once poisoned, no
     /// later plan counts as durable either.
     pub fn end_sync(&mut self, plan: SyncPlan, ok: bool) -> bool {
-        self.sync_in_flight -= usize::from(plan.counted);
+        if let Some(base) = plan.pinned {
+            if let Some(i) = self.sync_in_flight.iter().position(|&b| b == base) {
+                self.sync_in_flight.swap_remove(i);
+            }
+        }
         if plan.poisoned {
             return false;
         }
@@ -599,7 +603,7 @@ impl Log {
             self.poison("a group-commit sync failed");
             return false;
         }
-        if self.poisoned && plan.counted {
+        if self.poisoned && plan.pinned.is_some() {
             return false;
         }
         if plan.skipped.load(Ordering::Relaxed) {
@@ -614,7 +618,7 @@ impl Log {
     }
 
     pub fn sync_in_flight(&self) -> bool {
-        self.sync_in_flight > 0
+        !self.sync_in_flight.is_empty()
     }
 
     /// A sync failed in this process: appends and syncs fail with [`LogError::Poisoned`].
@@ -716,12 +720,22 @@ impl Log {
         max_bytes: u64,
         keep_from: u64,
     ) -> Result<u64, LogError> {
-        // A running SyncPlan points into the maps; deleting waits for the next round.
-        while self.sync_in_flight == 0 {
+        // A running SyncPlan points into the maps of the segments it covers: those wait for
+        // the next round.
+        let pinned = self
+            .sync_in_flight
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(u64::MAX);
+        loop {
             let sealed = self.segments.len() > 1;
             let Some(oldest) = self.segments.first() else {
                 break;
             };
+            if oldest.base >= pinned {
+                break;
+            }
             let too_old = oldest.newest_ms < cutoff_ms;
             let too_big = self.disk_bytes() > max_bytes;
             let needed = oldest.base + oldest.capacity() as u64 > keep_from;
@@ -757,14 +771,12 @@ impl Log {
         self.segments[i].base
     }
 
-    /// True once every byte before `pos` has been synced (and no sync is still running).
+    /// True once every byte before `pos` is covered by a completed sync.
     pub fn is_synced(&self, pos: u64) -> bool {
-        self.sync_in_flight == 0
-            && self
-                .segments
-                .iter()
-                .filter(|s| s.base < pos)
-                .all(|s| s.base + s.synced_len() as u64 >= pos.min(s.base + s.len as u64))
+        self.segments
+            .iter()
+            .filter(|s| s.base < pos)
+            .all(|s| s.base + s.durable_len() as u64 >= pos.min(s.base + s.len as u64))
     }
 
     /// Bytes of segment files on disk (they are preallocated, so this is capacity), the
