@@ -6,10 +6,14 @@ FLATC_WANT := 25.12.19
 # schemathesis checks src/admin/openapi.yaml against a live broker (tests/admin_scenario.rs).
 SCHEMATHESIS_PIP := schemathesis==4.32.5
 CONFIG     ?=
+# make fuzz: seconds per target, and which targets (every one in fuzz/Cargo.toml by default).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= client_frame server_frame frame_reader config log_recovery ws_upgrade ws_frames
 RUN_ARGS   := $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: build run test bench bench-micro soak schema schema-check flatc schemathesis fmt lint tune \
-	bench-1m clean clients-deps clients-codegen clients-check test-clients test-browser
+.PHONY: build run test bench bench-micro bench-peers bench-scaling soak schema schema-check flatc \
+	schemathesis fmt lint tune bench-1m clean clients-deps clients-codegen clients-check test-clients \
+	test-browser fuzz fuzz-seeds cargo-fuzz
 
 ## build: release binaries (target/release/ringpost, target/release/ringpost-tools)
 build:
@@ -37,6 +41,18 @@ bench: build
 soak: build
 	ulimit -n $$(ulimit -Hn) 2>/dev/null; python3 scripts/soak.py
 
+## bench-peers: the same p2p workload against ringpost (fsync=always), Mosquitto (persistence on)
+## and nats-server (JetStream + MQTT), installed from Debian if missing; rewrites the peers
+## section of BENCHMARKS.md (about 4 minutes; PEERS_RATES, PEERS_DURATION in scripts/bench_peers.py)
+bench-peers: build
+	ulimit -n $$(ulimit -Hn) 2>/dev/null; python3 scripts/bench_peers.py
+
+## bench-scaling: p2p and fan-out peak and p99 for 1, 2, 4, 8 (16) shards, the generator pinned to
+## other cores; rewrites the scaling section of BENCHMARKS.md (needs more cores than shards: on a
+## 2-core box only 1 shard runs; SCALING_SHARDS=1,2,4,8,16 on a 16-core box)
+bench-scaling: build
+	ulimit -n $$(ulimit -Hn) 2>/dev/null; python3 scripts/bench_scaling.py
+
 ## bench-micro: only the micro-benchmarks in bench/ (printed, nothing written)
 bench-micro:
 	$(CARGO) bench -p ringpost-bench
@@ -49,6 +65,24 @@ tune:
 ## bench-1m: broker + `load connect --conns $${CONNS:-1000000}` on this machine (make tune first)
 bench-1m: build
 	scripts/bench-1m.sh
+
+## fuzz: every cargo-fuzz target in fuzz/ for FUZZ_SECONDS (default 60) each, one after another,
+## from the committed seeds (fuzz/corpus/); stops with a non-zero exit at the first crash, whose
+## input is left in fuzz/artifacts/. Needs the nightly toolchain (cargo-fuzz is installed if
+## missing). Not part of `make test` or CI. FUZZ_TARGETS="config ws_frames" picks targets.
+fuzz: cargo-fuzz
+	@for t in $(FUZZ_TARGETS); do \
+		echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+		CARGO=$(CARGO) fuzz/run.sh $$t $(FUZZ_SECONDS) || exit $$?; \
+	done
+
+## fuzz-seeds: regenerate fuzz/corpus/ (the seeds) from the real codec, config, log and WebSocket code
+fuzz-seeds:
+	$(CARGO) run --manifest-path fuzz/Cargo.toml --example seeds
+
+cargo-fuzz:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz
 
 ## schema: regenerate src/protocol/ringpost_generated.rs from schema/ringpost.fbs
 schema: flatc
@@ -114,12 +148,13 @@ test-clients: clients-check
 
 ## test-browser: the chat page the broker serves, in headless Chromium (Debian's /usr/bin/chromium,
 ## or CHROMIUM=path; .ci/run installs it) driven by playwright-core, against the freshly built
-## debug broker; ends with "browser: N passed, N failed". RINGPOST_BROWSER_OUT=dir keeps its screenshot.
+## debug broker; ends with "browser: N passed, N failed". Screenshots go to target/browser/
+## (RINGPOST_BROWSER_OUT=dir to change).
 test-browser: clients-check
 	$(CARGO) build --bin ringpost
 	cd $(CLIENTS_JS) && ./node_modules/.bin/tsc -p tsconfig.json
 	@cd $(CLIENTS_JS) && log=$$(mktemp) && \
-	{ RINGPOST_BIN=$(CURDIR)/target/debug/ringpost node --test --test-timeout=120000 --test-reporter=spec \
+	{ RINGPOST_BROWSER_OUT=$${RINGPOST_BROWSER_OUT:-$(CURDIR)/target/browser} RINGPOST_BIN=$(CURDIR)/target/debug/ringpost node --test --test-timeout=120000 --test-reporter=spec \
 		test/browser/chat.browser.mjs 2>&1; echo $$? > $$log.rc; } | tee $$log; \
 	rc=$$(cat $$log.rc); \
 	awk '/^ℹ pass [0-9]+$$/ { p = $$3 } /^ℹ fail [0-9]+$$/ { f = $$3 } END { printf "browser: %d passed, %d failed\n", p, f }' $$log; \

@@ -348,8 +348,10 @@ impl ClientError {
 struct Wire {
     stream: TcpStream,
     tls: Option<Rc<RefCell<rustls::ClientConnection>>>,
-    /// Ciphertext read buffer (TLS only).
+    /// Ciphertext read buffer (TLS only); `cipher[fed..]` was read from the socket but not yet
+    /// given to rustls.
     cipher: Vec<u8>,
+    fed: usize,
     /// Ciphertext to write (TLS only).
     out: Vec<u8>,
 }
@@ -363,12 +365,18 @@ impl Wire {
             stream,
             tls: None,
             cipher: Vec::new(),
+            fed: 0,
             out: Vec::new(),
         }
     }
 
     /// Reads plaintext; 0 at the end of the stream. Cancel-safe: bytes are taken in only by
     /// a completed read.
+    ///
+    /// Ciphertext goes to rustls one `read_tls` at a time, and only once the plaintext of
+    /// the last one has been handed out: rustls refuses more input while it holds over
+    /// 16 KiB of plaintext, which one socket read completing a full record and a short one
+    /// would otherwise reach.
     async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let Some(tls) = &self.tls else {
             return self.stream.read(buf).await;
@@ -379,17 +387,21 @@ impl Wire {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
-            self.cipher.resize(TLS_READ, 0);
-            let n = self.stream.read(&mut self.cipher).await?;
-            if n == 0 {
-                return Ok(0);
+            if self.fed == self.cipher.len() {
+                self.cipher.resize(TLS_READ, 0);
+                let n = self.stream.read(&mut self.cipher).await?;
+                self.cipher.truncate(n);
+                self.fed = 0;
+                if n == 0 {
+                    return Ok(0);
+                }
             }
             let mut t = tls.borrow_mut();
-            let mut rd = &self.cipher[..n];
-            while !rd.is_empty() {
-                t.read_tls(&mut rd)?;
-                t.process_new_packets().map_err(std::io::Error::other)?;
-            }
+            let mut rd = &self.cipher[self.fed..];
+            let before = rd.len();
+            t.read_tls(&mut rd)?;
+            self.fed += before - rd.len();
+            t.process_new_packets().map_err(std::io::Error::other)?;
         }
     }
 
@@ -816,7 +828,10 @@ impl Reader {
         };
         if let Event::Deliver(d) = &mut event {
             self.last_seq = self.last_seq.max(d.seq);
-            d.echo = d.outgoing && self.sent.borrow().set.contains(&d.client_msg_id);
+            // Membership events carry client_msg_id 0, which a client may also have sent.
+            d.echo = d.outgoing
+                && d.kind == EntryKind::Message
+                && self.sent.borrow().set.contains(&d.client_msg_id);
         }
         Ok(event)
     }

@@ -1425,9 +1425,19 @@ fn the_openapi_document_matches_the_server() {
     let dir = TempDir::new("openapi-broken");
     let broken = dir.path().join("openapi.yaml");
     let text = std::fs::read_to_string(&spec).unwrap();
-    let wrong = text.replacen("        durable_seq:\n          type: integer\n          minimum: 0\n          description: the newest seq that is durable and may be delivered\n", "", 1)
-        .replacen("required: [user_id, shard, head_seq, durable_seq, oldest_seq, online, devices, cursors]", "required: [user_id, shard, head_seq, oldest_seq, online, devices, cursors]", 1);
-    assert_ne!(wrong, text, "the edit applies");
+    let (property, required) = (
+        "        durable_seq:\n          type: integer\n          minimum: 0\n          description: the newest seq that is durable and may be delivered\n",
+        "required: [user_id, shard, head_seq, durable_seq, oldest_seq, online, known, devices, cursors]",
+    );
+    assert!(
+        text.contains(property) && text.contains(required),
+        "both edits apply"
+    );
+    let wrong = text.replacen(property, "", 1).replacen(
+        required,
+        &required.replace(" durable_seq,", ""),
+        1,
+    );
     std::fs::write(&broken, wrong).unwrap();
     let (ok, out) = run_schemathesis(
         &b,
@@ -1478,6 +1488,8 @@ fn the_deployment_files_use_what_the_broker_exposes() {
         "ringpost_log_sync_seconds_bucket",
         "ringpost_mesh_queue_depth",
         "ringpost_log_bytes",
+        "ringpost_group_messages_total",
+        "ringpost_group_fanout_pending",
     ] {
         assert!(
             names.contains(&family),

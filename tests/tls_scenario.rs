@@ -95,6 +95,39 @@ fn frames_pipelined_behind_the_login_arrive_over_tls() {
     });
 }
 
+/// A burst of Delivers of assorted sizes: the broker's TLS records then alternate between
+/// full 16 KiB ones and short tails, and one socket read can complete a full record and hold a
+/// whole short one. The client must hand out the first record's plaintext before it feeds
+/// rustls the rest (its received-plaintext buffer is 16 KiB), not fail the read.
+#[test]
+fn a_burst_of_deliveries_of_assorted_sizes_arrives_over_tls() {
+    let dir = TempDir::new("tls-burst");
+    let (broker, ca) = tls_broker(&dir, "sends_per_sec = 100000");
+    let (a, b) = (user_on_shard("burst", 0, 2), user_on_shard("reader", 1, 2));
+    const N: u64 = 3_000;
+    let size = |i: u64| 1 + (i * 7919 % 2_000) as usize;
+    run(async {
+        let mut cb = connect(&broker, &ca, &b, "d").await;
+        let mut c = connect(&broker, &ca, &a, "d").await;
+        let mut bytes = Vec::new();
+        for i in 1..=N {
+            bytes.extend(frame(&ClientMsg::Send {
+                client_msg_id: i,
+                to_user: &b,
+                body: &vec![i as u8; size(i)],
+            }));
+        }
+        c.send_raw(&bytes).await.unwrap();
+        for i in 1..=N {
+            expect_ack(&mut c, i, Code::OK).await;
+        }
+        for i in 1..=N {
+            let d = expect_deliver(&mut cb).await;
+            assert_eq!((d.seq, d.body.len()), (i, size(i)));
+        }
+    });
+}
+
 #[test]
 fn wss_on_the_websocket_port() {
     let dir = TempDir::new("tls-wss");

@@ -111,17 +111,23 @@ fn a_flooder_is_cut_off_and_cut_off_again_after_reconnecting() {
         let refused = acks.iter().filter(|s| **s == Code::RATE_LIMITED).count();
         let accepted = acks.iter().filter(|s| **s == Code::OK).count();
         assert_eq!((refused, acks.len() - accepted), (1, 1), "{acks:?}");
-        let v = broker.connect(&b, "d").await;
-        assert_eq!(
-            v.login_info().head_seq,
-            1,
-            "exactly the one accepted send is stored"
-        );
+        // The accepted send may still be committing (its OK never reached the flooder), so
+        // the victim waits for its delivery rather than reading the head at login.
+        let mut v = broker.connect(&b, "d").await;
+        let d = expect_deliver(&mut v).await;
+        assert_eq!((d.seq, d.client_msg_id), (1, 1));
         // Reconnecting straight away does not wipe the record: the first refused send is
         // already past the threshold.
         let mut back = broker.connect(&a, "d").await;
         back.send(100, &b, b"x").await.unwrap();
         expect_goaway_then_close(&mut back, Code::RATE_LIMITED).await;
+        drop(v);
+        let v = broker.connect(&b, "d2").await;
+        assert_eq!(
+            v.login_info().head_seq,
+            1,
+            "exactly the one accepted send is stored"
+        );
     });
     broker.assert_serving();
 }

@@ -188,7 +188,8 @@ async fn route(ctx: &Ctx, req: &Request) -> Result<Response, Fault> {
                 (["messages"], "POST") => publish(ctx, req).await,
                 (["messages"], _) => allow("POST"),
                 (["users", id], "GET") => user(ctx, &decode_id(id)?).await,
-                (["users", _], _) => allow("GET"),
+                (["users", id], "PUT") => register(ctx, &decode_id(id)?).await,
+                (["users", _], _) => allow("GET, PUT"),
                 (["users", id, "sessions"], "DELETE") => kick(ctx, &decode_id(id)?, req).await,
                 (["users", _, "sessions"], _) => allow("DELETE"),
                 (["groups"], "POST") => group_create(ctx, req).await,
@@ -449,6 +450,7 @@ fn publish_status(status: Code) -> u16 {
     match status {
         Code::OK => 200,
         Code::INVALID_RECIPIENT | Code::INVALID_GROUP => 400,
+        Code::USER_UNKNOWN => 404,
         Code::GROUP_NOT_FOUND => 404,
         Code::INBOX_FULL | Code::RATE_LIMITED => 429,
         Code::STORAGE_UNAVAILABLE | Code::SHUTDOWN => 503,
@@ -469,6 +471,38 @@ async fn user(ctx: &Ctx, id: &str) -> Result<Response, Fault> {
         Err(e) => return Err(call_fault(ctx, shard, e)),
     };
     Ok(Response::json(200, &user_json(id, shard, &view)))
+}
+
+/// `PUT /v1/users/{id}`: the user is known from now on (`limits.recipients = "known"`), as
+/// if they had logged in once; answered once that is durable. Idempotent.
+async fn register(ctx: &Ctx, id: &str) -> Result<Response, Fault> {
+    if crate::auth::is_reserved(id) {
+        return Err(Fault::wire(
+            400,
+            Code::INVALID_RECIPIENT,
+            format!(
+                "user IDs starting with `{}` are the server API's senders",
+                crate::auth::RESERVED_PREFIX
+            ),
+        ));
+    }
+    let shard = owner(id, ctx.links.count());
+    match ctx
+        .links
+        .call(shard, Op::Register(id.to_owned()), PUBLISH_TIMEOUT)
+        .await
+    {
+        Ok(Answer::Published {
+            status: Code::OK, ..
+        }) => Ok(Response::json(200, &json!({"user_id": id, "known": true}))),
+        Ok(Answer::Published { status, .. }) => Err(Fault::wire(
+            publish_status(status),
+            status,
+            "the registration could not be made durable",
+        )),
+        Ok(_) => Err(unexpected(shard)),
+        Err(e) => Err(call_fault(ctx, shard, e)),
+    }
 }
 
 fn user_json(id: &str, shard: usize, v: &UserView) -> Value {
@@ -498,6 +532,7 @@ fn user_json(id: &str, shard: usize, v: &UserView) -> Value {
         "durable_seq": v.durable_seq,
         "oldest_seq": v.oldest_seq,
         "online": !v.devices.is_empty(),
+        "known": v.known,
         "devices": devices,
         "cursors": cursors,
     })
@@ -706,7 +741,7 @@ fn group_status(status: Code) -> u16 {
         Code::INVALID_GROUP => 400,
         Code::GROUP_NOT_FOUND => 404,
         Code::GROUP_EXISTS | Code::ALREADY_A_MEMBER | Code::NOT_A_MEMBER => 409,
-        Code::GROUP_FULL | Code::TOO_MANY_GROUPS => 422,
+        Code::GROUP_FULL | Code::TOO_MANY_GROUPS | Code::USER_UNKNOWN => 422,
         Code::STORAGE_UNAVAILABLE | Code::SHUTDOWN => 503,
         _ => 500,
     }

@@ -25,6 +25,7 @@
 //! | [`Op::Publish`] | the owner of `to` | status (and seq) once durable, like a client's SendAck |
 //! | [`Op::User`] | the owner of the user | head/oldest seq, devices, cursors |
 //! | [`Op::Kick`] | the owner of the user | how many sessions got GoAway(KICKED) |
+//! | [`Op::Register`] | the owner of the user | once the user is durably known (`limits.recipients = "known"`) |
 //! | [`Op::Group`] | the owner of the group | the GroupReply of the operation (create, add, remove, info) |
 //! | [`Op::GroupPublish`] | the owner of the group | status once durable, like a client's GroupSend |
 //!
@@ -49,7 +50,7 @@ use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, S
 
 use super::conn::Conn;
 use super::envelope::{GroupAnswer, GroupOpRequest, GroupRequest};
-use super::inbox::{AckTarget, ReplyTarget};
+use super::inbox::{AckTarget, PendingAck, ReplyTarget};
 use super::state::Shard;
 use super::wake::Signal;
 use crate::metrics::ShardGauges;
@@ -79,6 +80,9 @@ pub enum Op {
         user: String,
         device: Option<String>,
     },
+    /// Make the user known (`limits.recipients`) without a login: answered with
+    /// `Answer::Published` once that is durable.
+    Register(String),
     /// A group operation (this shard owns the group); `actor` is the creator for Create.
     Group {
         actor: String,
@@ -129,6 +133,8 @@ pub struct UserView {
     pub devices: Vec<DeviceView>,
     /// Stored ack cursors, per device ever seen (online or not).
     pub cursors: Vec<(String, u64)>,
+    /// Logged in once or registered (what `limits.recipients = "known"` asks).
+    pub known: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +148,10 @@ pub struct DeviceView {
     /// Highest seq queued to the device.
     pub sent_seq: u64,
 }
+
+/// The pending-ack sender of a registration: empty, which no user ID is, so no dedup window
+/// is ever looked up for it.
+const REGISTER_SENDER: &str = "";
 
 /// Requests for one shard: pushed by the admin thread, taken by the shard.
 pub type ControlInbox = ArrayQueue<Request>;
@@ -300,6 +310,16 @@ impl Shard {
                 let sessions = self.kick(&user, device.as_deref());
                 port.reply(req.id, Answer::Kicked { sessions });
             }
+            Op::Register(user) => {
+                self.register_user(&user);
+                // Answered by the commit that makes the registration durable, the way a
+                // publish is.
+                self.pending.borrow_mut().push(PendingAck::Send {
+                    sender: Arc::from(REGISTER_SENDER),
+                    client_msg_id: 0,
+                    target: AckTarget::Admin { request: req.id },
+                });
+            }
             Op::Group { actor, group, op } => {
                 let request = GroupRequest {
                     user: Arc::from(actor),
@@ -417,6 +437,7 @@ impl Shard {
                 .iter()
                 .map(|(d, s)| (d.to_string(), s))
                 .collect(),
+            known: user.is_known(),
         }
     }
 

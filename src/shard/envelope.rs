@@ -47,8 +47,12 @@ pub enum Envelope {
         group: Arc<str>,
         users: Vec<Arc<str>>,
     },
-    /// The answer to `Reserve`: the users refused (already at the limit).
-    Reserved { op: u64, refused: Vec<Arc<str>> },
+    /// The answer to `Reserve`: the users refused, each with why (TOO_MANY_GROUPS: already
+    /// at the limit; USER_UNKNOWN: never logged in, under `limits.recipients = "known"`).
+    Reserved {
+        op: u64,
+        refused: Vec<(Arc<str>, Code)>,
+    },
     /// The owner → a user's shard: operation `op` is over (committed or refused); its places
     /// are released.
     Release { op: u64 },

@@ -53,7 +53,7 @@ pub struct PendingOp {
     /// The users the operation adds.
     users: Vec<Arc<str>>,
     waiting: usize,
-    refused: Vec<Arc<str>>,
+    refused: Vec<(Arc<str>, Code)>,
     reserved_on: Vec<usize>,
 }
 
@@ -407,7 +407,7 @@ impl Shard {
     }
 
     /// A member shard's answer to `Reserve`.
-    pub(super) fn on_reserved(&self, op: u64, refused: Vec<Arc<str>>) {
+    pub(super) fn on_reserved(&self, op: u64, refused: Vec<(Arc<str>, Code)>) {
         let done = {
             let mut ops = self.ops.borrow_mut();
             let Some(p) = ops.running.get_mut(&op) else {
@@ -422,14 +422,30 @@ impl Shard {
         };
         let Some(p) = done else { return };
         if !p.refused.is_empty() {
-            let names: Vec<&str> = p.refused.iter().map(|u| &**u).collect();
-            let message = format!(
-                "already in {} groups (max_groups_per_user): {}",
-                self.cfg.limits.max_groups_per_user,
-                names.join(", ")
-            );
+            // Unknown users first: that refusal is about who, the other about how many.
+            let code = match p.refused.iter().any(|(_, c)| *c == Code::USER_UNKNOWN) {
+                true => Code::USER_UNKNOWN,
+                false => Code::TOO_MANY_GROUPS,
+            };
+            let names: Vec<&str> = p
+                .refused
+                .iter()
+                .filter(|(_, c)| *c == code)
+                .map(|(u, _)| &**u)
+                .collect();
+            let message = match code {
+                Code::USER_UNKNOWN => format!(
+                    "never logged in (limits.recipients = \"known\"): {}",
+                    names.join(", ")
+                ),
+                _ => format!(
+                    "already in {} groups (max_groups_per_user): {}",
+                    self.cfg.limits.max_groups_per_user,
+                    names.join(", ")
+                ),
+            };
             self.release_reservations(op, &p.reserved_on);
-            self.answer_now(&p.req, p.target, Code::TOO_MANY_GROUPS, &message);
+            self.answer_now(&p.req, p.target, code, &message);
             return self.next_group_op(&p.req.group);
         }
         let kind = match p.req.op {
@@ -858,21 +874,26 @@ impl Shard {
     }
 
     /// Holds a place in each user's group count for the owner's operation `op`; returns the
-    /// users refused (already at `max_groups_per_user`).
+    /// users refused: already at `max_groups_per_user`, or (`limits.recipients = "known"`)
+    /// never logged in — then no user record is made, so made-up members cost nothing.
     pub(super) fn on_reserve(
         &self,
         owner_shard: usize,
         op: u64,
         users: &[Arc<str>],
-    ) -> Vec<Arc<str>> {
+    ) -> Vec<(Arc<str>, Code)> {
         let max = self.cfg.limits.max_groups_per_user;
         let mut refused = Vec::new();
         let mut held = Vec::new();
         let mut all = self.users.borrow_mut();
         for name in users {
+            if !self.recipient_allowed(&all, name) {
+                refused.push((name.clone(), Code::USER_UNKNOWN));
+                continue;
+            }
             let user = all.of_conn(name);
             if user.group_count() >= max {
-                refused.push(name.clone());
+                refused.push((name.clone(), Code::TOO_MANY_GROUPS));
             } else {
                 user.reserved += 1;
                 held.push(name.clone());

@@ -281,6 +281,7 @@ impl Shard {
     ) -> Result<(), Code> {
         let mut users = self.users.borrow_mut();
         if !self.recipient_allowed(&users, to) {
+            self.metrics.send_rejected.inc(Code::USER_UNKNOWN);
             return Err(Code::USER_UNKNOWN); // nothing stored, no user record made
         }
         let (name, user) = users.entry(to);

@@ -196,7 +196,9 @@ impl Rebuild {
         let applied = replica.apply(&entry, |u| owner(u, shards) == shard);
         for user in &applied.recipients {
             let u = self.user(user);
-            u.head_seq += 1;
+            // Saturating: a log is read as it is, and a head restated as u64::MAX (by a
+            // damaged or foreign log; no broker gets there) must not panic the start.
+            u.head_seq = u.head_seq.saturating_add(1);
             let seq = u.head_seq;
             push_index(u, seq, pos);
             u.last_pos = pos;
@@ -236,6 +238,9 @@ impl Rebuild {
                 .map(|(u, _)| Arc::from(u.as_str()))
                 .collect();
             v.sort_unstable();
+            // A set, as every replica's `local` is (a damaged snapshot naming a member twice
+            // must not give them each later entry twice).
+            v.dedup();
             v
         };
         let replica = self.groups.replicas.entry(name.clone()).or_default();
@@ -253,7 +258,11 @@ impl Rebuild {
 /// Index entries are contiguous in seq; a gap (entries deleted by retention before an anchor
 /// restated the head) starts the index afresh.
 fn push_index(user: &mut RecoveredUser, seq: u64, pos: u64) {
-    if user.index.back().is_some_and(|&(last, _)| last + 1 != seq) {
+    if user
+        .index
+        .back()
+        .is_some_and(|&(last, _)| last.checked_add(1) != Some(seq))
+    {
         user.index.clear();
     }
     user.index.push_back((seq, pos));
@@ -268,5 +277,123 @@ pub fn insert_sorted(v: &mut Vec<Arc<str>>, name: &Arc<str>) {
 pub fn remove_sorted(v: &mut Vec<Arc<str>>, name: &str) {
     if let Ok(at) = v.binary_search_by(|g| (**g).cmp(name)) {
         v.remove(at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::record::{AnchorRecord, MessageRecord, NO_POSITION};
+
+    fn message(to: &str, seq: u64) -> Record {
+        Record::Message(MessageRecord {
+            to: to.into(),
+            seq,
+            from: "alice".into(),
+            client_msg_id: seq,
+            sent_at_ms: 1,
+            body: b"x".to_vec(),
+            prev: NO_POSITION,
+        })
+    }
+
+    /// Found by the `log_recovery` fuzz target (inputs in fuzz/artifacts-regressions/): a
+    /// record with seq u64::MAX followed by another one for the same user overflowed the
+    /// index's contiguity check, and a group entry for a user whose head was restated as
+    /// u64::MAX overflowed the head; both panicked the shard's start.
+    #[test]
+    fn seqs_at_u64_max_do_not_overflow_the_rebuild() {
+        let dir =
+            std::env::temp_dir().join(format!("ringpost-recovery-max-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let group = Record::Group(GroupRecord {
+            group: "g".into(),
+            group_seq: 1,
+            kind: EntryKind::GroupCreated.0,
+            from: "carol".into(),
+            client_msg_id: 1,
+            sent_at_ms: 1,
+            body: Vec::new(),
+            members: vec!["carol".into()],
+        });
+        let anchor = Record::Anchor(AnchorRecord {
+            heads: vec![("carol".into(), u64::MAX)],
+            cursors: Vec::new(),
+            at_ms: 1,
+        });
+        let mut pos = Vec::new();
+        {
+            let (mut log, _) = Log::open(&dir, 4096, |_, _| {}).unwrap();
+            for rec in [message("bob", u64::MAX), message("bob", 1), anchor, group] {
+                pos.push(log.append(&rec).unwrap());
+            }
+            log.sync().unwrap();
+        }
+        let ctx = RecoveryContext {
+            shard: 0,
+            shards: 1,
+            now_ms: 0,
+            dedup_window_ms: 0,
+            dedup_entries: 1,
+        };
+        let r = recover(&dir, 4096, ctx).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let bob = &r.users["bob"];
+        assert_eq!(bob.head_seq, u64::MAX);
+        assert_eq!(
+            Vec::from(bob.index.clone()),
+            vec![(1, pos[1])],
+            "a gap restarts the index"
+        );
+        let carol = &r.users["carol"];
+        assert_eq!(carol.head_seq, u64::MAX, "the head saturates");
+        assert_eq!(Vec::from(carol.index.clone()), vec![(u64::MAX, pos[3])]);
+    }
+
+    /// Found by the `log_recovery` fuzz target: a group snapshot naming a member twice made
+    /// the member a local member twice, so each later group entry took two of their seqs.
+    #[test]
+    fn a_snapshot_naming_a_member_twice_gives_them_each_entry_once() {
+        let dir =
+            std::env::temp_dir().join(format!("ringpost-recovery-dup-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let snapshot = Record::GroupSnapshot(GroupSnapshotRecord {
+            group: "g".into(),
+            group_seq: 1,
+            owned: false,
+            members: vec![("dave".into(), false), ("dave".into(), true)],
+            fanout: Vec::new(),
+            at_ms: 1,
+        });
+        let entry = Record::Group(GroupRecord {
+            group: "g".into(),
+            group_seq: 2,
+            kind: EntryKind::Message.0,
+            from: "erin".into(),
+            client_msg_id: 1,
+            sent_at_ms: 1,
+            body: b"hi".to_vec(),
+            members: Vec::new(),
+        });
+        let at = {
+            let (mut log, _) = Log::open(&dir, 4096, |_, _| {}).unwrap();
+            log.append(&snapshot).unwrap();
+            let at = log.append(&entry).unwrap();
+            log.sync().unwrap();
+            at
+        };
+        let ctx = RecoveryContext {
+            shard: 0,
+            shards: 1,
+            now_ms: 0,
+            dedup_window_ms: 0,
+            dedup_entries: 1,
+        };
+        let r = recover(&dir, 4096, ctx).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let dave = &r.users["dave"];
+        assert_eq!(Vec::from(dave.index.clone()), vec![(1, at)]);
+        assert_eq!(dave.head_seq, 1);
+        assert_eq!(dave.groups, vec![Arc::<str>::from("g")]);
     }
 }

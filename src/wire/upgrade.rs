@@ -90,7 +90,12 @@ fn split_origin(origin: &str) -> Option<(&str, &str, Option<u16>)> {
     {
         return None;
     }
-    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+    // Browsers send an Origin header as visible ASCII (IDNs in punycode), so an entry with
+    // whitespace, control characters or non-ASCII could never match one: refuse it.
+    if rest.is_empty()
+        || rest.contains(['/', '?', '#', '@'])
+        || !rest.bytes().all(|b| b.is_ascii_graphic())
+    {
         return None;
     }
     // An IPv6 host is bracketed: [::1]:8080.
@@ -352,6 +357,11 @@ mod tests {
             "https://x.example/path",
             "https://",
             "://x",
+            // Found by the `ws_upgrade` fuzz target: accepted, but never allowed (`allows`
+            // trims the header value, and browsers send visible ASCII only).
+            "https://chat.example.com\t",
+            "https://chat.example.com\u{b}",
+            "https://chat.e\u{fffd}xample.com",
         ] {
             let e = OriginPolicy::parse(&[bad.to_string()]).unwrap_err();
             assert!(e.contains(bad), "{e}");

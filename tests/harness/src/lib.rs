@@ -552,10 +552,23 @@ impl TestBroker {
 
     /// `GET /metrics` on the admin listener: the exposition text (see [`metric`]).
     pub fn metrics(&self) -> String {
+        let (status, body) = self.admin_call("GET", "/metrics", None);
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// One request to the admin listener with the bearer token (`body` as JSON text):
+    /// the status and the body. (`tests/admin_scenario.rs` has the hostile-HTTP client.)
+    pub fn admin_call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
         let mut s = TcpStream::connect(self.admin_addr()).expect("connect to admin");
         s.set_read_timeout(Some(WAIT)).expect("timeout");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            .expect("write request");
+        let body = body.unwrap_or("");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.admin_token(),
+            body.len()
+        );
+        s.write_all(request.as_bytes()).expect("write request");
         let mut out = Vec::new();
         loop {
             let mut chunk = [0u8; 16 * 1024];
@@ -564,13 +577,17 @@ impl TestBroker {
                 Ok(n) => out.extend_from_slice(&chunk[..n]),
                 // A glommio thread (inside `run`) sees EINTR on blocking reads.
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => panic!("reading /metrics: {e}"),
+                Err(e) => panic!("reading the answer to {method} {path}: {e}"),
             }
         }
         let text = String::from_utf8_lossy(&out).into_owned();
         let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        body.to_owned()
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {head}"));
+        (status, body.to_owned())
     }
 
     pub fn addr_string(&self) -> String {

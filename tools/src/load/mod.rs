@@ -20,6 +20,10 @@ use serde_json::{json, Value};
 
 mod churn;
 mod connect;
+mod fanout;
+mod logbytes;
+mod mqtt;
+mod mqtt_p2p;
 mod offline;
 mod p2p;
 mod soak;
@@ -30,6 +34,9 @@ pub enum LoadCommand {
     /// Pairs of users send to each other at an open-loop total rate; checks loss, duplicates
     /// and order, and reports throughput and latency percentiles.
     P2p(p2p::P2pArgs),
+    /// G groups of M connected members; senders among them send group messages at an
+    /// open-loop total rate; checks every member gets every message once, in group order.
+    Fanout(Box<fanout::FanoutArgs>),
     /// Messages to offline users, then their replay at login; with --phase send/verify and
     /// --record, the two halves of a crash test.
     Offline(offline::OfflineArgs),
@@ -49,6 +56,7 @@ pub enum LoadCommand {
 pub fn run(cmd: LoadCommand) -> ExitCode {
     match cmd {
         LoadCommand::P2p(args) => p2p::run(args),
+        LoadCommand::Fanout(args) => fanout::run(*args),
         LoadCommand::Offline(args) => offline::run(args),
         LoadCommand::Connect(args) => connect::run(args),
         LoadCommand::Churn(args) => churn::run(args),
@@ -62,8 +70,9 @@ pub struct CommonArgs {
     /// Broker address.
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub addr: SocketAddr,
-    /// The broker's auth secret file (tokens are minted from it).
-    #[arg(long)]
+    /// The broker's auth secret file (tokens are minted from it); the broker's default place.
+    /// Not read when the scenario runs against another broker (`--target`).
+    #[arg(long, default_value = "data/auth.secret")]
     pub secret_file: PathBuf,
     /// How long to generate load, e.g. "10s".
     #[arg(long, default_value = "10s", value_parser = parse_duration)]

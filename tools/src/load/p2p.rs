@@ -71,24 +71,29 @@ pub struct P2pArgs {
     pub drain_timeout: Duration,
     #[command(flatten)]
     pub devices: DeviceArgs,
+    /// Run the same workload against an MQTT 3.1.1 broker instead (`mqtt://HOST:PORT`): one
+    /// topic per user, QoS 1, persistent sessions; PUBACK stands for SendAck{OK}. --addr and
+    /// --secret-file are not used then.
+    #[arg(long)]
+    pub target: Option<String>,
 }
 
-/// What one generator thread saw.
-struct Outcome {
-    written: u64,
-    acks: AckTally,
-    tally: Tally,
-    expected: u64,
-    measured: u64,
-    lost: u64,
-    unanswered: u64,
+/// What one generator thread saw (also what the MQTT driver reports, [`super::mqtt_p2p`]).
+pub(super) struct Outcome {
+    pub(super) written: u64,
+    pub(super) acks: AckTally,
+    pub(super) tally: Tally,
+    pub(super) expected: u64,
+    pub(super) measured: u64,
+    pub(super) lost: u64,
+    pub(super) unanswered: u64,
     /// Connections that failed during the run, cross-shard promises the broker broke.
-    conn_errors: u64,
-    devices: u64,
-    latency: Histogram<u64>,
+    pub(super) conn_errors: u64,
+    pub(super) devices: u64,
+    pub(super) latency: Histogram<u64>,
     /// When the last measured message arrived, after the run's start.
-    last_measured: Duration,
-    login_failures: Vec<String>,
+    pub(super) last_measured: Duration,
+    pub(super) login_failures: Vec<String>,
 }
 
 /// One user: how its sends were answered, and its devices.
@@ -156,6 +161,9 @@ pub fn run(args: P2pArgs) -> ExitCode {
         eprintln!("{e}");
         return ExitCode::from(2);
     }
+    if let Some(target) = args.target.clone() {
+        return super::mqtt_p2p::run(&args, &target);
+    }
     let tokens = match Tokens::load_or_exit(&args.common) {
         Ok(t) => t,
         Err(code) => return code,
@@ -203,7 +211,7 @@ pub fn run(args: P2pArgs) -> ExitCode {
 
 /// Names for every pair; with --pairs-cross-shard-only, the partner's name is searched until
 /// its owner shard differs.
-fn pair_names(args: &P2pArgs) -> Vec<(String, String)> {
+pub(super) fn pair_names(args: &P2pArgs) -> Vec<(String, String)> {
     let run_id: u32 = rand::random();
     (0..args.users / 2)
         .map(|k| {
@@ -634,7 +642,12 @@ async fn receive_loop(shared: Rc<Shared>, r: Receiver, mut reader: Reader) {
     }
 }
 
-fn report(args: &P2pArgs, outcomes: Vec<Outcome>, threads: usize, multi: usize) -> ExitCode {
+pub(super) fn report(
+    args: &P2pArgs,
+    outcomes: Vec<Outcome>,
+    threads: usize,
+    multi: usize,
+) -> ExitCode {
     let mut latency = match new_histogram() {
         Ok(h) => h,
         Err(e) => {
@@ -681,7 +694,8 @@ fn report(args: &P2pArgs, outcomes: Vec<Outcome>, threads: usize, multi: usize) 
         println!(
             "{}",
             json!({
-                "scenario": "p2p", "sent": written, "acked": acks.acked,
+                "scenario": "p2p", "target": args.target.as_deref().unwrap_or("ringpost"),
+                "sent": written, "acked": acks.acked,
                 "delivered": tally.delivered, "unique_delivered": tally.unique,
                 "expected_deliveries": expected, "echoes": tally.echoes,
                 "lost": lost, "duplicated": tally.duplicated, "out_of_order": tally.out_of_order,

@@ -97,6 +97,8 @@ pub struct Tally {
     pub mismatched: u64,
     /// Own-send sync: echoes of the user's own sends taking their place in a device's stream.
     pub echoes: u64,
+    /// Group events (created, members added/removed/left) taking their place in a stream.
+    pub events: u64,
 }
 
 impl Tally {
@@ -108,6 +110,7 @@ impl Tally {
         self.seq_gaps += o.seq_gaps;
         self.mismatched += o.mismatched;
         self.echoes += o.echoes;
+        self.events += o.events;
     }
 }
 
@@ -134,9 +137,8 @@ pub struct DeviceStream {
     last_seq: u64,
     /// Seqs skipped over by a gap, still expected (a late one is out of order, not a dup).
     missing: BTreeSet<u64>,
-    /// `seen[k-1]`: message k was delivered here.
-    seen: Vec<bool>,
-    max_seen: u64,
+    /// The one sender's messages this device has seen.
+    messages: Seen,
 }
 
 impl DeviceStream {
@@ -145,8 +147,7 @@ impl DeviceStream {
         DeviceStream {
             last_seq: 0,
             missing: BTreeSet::new(),
-            seen: vec![false; messages],
-            max_seen: 0,
+            messages: Seen::new(messages),
         }
     }
 
@@ -156,7 +157,7 @@ impl DeviceStream {
     }
 
     pub fn seen(&self) -> &[bool] {
-        &self.seen
+        self.messages.seen()
     }
 
     /// Own-send sync: the echo of one of this user's own sends takes its place in the stream
@@ -167,8 +168,10 @@ impl DeviceStream {
         }
     }
 
-    /// Moves the stream to `seq`; false for a seq already processed (a duplicate).
-    fn track_seq(&mut self, t: &mut Tally, seq: u64) -> bool {
+    /// Moves the stream to `seq`; false for a seq already processed (a duplicate). Scenarios
+    /// whose messages come from several senders (`fanout`) check the seq here and the message
+    /// with [`check_stamp`] and their own per-sender [`Seen`].
+    pub fn track_seq(&mut self, t: &mut Tally, seq: u64) -> bool {
         let last = self.last_seq;
         if seq <= last {
             // A seq already processed (the same Deliver again), or one a gap skipped, late.
@@ -198,35 +201,66 @@ impl DeviceStream {
         if !self.track_seq(t, d.seq) {
             return None; // counted as its message the first time
         }
-        let stamp = match read_stamp(d.body) {
-            Some(s)
-                if d.from == e.from
-                    && s.tag == e.tag
-                    && d.client_msg_id == s.k
-                    && (1..=e.written).contains(&s.k) =>
-            {
-                s
-            }
-            _ => {
-                t.mismatched += 1;
-                return None;
-            }
-        };
-        let Some(slot) = self.seen.get_mut((stamp.k - 1) as usize) else {
+        let Some(stamp) = check_stamp(d, e) else {
             t.mismatched += 1;
             return None;
         };
+        self.messages.see(t, stamp).then_some(stamp)
+    }
+}
+
+/// The stamp of a delivery that is what `e` expects: from that sender, `client_msg_id` equal
+/// to the stamped number, the sender's tag, a number already written, the pattern intact.
+/// `None` is a mismatch.
+pub fn check_stamp(d: &Delivered<'_>, e: &Expect<'_>) -> Option<Stamp> {
+    read_stamp(d.body).filter(|s| {
+        d.from == e.from
+            && s.tag == e.tag
+            && d.client_msg_id == s.k
+            && (1..=e.written).contains(&s.k)
+    })
+}
+
+/// Which of one sender's message numbers a device has seen, and whether they came in order.
+#[derive(Debug)]
+pub struct Seen {
+    /// `seen[k-1]`: message k was delivered here.
+    seen: Vec<bool>,
+    max_seen: u64,
+}
+
+impl Seen {
+    /// Room for message numbers 1..=messages.
+    pub fn new(messages: usize) -> Seen {
+        Seen {
+            seen: vec![false; messages],
+            max_seen: 0,
+        }
+    }
+
+    pub fn seen(&self) -> &[bool] {
+        &self.seen
+    }
+
+    /// Records a checked message; true when it is new here (counted `unique`), false for a
+    /// duplicate or a number out of range (counted). A number below one already seen is also
+    /// out of order.
+    pub fn see(&mut self, t: &mut Tally, s: Stamp) -> bool {
+        let Some(slot) = self.seen.get_mut((s.k as usize).wrapping_sub(1)) else {
+            t.mismatched += 1;
+            return false;
+        };
         if *slot {
             t.duplicated += 1;
-            return None;
+            return false;
         }
         *slot = true;
         t.unique += 1;
-        if stamp.k < self.max_seen {
+        if s.k < self.max_seen {
             t.out_of_order += 1;
         }
-        self.max_seen = self.max_seen.max(stamp.k);
-        Some(stamp)
+        self.max_seen = self.max_seen.max(s.k);
+        true
     }
 }
 

@@ -6,8 +6,9 @@
 // "reconnecting…"), a message is written meanwhile, and the broker comes back on the same data
 // directory and ports: the pages reconnect and deliver it; a message from alice's other device
 // (the Node client) shows on her page as sent. Every wait is on page state, never a
-// fixed sleep. One screenshot is saved under $RINGPOST_BROWSER_OUT if set, else in the test's
-// temp dir, which is removed after a clean run and kept (its path printed) when a step failed.
+// fixed sleep. Screenshots of the main steps are saved under $RINGPOST_BROWSER_OUT
+// (`make test-browser` sets target/browser/), else in the test's temp dir, which is removed
+// after a clean run and kept (its path printed) when a step failed.
 //
 //   make test-browser      (or: RINGPOST_BIN=... node --test --test-reporter=spec test/browser/)
 import { test, before, after } from 'node:test';
@@ -31,6 +32,10 @@ const WAIT = 20_000;
 
 const dir = mkdtempSync(join(tmpdir(), 'ringpost-browser-'));
 const shots = process.env.RINGPOST_BROWSER_OUT ?? dir;
+mkdirSync(shots, { recursive: true });
+
+/** One screenshot per step worth looking at (`make test-browser` puts them in target/browser/). */
+const snap = (page, name) => page.screenshot({ path: join(shots, `${name}.png`) });
 let failed = false;
 let broker;
 let browser;
@@ -149,6 +154,7 @@ step('1:1: sent messages turn acked, the other side gets them once with an unrea
   await expectShown(bob, ['in received: hello bob', 'out acked: hi alice']);
   await expectShown(alice, ['out acked: hello bob', 'in received: hi alice']);
   assert.equal(await unread(alice, 'user', users.bob), 0, 'open conversation: nothing unread');
+  await snap(bob, '1-one-to-one');
 });
 
 step('a group: created with a member, messages both ways, membership events in the conversation', async () => {
@@ -173,7 +179,7 @@ step('a group: created with a member, messages both ways, membership events in t
   await write(bob, 'hi team');
   await expectShown(bob, [`event: ${users.alice} created the group with You`, 'in received: hello team', 'out acked: hi team']);
   await expectShown(alice, [`event: You created the group with ${users.bob}`, 'out acked: hello team', 'in received: hi team']);
-  await alice.screenshot({ path: join(shots, 'chat-group.png') });
+  await snap(alice, '2-group');
 });
 
 step('reload: messages that arrived while the page was away show once, with nothing repeated', async () => {
@@ -191,6 +197,7 @@ step('reload: messages that arrived while the page was away show once, with noth
   await expectShown(bob, ['in received: hello bob', 'out acked: hi alice', 'in received: while you were away 1', 'in received: while you were away 2']);
   await bob.click(sel.conv('group', group));
   await expectShown(bob, [`event: ${users.alice} created the group with You`, 'in received: hello team', 'out acked: hi team']);
+  await snap(bob, '3-after-reload');
 });
 
 step('the broker is killed: both pages show "reconnecting…"; a message written meanwhile waits', async () => {
@@ -205,6 +212,7 @@ step('the broker is killed: both pages show "reconnecting…"; a message written
   await write(alice, 'sent while the broker was down');
   await expectShown(alice, ['out acked: hello bob', 'in received: hi alice', 'out acked: while you were away 1',
     'out acked: while you were away 2', 'out queued: sent while the broker was down']);
+  await snap(alice, '4-reconnecting');
 });
 
 step('the broker restarts on the same data and ports: the pages reconnect and deliver the waiting message', async () => {
@@ -216,6 +224,7 @@ step('the broker restarts on the same data and ports: the pages reconnect and de
   await expectShown(bob, ['in received: hello bob', 'out acked: hi alice', 'in received: while you were away 1',
     'in received: while you were away 2', 'in received: sent while the broker was down']);
   assert.equal(await bob.isVisible('[data-testid=banner]'), false);
+  await snap(bob, '5-reconnected');
 });
 
 step('what alice sends from another device shows on her page as sent, once, and reaches bob', async () => {
