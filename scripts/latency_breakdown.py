@@ -96,21 +96,29 @@ def delta(before, after):
     return out
 
 
+def over(buckets, seconds):
+    """How many observations lie above the bucket bound `seconds` (a bound of the family)."""
+    below = max((cum for le, cum in buckets if le <= seconds), default=0)
+    return buckets[-1][1] - below
+
+
 def breakdown(d):
-    """{stage: (count, p50 µs, p99 µs)} of a delta."""
+    """{stage: (count, p50 µs, p99 µs, p99.9 µs, count over 1 ms)} of a delta."""
     rows = {}
     for stage in STAGES + ["log_sync (per sync)"]:
         b = d.get(stage)
         if not b or b[-1][1] == 0:
             continue
-        rows[stage] = (b[-1][1], quantile(b, 0.5) * 1e6, quantile(b, 0.99) * 1e6)
+        rows[stage] = (b[-1][1], quantile(b, 0.5) * 1e6, quantile(b, 0.99) * 1e6,
+                       quantile(b, 0.999) * 1e6, over(b, 0.001))
     return rows
 
 
 def print_breakdown(rows, out=sys.stdout):
-    print(f"  {'stage':<22} {'count':>9} {'p50 µs':>9} {'p99 µs':>9}", file=out)
-    for stage, (n, p50, p99) in rows.items():
-        print(f"  {stage:<22} {n:>9} {p50:>9.0f} {p99:>9.0f}", file=out)
+    print(f"  {'stage':<22} {'count':>9} {'p50 µs':>9} {'p99 µs':>9} {'p99.9 µs':>9} "
+          f"{'> 1 ms':>7}", file=out)
+    for stage, (n, p50, p99, p999, slow) in rows.items():
+        print(f"  {stage:<22} {n:>9} {p50:>9.0f} {p99:>9.0f} {p999:>9.0f} {slow:>7}", file=out)
 
 
 class Broker:
@@ -215,11 +223,13 @@ def ab(args):
               f"load {', '.join(l for _, _, l in runs)}")
         stages = {}
         for _, rows, _ in runs:
-            for stage, (_, p50, p99) in rows.items():
-                stages.setdefault(stage, []).append((p50, p99))
+            for stage, (_, p50, p99, p999, slow) in rows.items():
+                stages.setdefault(stage, []).append((p50, p99, p999, slow))
         for stage, vals in stages.items():
             print(f"  {stage:<22} p50 {statistics.median(v[0] for v in vals):>7.0f}"
-                  f"  p99 {statistics.median(v[1] for v in vals):>7.0f} µs")
+                  f"  p99 {statistics.median(v[1] for v in vals):>7.0f}"
+                  f"  p99.9 {statistics.median(v[2] for v in vals):>7.0f} µs"
+                  f"  > 1 ms {statistics.median(v[3] for v in vals):>5.0f}")
         summary.append({"bin": binary, "fsync": fsync, "p50": p50s, "p99": p99s,
                         "p999": p999s, "stages": {s: v for s, v in stages.items()}})
     if args.json:

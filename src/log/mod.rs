@@ -18,9 +18,10 @@
 //!   fsync'ed, before a record goes into it. The shard prepares the next segment (the
 //!   *spare*) that way ahead of time, off its thread ([`Log::spare_job`], [`SpareJob::run`]),
 //!   so that a roll only syncs the small unsynced tail of the active segment and swaps the
-//!   spare in; a roll that finds no spare (yet) creates the segment itself, as before; deleting a segment (retention) and writing the
-//!   meta file (temp file, fsync, rename) are followed by an fsync of the directory too
-//!   ([`durable`]). Creating a shard directory fsyncs the data directory.
+//!   spare in; a roll that finds none (yet) creates the segment itself. Deleting a segment
+//!   (retention) and writing the meta file (temp file, fsync, rename) are followed by an
+//!   fsync of the directory too ([`durable`]). Creating a shard directory fsyncs the data
+//!   directory.
 //! - **Poisoning.** When an msync/fsync fails, Linux may already have marked the pages it
 //!   could not write clean, so a retried sync would report success without writing them
 //!   ("fsyncgate"). The log therefore never retries: the first failed sync poisons it, and
@@ -206,10 +207,12 @@ pub struct Log {
     faults: Arc<Faults>,
 }
 
-/// An msync of everything appended up to a point, to run off the shard's thread (glommio's
-/// blocking pool) so the shard keeps serving while the disk works. It holds raw addresses into
-/// the segment maps; [`Log::retain`] unmaps nothing while one is in flight, and the shard keeps
-/// the log alive until it ends.
+/// A sync of everything appended up to a point, to run without blocking the shard's thread so
+/// the shard keeps serving while the disk works: as msyncs elsewhere ([`SyncPlan::run`]) or as
+/// fdatasyncs the caller submits to its io_uring ([`SyncPlan::fds`]; what the broker does).
+/// Several may be in flight (pipelined group commits); they end in the order they began. It
+/// holds raw addresses into the segment maps; [`Log::retain`] unmaps no segment a running plan
+/// covers, and the shard keeps the log alive until it ends.
 pub struct SyncPlan {
     /// (address, length) of page-aligned ranges to msync.
     ranges: Vec<(usize, usize)>,
@@ -348,8 +351,8 @@ impl SyncPlan {
 
 /// Preparing the next segment off the shard's thread: create, fallocate to full size,
 /// fsync it and its directory, map it ([`Segment::create`]). From [`Log::spare_job`]; run it
-/// anywhere (glommio's blocking pool); its result goes back to the log, which takes it at the
-/// next [`Log::collect_spare`] or roll.
+/// on any thread (the shard starts one); its result goes back to the log, which takes it at
+/// the next [`Log::collect_spare`] or roll.
 pub struct SpareJob {
     dir: PathBuf,
     base: u64,

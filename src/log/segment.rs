@@ -82,10 +82,8 @@ impl Segment {
             .map_err(|e| LogError::io(&path, "create segment", e))?;
         faults.record(Event::Create(&path));
         let made = Self::prepare(dir, base, &path, file, size, faults);
-        if made.is_err() {
-            if std::fs::remove_file(&path).is_ok() {
-                faults.record(Event::Remove(&path));
-            }
+        if made.is_err() && std::fs::remove_file(&path).is_ok() {
+            faults.record(Event::Remove(&path));
         }
         made
     }

@@ -97,6 +97,9 @@ fn by_code(
         .collect()
 }
 
+/// Per-bucket (upper bound, count) pairs, the sum, the count of a histogram summed over shards.
+type Summed = (Vec<(f64, u64)>, f64, u64);
+
 /// Sums one histogram over shards: (upper bound, count) per bucket in the exposed unit (the
 /// last bound is `f64::MAX`, printed `+Inf`), the sum, the count. `per_unit` recorded units
 /// make one exposed unit (nanoseconds → seconds: 1e9; a division, so that bounds such as
@@ -105,7 +108,7 @@ fn summed(
     shards: &[Arc<ShardMetrics>],
     pick: impl Fn(&ShardMetrics) -> &Histogram,
     per_unit: f64,
-) -> Option<(Vec<(f64, u64)>, f64, u64)> {
+) -> Option<Summed> {
     let bounds = pick(shards.first()?).bounds();
     let mut buckets = vec![0u64; bounds.len() + 1];
     let (mut sum, mut count) = (0u64, 0u64);

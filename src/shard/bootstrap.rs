@@ -169,12 +169,7 @@ impl Broker {
             let (metrics, control) = (metrics[i].clone(), controls[i].take());
             let trigger = OwnedFd::from(theirs);
             let ws_listener = ws_listeners.pop();
-            let mut builder = LocalExecutorBuilder::new(placement);
-            let spin = super::inbox::dev_knob("RINGPOST_DEV_SPIN_US", 0);
-            if spin > 0 {
-                builder = builder.spin_before_park(std::time::Duration::from_micros(spin));
-            }
-            let join = builder
+            let join = LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{i}"))
                 .io_memory(IO_MEMORY)
                 .spawn(move || async move {

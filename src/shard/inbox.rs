@@ -580,9 +580,6 @@ impl Shard {
     /// not glommio's blocking pool, whose one thread runs the group commit's syncs, which
     /// must not queue behind a fallocate.
     fn prepare_spare(&self) {
-        if dev_knob("RINGPOST_DEV_NO_SPARE", 0) != 0 {
-            return;
-        }
         let mut log = self.log.borrow_mut();
         log.collect_spare();
         let Some(job) = log.spare_job() else {
@@ -612,8 +609,8 @@ impl Shard {
     }
 
     /// Syncs everything appended so far without blocking the shard: an fdatasync of each
-    /// segment with new records submitted to the shard's own io_uring ([`sync_on_ring`]), or
-    /// with `SYNC_ON_RING` off, msyncs on glommio's blocking pool. One runs at a time: the
+    /// segment with new records submitted to the shard's own io_uring ([`sync_on_ring`]).
+    /// One runs at a time: the
     /// committer (fsync = "always") and the periodic syncer (fsync = "interval") never
     /// coexist.
     pub async fn sync_off_thread(&self) -> std::io::Result<()> {
@@ -789,50 +786,25 @@ pub async fn sync_batch(mut batch: CommitBatch) -> (CommitBatch, std::io::Result
 }
 
 /// Runs a sync plan without blocking the shard: an fdatasync of each segment with new
-/// records on the shard's own io_uring ([`sync_on_ring`]), or with `SYNC_ON_RING` off,
-/// msyncs on glommio's blocking pool.
+/// records on the shard's own io_uring ([`sync_on_ring`]), rather than an msync on glommio's
+/// blocking pool (one thread hop there and one back per sync; with pipelined commits, two
+/// msyncs queued on its one thread: BENCHMARKS.md, "The durable latency floor").
 async fn run_plan(plan: crate::log::SyncPlan) -> (crate::log::SyncPlan, std::io::Result<()>) {
-    match SYNC_ON_RING && dev_knob("RINGPOST_DEV_SYNC_POOL", 0) == 0 {
-        true => sync_on_ring(plan).await,
-        false => {
-            glommio::executor()
-                .spawn_blocking(move || {
-                    let result = plan.run();
-                    (plan, result)
-                })
-                .await
-        }
-    }
+    sync_on_ring(plan).await
 }
 
-/// TEMPORARY, for the A/B runs of BENCHMARKS.md "The durable latency floor" in one binary:
-/// `RINGPOST_DEV_*` environment variables (read once) that turn a change off. Not a
-/// configuration interface; removed once the figures are in.
-pub fn dev_knob(name: &str, default: u64) -> u64 {
-    static KNOBS: std::sync::OnceLock<Vec<(String, u64)>> = std::sync::OnceLock::new();
-    let knobs = KNOBS.get_or_init(|| {
-        std::env::vars()
-            .filter(|(k, _)| k.starts_with("RINGPOST_DEV_"))
-            .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
-            .collect()
-    });
-    knobs
-        .iter()
-        .find(|(k, _)| k == name)
-        .map_or(default, |(_, v)| *v)
-}
-
-/// Sync through the shard's own ring (io_uring fsync with the DATASYNC flag, which the
-/// kernel runs in its worker and completes on the ring) rather than a hop to glommio's
-/// blocking pool and back.
-const SYNC_ON_RING: bool = true;
+/// (segment base, the segment's fd, the ring's handle on a dup of it).
+type RingFile = (
+    u64,
+    std::os::fd::RawFd,
+    std::rc::Rc<glommio::io::BufferedFile>,
+);
 
 thread_local! {
     /// The ring's handles on this shard's segment files, by (segment base, fd): a dup of the
     /// segment's fd each (closing the handle must not close the segment's own), so the fd
     /// number of a deleted segment reused by a new one can never match a stale handle.
-    static RING_FILES: std::cell::RefCell<Vec<(u64, std::os::fd::RawFd, std::rc::Rc<glommio::io::BufferedFile>)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
+    static RING_FILES: std::cell::RefCell<Vec<RingFile>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Handles kept: the active segment and the one before it are all a plan ever covers.

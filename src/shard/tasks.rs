@@ -182,8 +182,7 @@ enum CommitWake {
 async fn commit_loop(shard: Rc<Shard>) {
     let mut in_flight: VecDeque<Task<(CommitBatch, std::io::Result<()>)>> = VecDeque::new();
     loop {
-        let room = in_flight.len()
-            < super::inbox::dev_knob("RINGPOST_DEV_INFLIGHT", COMMITS_IN_FLIGHT as u64) as usize;
+        let room = in_flight.len() < COMMITS_IN_FLIGHT;
         let wake = match in_flight.front_mut() {
             None => {
                 shard.commit_due.wait().await;
