@@ -1189,3 +1189,30 @@ fn a_power_cut_across_a_roll_into_the_spare_keeps_what_was_synced() {
         assert_eq!(again, more, "cut after {cut_at}: the log rolls on");
     }
 }
+
+/// Pipelined syncs: retention deletes old sealed segments while a sync runs, but never a
+/// segment a running plan covers (it holds addresses into that map).
+#[test]
+fn retention_spares_only_the_segments_a_running_sync_covers() {
+    let dir = TempDir::new();
+    let (mut log, _, _) = reopen(&dir.0, 2048);
+    let mut seq = 0;
+    fill_segments(&mut log, 3, &mut seq);
+    // A plan covering the active segment's unsynced records, still running ...
+    let covered = log.active_base();
+    let running = log.begin_sync();
+    assert!(!running.is_empty());
+    // ... while appends roll past it (the roll syncs it in place, and it is sealed now).
+    fill_segments(&mut log, 5, &mut seq);
+    assert!(log.sync_in_flight());
+    let oldest = log.retain(u64::MAX, u64::MAX, u64::MAX).unwrap();
+    assert_eq!(
+        oldest, covered,
+        "everything before the covered segment went, it stayed"
+    );
+    running.run().unwrap();
+    assert!(log.end_sync(running, true));
+    let oldest = log.retain(u64::MAX, u64::MAX, u64::MAX).unwrap();
+    assert_eq!(oldest, log.active_base(), "once it ended, it went too");
+    assert_eq!(log.segment_count(), 1);
+}
