@@ -2,11 +2,17 @@
 //!
 //! The key comes from where the broker takes it: `RINGPOST_AUTH_SECRET` if set, else
 //! `--secret-file` (default `data/auth.secret`, the broker's default `[auth] secret_file`).
+//! With `--check ADDR` (and `--tls --ca-file` for a TLS broker) the token is first tried: a
+//! login as `--device` (default `token-check`) that must succeed before the token is printed,
+//! so a script never goes on with a token the broker refuses (wrong key, issuer, audience).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use glommio::{LocalExecutorBuilder, Placement};
 use ringpost::auth;
+use ringpost::client::{Client, ClientOptions};
 use ringpost::config::units::parse_duration;
 
 #[derive(clap::Args, Debug)]
@@ -31,6 +37,15 @@ pub struct TokenArgs {
     /// `aud` claim (the broker's `[auth] audience`).
     #[arg(long)]
     pub audience: Option<String>,
+    /// Log in with the token at this broker address before printing it (exit 1 with the
+    /// broker's refusal if it does not take it).
+    #[arg(long)]
+    pub check: Option<SocketAddr>,
+    /// Device ID for the --check login (a device of the user like any other).
+    #[arg(long, default_value = "token-check", requires = "check")]
+    pub device: String,
+    #[command(flatten)]
+    pub tls: crate::tlsargs::TlsArgs,
 }
 
 /// Prints the token on stdout; errors go to stderr with exit code 1.
@@ -55,14 +70,41 @@ pub fn run(args: &TokenArgs) -> ExitCode {
         issuer: args.issuer.clone(),
         audience: args.audience.clone(),
     };
-    match auth::mint_with(&secret, &args.user, ttl, &extra) {
-        Ok(token) => {
-            println!("{token}");
-            ExitCode::SUCCESS
-        }
+    let token = match auth::mint_with(&secret, &args.user, ttl, &extra) {
+        Ok(token) => token,
         Err(e) => {
             eprintln!("{e}");
-            ExitCode::from(1)
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(addr) = args.check {
+        if let Err(e) = check(args, addr, &token) {
+            eprintln!("token check at {addr}: {e}");
+            return ExitCode::from(1);
         }
     }
+    println!("{token}");
+    ExitCode::SUCCESS
+}
+
+/// Logs in once with `token` and logs out; the broker's refusal as the error.
+fn check(args: &TokenArgs, addr: SocketAddr, token: &str) -> Result<(), String> {
+    let opts = args
+        .tls
+        .apply(ClientOptions::new(addr, token, args.device.clone()))?;
+    let executor = LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(256 * 1024)
+        .make()
+        .map_err(|e| format!("cannot start the event loop (io_uring): {e}"))?;
+    executor.run(async move {
+        let mut client = Client::connect(&opts, 0).await.map_err(|e| e.to_string())?;
+        let info = client.login_info().clone();
+        eprintln!(
+            "token check: logged in as {} on shard {} (head seq {})",
+            info.user_id, info.shard, info.head_seq
+        );
+        // A clean goodbye; the login already proved the token.
+        let _ = client.logout().await;
+        Ok(())
+    })
 }

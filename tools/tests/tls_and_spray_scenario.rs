@@ -1,5 +1,6 @@
-//! The tools against a TLS broker (`load p2p --tls --ca-file`, `spray --tls`), `token --kid`
-//! accepted by a broker with a key directory, and `spray` under both recipient policies.
+//! The tools against a TLS broker (`load p2p --tls --ca-file`, `spray --tls`, `token --check
+//! --tls`), `token --kid` accepted by a broker with a key directory, and `spray` under both
+//! recipient policies.
 
 use ringpost_harness::tls::TestCa;
 use ringpost_harness::{tools, tools_broker, try_login, TempDir};
@@ -133,4 +134,53 @@ fn token_kid_issuer_and_audience_are_accepted_by_a_broker_configured_for_them() 
         Ok("carol".into())
     );
     assert!(try_login(broker.addr, &mint("2024-01"), "d").is_err());
+}
+
+/// `token --check ADDR` logs in with the token it minted before printing it, over TLS with
+/// `--tls --ca-file`; a token the broker refuses (here: the wrong audience) is not printed and
+/// the tool exits 1 with the broker's reason.
+#[test]
+fn token_check_logs_in_over_tls_and_refuses_a_token_the_broker_refuses() {
+    let dir = TempDir::new("tools-token-check");
+    let ca = TestCa::new(dir.path(), "token");
+    let broker = tools_broker()
+        .dir(dir.path().join("broker"))
+        .tls(&ca.issue("broker"))
+        .auth("audience = \"chat\"")
+        .start();
+    let check = |audience: &str, tls: bool| {
+        let mut cmd = tools(&["token", "--user", "dave", "--audience", audience]);
+        cmd.arg("--secret-file")
+            .arg(broker.secret_path())
+            .arg("--check")
+            .arg(broker.addr_string());
+        if tls {
+            cmd.arg("--tls").arg("--ca-file").arg(ca.ca_file());
+        }
+        cmd.output().unwrap()
+    };
+    let ok = check("chat", true);
+    let stderr = String::from_utf8_lossy(&ok.stderr);
+    assert!(ok.status.success(), "{stderr}");
+    assert!(stderr.contains("logged in as dave"), "{stderr}");
+    let token = String::from_utf8(ok.stdout).unwrap();
+    assert_eq!(
+        token.trim().split('.').count(),
+        3,
+        "a JWT on stdout: {token:?}"
+    );
+    for (audience, tls) in [("other", true), ("chat", false)] {
+        let refused = check(audience, tls);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(
+            refused.status.code(),
+            Some(1),
+            "{audience} tls={tls}: {stderr}"
+        );
+        assert!(
+            refused.stdout.is_empty(),
+            "{audience} tls={tls}: a token was printed"
+        );
+        assert!(stderr.contains("token check at"), "{stderr}");
+    }
 }
