@@ -573,6 +573,17 @@ pub fn encode_server(msg: &ServerMsg<'_>, out: &mut Vec<u8>) {
 
 /// Appends one server frame with `head` in front of its payload (the connection's framing).
 pub fn encode_server_with(msg: &ServerMsg<'_>, head: &impl FrameHead, out: &mut Vec<u8>) {
+    match msg {
+        // Every delivery but group entries: laid out directly, without the builder.
+        ServerMsg::Deliver(d) if super::deliver::is_plain(d) => {
+            super::deliver::encode_plain(d, head, out)
+        }
+        _ => encode_server_built(msg, head, out),
+    }
+}
+
+/// [`encode_server_with`] through the FlatBuffers builder, for every message.
+pub(crate) fn encode_server_built(msg: &ServerMsg<'_>, head: &impl FrameHead, out: &mut Vec<u8>) {
     encode_with(head, out, |fbb| match *msg {
         ServerMsg::LoginOk {
             user_id,

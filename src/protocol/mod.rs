@@ -31,7 +31,10 @@
 //! `Vec<u8>` and reuses one `FlatBufferBuilder` per thread. The `_with` variants take the
 //! [`FrameHead`] to write in front of the payload instead of the length prefix: a WebSocket
 //! connection writes its frame header there (`crate::wire`), so encoding for either transport
-//! copies the payload once, from the builder into the output.
+//! copies the payload once, from the builder into the output. Deliver frames without group
+//! fields (1:1 and outgoing entries: nearly every delivery) skip the builder: the `deliver`
+//! submodule lays the FlatBuffer out directly in the output, so the body is copied once, from
+//! the log record into the connection's buffer.
 //!
 //! # Compatibility
 //!
@@ -56,6 +59,7 @@
 //! ```
 
 mod codec;
+mod deliver;
 mod layout;
 mod messages;
 pub mod reader;

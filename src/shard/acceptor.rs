@@ -177,6 +177,7 @@ pub(super) async fn finish(
     outcome: Option<Result<Login, Refusal>>,
     slot: Option<Slot>,
 ) {
+    super::connections::churned();
     let timeout = shard.cfg.limits.login_timeout;
     let refusal = match (outcome, slot) {
         (None, _) => Refusal::Frame(

@@ -4,6 +4,12 @@
 //! Registering ([`Shard::adopt`]) builds the connection record, sends LoginOk and starts its
 //! replay ([`Shard::register_device`] in `delivery`); the caller (`session::start_handoff`)
 //! then runs the connection's task.
+//!
+//! After a burst of logins or closes, once a whole sweep interval passes without one, the shard
+//! hands the memory the burst freed back to the OS ([`release_after_churn`]): the allocator
+//! otherwise keeps the pages that the burst's login tasks, buffers and hand-offs touched, and
+//! an idle broker makes no allocator calls that would ever purge them (measured: BENCHMARKS.md,
+//! "Idle connections after a login storm").
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -35,6 +41,79 @@ impl IdleWheel {
         let later = self.buckets.split_off(&(now_ms / 1000 + 1));
         let due = std::mem::replace(&mut self.buckets, later);
         due.into_values().flatten().collect()
+    }
+}
+
+/// Connections registered or forgotten on this thread (a shard is one thread).
+#[derive(Default)]
+struct Churn {
+    /// Adopted + forgotten so far.
+    total: Cell<u64>,
+    /// `total` at the previous sweep.
+    at_sweep: Cell<u64>,
+    /// `total` when memory was last released.
+    at_release: Cell<u64>,
+}
+
+thread_local! {
+    static CHURN: Churn = Churn::default();
+}
+
+/// A connection came or went (or a login attempt ended on the accepting shard).
+pub(super) fn churned() {
+    CHURN.with(|c| c.total.set(c.total.get() + 1));
+}
+
+/// Churn after which memory is released even if connections never stop coming and going.
+const RELEASE_EVERY_CHURN: u64 = 100_000;
+
+/// Called once per idle sweep: releases freed memory when connections came or went since the
+/// last release and none did since the previous sweep (or after [`RELEASE_EVERY_CHURN`]).
+/// Returns whether it released.
+fn release_after_churn() -> bool {
+    let due = CHURN.with(|c| {
+        let total = c.total.get();
+        let calm = total == c.at_sweep.get();
+        c.at_sweep.set(total);
+        let since = total - c.at_release.get();
+        let due = since > 0 && (calm || since >= RELEASE_EVERY_CHURN);
+        if due {
+            c.at_release.set(total);
+        }
+        due
+    });
+    if due {
+        release_free_memory();
+    }
+    due
+}
+
+/// Returns this thread's free allocator pages to the OS.
+fn release_free_memory() {
+    #[cfg(not(feature = "sysalloc"))]
+    {
+        extern "C" {
+            /// mimalloc: frees empty pages of the calling thread's heap and, with `force`,
+            /// purges (MADV_DONTNEED) freed segment memory now rather than on a later
+            /// allocation.
+            fn mi_collect(force: bool);
+        }
+        // SAFETY: mi_collect has no preconditions; it only touches the calling thread's heap
+        // and mimalloc's own (internally synchronised) segment and arena state. mimalloc is
+        // linked (the `mimalloc` dependency) whether or not it is the global allocator; when
+        // it is not, its heap is empty and this does nothing.
+        unsafe {
+            // mimalloc 2.x purges a segment's free spans before it frees that segment's empty
+            // pages (`mi_heap_page_collect`), and an idle shard triggers no later purge: the
+            // second pass purges what the first freed.
+            mi_collect(true);
+            mi_collect(true);
+        }
+    }
+    #[cfg(feature = "sysalloc")]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -82,6 +161,7 @@ impl Shard {
         self.idle.borrow_mut().insert(now + idle_ms, id);
         self.mark_dirty(&conn);
         self.live_sessions.set(self.live_sessions.get() + 1);
+        churned();
         tracing::debug!(shard = self.id, conn = id, user = %conn.user, device = %conn.device_id, "connection registered");
         conn
     }
@@ -109,6 +189,7 @@ impl Shard {
         self.detach(conn);
         self.conns.borrow_mut().remove(&conn.id);
         self.live_sessions.set(self.live_sessions.get() - 1);
+        churned();
         self.changed.notify_all();
     }
 
@@ -147,5 +228,8 @@ impl Shard {
         }
         drop(conns);
         self.flush_dirty();
+        if release_after_churn() {
+            tracing::debug!(shard = self.id, "released memory freed by connection churn");
+        }
     }
 }

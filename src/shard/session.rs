@@ -3,6 +3,9 @@
 //! traffic the connection parks (see [`super::park`]): the active part of the task is dropped
 //! and a small stub waits for the shard's epoll poller or any other wake-up to resume it.
 //!
+//! A connection woken from parking that then reads nothing but Pings (an idle client's
+//! heartbeat) parks again as soon as its Pongs are written, rather than after `park_after`.
+//!
 //! Between frames an active connection costs one pending readiness poll on the ring (the one
 //! glommio arms when the stream is created) and this task's future: no read buffer, no write
 //! buffer. The task waits in a 1-byte `read`, which glommio serves from that poll without
@@ -33,7 +36,7 @@ use super::conn::{recv_nonblocking, Conn, ConnState};
 use super::envelope::Handoff;
 use super::park;
 use super::state::Shard;
-use crate::protocol::{self, Code, Flow, ServerMsg};
+use crate::protocol::{self, ClientMsg, Code, Flow, ServerMsg};
 use crate::wire::ws::Inbound;
 use crate::wire::DecodeError;
 
@@ -87,11 +90,12 @@ async fn run(shard: Rc<Shard>, conn: Rc<Conn>, leftover: Vec<u8>) {
         && !shard.cfg.server.park_after.is_zero()
         && shard.parking.watch(conn.fd.get(), conn.id).is_ok();
     let mut stretch = if start_parked {
+        drop(leftover); // empty; not kept in the parked task's future
         Stretch::Parked
     } else {
         // SAFETY: `conn.fd` is the socket handed to this shard; the stream owns it now.
         let stream = unsafe { TcpStream::from_raw_fd(conn.fd.get()) };
-        Box::pin(serve(shard.clone(), conn.clone(), stream, leftover)).await
+        Box::pin(serve(shard.clone(), conn.clone(), stream, leftover, false)).await
     };
     while let Stretch::Parked = stretch {
         conn.wake.wait().await;
@@ -100,7 +104,7 @@ async fn run(shard: Rc<Shard>, conn: Rc<Conn>, leftover: Vec<u8>) {
         // SAFETY: while parked, `fd` belongs to this connection alone (no stream owns it);
         // from here on the new stream does.
         let stream = unsafe { TcpStream::from_raw_fd(fd) };
-        stretch = Box::pin(serve(shard.clone(), conn.clone(), stream, Vec::new())).await;
+        stretch = Box::pin(serve(shard.clone(), conn.clone(), stream, Vec::new(), true)).await;
     }
 }
 
@@ -117,13 +121,28 @@ fn park(shard: &Shard, conn: &Conn) -> std::io::Result<()> {
     Ok(())
 }
 
-/// One active stretch: serves `conn` until it closes or parks.
+thread_local! {
+    /// Frames other than Ping handled on this thread (a shard is one thread): tells `serve`
+    /// whether a read brought anything but keep-alives.
+    static BUSY_FRAMES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn busy_frames() -> u64 {
+    BUSY_FRAMES.with(|c| c.get())
+}
+
+/// One active stretch: serves `conn` until it closes or parks. `resumed`: the stretch began
+/// with a parked connection waking up. A resumed stretch that has read nothing but Pings parks
+/// again as soon as the Pongs are out, instead of holding its stream, ring poll and task state
+/// for `park_after`: an idle client's heartbeat must not make it an active connection.
 async fn serve(
     shard: Rc<Shard>,
     conn: Rc<Conn>,
     mut stream: TcpStream,
     mut leftover: Vec<u8>,
+    resumed: bool,
 ) -> Stretch {
+    let mut only_pings = resumed;
     if !leftover.is_empty() && conn.is_open() {
         conn.last_seen_ms.set(shard.mono_ms());
         feed(&shard, &conn, &mut leftover);
@@ -179,8 +198,19 @@ async fn serve(
                 break;
             }
             Wake::Read(Ok(_)) => {
+                let busy = busy_frames();
                 read_ready(&shard, &conn, Some(probe[0]));
                 shard.flush_dirty();
+                only_pings &= busy_frames() == busy;
+                // No partial frame held either: a large frame arriving in pieces stays active.
+                if only_pings
+                    && conn.is_open()
+                    && conn.queued_bytes() == 0
+                    && conn.rx.borrow().is_empty()
+                    && park(&shard, &conn).is_ok()
+                {
+                    return Stretch::Parked; // dropping `stream` closes the original fd
+                }
                 // A read of a socket that already holds data completes without yielding, so a
                 // client that never pauses would keep this task running: let the committer
                 // (whose sync releases this batch's acks) and other connections go first.
@@ -382,7 +412,12 @@ fn feed(shard: &Shard, conn: &Rc<Conn>, data: &mut [u8]) {
     let fed = framing.decode(&mut rx, data, shard.cfg.limits.max_frame, |inbound| {
         match inbound {
             Inbound::Message(payload) => match protocol::decode_client(payload) {
-                Ok(msg) => shard.on_frame(conn, msg),
+                Ok(msg) => {
+                    if !matches!(msg, ClientMsg::Ping { .. }) {
+                        BUSY_FRAMES.with(|c| c.set(c.get() + 1));
+                    }
+                    shard.on_frame(conn, msg)
+                }
                 Err(e) => reject(shard, conn, &DecodeError::from(e)),
             },
             Inbound::Ping(payload) => {

@@ -126,25 +126,30 @@ impl User {
 }
 
 /// Every user the shard owns, by ID.
+///
+/// Each user is boxed: the map's table is a power of two of slots filled 44–88 %, so an
+/// unboxed `User` (168 B) would cost up to twice its size per user in empty slots, and each
+/// growth would free a table of them that the allocator keeps (RSS after a login storm); a
+/// slot is now the 16-byte name and an 8-byte pointer.
 #[derive(Default)]
-pub struct Users(HashMap<Arc<str>, User>);
+pub struct Users(HashMap<Arc<str>, Box<User>>);
 
 impl Users {
     pub fn recovered(users: HashMap<Arc<str>, RecoveredUser>) -> Users {
         Users(
             users
                 .into_iter()
-                .map(|(name, r)| (name, User::recovered(r)))
+                .map(|(name, r)| (name, Box::new(User::recovered(r))))
                 .collect(),
         )
     }
 
     pub fn get(&self, name: &str) -> Option<&User> {
-        self.0.get(name)
+        self.0.get(name).map(|u| &**u)
     }
 
     pub fn get_mut(&mut self, name: &str) -> Option<&mut User> {
-        self.0.get_mut(name)
+        self.0.get_mut(name).map(|u| &mut **u)
     }
 
     /// The user `name` (created empty if the shard has never seen it), with its interned ID.
@@ -153,7 +158,7 @@ impl Users {
             Some((key, _)) => key.clone(),
             None => Arc::from(name),
         };
-        let user = self.0.entry(key.clone()).or_default();
+        let user = &mut **self.0.entry(key.clone()).or_default();
         (key, user)
     }
 
@@ -171,10 +176,10 @@ impl Users {
     }
 
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut User> {
-        self.0.values_mut()
+        self.0.values_mut().map(|u| &mut **u)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &User)> {
-        self.0.iter()
+        self.0.iter().map(|(k, u)| (k, &**u))
     }
 }
