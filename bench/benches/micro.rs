@@ -152,6 +152,7 @@ fn cross_shard_hop(total: u64) -> f64 {
                     client_msg_id: i,
                     body: body.clone(),
                     origin_conn: 1,
+                    read_ns: 0,
                 }),
             );
             if i % 256 == 255 {

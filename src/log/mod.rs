@@ -12,12 +12,16 @@
 //!   so one sync serves a whole batch of appends (group commit). [`Log::begin_sync`] plans
 //!   that sync as a [`SyncPlan`] to run off the shard's thread; [`Log::sync`] does it in place.
 //!   Whoever acknowledges a record waits for a completed sync that covers it.
-//! - A roll syncs the active segment before the next one is created, so only the newest
-//!   segment can ever hold unsynced bytes.
+//! - A roll syncs the active segment before the next one takes records, so only the newest
+//!   segment in use can ever hold unsynced bytes.
 //! - A new segment is fallocated to its full size and fsync'ed, then its directory is
-//!   fsync'ed, before a record goes into it; deleting a segment (retention) and writing the
-//!   meta file (temp file, fsync, rename) are followed by an fsync of the directory too
-//!   ([`durable`]). Creating a shard directory fsyncs the data directory.
+//!   fsync'ed, before a record goes into it. The shard prepares the next segment (the
+//!   *spare*) that way ahead of time, off its thread ([`Log::spare_job`], [`SpareJob::run`]),
+//!   so that a roll only syncs the small unsynced tail of the active segment and swaps the
+//!   spare in; a roll that finds none (yet) creates the segment itself. Deleting a segment
+//!   (retention) and writing the meta file (temp file, fsync, rename) are followed by an
+//!   fsync of the directory too ([`durable`]). Creating a shard directory fsyncs the data
+//!   directory.
 //! - **Poisoning.** When an msync/fsync fails, Linux may already have marked the pages it
 //!   could not write clean, so a retried sync would report success without writing them
 //!   ("fsyncgate"). The log therefore never retries: the first failed sync poisons it, and
@@ -43,6 +47,13 @@
 //!
 //! A newest segment that came back empty or shorter than `segment_size` and holds no valid
 //! record was cut mid-creation by a power loss and is made anew (see [`Log::open_with`]).
+//!
+//! **The spare at restart.** A newest segment of full size that holds no valid record, after
+//! a segment that does, is a spare that was prepared but never rolled into (or rolled into
+//! with nothing synced in it: nothing there was acknowledged). It becomes the spare again and
+//! the segment before it stays the active one: recovery zeroes that one's tail too (the
+//! stale-record rule applies to the newest segment *in use*), so none of its room is wasted
+//! and bytes past its end are zeros on disk before the first append.
 //! Retention ([`Log::retain`]) deletes whole sealed segments, oldest first, never the active
 //! one.
 //!
@@ -130,6 +141,8 @@ pub struct Recovery {
     pub recreated: Option<u64>,
     /// Bytes written again because the previous process poisoned the log ([`POISON_MARKER`]).
     pub rewritten: u64,
+    /// Base of a prepared, never used newest segment kept as the spare (module doc).
+    pub spare: Option<u64>,
     pub elapsed: std::time::Duration,
 }
 
@@ -175,8 +188,15 @@ pub struct Log {
     segment_size: usize,
     /// Sorted by base; the last one is active.
     segments: Vec<Segment>,
-    /// A [`SyncPlan`] is running elsewhere: no segment may be unmapped until it ends.
-    sync_in_flight: bool,
+    /// The next segment, prepared ahead of time (module doc): empty, durable, mapped.
+    spare: Option<Segment>,
+    /// A [`SpareJob`] is out; its segment comes back through this channel.
+    preparing: Option<std::sync::mpsc::Receiver<Result<Segment, LogError>>>,
+    /// A failed preparation is not tried again before this (a full disk).
+    spare_retry_at: Option<Instant>,
+    /// The lowest segment base of each [`SyncPlan`] running elsewhere (group commits are
+    /// pipelined): a segment at or after one of them may not be unmapped until it ends.
+    sync_in_flight: Vec<u64>,
     /// A sync failed: no append or sync succeeds again in this process (module doc).
     poisoned: bool,
     /// Set by poisoning: the next plan fails even if it has nothing new to cover. Records
@@ -187,10 +207,12 @@ pub struct Log {
     faults: Arc<Faults>,
 }
 
-/// An msync of everything appended up to a point, to run off the shard's thread (glommio's
-/// blocking pool) so the shard keeps serving while the disk works. It holds raw addresses into
-/// the segment maps; [`Log::retain`] unmaps nothing while one is in flight, and the shard keeps
-/// the log alive until it ends.
+/// A sync of everything appended up to a point, to run without blocking the shard's thread so
+/// the shard keeps serving while the disk works: as msyncs elsewhere ([`SyncPlan::run`]) or as
+/// fdatasyncs the caller submits to its io_uring ([`SyncPlan::fds`]; what the broker does).
+/// Several may be in flight (pipelined group commits); they end in the order they began. It
+/// holds raw addresses into the segment maps; [`Log::retain`] unmaps no segment a running plan
+/// covers, and the shard keeps the log alive until it ends.
 pub struct SyncPlan {
     /// (address, length) of page-aligned ranges to msync.
     ranges: Vec<(usize, usize)>,
@@ -200,6 +222,8 @@ pub struct SyncPlan {
     poisoned: bool,
     /// The skip-sync fault answered instead of msync (nothing became durable).
     skipped: AtomicBool,
+    /// Its lowest segment base, as pinned in the log's syncs in flight (it has ranges).
+    pinned: Option<u64>,
     /// Only when a fault is armed: a shared refcount touched by every shard's commit would
     /// bounce between cores.
     faults: Option<Arc<Faults>>,
@@ -207,6 +231,8 @@ pub struct SyncPlan {
 
 struct SyncTarget {
     base: u64,
+    /// The segment's file, for a sync by fd ([`SyncPlan::fds`]).
+    fd: std::os::fd::RawFd,
     upto: usize,
     /// For the power log (only when one is recording).
     path: Option<PathBuf>,
@@ -266,7 +292,89 @@ impl SyncPlan {
     pub fn is_empty(&self) -> bool {
         self.ranges.is_empty() && !self.poisoned
     }
+
+    /// The plan as an `fdatasync` of each segment's file instead of msyncs of its ranges
+    /// (the same write-back: msync(MS_SYNC) is a ranged fdatasync of the mapped file), for a
+    /// caller that submits those itself (the shard's io_uring). `Ok((segment base, fd))` to
+    /// sync, then
+    /// [`SyncPlan::completed`]; `Ok` empty: nothing to do (the skip fault answered); `Err`:
+    /// the plan fails without touching the disk. The hold fault, which blocks, is for the
+    /// caller to run first ([`SyncPlan::hold`]).
+    pub fn fds(&self) -> std::io::Result<Vec<(u64, std::os::fd::RawFd)>> {
+        if self.poisoned {
+            return Err(std::io::Error::other(
+                "the log is poisoned by an earlier failed sync",
+            ));
+        }
+        if let Some(faults) = &self.faults {
+            if let Some(e) = faults.sync_failure() {
+                return Err(e);
+            }
+            if faults.skips_sync() {
+                self.skipped.store(true, Ordering::Relaxed);
+                return Ok(Vec::new());
+            }
+        }
+        Ok(self.targets.iter().map(|t| (t.base, t.fd)).collect())
+    }
+
+    /// Whether the hold fault is armed: the caller runs [`SyncPlan::hold`] off its thread.
+    pub fn may_hold(&self) -> bool {
+        self.faults.as_ref().is_some_and(|f| f.holds())
+    }
+
+    /// Waits while the hold fault says so (blocking).
+    pub fn hold(&self) {
+        if let Some(faults) = &self.faults {
+            faults.hold_sync();
+        }
+    }
+
+    /// The caller's syncs of [`SyncPlan::fds`] all succeeded: recorded in the power log.
+    pub fn completed(&self) {
+        if self.skipped.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(faults) = &self.faults {
+            for t in &self.targets {
+                if let Some(path) = &t.path {
+                    faults.record(Event::Synced {
+                        path,
+                        len: t.upto as u64,
+                        size: t.size as u64,
+                    });
+                }
+            }
+        }
+    }
 }
+
+/// Preparing the next segment off the shard's thread: create, fallocate to full size,
+/// fsync it and its directory, map it ([`Segment::create`]). From [`Log::spare_job`]; run it
+/// on any thread (the shard starts one); its result goes back to the log, which takes it at
+/// the next [`Log::collect_spare`] or roll.
+pub struct SpareJob {
+    dir: PathBuf,
+    base: u64,
+    size: usize,
+    faults: Arc<Faults>,
+    done: std::sync::mpsc::SyncSender<Result<Segment, LogError>>,
+}
+
+impl SpareJob {
+    /// Creates the segment (blocking: a posix_fallocate of the whole segment and two fsyncs).
+    pub fn run(self) {
+        let made = Segment::create(&self.dir, self.base, self.size, &self.faults);
+        // The log may be gone (shutdown): the file stays, and the next open adopts it.
+        let _ = self.done.send(made);
+    }
+}
+
+/// When the active segment is this full (1/N), the spare is prepared: an idle or small broker
+/// keeps one segment on disk, and a busy one has half a segment of appends to prepare in.
+const SPARE_AT_FILL: usize = 2;
+/// How long a failed preparation waits before the next try (a full disk).
+const SPARE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Log {
     /// Opens (or creates) the log in `dir`, recovering every segment, with the faults the
@@ -357,13 +465,36 @@ impl Log {
                 "zeroed stale bytes past the end of the log (written before a crash, never synced)"
             );
         }
+        let spare = match &segments[..] {
+            [.., prev, last]
+                if prev.records > 0 && last.is_empty() && last.capacity() == segment_size =>
+            {
+                segments.pop()
+            }
+            _ => None,
+        };
+        if let Some(spare) = &spare {
+            // The one before is the active segment again: its tail gets the stale-record
+            // rule (the spare's whole content was zeroed as the trailing one's).
+            let active = segments.len() - 1;
+            report.zeroed += segments[active].zero_tail(&faults)? as u64;
+            report.spare = Some(spare.base);
+            tracing::info!(
+                dir = %dir.display(),
+                spare = spare.base,
+                "the newest segment was a prepared spare that took no record; keeping it as the spare"
+            );
+        }
         report.rewritten = rewrite_after_poisoning(dir, &mut segments, &faults)?;
         report.segments = segments.len();
         let mut log = Log {
             dir: dir.to_path_buf(),
             segment_size,
             segments,
-            sync_in_flight: false,
+            spare,
+            preparing: None,
+            spare_retry_at: None,
+            sync_in_flight: Vec::new(),
             poisoned: false,
             owe_failure: false,
             faults,
@@ -430,6 +561,7 @@ impl Log {
             targets: Vec::new(),
             poisoned: false,
             skipped: AtomicBool::new(false),
+            pinned: None,
             faults: self.faults.is_armed().then(|| self.faults.clone()),
         };
         let recording = self.faults.is_recording();
@@ -438,6 +570,7 @@ impl Log {
                 plan.ranges.push((addr, len));
                 plan.targets.push(SyncTarget {
                     base: seg.base,
+                    fd: std::os::fd::AsRawFd::as_raw_fd(seg.file()),
                     upto,
                     path: recording.then(|| seg.path.clone()),
                     size: seg.capacity(),
@@ -449,34 +582,46 @@ impl Log {
             plan.targets.clear();
             plan.poisoned = true;
         }
-        self.sync_in_flight = !plan.ranges.is_empty();
+        plan.pinned = plan.targets.iter().map(|t| t.base).min();
+        self.sync_in_flight.extend(plan.pinned);
         plan
     }
 
-    /// Ends a [`Log::begin_sync`]. A failure poisons the log: the kernel may already have
-    /// marked the pages it could not write clean, so syncing them again would "succeed"
-    /// without writing them (fsyncgate).
-    pub fn end_sync(&mut self, plan: SyncPlan, ok: bool) {
-        self.sync_in_flight = false;
+    /// Ends a [`Log::begin_sync`]; returns whether what it covered is durable (and may be
+    /// acknowledged). Plans end in the order they began. A failure poisons the log: the
+    /// kernel may already have marked the pages it could not write clean, so syncing them
+    /// again would "succeed" without writing them (fsyncgate) — and so may a plan that ran
+    /// alongside the failing one (the error is reported once per file): once poisoned, no
+    /// later plan counts as durable either.
+    pub fn end_sync(&mut self, plan: SyncPlan, ok: bool) -> bool {
+        if let Some(base) = plan.pinned {
+            if let Some(i) = self.sync_in_flight.iter().position(|&b| b == base) {
+                self.sync_in_flight.swap_remove(i);
+            }
+        }
         if plan.poisoned {
-            return;
+            return false;
         }
         if !ok {
-            self.poison("a group-commit msync failed");
-            return;
+            self.poison("a group-commit sync failed");
+            return false;
+        }
+        if self.poisoned && plan.pinned.is_some() {
+            return false;
         }
         if plan.skipped.load(Ordering::Relaxed) {
-            return;
+            return true; // the skip fault: "durable" without a sync (tests must catch it)
         }
         for t in plan.targets {
             if let Some(seg) = self.segments.iter_mut().find(|s| s.base == t.base) {
                 seg.mark_durable(t.upto);
             }
         }
+        true
     }
 
     pub fn sync_in_flight(&self) -> bool {
-        self.sync_in_flight
+        !self.sync_in_flight.is_empty()
     }
 
     /// A sync failed in this process: appends and syncs fail with [`LogError::Poisoned`].
@@ -578,12 +723,22 @@ impl Log {
         max_bytes: u64,
         keep_from: u64,
     ) -> Result<u64, LogError> {
-        // A running SyncPlan points into the maps; deleting waits for the next round.
-        while !self.sync_in_flight {
+        // A running SyncPlan points into the maps of the segments it covers: those wait for
+        // the next round.
+        let pinned = self
+            .sync_in_flight
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(u64::MAX);
+        loop {
             let sealed = self.segments.len() > 1;
             let Some(oldest) = self.segments.first() else {
                 break;
             };
+            if oldest.base >= pinned {
+                break;
+            }
             let too_old = oldest.newest_ms < cutoff_ms;
             let too_big = self.disk_bytes() > max_bytes;
             let needed = oldest.base + oldest.capacity() as u64 > keep_from;
@@ -619,19 +774,97 @@ impl Log {
         self.segments[i].base
     }
 
-    /// True once every byte before `pos` has been synced (and no sync is still running).
+    /// True once every byte before `pos` is covered by a completed sync.
     pub fn is_synced(&self, pos: u64) -> bool {
-        !self.sync_in_flight
-            && self
-                .segments
-                .iter()
-                .filter(|s| s.base < pos)
-                .all(|s| s.base + s.synced_len() as u64 >= pos.min(s.base + s.len as u64))
+        self.segments
+            .iter()
+            .filter(|s| s.base < pos)
+            .all(|s| s.base + s.durable_len() as u64 >= pos.min(s.base + s.len as u64))
     }
 
-    /// Bytes of segment files on disk (they are preallocated, so this is capacity).
+    /// Bytes of segment files on disk (they are preallocated, so this is capacity), the
+    /// spare's included.
     pub fn disk_bytes(&self) -> u64 {
-        self.segments.iter().map(|s| s.capacity() as u64).sum()
+        let spare = self.spare.as_ref().map_or(0, |s| s.capacity() as u64);
+        self.segments
+            .iter()
+            .map(|s| s.capacity() as u64)
+            .sum::<u64>()
+            + spare
+    }
+
+    /// The next segment to prepare off the shard's thread, once the active segment is half
+    /// full and none is prepared or being prepared ([`SpareJob`]). `None` also while a
+    /// failed preparation waits to be tried again, and on a poisoned log.
+    pub fn spare_job(&mut self) -> Option<SpareJob> {
+        if self.spare.is_some() || self.preparing.is_some() || self.poisoned {
+            return None;
+        }
+        if self.spare_retry_at.is_some_and(|at| Instant::now() < at) {
+            return None;
+        }
+        let active = self.active();
+        if active.len < active.capacity() / SPARE_AT_FILL {
+            return None;
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.preparing = Some(rx);
+        Some(SpareJob {
+            dir: self.dir.clone(),
+            base: self.next_base(),
+            size: self.segment_size,
+            faults: self.faults.clone(),
+            done: tx,
+        })
+    }
+
+    /// Takes the result of a finished [`SpareJob`], if there is one (without waiting).
+    pub fn collect_spare(&mut self) {
+        let Some(rx) = &self.preparing else {
+            return;
+        };
+        match rx.try_recv() {
+            Ok(made) => {
+                self.preparing = None;
+                self.adopt_spare(made);
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => {}
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                // The job was dropped unrun (its thread could not start): try again later.
+                self.preparing = None;
+                self.spare_retry_at = Some(Instant::now() + SPARE_RETRY);
+            }
+        }
+    }
+
+    /// Whether a prepared spare is waiting for the next roll.
+    pub fn has_spare(&self) -> bool {
+        self.spare.is_some()
+    }
+
+    fn adopt_spare(&mut self, made: Result<Segment, LogError>) {
+        match made {
+            Ok(seg) if seg.base == self.next_base() && seg.capacity() == self.segment_size => {
+                self.spare = Some(seg)
+            }
+            Ok(seg) => {
+                // Cannot happen (the base is fixed by the active segment, which only a roll
+                // changes, and a roll takes the job's result first); never keep a wrong one.
+                tracing::warn!(
+                    base = seg.base,
+                    "dropping a spare segment that does not fit"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot prepare the next log segment; a roll will try again");
+                self.spare_retry_at = Some(Instant::now() + SPARE_RETRY);
+            }
+        }
+    }
+
+    /// The base of the segment after the active one.
+    fn next_base(&self) -> u64 {
+        self.active().base + self.active().capacity() as u64
     }
 
     pub fn oldest_position(&self) -> u64 {
@@ -657,15 +890,28 @@ impl Log {
         &mut self.segments[last]
     }
 
-    /// Seals the active segment (synced) and starts the next one.
+    /// Seals the active segment (synced) and starts the next one: the spare if one is ready
+    /// (a preparation still running is waited for: it is creating that very file), else a
+    /// segment made here.
     fn roll(&mut self) -> Result<(), LogError> {
         let last = self.segments.len() - 1;
         let synced = self.segments[last].sync(&self.faults);
         self.poison_on_sync_failure(synced)?;
-        let next = self.segments[last].base + self.segments[last].capacity() as u64;
-        let created = Segment::create(&self.dir, next, self.segment_size, &self.faults);
-        let seg = self.poison_on_sync_failure(created)?;
+        if let Some(rx) = self.preparing.take() {
+            if let Ok(made) = rx.recv() {
+                self.adopt_spare(made);
+            }
+        }
+        let seg = match self.spare.take() {
+            Some(seg) => seg,
+            None => {
+                let next = self.next_base();
+                let created = Segment::create(&self.dir, next, self.segment_size, &self.faults);
+                self.poison_on_sync_failure(created)?
+            }
+        };
         self.segments.push(seg);
+        self.spare_retry_at = None;
         Ok(())
     }
 

@@ -31,6 +31,9 @@ pub struct Segment {
     pub base: u64,
     pub path: PathBuf,
     map: MmapMut,
+    /// Kept open for hole-aware zeroing (SEEK_DATA) when the segment becomes active again
+    /// after a restart ([`Segment::zero_tail`]).
+    file: File,
     /// Bytes written (the next record goes here).
     pub len: usize,
     /// `[synced, len)` is not yet covered by a sync (running or done).
@@ -78,12 +81,9 @@ impl Segment {
             .open(&path)
             .map_err(|e| LogError::io(&path, "create segment", e))?;
         faults.record(Event::Create(&path));
-        let made = Self::prepare(dir, base, &path, &file, size, faults);
-        if made.is_err() {
-            drop(file);
-            if std::fs::remove_file(&path).is_ok() {
-                faults.record(Event::Remove(&path));
-            }
+        let made = Self::prepare(dir, base, &path, file, size, faults);
+        if made.is_err() && std::fs::remove_file(&path).is_ok() {
+            faults.record(Event::Remove(&path));
         }
         made
     }
@@ -92,11 +92,11 @@ impl Segment {
         dir: &Path,
         base: u64,
         path: &Path,
-        file: &File,
+        file: File,
         size: usize,
         faults: &Faults,
     ) -> Result<Segment, LogError> {
-        preallocate(file, size).map_err(|e| LogError::io(path, "preallocate segment", e))?;
+        preallocate(&file, size).map_err(|e| LogError::io(path, "preallocate segment", e))?;
         file.sync_all()
             .map_err(|e| LogError::sync(path, "fsync new segment", e))?;
         faults.record(Event::Synced {
@@ -106,6 +106,24 @@ impl Segment {
         });
         durable::sync_dir(dir, faults).map_err(|e| LogError::sync(dir, "fsync log dir", e))?;
         Self::map(base, path.to_path_buf(), file, 0)
+    }
+
+    /// The segment becomes the active one again (see the spare rule in [`super::Log::open_with`]):
+    /// zeroes every non-zero byte past its valid records and syncs it, as recovery does for
+    /// the newest segment (the stale-record rule).
+    pub fn zero_tail(&mut self, faults: &Faults) -> Result<usize, LogError> {
+        let zeroed = self.zero_beyond(self.len);
+        if zeroed > 0 {
+            self.map
+                .flush()
+                .map_err(|e| LogError::sync(&self.path, "msync recovered segment", e))?;
+            faults.record(Event::Synced {
+                path: &self.path,
+                len: self.len as u64,
+                size: self.map.len() as u64,
+            });
+        }
+        Ok(zeroed)
     }
 
     /// Opens an existing segment and finds the end of its valid records, calling
@@ -125,7 +143,7 @@ impl Segment {
             .write(true)
             .open(&path)
             .map_err(|e| LogError::io(&path, "open segment", e))?;
-        let mut seg = Self::map(base, path, &file, 0)?;
+        let mut seg = Self::map(base, path, file, 0)?;
         let mut scan = SegmentScan::default();
         let mut off = 0;
         while off < seg.map.len() {
@@ -147,7 +165,7 @@ impl Segment {
             }
         }
         if trailing {
-            scan.zeroed = seg.zero_beyond(off, &file);
+            scan.zeroed = seg.zero_beyond(off);
         }
         seg.map
             .flush()
@@ -164,21 +182,32 @@ impl Segment {
         Ok((seg, scan))
     }
 
-    fn map(base: u64, path: PathBuf, file: &File, len: usize) -> Result<Segment, LogError> {
+    fn map(base: u64, path: PathBuf, file: File, len: usize) -> Result<Segment, LogError> {
         // SAFETY: the file is ours alone (one shard owns its directory, one broker its data
         // directory) and is never resized while mapped, so the mapping stays valid for the
         // segment's lifetime.
-        let map = unsafe { MmapMut::map_mut(file) }.map_err(|e| LogError::io(&path, "map", e))?;
+        let map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| LogError::io(&path, "map", e))?;
         Ok(Segment {
             base,
             path,
             map,
+            file,
             len,
             synced: len,
             durable: len,
             records: 0,
             newest_ms: 0,
         })
+    }
+
+    /// The segment's file (kept open for as long as it is mapped).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Whether nothing was ever appended (a spare: see [`super::Log::spare_job`]).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     pub fn capacity(&self) -> usize {
@@ -298,13 +327,13 @@ impl Segment {
     /// Zeroes every page past `off` that holds a non-zero byte; returns the bytes rewritten. Ranges
     /// the file system reports as holes (SEEK_DATA; preallocated, never-written extents on
     /// ext4/xfs) read as zeros and are skipped, so a clean tail costs almost nothing.
-    fn zero_beyond(&mut self, off: usize, file: &File) -> usize {
+    fn zero_beyond(&mut self, off: usize) -> usize {
         let page = page_size();
         let end = self.map.len();
         let mut zeroed = 0;
         let mut at = off;
         while at < end {
-            let Some((data, hole)) = next_data(file, at, end) else {
+            let Some((data, hole)) = next_data(&self.file, at, end) else {
                 break;
             };
             let mut p = data;

@@ -922,3 +922,297 @@ fn a_data_directory_is_locked_by_one_holder_at_a_time() {
     drop(first);
     lock::DataDirLock::acquire(&dir.0).unwrap();
 }
+
+// ---- the spare segment -------------------------------------------------------------------
+
+/// Appends 100-byte messages until the active segment is at least half full.
+fn fill_half(log: &mut Log, seq: &mut u64) -> Vec<(u64, Record)> {
+    let mut out = Vec::new();
+    while log.head_position() - log.active_base() < 2048 {
+        *seq += 1;
+        let r = msg(*seq, 100, *seq);
+        out.push((log.append(&r).unwrap(), r));
+    }
+    out
+}
+
+/// Prepares the spare as the shard does (here on a thread of the test) and takes it.
+fn prepare_spare(log: &mut Log) {
+    let job = log.spare_job().expect("half full and no spare yet: a job");
+    assert!(log.spare_job().is_none(), "one preparation at a time");
+    std::thread::spawn(move || job.run()).join().unwrap();
+    log.collect_spare();
+    assert!(log.has_spare());
+}
+
+#[test]
+fn no_spare_is_prepared_before_the_active_segment_is_half_full() {
+    let dir = TempDir::new();
+    let (mut log, _, _) = reopen(&dir.0, 4096);
+    log.append(&msg(1, 100, 1)).unwrap();
+    assert!(log.spare_job().is_none());
+    let mut seq = 1;
+    fill_half(&mut log, &mut seq);
+    assert!(log.spare_job().is_some());
+}
+
+#[test]
+fn a_roll_swaps_the_prepared_spare_in_without_creating_a_segment() {
+    let dir = TempDir::new();
+    let (faults, power) = faults_with_power_log(&dir.0);
+    let shard = dir.0.join("shard-000");
+    let (mut log, _) = Log::open_with(&shard, 4096, faults.clone(), |_, _| {}).unwrap();
+    let mut seq = 0;
+    let mut written = fill_half(&mut log, &mut seq);
+    prepare_spare(&mut log);
+    assert_eq!(log.disk_bytes(), 2 * 4096, "the spare is on disk");
+    let creates = || {
+        std::fs::read_to_string(&power)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("create\t"))
+            .count()
+    };
+    let before = creates();
+    written.extend(fill_segments(&mut log, 2, &mut seq));
+    assert_eq!(creates(), before, "the roll created nothing");
+    assert!(!log.has_spare());
+    log.sync().unwrap();
+    drop(log);
+    let (_, rec, seen) = reopen(&shard, 4096);
+    assert_eq!((seen, rec.spare), (written, None));
+}
+
+#[test]
+fn a_prepared_spare_left_unused_is_adopted_at_open_and_the_active_segment_stays_active() {
+    let dir = TempDir::new();
+    let (mut log, _, _) = reopen(&dir.0, 4096);
+    let mut seq = 0;
+    let mut written = fill_half(&mut log, &mut seq);
+    prepare_spare(&mut log);
+    let spare_base = log.active_base() + 4096;
+    log.sync().unwrap();
+    let head = log.head_position();
+    drop(log);
+    // A stale, complete record past the end of the active segment (written before a crash,
+    // never synced, its page written back): the reopened active segment must not take it.
+    let stale = record::frame(&msg(999, 100, 999)).unwrap();
+    let active = dir.0.join(segment::file_name(0));
+    let mut bytes = std::fs::read(&active).unwrap();
+    let at = head as usize + 512;
+    bytes[at..at + stale.len()].copy_from_slice(&stale);
+    std::fs::write(&active, &bytes).unwrap();
+
+    let (mut log, rec, seen) = reopen(&dir.0, 4096);
+    assert_eq!(seen, written);
+    assert_eq!(rec.spare, Some(spare_base));
+    assert_eq!(rec.segments, 1, "the spare is not a segment in use");
+    assert!(
+        rec.zeroed > 0,
+        "the active segment's stale tail was zeroed: {rec:?}"
+    );
+    assert!(log.has_spare());
+    assert_eq!(
+        log.head_position(),
+        head,
+        "appends go on where the active segment ended"
+    );
+    // The room left in the active segment is used, then the roll takes the spare.
+    written.extend(fill_segments(&mut log, 2, &mut seq));
+    assert_eq!(written[written.len() - 1].0, spare_base);
+    log.sync().unwrap();
+    drop(log);
+    let (_, rec, seen) = reopen(&dir.0, 4096);
+    assert_eq!((seen, rec.spare), (written, None));
+}
+
+#[test]
+fn a_crash_while_the_spare_is_being_created_costs_nothing() {
+    for short_len in [0u64, 1000] {
+        let dir = TempDir::new();
+        let (mut log, _, _) = reopen(&dir.0, 4096);
+        let mut seq = 0;
+        let mut written = fill_half(&mut log, &mut seq);
+        log.sync().unwrap();
+        let head = log.head_position();
+        drop(log);
+        // The preparing thread had created the file and not yet preallocated it.
+        let spare = dir.0.join(segment::file_name(4096));
+        std::fs::write(&spare, vec![0u8; short_len as usize]).unwrap();
+
+        let (mut log, rec, seen) = reopen(&dir.0, 4096);
+        assert_eq!(seen, written, "short {short_len}");
+        assert_eq!(rec.recreated, Some(4096), "short {short_len}");
+        assert_eq!(rec.spare, Some(4096), "made anew, it is the spare");
+        assert_eq!(log.head_position(), head);
+        written.extend(fill_segments(&mut log, 3, &mut seq));
+        log.sync().unwrap();
+        drop(log);
+        let (_, _, seen) = reopen(&dir.0, 4096);
+        assert_eq!(seen, written, "short {short_len}");
+    }
+}
+
+#[test]
+fn a_power_cut_during_the_spare_s_creation_leaves_a_log_that_rolls() {
+    let dir = TempDir::new();
+    let (faults, power) = faults_with_power_log(&dir.0);
+    let shard = dir.0.join("shard-000");
+    let (mut log, _) = Log::open_with(&shard, 4096, faults.clone(), |_, _| {}).unwrap();
+    let mut seq = 0;
+    let mut written = fill_half(&mut log, &mut seq);
+    let plan = log.begin_sync();
+    plan.run().unwrap();
+    log.end_sync(plan, true);
+    prepare_spare(&mut log);
+    drop(log);
+    // The power goes right after the spare's `create`: neither its size nor its name is durable.
+    let events = std::fs::read_to_string(&power).unwrap();
+    let lines: Vec<&str> = events.lines().collect();
+    let create = lines
+        .iter()
+        .rposition(|l| l.starts_with("create\t"))
+        .unwrap();
+    let kept: String = events
+        .lines()
+        .take(create + 1)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&power, kept).unwrap();
+    let cut = fault::simulate_power_cut(&dir.0, &power).unwrap();
+    assert_eq!(cut.files_removed, 1, "{cut:?}");
+    let mut seen = Vec::new();
+    let (mut log, rec) =
+        Log::open_with(&shard, 4096, faults.clone(), |p, r| seen.push((p, r))).unwrap();
+    assert_eq!((seen, rec.spare), (written.clone(), None));
+    written.extend(fill_segments(&mut log, 3, &mut seq));
+    log.sync().unwrap();
+    drop(log);
+    let (_, _, seen) = reopen(&shard, 4096);
+    assert_eq!(seen, written);
+}
+
+/// A power cut at every point of the power log across a roll into the spare keeps exactly
+/// the records that a completed sync covered, and the log rolls on afterwards.
+#[test]
+fn a_power_cut_across_a_roll_into_the_spare_keeps_what_was_synced() {
+    let base = TempDir::new();
+    // The run, once, to learn how many events it logs.
+    // Returns the power log, what is durable at each of its lines, and how many lines the
+    // log's own creation took (a cut before those is not across a roll: the simulation does
+    // not know files whose creation it never saw).
+    let run = |root: &Path| -> (PathBuf, Vec<Vec<(u64, Record)>>, usize) {
+        let (faults, power) = faults_with_power_log(root);
+        let shard = root.join("shard-000");
+        let (mut log, _) = Log::open_with(&shard, 4096, faults, |_, _| {}).unwrap();
+        let mut seq = 0;
+        let mut synced: Vec<(u64, Record)> = Vec::new();
+        // durable_after[i]: what is durable once the power log has i + 1 lines.
+        let mut durable_after: Vec<Vec<(u64, Record)>> = Vec::new();
+        let mut note = |synced: &Vec<(u64, Record)>| {
+            let lines = std::fs::read_to_string(&power).unwrap().lines().count();
+            while durable_after.len() < lines {
+                durable_after.push(synced.clone());
+            }
+        };
+        note(&synced); // the log's own creation: nothing of ours durable yet
+        let created = std::fs::read_to_string(&power).unwrap().lines().count();
+        let mut pending = fill_half(&mut log, &mut seq);
+        let plan = log.begin_sync();
+        plan.run().unwrap();
+        log.end_sync(plan, true);
+        synced.append(&mut pending);
+        note(&synced);
+        prepare_spare(&mut log);
+        note(&synced);
+        // Fill past the roll; the roll syncs the old segment, then two group commits.
+        for _ in 0..2 {
+            let mut batch = Vec::new();
+            for _ in 0..12 {
+                seq += 1;
+                let r = msg(seq, 100, seq);
+                let segments = log.segment_count();
+                batch.push((log.append(&r).unwrap(), r));
+                if log.segment_count() != segments {
+                    // The roll synced everything before the record that rolled.
+                    let rolled = batch.pop().unwrap();
+                    synced.append(&mut batch);
+                    note(&synced);
+                    batch.push(rolled);
+                }
+            }
+            let plan = log.begin_sync();
+            plan.run().unwrap();
+            log.end_sync(plan, true);
+            synced.append(&mut batch);
+            note(&synced);
+        }
+        assert_eq!(log.segment_count(), 2);
+        (power, durable_after, created)
+    };
+    let (power, durable_after, created) = run(&base.0);
+    let lines = std::fs::read_to_string(&power).unwrap().lines().count();
+    assert_eq!(durable_after.len(), lines);
+    assert!(created > 0 && created < lines);
+    for cut_at in created..=lines {
+        let dir = TempDir::new();
+        let (power, _, _) = run(&dir.0);
+        let events = std::fs::read_to_string(&power).unwrap();
+        let kept: String = events
+            .lines()
+            .take(cut_at)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        // A file created after the cut never existed as far as the disk knows; the simulation
+        // only judges files whose creation it saw.
+        for later in events.lines().skip(cut_at) {
+            if let Some(rel) = later.strip_prefix("create\t") {
+                std::fs::remove_file(dir.0.join(rel)).unwrap();
+            }
+        }
+        std::fs::write(&power, kept).unwrap();
+        fault::simulate_power_cut(&dir.0, &power).unwrap();
+        let shard = dir.0.join("shard-000");
+        let (mut log, _, seen) = reopen(&shard, 4096);
+        assert_eq!(
+            seen,
+            durable_after[cut_at - 1],
+            "cut after {cut_at} of {lines} events"
+        );
+        let mut seq = 10_000;
+        let mut more = seen.clone();
+        let target = log.segment_count() + 2;
+        more.extend(fill_segments(&mut log, target, &mut seq));
+        log.sync().unwrap();
+        drop(log);
+        let (_, _, again) = reopen(&shard, 4096);
+        assert_eq!(again, more, "cut after {cut_at}: the log rolls on");
+    }
+}
+
+/// Pipelined syncs: retention deletes old sealed segments while a sync runs, but never a
+/// segment a running plan covers (it holds addresses into that map).
+#[test]
+fn retention_spares_only_the_segments_a_running_sync_covers() {
+    let dir = TempDir::new();
+    let (mut log, _, _) = reopen(&dir.0, 2048);
+    let mut seq = 0;
+    fill_segments(&mut log, 3, &mut seq);
+    // A plan covering the active segment's unsynced records, still running ...
+    let covered = log.active_base();
+    let running = log.begin_sync();
+    assert!(!running.is_empty());
+    // ... while appends roll past it (the roll syncs it in place, and it is sealed now).
+    fill_segments(&mut log, 5, &mut seq);
+    assert!(log.sync_in_flight());
+    let oldest = log.retain(u64::MAX, u64::MAX, u64::MAX).unwrap();
+    assert_eq!(
+        oldest, covered,
+        "everything before the covered segment went, it stayed"
+    );
+    running.run().unwrap();
+    assert!(log.end_sync(running, true));
+    let oldest = log.retain(u64::MAX, u64::MAX, u64::MAX).unwrap();
+    assert_eq!(oldest, log.active_base(), "once it ended, it went too");
+    assert_eq!(log.segment_count(), 1);
+}

@@ -14,6 +14,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::process::ProcessStats;
+use super::stages::Stage;
 use super::{CodeCounters, Histogram, ShardGauges, ShardMetrics};
 use crate::protocol::code_name;
 
@@ -96,21 +97,19 @@ fn by_code(
         .collect()
 }
 
-/// Sums one histogram over shards and writes it; `scale` turns the recorded unit into the
-/// exposed one (nanoseconds → seconds).
-fn histogram(
-    enc: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
+/// Per-bucket (upper bound, count) pairs, the sum, the count of a histogram summed over shards.
+type Summed = (Vec<(f64, u64)>, f64, u64);
+
+/// Sums one histogram over shards: (upper bound, count) per bucket in the exposed unit (the
+/// last bound is `f64::MAX`, printed `+Inf`), the sum, the count. `per_unit` recorded units
+/// make one exposed unit (nanoseconds → seconds: 1e9; a division, so that bounds such as
+/// 1,000 ns print as 0.000001 and not 0.0000010000000000000002).
+fn summed(
     shards: &[Arc<ShardMetrics>],
     pick: impl Fn(&ShardMetrics) -> &Histogram,
-    scale: f64,
-) -> Result<(), std::fmt::Error> {
-    let Some(first) = shards.first() else {
-        return Ok(());
-    };
-    let bounds = pick(first).bounds();
+    per_unit: f64,
+) -> Option<Summed> {
+    let bounds = pick(shards.first()?).bounds();
     let mut buckets = vec![0u64; bounds.len() + 1];
     let (mut sum, mut count) = (0u64, 0u64);
     for s in shards {
@@ -121,14 +120,52 @@ fn histogram(
         sum += s_sum;
         count += s_count;
     }
-    // Per-bucket counts: the encoder accumulates them, and prints `f64::MAX` as `+Inf`.
+    // Per-bucket counts: the encoder accumulates them.
     let pairs: Vec<(f64, u64)> = buckets
         .iter()
         .enumerate()
-        .map(|(i, &n)| (bounds.get(i).map_or(f64::MAX, |&b| b as f64 * scale), n))
+        .map(|(i, &n)| (bounds.get(i).map_or(f64::MAX, |&b| b as f64 / per_unit), n))
         .collect();
+    Some((pairs, sum as f64 / per_unit, count))
+}
+
+/// Sums one histogram over shards and writes it.
+fn histogram(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    shards: &[Arc<ShardMetrics>],
+    pick: impl Fn(&ShardMetrics) -> &Histogram,
+    per_unit: f64,
+) -> Result<(), std::fmt::Error> {
+    let Some((pairs, sum, count)) = summed(shards, pick, per_unit) else {
+        return Ok(());
+    };
     let mut m = enc.encode_descriptor(name, help, unit, MetricType::Histogram)?;
-    m.encode_histogram::<NoLabelSet>(sum as f64 * scale, count, &pairs, None)
+    m.encode_histogram::<NoLabelSet>(sum, count, &pairs, None)
+}
+
+/// `ringpost_message_stage_seconds`: one histogram per stage, summed over shards.
+fn stage_histograms(
+    enc: &mut DescriptorEncoder<'_>,
+    shards: &[Arc<ShardMetrics>],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(
+        "ringpost_message_stage",
+        "Time 1:1 messages spend in each stage inside the broker, from one stamp to the next (see the README's metrics table)",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    for stage in Stage::ALL {
+        let Some((pairs, sum, count)) = summed(shards, |s| s.stages.get(stage), 1e9) else {
+            return Ok(());
+        };
+        let labels = vec![("stage", stage.name().to_string())];
+        m.encode_family(&labels)?
+            .encode_histogram::<NoLabelSet>(sum, count, &pairs, None)?;
+    }
+    Ok(())
 }
 
 impl Collector for Scrape {
@@ -279,7 +316,7 @@ impl Collector for Scrape {
             Some(&Unit::Seconds),
             shards,
             |s| &s.log_sync,
-            1e-9,
+            1e9,
         )?;
         histogram(
             &mut enc,
@@ -290,6 +327,7 @@ impl Collector for Scrape {
             |s| &s.commit_batch,
             1.0,
         )?;
+        stage_histograms(&mut enc, shards)?;
         family(
             &mut enc,
             "ringpost_groups",
@@ -417,6 +455,8 @@ mod tests {
         shards[0].commit_batch.observe(3);
         shards[1].group_messages.add(4);
         shards[0].group_member_entries.add(12);
+        shards[0].stages.between(Stage::Sync, 1_000, 121_000);
+        shards[1].stages.between(Stage::Sync, 1_000, 3_001_000);
         render(Scrape {
             shards,
             gauges: vec![
@@ -467,6 +507,12 @@ mod tests {
             "ringpost_log_sync_seconds_count 2",
             "ringpost_commit_batch_size_bucket{le=\"4.0\"} 1",
             "ringpost_commit_batch_size_sum 3.0",
+            "ringpost_message_stage_seconds_bucket{le=\"0.0001\",stage=\"sync\"} 0",
+            "ringpost_message_stage_seconds_bucket{le=\"0.00015\",stage=\"sync\"} 1",
+            "ringpost_message_stage_seconds_bucket{le=\"0.003\",stage=\"sync\"} 2",
+            "ringpost_message_stage_seconds_bucket{le=\"0.000001\",stage=\"mesh\"} 0",
+            "ringpost_message_stage_seconds_count{stage=\"sync\"} 2",
+            "ringpost_message_stage_seconds_count{stage=\"mesh\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

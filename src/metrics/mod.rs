@@ -7,6 +7,8 @@
 //! The admin thread holds an `Arc` of every shard's struct, reads them at scrape time and sums
 //! them ([`exposition`]); a reading may be a few increments behind, never torn (64-bit atomics).
 //!
+//! Where a 1:1 message spends its time in the broker is stamped stage by stage ([`stages`]).
+//!
 //! Gauges that describe shard state (connections, parked connections, mesh queue depth, log
 //! size) are not mirrored into atomics at every change: the scrape asks each shard for a
 //! snapshot over the control channel (`shard::control`), which costs nothing between scrapes.
@@ -20,6 +22,7 @@
 
 pub mod exposition;
 pub mod process;
+pub mod stages;
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -126,10 +129,16 @@ impl Histogram {
 
     #[inline]
     pub fn observe(&self, v: u64) {
+        self.observe_n(v, 1);
+    }
+
+    /// `n` observations of `v`.
+    #[inline]
+    pub fn observe_n(&self, v: u64, n: u64) {
         let i = self.bounds.partition_point(|&b| b < v);
-        self.buckets[i].inc();
-        self.sum.add(v);
-        self.count.inc();
+        self.buckets[i].add(n);
+        self.sum.add(v.wrapping_mul(n));
+        self.count.add(n);
     }
 
     pub fn bounds(&self) -> &'static [u64] {
@@ -199,6 +208,8 @@ pub struct ShardMetrics {
     /// Group entries (messages and membership events) appended to the streams of members
     /// this shard owns: the fan-out, one per member.
     pub group_member_entries: Counter,
+    /// Per-stage latency of 1:1 messages ([`stages`]), nanoseconds.
+    pub stages: stages::StageHistograms,
 }
 
 impl ShardMetrics {
@@ -217,6 +228,7 @@ impl ShardMetrics {
             commit_batch: Histogram::new(BATCH_BOUNDS),
             group_messages: Counter::default(),
             group_member_entries: Counter::default(),
+            stages: stages::StageHistograms::default(),
         }
     }
 

@@ -318,6 +318,7 @@ impl Shard {
                     sender: Arc::from(REGISTER_SENDER),
                     client_msg_id: 0,
                     target: AckTarget::Admin { request: req.id },
+                    stamps: crate::metrics::stages::Stamps::NONE,
                 });
             }
             Op::Group { actor, group, op } => {

@@ -105,6 +105,21 @@ impl Shard {
             conn.flush();
             self.after_drain(&conn);
         }
+        self.acks_written();
+    }
+
+    /// The SendAcks queued since the last flush are with the kernel now (stage stamps).
+    fn acks_written(&self) {
+        let mut acks = self.ack_stamps.borrow_mut();
+        if acks.is_empty() {
+            return;
+        }
+        let now = crate::metrics::stages::now_ns();
+        let stages = &self.metrics.stages;
+        for a in acks.drain(..) {
+            stages.between(crate::metrics::stages::Stage::AckWrite, a.prev_ns, now);
+            stages.between(crate::metrics::stages::Stage::Total, a.read_ns, now);
+        }
     }
 
     /// If `conn`'s queue is empty and it is behind, queue the next slice of its messages.

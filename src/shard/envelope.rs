@@ -149,6 +149,8 @@ pub struct Message {
     pub body: Bytes,
     /// Sender's connection on the origin shard, for the SendAck.
     pub origin_conn: ConnId,
+    /// When the sender's shard read the Send frame ([`crate::metrics::stages`]).
+    pub read_ns: u64,
 }
 
 #[derive(Debug)]
@@ -160,6 +162,10 @@ pub struct SendAck {
     /// The message had already been stored (a resend): the sender's shard must not record it
     /// in the sender's own stream again.
     pub duplicate: bool,
+    /// When the sender's shard read the Send frame, and when this ack was pushed to the mesh
+    /// (0 when not stamped; [`crate::metrics::stages`]).
+    pub read_ns: u64,
+    pub pushed_ns: u64,
 }
 
 impl Handoff {

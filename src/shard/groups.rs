@@ -606,6 +606,7 @@ impl Shard {
                             sender: from.clone(),
                             client_msg_id,
                             target,
+                            stamps: crate::metrics::stages::Stamps::NONE,
                         });
                         Some(group_seq)
                     }

@@ -4,10 +4,20 @@
 //! commit makes it durable, which releases its answers (SendAck, GroupReply), its fan-out to
 //! other shards and its delivery. Retention trims the log and the user index together.
 //!
-//! Group commit ([`Shard::commit`]) runs on the committer task once the current batch of work
-//! has yielded, so every append made in that batch shares one sync. The msync runs on glommio's
-//! blocking pool; the shard keeps reading, routing and appending while the disk works, and what
-//! is appended meanwhile waits for the next commit.
+//! Group commit runs on the committer task ([`super::tasks`]) once the current batch of work
+//! has yielded, so every append made in that batch shares one sync: [`Shard::begin_commit`]
+//! takes the batch and plans its sync, [`sync_batch`] runs it — an fdatasync of the segment
+//! submitted to the shard's own io_uring, so the shard keeps reading, routing and appending
+//! while the disk works — and [`Shard::finish_commit`] releases it. Commits are pipelined: what
+//! is appended during a sync starts the next sync at once (up to
+//! [`super::tasks::COMMITS_IN_FLIGHT`]), and batches are released in order.
+//!
+//! Each commit also takes a spare segment prepared meanwhile and starts preparing the next one
+//! on a thread of its own once the active segment is half full ([`crate::log::Log::spare_job`]),
+//! so a roll never creates a file on the shard's thread.
+//!
+//! The stage stamps of 1:1 messages ([`crate::metrics::stages`]) are taken here: appended,
+//! sync start and end, ack released.
 //!
 //! Dedup ([`super::dedup`]) is checked here, by the shard that stores the message, in
 //! `Shard::accept_send` (1:1) and the group owner's send path.
@@ -22,6 +32,7 @@ use crate::config::FsyncPolicy;
 use crate::log::record::{
     AnchorRecord, CursorRecord, MessageRecord, OutgoingRecord, Record, NO_POSITION,
 };
+use crate::metrics::stages::{now_ns, Stage, Stamps};
 use crate::protocol::{Code, ServerMsg};
 
 /// Who waits for the outcome of a send.
@@ -56,6 +67,8 @@ pub enum PendingAck {
         sender: Arc<str>,
         client_msg_id: u64,
         target: AckTarget,
+        /// Read and appended ([`crate::metrics::stages`]; NONE for group sends).
+        stamps: Stamps,
     },
     /// A group operation committed here (its owner): answer the requester and release the
     /// places reserved for it on users' shards.
@@ -86,6 +99,19 @@ impl Shard {
         body: &[u8],
         target: AckTarget,
     ) -> bool {
+        self.accept_send_stamped(from, to, client_msg_id, body, target, Stamps::NONE)
+    }
+
+    /// [`Shard::accept_send`] of a client's Send, with its stage stamps.
+    pub(super) fn accept_send_stamped(
+        &self,
+        from: &Arc<str>,
+        to: &str,
+        client_msg_id: u64,
+        body: &[u8],
+        target: AckTarget,
+        stamps: Stamps,
+    ) -> bool {
         let limits = &self.cfg.limits;
         let verdict = self.windows.borrow_mut().sender(from).check(
             client_msg_id,
@@ -103,10 +129,23 @@ impl Shard {
             super::dedup::Verdict::New => {
                 match self.accept_message(from, to, client_msg_id, body) {
                     Ok(()) => {
+                        let stamps = match stamps.is_stamped() {
+                            true => {
+                                let appended = now_ns();
+                                self.metrics.stages.between(
+                                    Stage::Append,
+                                    stamps.prev_ns,
+                                    appended,
+                                );
+                                stamps.at(appended)
+                            }
+                            false => stamps,
+                        };
                         self.pending.borrow_mut().push(PendingAck::Send {
                             sender: from.clone(),
                             client_msg_id,
                             target,
+                            stamps,
                         });
                         true
                     }
@@ -127,13 +166,26 @@ impl Shard {
         target: AckTarget,
         status: Code,
     ) {
+        self.settle_send_stamped(sender, client_msg_id, target, status, Stamps::NONE);
+    }
+
+    /// [`Shard::settle_send`], the first answer stamped with `stamps` (its stage started at
+    /// the sync's end).
+    fn settle_send_stamped(
+        &self,
+        sender: &Arc<str>,
+        client_msg_id: u64,
+        target: AckTarget,
+        status: Code,
+        stamps: Stamps,
+    ) {
         let waiters = self
             .windows
             .borrow_mut()
             .get_mut(sender)
             .map(|d| d.complete(client_msg_id, status))
             .unwrap_or_default();
-        self.answer_send(target, sender, client_msg_id, status, false);
+        self.answer_send_stamped(target, sender, client_msg_id, status, false, stamps);
         for w in waiters {
             self.answer_send(w, sender, client_msg_id, status, true);
         }
@@ -148,8 +200,40 @@ impl Shard {
         status: Code,
         duplicate: bool,
     ) {
+        self.answer_send_stamped(
+            target,
+            sender,
+            client_msg_id,
+            status,
+            duplicate,
+            Stamps::NONE,
+        );
+    }
+
+    fn answer_send_stamped(
+        &self,
+        target: AckTarget,
+        sender: &Arc<str>,
+        client_msg_id: u64,
+        status: Code,
+        duplicate: bool,
+        stamps: Stamps,
+    ) {
+        let released = match stamps.is_stamped() {
+            true => {
+                let now = now_ns();
+                self.metrics
+                    .stages
+                    .between(Stage::AckRelease, stamps.prev_ns, now);
+                now
+            }
+            false => 0,
+        };
         match target {
-            AckTarget::Local { conn } => self.ack_conn(conn, client_msg_id, status),
+            AckTarget::Local { conn } => {
+                self.ack_conn(conn, client_msg_id, status);
+                self.ack_queued(stamps.at(released));
+            }
             AckTarget::Admin { request } => self.answer_publish(request, status, duplicate),
             AckTarget::Remote { peer, origin_conn } => self.mesh.push(
                 peer,
@@ -159,8 +243,18 @@ impl Shard {
                     client_msg_id,
                     status,
                     duplicate,
+                    read_ns: stamps.read_ns,
+                    pushed_ns: released,
                 }),
             ),
+        }
+    }
+
+    /// A stamped SendAck was queued on a connection of this shard: the end-of-batch flush
+    /// that hands it to the kernel records its last stages ([`Shard::flush_dirty`]).
+    pub(super) fn ack_queued(&self, stamps: Stamps) {
+        if stamps.is_stamped() {
+            self.ack_stamps.borrow_mut().push(stamps);
         }
     }
 
@@ -322,38 +416,76 @@ impl Shard {
         Err(Code::STORAGE_UNAVAILABLE)
     }
 
-    /// Group commit: makes everything appended since the last commit durable (per the fsync
-    /// policy), then answers, fans out and delivers it.
-    pub async fn commit(&self) {
+    /// Takes everything appended since the last commit as one batch and plans its sync (per
+    /// the fsync policy); `None` when there is nothing to commit.
+    pub fn begin_commit(&self) -> Option<CommitBatch> {
         if self.rolled.replace(false) && self.cfg.storage.max_bytes_per_shard > 0 {
             // The log only grows when a segment rolls: enforce the size limit right there.
             self.apply_retention();
         }
+        self.prepare_spare();
         let pending = std::mem::take(&mut *self.pending.borrow_mut());
         let touched = std::mem::take(&mut *self.touched.borrow_mut());
         if pending.is_empty() && touched.is_empty() {
-            return;
+            return None;
         }
-        self.committing.set(true);
-        let status = if self.cfg.storage.fsync == FsyncPolicy::Always {
-            match self.sync_off_thread().await {
-                Ok(()) => Code::OK,
-                Err(e) => {
-                    // fsyncgate: the failed pages may already be marked clean, so a retry
-                    // proves nothing. The log is poisoned (no more appends); this batch is
-                    // neither acked nor delivered nor fanned out. Whatever of it reached the
-                    // disk is recovered at the next start, and a resend is then answered
-                    // from the dedup window rebuilt from those records.
-                    tracing::error!(shard = self.id, error = %e, "log sync failed; this shard acknowledges nothing more until it restarts");
-                    Code::STORAGE_UNAVAILABLE
+        let always = self.cfg.storage.fsync == FsyncPolicy::Always;
+        let plan = match always {
+            true => Some(self.log.borrow_mut().begin_sync()),
+            false => None,
+        };
+        let sync_start = now_ns();
+        Some(CommitBatch {
+            pending,
+            touched,
+            plan,
+            sync_start,
+            sync_end: sync_start,
+        })
+    }
+
+    /// Makes a batch whose sync ended durable, then answers, fans out and delivers it.
+    /// Batches are finished in the order they began.
+    pub fn finish_commit(&self, batch: CommitBatch, result: std::io::Result<()>) {
+        let CommitBatch {
+            pending,
+            touched,
+            plan,
+            sync_start,
+            sync_end,
+        } = batch;
+        let always = plan.is_some();
+        let status = match plan {
+            None => Code::OK,
+            Some(plan) => {
+                if !plan.is_empty() {
+                    self.metrics
+                        .log_sync
+                        .observe(sync_end.saturating_sub(sync_start));
+                }
+                let durable = self.log.borrow_mut().end_sync(plan, result.is_ok());
+                match (result, durable) {
+                    (Ok(()), true) => Code::OK,
+                    (Ok(()), false) => {
+                        tracing::error!(shard = self.id, "an earlier log sync failed; this shard acknowledges nothing more until it restarts");
+                        Code::STORAGE_UNAVAILABLE
+                    }
+                    (Err(e), _) => {
+                        // fsyncgate: the failed pages may already be marked clean, so a
+                        // retry proves nothing. The log is poisoned (no more appends); this
+                        // batch is neither acked nor delivered nor fanned out. Whatever of it
+                        // reached the disk is recovered at the next start, and a resend is
+                        // then answered from the dedup window rebuilt from those records.
+                        tracing::error!(shard = self.id, error = %e, "log sync failed; this shard acknowledges nothing more until it restarts");
+                        Code::STORAGE_UNAVAILABLE
+                    }
                 }
             }
-        } else {
-            Code::OK
         };
         if !touched.is_empty() {
             self.metrics.commit_batch.observe(touched.len() as u64);
         }
+        let mut online = 0u64;
         if status != Code::OK {
             self.metrics.send_rejected.add(status, pending.len() as u64);
         }
@@ -367,6 +499,7 @@ impl Shard {
                     continue;
                 }
                 user.durable_seq = *seq;
+                online += user.devices.len() as u64;
                 self.wake_devices(user);
             }
         }
@@ -383,7 +516,18 @@ impl Shard {
                     sender,
                     client_msg_id,
                     target,
-                } => self.settle_send(&sender, client_msg_id, target, status),
+                    stamps,
+                } => {
+                    let stages = &self.metrics.stages;
+                    if stamps.is_stamped() {
+                        stages.between(Stage::CommitWait, stamps.prev_ns, sync_start);
+                        if always {
+                            stages.between(Stage::Sync, sync_start, sync_end);
+                        }
+                    }
+                    let stamps = stamps.at(sync_end);
+                    self.settle_send_stamped(&sender, client_msg_id, target, status, stamps)
+                }
                 PendingAck::GroupOp {
                     mut answer,
                     target,
@@ -423,9 +567,32 @@ impl Shard {
                 self.mesh.push(owner, Envelope::Applied(list));
             }
         }
-        self.committing.set(false);
         self.flush_dirty();
-        self.changed.notify_all();
+        // What the flush handed to the kernel includes the Deliver of every entry of the
+        // batch to each device online (live ones; a device catching up gets it later).
+        self.metrics
+            .stages
+            .between_n(Stage::DeliverWrite, sync_end, now_ns(), online);
+    }
+
+    /// Takes a spare segment prepared meanwhile, and starts preparing the next one once the
+    /// active segment is half full ([`crate::log::Log::spare_job`]) on a thread of its own:
+    /// not glommio's blocking pool, whose one thread runs the group commit's syncs, which
+    /// must not queue behind a fallocate.
+    fn prepare_spare(&self) {
+        let mut log = self.log.borrow_mut();
+        log.collect_spare();
+        let Some(job) = log.spare_job() else {
+            return;
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("spare-{}", self.id))
+            .spawn(move || job.run());
+        if let Err(e) = spawned {
+            // The job is gone with the closure: the log sees its channel closed and a roll
+            // creates the segment itself.
+            tracing::warn!(shard = self.id, error = %e, "cannot start the thread that prepares the next log segment");
+        }
     }
 
     pub fn is_committing(&self) -> bool {
@@ -441,27 +608,29 @@ impl Shard {
         !self.pending.borrow().is_empty() || !self.touched.borrow().is_empty()
     }
 
-    /// msync's everything appended so far on glommio's blocking pool, so the shard keeps
-    /// serving while the disk works. One runs at a time: the committer (fsync = "always") and
-    /// the periodic syncer (fsync = "interval") never coexist.
+    /// Syncs everything appended so far without blocking the shard: an fdatasync of each
+    /// segment with new records submitted to the shard's own io_uring ([`sync_on_ring`]).
+    /// One runs at a time: the
+    /// committer (fsync = "always") and the periodic syncer (fsync = "interval") never
+    /// coexist.
     pub async fn sync_off_thread(&self) -> std::io::Result<()> {
         let plan = self.log.borrow_mut().begin_sync();
         if plan.is_empty() {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let (plan, result) = glommio::executor()
-            .spawn_blocking(move || {
-                let result = plan.run();
-                (plan, result)
-            })
-            .await;
+        let (plan, result) = run_plan(plan).await;
         self.metrics
             .log_sync
             .observe(started.elapsed().as_nanos() as u64);
-        self.log.borrow_mut().end_sync(plan, result.is_ok());
+        let durable = self.log.borrow_mut().end_sync(plan, result.is_ok());
         self.changed.notify_all();
-        result
+        match (result, durable) {
+            (Ok(()), false) => Err(std::io::Error::other(
+                "the log is poisoned by an earlier failed sync",
+            )),
+            (result, _) => result,
+        }
     }
 
     /// Syncs the log on the shard's own thread (shutdown, when nothing else runs).
@@ -581,4 +750,122 @@ impl Shard {
             }
         }
     }
+}
+
+/// A group commit between [`Shard::begin_commit`] and [`Shard::finish_commit`].
+pub struct CommitBatch {
+    pending: Vec<PendingAck>,
+    touched: Vec<(Arc<str>, u64)>,
+    /// fsync = "always": the batch's sync.
+    plan: Option<crate::log::SyncPlan>,
+    /// Stage stamps: when the sync started and ended (both the commit's start without one).
+    sync_start: u64,
+    sync_end: u64,
+}
+
+impl CommitBatch {
+    /// Whether the batch waits for a sync (otherwise it can be finished at once).
+    pub fn syncs(&self) -> bool {
+        self.plan.as_ref().is_some_and(|p| !p.is_empty())
+    }
+}
+
+/// Runs a batch's sync; touches nothing of the shard, so several can be in flight.
+pub async fn sync_batch(mut batch: CommitBatch) -> (CommitBatch, std::io::Result<()>) {
+    let Some(plan) = batch.plan.take() else {
+        return (batch, Ok(()));
+    };
+    if plan.is_empty() {
+        batch.plan = Some(plan);
+        return (batch, Ok(()));
+    }
+    let (plan, result) = run_plan(plan).await;
+    batch.sync_end = now_ns();
+    batch.plan = Some(plan);
+    (batch, result)
+}
+
+/// Runs a sync plan without blocking the shard: an fdatasync of each segment with new
+/// records on the shard's own io_uring ([`sync_on_ring`]), rather than an msync on glommio's
+/// blocking pool (one thread hop there and one back per sync; with pipelined commits, two
+/// msyncs queued on its one thread: BENCHMARKS.md, "The durable latency floor").
+async fn run_plan(plan: crate::log::SyncPlan) -> (crate::log::SyncPlan, std::io::Result<()>) {
+    sync_on_ring(plan).await
+}
+
+/// (segment base, the segment's fd, the ring's handle on a dup of it).
+type RingFile = (
+    u64,
+    std::os::fd::RawFd,
+    std::rc::Rc<glommio::io::BufferedFile>,
+);
+
+thread_local! {
+    /// The ring's handles on this shard's segment files, by (segment base, fd): a dup of the
+    /// segment's fd each (closing the handle must not close the segment's own), so the fd
+    /// number of a deleted segment reused by a new one can never match a stale handle.
+    static RING_FILES: std::cell::RefCell<Vec<RingFile>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Handles kept: the active segment and the one before it are all a plan ever covers.
+const RING_FILES_KEPT: usize = 4;
+
+fn ring_file(
+    base: u64,
+    fd: std::os::fd::RawFd,
+) -> std::io::Result<std::rc::Rc<glommio::io::BufferedFile>> {
+    use std::os::fd::FromRawFd;
+    RING_FILES.with(|files| {
+        let mut files = files.borrow_mut();
+        if let Some((_, _, f)) = files.iter().find(|(b, d, _)| *b == base && *d == fd) {
+            return Ok(f.clone());
+        }
+        // SAFETY: dup of an fd the log keeps open while this shard runs a plan on it.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `dup` is ours alone; the BufferedFile owns and closes it.
+        let file = std::rc::Rc::new(unsafe { glommio::io::BufferedFile::from_raw_fd(dup) });
+        if files.len() >= RING_FILES_KEPT {
+            files.remove(0);
+        }
+        files.push((base, fd, file.clone()));
+        Ok(file)
+    })
+}
+
+/// Runs `plan` as fdatasyncs on the shard's ring ([`crate::log::SyncPlan::fds`]); the hold
+/// fault (tests), which blocks, waits on the blocking pool first.
+async fn sync_on_ring(plan: crate::log::SyncPlan) -> (crate::log::SyncPlan, std::io::Result<()>) {
+    let plan = match plan.may_hold() {
+        true => {
+            glommio::executor()
+                .spawn_blocking(move || {
+                    plan.hold();
+                    plan
+                })
+                .await
+        }
+        false => plan,
+    };
+    let result = async {
+        let fds = plan.fds()?;
+        // Plans begin in segment order, so no later one covers a segment below this one's
+        // lowest: drop the handles on those, or a segment retention deleted would keep its
+        // disk space for as long as the ring held a dup of its fd.
+        if let Some(lowest) = fds.iter().map(|(base, _)| *base).min() {
+            RING_FILES.with(|files| files.borrow_mut().retain(|(b, _, _)| *b >= lowest));
+        }
+        for (base, fd) in fds {
+            ring_file(base, fd)?
+                .fdatasync()
+                .await
+                .map_err(std::io::Error::from)?;
+        }
+        plan.completed();
+        Ok(())
+    }
+    .await;
+    (plan, result)
 }

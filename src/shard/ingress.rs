@@ -15,6 +15,7 @@ use super::inbox::AckTarget;
 use super::ratelimit::RateVerdict;
 use super::routing::owner;
 use super::state::Shard;
+use crate::metrics::stages::{now_ns, Stage, Stamps};
 use crate::protocol::{self, ClientMsg, Code, ServerMsg};
 
 impl Shard {
@@ -88,6 +89,7 @@ impl Shard {
     }
 
     fn on_send(&self, conn: &Rc<Conn>, client_msg_id: u64, to: &str, body: &[u8]) {
+        let stamps = Stamps::read_now();
         if !self.admit_send(conn, client_msg_id) {
             return;
         }
@@ -102,7 +104,8 @@ impl Shard {
         let dest = owner(to, self.shards);
         if dest == self.id {
             let target = AckTarget::Local { conn: conn.id };
-            let stored = self.accept_send(&conn.user, to, client_msg_id, body, target);
+            let stored =
+                self.accept_send_stamped(&conn.user, to, client_msg_id, body, target, stamps);
             if stored && self.cfg.server.own_send_sync {
                 self.append_outgoing(&conn.user, to, client_msg_id, body);
             }
@@ -125,6 +128,7 @@ impl Shard {
                 client_msg_id,
                 body,
                 origin_conn: conn.id,
+                read_ns: stamps.read_ns,
             }),
         );
     }
@@ -133,7 +137,15 @@ impl Shard {
     /// sync) into the sender's stream if the message was stored for the first time.
     fn on_send_ack(&self, a: SendAck) {
         self.in_flight.set(self.in_flight.get().saturating_sub(1));
+        let received = now_ns();
+        self.metrics
+            .stages
+            .between(Stage::AckMesh, a.pushed_ns, received);
         self.ack_conn(a.origin_conn, a.client_msg_id, a.status);
+        self.ack_queued(Stamps {
+            read_ns: a.read_ns,
+            prev_ns: received,
+        });
         let copy = self
             .outbound
             .borrow_mut()
@@ -155,7 +167,15 @@ impl Shard {
                     peer: from_shard,
                     origin_conn: m.origin_conn,
                 };
-                self.accept_send(&m.from, &m.to, m.client_msg_id, &m.body, target);
+                let received = now_ns();
+                self.metrics
+                    .stages
+                    .between(Stage::Mesh, m.read_ns, received);
+                let stamps = Stamps {
+                    read_ns: m.read_ns,
+                    prev_ns: received,
+                };
+                self.accept_send_stamped(&m.from, &m.to, m.client_msg_id, &m.body, target, stamps);
             }
             Envelope::SendAck(a) => self.on_send_ack(a),
             Envelope::Handoff(h) => return Some(h),

@@ -70,6 +70,8 @@ pub struct Shard {
     pub(super) pending: RefCell<Vec<PendingAck>>,
     /// (user, seq appended): what a commit may mark durable.
     pub(super) touched: RefCell<Vec<(Arc<str>, u64)>>,
+    /// Stamps of SendAcks queued on connections since the last flush (metrics::stages).
+    pub(super) ack_stamps: RefCell<Vec<crate::metrics::stages::Stamps>>,
     /// A commit is between taking its batch and releasing it.
     pub(super) committing: Cell<bool>,
     /// A segment rolled since the last commit (size-based retention runs then).
@@ -138,6 +140,7 @@ impl Shard {
             log: RefCell::new(recovered.log),
             pending: RefCell::default(),
             touched: RefCell::default(),
+            ack_stamps: RefCell::default(),
             committing: Cell::new(false),
             commit_due: Signal::default(),
             draining: Cell::new(false),

@@ -66,4 +66,40 @@ fn metrics_count_exactly_what_a_p2p_run_did() {
     assert_eq!(delta("ringpost_send_rejected_total"), 0.0, "{after}");
     // With 2 shards, pairs across shards send over the mesh both ways (messages, acks).
     assert!(delta("ringpost_mesh_envelopes_total") > 0.0, "{after}");
+
+    // Stage stamps: every acked send went through each stage once (fsync = "always"; `mesh`
+    // and `ack_mesh` only when the pair is across shards), and the stages add up to the total.
+    let stage = |what: &str, s: &str| {
+        let series = format!("ringpost_message_stage_seconds_{what}{{stage=\"{s}\"}}");
+        metric(&after, &series) - metric(&before, &series)
+    };
+    for s in [
+        "append",
+        "commit_wait",
+        "sync",
+        "ack_release",
+        "ack_write",
+        "total",
+    ] {
+        assert_eq!(stage("count", s), acked, "stage {s}: {after}");
+    }
+    assert!(stage("count", "mesh") > 0.0, "{after}");
+    assert_eq!(stage("count", "mesh"), stage("count", "ack_mesh"));
+    let parts: f64 = [
+        "mesh",
+        "append",
+        "commit_wait",
+        "sync",
+        "ack_release",
+        "ack_mesh",
+        "ack_write",
+    ]
+    .iter()
+    .map(|s| stage("sum", s))
+    .sum();
+    let total = stage("sum", "total");
+    assert!(
+        total > 0.0 && (parts - total).abs() <= total * 1e-6,
+        "stages {parts} s against total {total} s"
+    );
 }

@@ -123,6 +123,11 @@ impl Faults {
         self.power_log.is_some()
     }
 
+    /// Whether the sync-hold fault is configured (its file may or may not exist now).
+    pub fn holds(&self) -> bool {
+        self.sync_hold.is_some()
+    }
+
     pub fn is_armed(&self) -> bool {
         self.power_log.is_some()
             || self.sync_fail.is_some()
