@@ -124,7 +124,9 @@ async fn read_some(
 }
 
 /// A whole request at the front of `buf` (removed from it), `None` if more bytes are needed.
-fn parse(buf: &mut Vec<u8>, max_request: usize) -> Result<Option<Request>, ReadError> {
+/// Public for the `admin_http` fuzz target, which feeds it arbitrary reads as
+/// [`read_request`] does.
+pub fn parse(buf: &mut Vec<u8>, max_request: usize) -> Result<Option<Request>, ReadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -249,6 +251,12 @@ pub async fn write_response(
     resp: &Response,
     keep_alive: bool,
 ) -> std::io::Result<()> {
+    stream.write_all(&encode_response(resp, keep_alive)).await?;
+    stream.flush().await
+}
+
+/// The bytes [`write_response`] writes (public for the `admin_http` fuzz target).
+pub fn encode_response(resp: &Response, keep_alive: bool) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: {}\r\ncache-control: no-store\r\n",
         resp.status,
@@ -263,8 +271,7 @@ pub async fn write_response(
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&resp.body);
-    stream.write_all(&out).await?;
-    stream.flush().await
+    out
 }
 
 #[cfg(test)]
