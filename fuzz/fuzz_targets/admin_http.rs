@@ -212,6 +212,11 @@ fn check_response(bytes: &[u8], resp: &Response, keep_alive: bool, req: Option<&
 /// The invariants of a request `parse` gave.
 fn check_request(req: &Request, max_request: usize) {
     assert!(req.body.len() <= max_request);
+    assert!(
+        req.path.starts_with('/'),
+        "origin-form only: {:?}",
+        req.path
+    );
     assert!(!req.path.contains('?'), "the query is split off");
     let length = req.header("content-length").map(|v| {
         std::str::from_utf8(v)

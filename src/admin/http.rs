@@ -146,6 +146,13 @@ pub fn parse(buf: &mut Vec<u8>, max_request: usize) -> Result<Option<Request>, R
     let version = req.version.unwrap_or(1);
     let method = req.method.unwrap_or("").to_string();
     let target = req.path.unwrap_or("/");
+    // Only origin-form (`/path?query`) names a route: the router splits the path on `/` and
+    // drops what comes before the first one, so `GET x/healthz` was served as `/healthz`.
+    if !target.starts_with('/') {
+        return Err(ReadError::Malformed(
+            "the request target must be a path starting with `/`".into(),
+        ));
+    }
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p.to_string(), Some(q.to_string())),
         None => (target.to_string(), None),
@@ -297,6 +304,34 @@ mod tests {
         assert_eq!(r.path, "/healthz");
         assert!(!r.keep_alive, "HTTP/1.0 closes by default");
         assert!(buf.is_empty());
+    }
+
+    /// Found by the admin_http fuzz target: `GET -/healthz` was answered as `/healthz`.
+    #[test]
+    fn targets_that_are_not_a_path_are_malformed() {
+        for target in [
+            "-/healthz",
+            "healthz",
+            "x/v1/users/alice",
+            "*",
+            "http://a/healthz",
+        ] {
+            let req = format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert!(
+                matches!(
+                    parse_all(req.as_bytes(), 1 << 20),
+                    Err(ReadError::Malformed(_))
+                ),
+                "{target}"
+            );
+        }
+        let r = parse_all(b"GET /healthz?x=/y HTTP/1.1\r\n\r\n", 1 << 20)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (r.path.as_str(), r.query.as_deref()),
+            ("/healthz", Some("x=/y"))
+        );
     }
 
     #[test]
