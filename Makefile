@@ -8,7 +8,7 @@ SCHEMATHESIS_PIP := schemathesis==4.32.5
 CONFIG     ?=
 # make fuzz: seconds per target, and which targets (every one in fuzz/Cargo.toml by default).
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= client_frame server_frame frame_reader config log_recovery ws_upgrade ws_frames
+FUZZ_TARGETS ?= client_frame server_frame frame_reader config log_recovery ws_upgrade ws_frames admin_http
 RUN_ARGS   := $(if $(CONFIG),--config $(CONFIG),)
 
 .PHONY: build run test bench bench-micro bench-peers bench-scaling soak schema schema-check flatc \

@@ -1,5 +1,5 @@
 //! Writes the seed corpora under `fuzz/corpus/<target>/` from the real codec, config, log and
-//! WebSocket code, in each target's input format (see the targets' docs). Deterministic:
+//! WebSocket code, and requests as the admin API's clients send them, in each target's input format (see the targets' docs). Deterministic:
 //! rerunning it rewrites the same files. `make fuzz-seeds` runs it.
 //!
 //! ```text
@@ -546,6 +546,209 @@ fn frame_seeds(root: &Path) {
     );
 }
 
+/// A request as the admin API's clients send it (tests/admin_scenario.rs, the app backend).
+fn admin_request(method: &str, path: &str, token: bool, body: Option<&str>) -> Vec<u8> {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: ringpost\r\n");
+    if token {
+        head += "Authorization: Bearer fuzz-admin-token\r\n";
+    }
+    if let Some(b) = body {
+        head += &format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        );
+    }
+    head += "\r\n";
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body.unwrap_or_default().as_bytes());
+    out
+}
+
+/// Seeds for `admin_http`: `flags | cuts | request bytes` (flags: max_request, phase, close).
+fn admin_seeds(root: &Path) {
+    let mut c = Corpus::new(root, "admin_http");
+    let cuts = [3, 17, 40, 100];
+    // Phase "ready" (flags 0x04), the default max_request, the peer closes after its bytes.
+    let ready = 0x14;
+    let requests: &[(&str, &str, &str, bool, Option<&str>)] = &[
+        ("healthz", "GET", "/healthz", false, None),
+        ("readyz", "GET", "/readyz", false, None),
+        ("metrics", "GET", "/metrics", false, None),
+        ("openapi", "GET", "/v1/openapi.yaml", true, None),
+        (
+            "publish_user",
+            "POST",
+            "/v1/messages",
+            true,
+            Some(
+                r#"{"from":"system:alerts","to_user":"bob","body":"maintenance at 6","client_msg_id":7}"#,
+            ),
+        ),
+        (
+            "publish_base64",
+            "POST",
+            "/v1/messages",
+            true,
+            Some(
+                r#"{"from":"system:billing","to_user":"carol","body_base64":"AAECA/8=","client_msg_id":1}"#,
+            ),
+        ),
+        (
+            "publish_group",
+            "POST",
+            "/v1/messages",
+            true,
+            Some(r#"{"from":"alice","to_group":"g1","body":"hi all","client_msg_id":2}"#),
+        ),
+        (
+            "publish_both_bodies",
+            "POST",
+            "/v1/messages",
+            true,
+            Some(
+                r#"{"from":"system:x","to_user":"bob","body":"a","body_base64":"YQ==","client_msg_id":1}"#,
+            ),
+        ),
+        (
+            "publish_unknown_field",
+            "POST",
+            "/v1/messages",
+            true,
+            Some(r#"{"from":"a","to_user":"b","body":"a","client_msg_id":1,"x":null}"#),
+        ),
+        ("user", "GET", "/v1/users/alice", true, None),
+        (
+            "user_encoded",
+            "GET",
+            "/v1/users/al%C3%AFce%2Fx",
+            true,
+            None,
+        ),
+        ("register", "PUT", "/v1/users/bob", true, None),
+        (
+            "register_reserved",
+            "PUT",
+            "/v1/users/system:ops",
+            true,
+            None,
+        ),
+        ("kick", "DELETE", "/v1/users/alice/sessions", true, None),
+        (
+            "kick_device",
+            "DELETE",
+            "/v1/users/alice/sessions?device=phone",
+            true,
+            None,
+        ),
+        (
+            "group_create",
+            "POST",
+            "/v1/groups",
+            true,
+            Some(r#"{"group_id":"g1","creator":"alice","members":["bob","carol","bob"]}"#),
+        ),
+        (
+            "group_create_bare",
+            "POST",
+            "/v1/groups",
+            true,
+            Some(r#"{"group_id":"h","creator":"ann"}"#),
+        ),
+        (
+            "group_add",
+            "POST",
+            "/v1/groups/g1/members",
+            true,
+            Some(r#"{"members":["dave"]}"#),
+        ),
+        (
+            "group_add_empty",
+            "POST",
+            "/v1/groups/g1/members",
+            true,
+            Some(r#"{"members":[]}"#),
+        ),
+        ("group_info", "GET", "/v1/groups/g1", true, None),
+        (
+            "group_info_page",
+            "GET",
+            "/v1/groups/g1?after=bob&limit=2",
+            true,
+            None,
+        ),
+        (
+            "group_info_bad_limit",
+            "GET",
+            "/v1/groups/g1?limit=0&after=",
+            true,
+            None,
+        ),
+        (
+            "group_remove",
+            "DELETE",
+            "/v1/groups/g1/members/bob",
+            true,
+            None,
+        ),
+        ("no_token", "GET", "/v1/users/alice", false, None),
+        ("wrong_method", "PATCH", "/v1/messages", true, None),
+        ("no_route", "GET", "/v1/nope", true, None),
+    ];
+    for (name, method, path, token, body) in requests {
+        c.put(
+            name,
+            &stream_seed(ready, &cuts, &admin_request(method, path, *token, *body)),
+        );
+    }
+    // Keep-alive: three requests pipelined in one stream, in odd reads.
+    let mut pipelined = admin_request("GET", "/healthz", false, None);
+    pipelined.extend(admin_request("PUT", "/v1/users/bob", true, None));
+    pipelined.extend(admin_request(
+        "POST",
+        "/v1/groups/g1/members",
+        true,
+        Some(r#"{"members":["erin"]}"#),
+    ));
+    c.put(
+        "pipelined",
+        &stream_seed(ready, &[1, 30, 77, 130], &pipelined),
+    );
+    let raw: &[(&str, u8, &[u8])] = &[
+        ("starting_readyz", 0x10, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ("shutting_down_readyz", 0x18, b"GET /readyz HTTP/1.0\r\n\r\n"),
+        ("wrong_token", ready, b"GET /v1/users/a HTTP/1.1\r\nAuthorization: Bearer nope\r\n\r\n"),
+        ("basic_auth", ready, b"GET /v1/users/alice HTTP/1.1\r\nAuthorization: Basic YTpi\r\n\r\n"),
+        ("chunked", ready, b"POST /v1/messages HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("too_large", 0x15, b"POST /v1/messages HTTP/1.1\r\nContent-Length: 999999\r\n\r\n"),
+        ("bad_length", ready, b"POST /v1/groups HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
+        ("stalls_mid_body", 0x04, b"POST /v1/groups HTTP/1.1\r\nContent-Length: 10\r\n\r\n{\"gr"),
+        ("closes_mid_head", ready, b"GET /healthz HTTP/1.1\r\nHost"),
+        ("tls_hello", ready, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
+        ("http_1_0_keep_alive", ready, b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /readyz HTTP/1.1\r\nConnection: close\r\n\r\n"),
+    ];
+    for (name, flags, bytes) in raw {
+        c.put(name, &stream_seed(*flags, &cuts, bytes));
+    }
+    let many: String = (0..40).map(|i| format!("h{i}: v\r\n")).collect();
+    c.put(
+        "too_many_headers",
+        &stream_seed(
+            ready,
+            &cuts,
+            format!("GET /healthz HTTP/1.1\r\n{many}\r\n").as_bytes(),
+        ),
+    );
+    // Byte by byte (cuts & 0x10).
+    let mut every = vec![ready, 0x10];
+    every.extend(admin_request(
+        "POST",
+        "/v1/messages",
+        true,
+        Some(r#"{"from":"a","to_user":"b","body":"x","client_msg_id":3}"#),
+    ));
+    c.put("publish_byte_by_byte", &every);
+}
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
     codec_seeds(&root);
@@ -554,6 +757,7 @@ fn main() {
     log_seeds(&root);
     upgrade_seeds(&root);
     frame_seeds(&root);
+    admin_seeds(&root);
     let mut dirs: Vec<_> = std::fs::read_dir(&root)
         .expect("list corpus")
         .filter_map(|e| e.ok())

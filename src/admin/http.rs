@@ -124,7 +124,9 @@ async fn read_some(
 }
 
 /// A whole request at the front of `buf` (removed from it), `None` if more bytes are needed.
-fn parse(buf: &mut Vec<u8>, max_request: usize) -> Result<Option<Request>, ReadError> {
+/// Public for the `admin_http` fuzz target, which feeds it arbitrary reads as
+/// [`read_request`] does.
+pub fn parse(buf: &mut Vec<u8>, max_request: usize) -> Result<Option<Request>, ReadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -144,6 +146,13 @@ fn parse(buf: &mut Vec<u8>, max_request: usize) -> Result<Option<Request>, ReadE
     let version = req.version.unwrap_or(1);
     let method = req.method.unwrap_or("").to_string();
     let target = req.path.unwrap_or("/");
+    // Only origin-form (`/path?query`) names a route: the router splits the path on `/` and
+    // drops what comes before the first one, so `GET x/healthz` was served as `/healthz`.
+    if !target.starts_with('/') {
+        return Err(ReadError::Malformed(
+            "the request target must be a path starting with `/`".into(),
+        ));
+    }
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p.to_string(), Some(q.to_string())),
         None => (target.to_string(), None),
@@ -249,6 +258,12 @@ pub async fn write_response(
     resp: &Response,
     keep_alive: bool,
 ) -> std::io::Result<()> {
+    stream.write_all(&encode_response(resp, keep_alive)).await?;
+    stream.flush().await
+}
+
+/// The bytes [`write_response`] writes (public for the `admin_http` fuzz target).
+pub fn encode_response(resp: &Response, keep_alive: bool) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: {}\r\ncache-control: no-store\r\n",
         resp.status,
@@ -263,8 +278,7 @@ pub async fn write_response(
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&resp.body);
-    stream.write_all(&out).await?;
-    stream.flush().await
+    out
 }
 
 #[cfg(test)]
@@ -290,6 +304,34 @@ mod tests {
         assert_eq!(r.path, "/healthz");
         assert!(!r.keep_alive, "HTTP/1.0 closes by default");
         assert!(buf.is_empty());
+    }
+
+    /// Found by the admin_http fuzz target: `GET -/healthz` was answered as `/healthz`.
+    #[test]
+    fn targets_that_are_not_a_path_are_malformed() {
+        for target in [
+            "-/healthz",
+            "healthz",
+            "x/v1/users/alice",
+            "*",
+            "http://a/healthz",
+        ] {
+            let req = format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert!(
+                matches!(
+                    parse_all(req.as_bytes(), 1 << 20),
+                    Err(ReadError::Malformed(_))
+                ),
+                "{target}"
+            );
+        }
+        let r = parse_all(b"GET /healthz?x=/y HTTP/1.1\r\n\r\n", 1 << 20)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (r.path.as_str(), r.query.as_deref()),
+            ("/healthz", Some("x=/y"))
+        );
     }
 
     #[test]
