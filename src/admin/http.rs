@@ -240,9 +240,11 @@ fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        409 => "Conflict",
         411 => "Length Required",
         413 => "Content Too Large",
         415 => "Unsupported Media Type",
+        422 => "Unprocessable Content",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
@@ -287,6 +289,19 @@ mod tests {
 
     fn parse_all(text: &[u8], max: usize) -> Result<Option<Request>, ReadError> {
         parse(&mut text.to_vec(), max)
+    }
+
+    #[test]
+    fn every_status_the_routes_answer_has_its_reason_phrase() {
+        // The group and registration routes answer 409 and 422 too (GROUP_EXISTS, GROUP_FULL).
+        for (status, phrase) in [(409, "Conflict"), (422, "Unprocessable Content")] {
+            let out = encode_response(&Response::new(status, "application/json", "{}"), true);
+            let head = String::from_utf8(out).unwrap();
+            assert!(
+                head.starts_with(&format!("HTTP/1.1 {status} {phrase}\r\n")),
+                "{head}"
+            );
+        }
     }
 
     #[test]
