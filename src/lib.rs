@@ -20,7 +20,7 @@
 //! | [`client`] | async client used by the tests and `ringpost-tools` |
 //! | [`diagnostics`] | startup checks that name the fix for io_uring / memlock problems |
 //! | [`admin`] | the admin HTTP listener on its own thread: metrics, health, the server API |
-//! | [`metrics`] | per-shard single-writer counters and histograms; the Prometheus exposition |
+//! | [`metrics`] | per-shard single-writer counters and histograms (per-stage message latency included); the Prometheus exposition |
 //! | [`logging`] | `[log]` format and level for the diagnostics on stderr |
 //!
 //! ## Data path of a 1:1 message
@@ -40,11 +40,13 @@
 //!                                                                │ inbox: accept_send: dedup(A, client_msg_id),
 //!                                                                │  accept_message: seq = head(B)+1,
 //!                                                                │  Log::append → index(B) += (seq, pos)
-//!                                                                │ inbox: Shard::commit (once per batch):
-//!                                                                │  msync on the blocking pool,
+//!                                                                │ inbox: group commit (once per batch,
+//!                                                                │  up to 3 in flight, released in order):
+//!                                                                │  fdatasync on the shard's io_uring,
 //!                                                                │  durable(B) = seq
 //!                                                                │ delivery: devices refill from the log
-//!                                                                │  → one send(2) per conn (flush_dirty)
+//!                                                                │  (Deliver laid out from the record, body
+//!                                                                │  copied once) → one send(2) per conn
 //!                    ingress: Shard::on_send_ack ◀──SPSC b→a──── SendAck{OK}
 //!  client A ◀──SendAck{OK}
 //!                    inbox: append_outgoing: A's stream gets the message (own-send sync),
