@@ -274,17 +274,7 @@ impl SyncPlan {
         // Recorded right here, after the msyncs returned, so that the power log stands for
         // syncs that really ran: take them out of the commit path and the power-loss test
         // sees acked records vanish.
-        if let Some(faults) = &self.faults {
-            for t in &self.targets {
-                if let Some(path) = &t.path {
-                    faults.record(Event::Synced {
-                        path,
-                        len: t.upto as u64,
-                        size: t.size as u64,
-                    });
-                }
-            }
-        }
+        self.completed();
         Ok(())
     }
 

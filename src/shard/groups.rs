@@ -248,6 +248,15 @@ impl Shard {
 
     fn run_group_op(&self, req: GroupRequest, target: ReplyTarget) {
         let limits = &self.cfg.limits;
+        let group_full = || {
+            (
+                Code::GROUP_FULL,
+                format!(
+                    "a group has at most {} members (max_group_members)",
+                    limits.max_group_members
+                ),
+            )
+        };
         let groups = self.groups.borrow();
         let group = groups.owned.get(&req.group);
         let user = &req.user;
@@ -291,13 +300,7 @@ impl Shard {
                     let mut all = vec![user.clone()];
                     all.extend(members.iter().filter(|m| *m != user).cloned());
                     if all.len() > limits.max_group_members {
-                        Err((
-                            Code::GROUP_FULL,
-                            format!(
-                                "a group has at most {} members (max_group_members)",
-                                limits.max_group_members
-                            ),
-                        ))
+                        Err(group_full())
                     } else {
                         Ok((EntryKind::GroupCreated, all))
                     }
@@ -317,13 +320,7 @@ impl Shard {
                             "every user named is already a member".into(),
                         ))
                     } else if g.members.len() + new.len() > limits.max_group_members {
-                        Err((
-                            Code::GROUP_FULL,
-                            format!(
-                                "a group has at most {} members (max_group_members)",
-                                limits.max_group_members
-                            ),
-                        ))
+                        Err(group_full())
                     } else {
                         Ok((EntryKind::MembersAdded, new))
                     }
@@ -576,45 +573,31 @@ impl Shard {
             self.answer_send(target, from, client_msg_id, status, false);
             return None;
         }
-        let limits = &self.cfg.limits;
-        let verdict = self.windows.borrow_mut().sender(from).check(
+        if !self.admit_new(from, client_msg_id, target) {
+            return None;
+        }
+        let group: Arc<str> = Arc::from(group);
+        match self.append_owned_entry(
+            &group,
+            EntryKind::Message,
+            from,
             client_msg_id,
-            target,
-            Self::wall_ms(),
-            limits.dedup_window.as_millis() as u64,
-            limits.dedup_entries,
-        );
-        match verdict {
-            super::dedup::Verdict::Done(status) => {
-                self.answer_send(target, from, client_msg_id, status, true);
-                None
-            }
-            super::dedup::Verdict::InFlight => None,
-            super::dedup::Verdict::New => {
-                let group: Arc<str> = Arc::from(group);
-                match self.append_owned_entry(
-                    &group,
-                    EntryKind::Message,
-                    from,
+            body,
+            Vec::new(),
+        ) {
+            Ok(group_seq) => {
+                self.metrics.group_messages.inc();
+                self.pending.borrow_mut().push(PendingAck::Send {
+                    sender: from.clone(),
                     client_msg_id,
-                    body,
-                    Vec::new(),
-                ) {
-                    Ok(group_seq) => {
-                        self.metrics.group_messages.inc();
-                        self.pending.borrow_mut().push(PendingAck::Send {
-                            sender: from.clone(),
-                            client_msg_id,
-                            target,
-                            stamps: crate::metrics::stages::Stamps::NONE,
-                        });
-                        Some(group_seq)
-                    }
-                    Err(status) => {
-                        self.settle_send(from, client_msg_id, target, status);
-                        None
-                    }
-                }
+                    target,
+                    stamps: crate::metrics::stages::Stamps::NONE,
+                });
+                Some(group_seq)
+            }
+            Err(status) => {
+                self.settle_send(from, client_msg_id, target, status);
+                None
             }
         }
     }

@@ -112,6 +112,40 @@ impl Shard {
         target: AckTarget,
         stamps: Stamps,
     ) -> bool {
+        if !self.admit_new(from, client_msg_id, target) {
+            return false;
+        }
+        match self.accept_message(from, to, client_msg_id, body) {
+            Ok(()) => {
+                let stamps = match stamps.is_stamped() {
+                    true => {
+                        let appended = now_ns();
+                        self.metrics
+                            .stages
+                            .between(Stage::Append, stamps.prev_ns, appended);
+                        stamps.at(appended)
+                    }
+                    false => stamps,
+                };
+                self.pending.borrow_mut().push(PendingAck::Send {
+                    sender: from.clone(),
+                    client_msg_id,
+                    target,
+                    stamps,
+                });
+                true
+            }
+            Err(status) => {
+                self.settle_send(from, client_msg_id, target, status);
+                false
+            }
+        }
+    }
+
+    /// The dedup check of a send, 1:1 or to a group: true for a new one, to be stored. A
+    /// resend of a settled send is answered here with its first outcome; one still in flight
+    /// is answered when its original settles.
+    pub(super) fn admit_new(&self, from: &Arc<str>, client_msg_id: u64, target: AckTarget) -> bool {
         let limits = &self.cfg.limits;
         let verdict = self.windows.borrow_mut().sender(from).check(
             client_msg_id,
@@ -126,35 +160,7 @@ impl Shard {
                 false
             }
             super::dedup::Verdict::InFlight => false,
-            super::dedup::Verdict::New => {
-                match self.accept_message(from, to, client_msg_id, body) {
-                    Ok(()) => {
-                        let stamps = match stamps.is_stamped() {
-                            true => {
-                                let appended = now_ns();
-                                self.metrics.stages.between(
-                                    Stage::Append,
-                                    stamps.prev_ns,
-                                    appended,
-                                );
-                                stamps.at(appended)
-                            }
-                            false => stamps,
-                        };
-                        self.pending.borrow_mut().push(PendingAck::Send {
-                            sender: from.clone(),
-                            client_msg_id,
-                            target,
-                            stamps,
-                        });
-                        true
-                    }
-                    Err(status) => {
-                        self.settle_send(from, client_msg_id, target, status);
-                        false
-                    }
-                }
-            }
+            super::dedup::Verdict::New => true,
         }
     }
 
