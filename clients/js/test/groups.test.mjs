@@ -172,6 +172,9 @@ test('a group send whose SendAck was lost is re-sent after a kill -9 restart and
   await eb.find((d) => d.text === 'once only'); // stored and fanned out (and acked into the void)
   const resent = waitFor(alice, 'sent', (s) => s.attempt === 2);
   await own.kill(); // SIGKILL
+  // The ack may still sit in the dead broker's socket buffer: the kernel sends it after the
+  // kill. Only once the proxy saw that link end has everything the broker wrote been swallowed.
+  await within(proxy.unlinked());
   proxy.swallowDownstream = false;
   await own.restart(); // same data directory, same port
   const ack = await within(pending);

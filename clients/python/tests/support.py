@@ -135,6 +135,8 @@ class Proxy:
         self.target_port = target_port
         self.swallow_downstream = False
         self._links = set()
+        self._unlinked = asyncio.Event()
+        self._unlinked.set()
 
     async def start(self) -> "Proxy":
         self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -143,9 +145,14 @@ class Proxy:
         return self
 
     async def _accept(self, cr, cw):
-        ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
+        try:
+            ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:  # the broker is down (a test killed it): the client sees a close
+            cw.close()
+            return
         link = (cw, uw)
         self._links.add(link)
+        self._unlinked.clear()
 
         async def pump(r, w, downstream):
             try:
@@ -158,14 +165,23 @@ class Proxy:
                 cw.close()
                 uw.close()
                 self._links.discard(link)
+                if not self._links:
+                    self._unlinked.set()
 
         await asyncio.gather(pump(cr, uw, False), pump(ur, cw, True))
+
+    async def unlinked(self) -> None:
+        """Returns once no link is open: after a broker's kill, every byte it had written (an
+        ack still in its socket buffer included) has reached the proxy and met the swallow
+        setting of that moment."""
+        await asyncio.wait_for(self._unlinked.wait(), 10.0)
 
     def cut_all(self) -> None:
         for cw, uw in list(self._links):
             cw.transport.abort()
             uw.transport.abort()
         self._links.clear()
+        self._unlinked.set()
 
     async def close(self) -> None:
         self.cut_all()

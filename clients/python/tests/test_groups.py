@@ -186,6 +186,9 @@ async def test_a_group_send_whose_ack_was_lost_is_resent_after_kill_9_and_stored
     assert first.text == "once only"
     resent = ev.wait("sent", lambda s: s["attempt"] == 2)
     gbroker.kill()  # SIGKILL
+    # The ack may still sit in the dead broker's socket buffer: the kernel sends it after the
+    # kill. Only once the proxy saw that link end has everything the broker wrote been swallowed.
+    await proxy.unlinked()
     proxy.swallow_downstream = False
     gbroker.restart()  # same data directory, same port
     ack = await asyncio.wait_for(pending, WAIT)

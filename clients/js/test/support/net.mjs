@@ -11,6 +11,7 @@ export class Proxy {
     p.targetPort = targetPort;
     p.swallowDownstream = false;
     p.pairs = new Set();
+    p.idleWaiters = [];
     p.server = net.createServer((client) => p.accept(client));
     await new Promise((res) => p.server.listen(0, '127.0.0.1', res));
     p.port = p.server.address().port;
@@ -26,6 +27,7 @@ export class Proxy {
       this.pairs.delete(pair);
       client.destroy();
       upstream.destroy();
+      this.wakeIfUnlinked();
     };
     client.on('data', (d) => upstream.write(d));
     upstream.on('data', (d) => {
@@ -44,6 +46,22 @@ export class Proxy {
       upstream.destroy();
     }
     this.pairs.clear();
+    this.wakeIfUnlinked();
+  }
+
+  /**
+   * Resolves once no proxied connection is open. After a broker's kill, every byte it had
+   * written (an ack still in its socket buffer included) has then reached the proxy and met
+   * the swallow setting of that moment.
+   */
+  unlinked() {
+    if (this.pairs.size === 0) return Promise.resolve();
+    return new Promise((res) => this.idleWaiters.push(res));
+  }
+
+  wakeIfUnlinked() {
+    if (this.pairs.size !== 0) return;
+    for (const res of this.idleWaiters.splice(0)) res();
   }
 
   async close() {
