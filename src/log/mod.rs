@@ -205,6 +205,8 @@ pub struct Log {
     /// (the error is reported once per file), so they must not be acknowledged either.
     owe_failure: bool,
     faults: Arc<Faults>,
+    /// Reused by every [`Log::append`] for the record's archive: no allocation per record.
+    scratch: rkyv::util::AlignedVec,
 }
 
 /// A sync of everything appended up to a point, to run without blocking the shard's thread so
@@ -488,6 +490,7 @@ impl Log {
             poisoned: false,
             owe_failure: false,
             faults,
+            scratch: rkyv::util::AlignedVec::new(),
         };
         if log.segments.is_empty() {
             log.segments
@@ -499,9 +502,23 @@ impl Log {
 
     /// Appends `rec`; returns its position. Not durable until [`Log::sync`].
     pub fn append(&mut self, rec: &Record) -> Result<u64, LogError> {
-        let framed = Self::frame(rec)?;
-        self.prepare(framed.len())?;
-        Ok(self.append_framed(&framed, rec.time_ms()))
+        // Archived into the reused scratch buffer, framed straight into the segment's map.
+        let scratch = std::mem::take(&mut self.scratch);
+        let payload = match rec.archive_in(scratch) {
+            Ok(payload) => payload,
+            Err(e) => return Err(LogError::Serialize(e.to_string())),
+        };
+        let size = record::framed_len(payload.len());
+        let prepared = self.prepare(size);
+        let pos = prepared.map(|_| {
+            let seg = self.active_mut();
+            let off = seg.append_with(size, rec.time_ms(), |out| {
+                record::frame_into(rec.kind(), &payload, out)
+            });
+            seg.base + off as u64
+        });
+        self.scratch = payload;
+        pos
     }
 
     /// Frames `rec` for [`Log::append_framed`].

@@ -145,6 +145,15 @@ pub enum Legacy {
     Cursor(CursorRecord),
 }
 
+/// [`Legacy`] archived from a borrowed record: the same bytes without cloning the record
+/// (its strings and body) on every append.
+#[derive(Archive, Serialize)]
+#[rkyv(as = ArchivedLegacy)]
+enum LegacyRef<'a> {
+    Message(#[rkyv(with = rkyv::with::Inline)] &'a MessageRecord),
+    Cursor(#[rkyv(with = rkyv::with::Inline)] &'a CursorRecord),
+}
+
 /// Any record, in memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
@@ -185,17 +194,26 @@ impl Record {
 
     /// The archive bytes of this record (what follows the header).
     fn archive(&self) -> Result<rkyv::util::AlignedVec, rkyv::rancor::Error> {
+        self.archive_in(rkyv::util::AlignedVec::new())
+    }
+
+    /// [`Record::archive`] into `buf` (cleared first), so an appender can reuse one buffer.
+    pub fn archive_in(
+        &self,
+        mut buf: rkyv::util::AlignedVec,
+    ) -> Result<rkyv::util::AlignedVec, rkyv::rancor::Error> {
+        use rkyv::api::high::to_bytes_in;
         use rkyv::rancor::Error;
+        buf.clear();
         match self {
-            // Kinds 1 and 2 are stored as the `Legacy` enum; cloning keeps this simple and only
-            // costs on the append path of those two kinds (bodies are small next to a sync).
-            Record::Message(m) => rkyv::to_bytes::<Error>(&Legacy::Message(m.clone())),
-            Record::Cursor(c) => rkyv::to_bytes::<Error>(&Legacy::Cursor(c.clone())),
-            Record::Outgoing(o) => rkyv::to_bytes::<Error>(o),
-            Record::Group(g) => rkyv::to_bytes::<Error>(g),
-            Record::GroupSnapshot(s) => rkyv::to_bytes::<Error>(s),
-            Record::Fanout(f) => rkyv::to_bytes::<Error>(f),
-            Record::Anchor(a) => rkyv::to_bytes::<Error>(a),
+            // Kinds 1 and 2 are stored as the `Legacy` enum.
+            Record::Message(m) => to_bytes_in::<_, Error>(&LegacyRef::Message(m), buf),
+            Record::Cursor(c) => to_bytes_in::<_, Error>(&LegacyRef::Cursor(c), buf),
+            Record::Outgoing(o) => to_bytes_in::<_, Error>(o, buf),
+            Record::Group(g) => to_bytes_in::<_, Error>(g, buf),
+            Record::GroupSnapshot(s) => to_bytes_in::<_, Error>(s, buf),
+            Record::Fanout(f) => to_bytes_in::<_, Error>(f, buf),
+            Record::Anchor(a) => to_bytes_in::<_, Error>(a, buf),
         }
     }
 }
@@ -275,13 +293,28 @@ pub fn checksum(kind: u8, payload: &[u8]) -> u32 {
 /// Serialises `record` into a complete framed record (header, archive, padding).
 pub fn frame(record: &Record) -> Result<Vec<u8>, rkyv::rancor::Error> {
     let payload = record.archive()?;
-    let kind = record.kind();
-    let mut out = vec![0u8; HEADER_LEN + aligned(payload.len())];
-    out[LEN_AT..LEN_AT + 4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    out[CRC_AT..CRC_AT + 4].copy_from_slice(&checksum(kind, &payload).to_le_bytes());
-    out[KIND_AT] = kind;
-    out[HEADER_LEN..HEADER_LEN + payload.len()].copy_from_slice(&payload);
+    let mut out = vec![0u8; framed_len(payload.len())];
+    frame_into(record.kind(), &payload, &mut out);
     Ok(out)
+}
+
+/// Bytes a record with a `payload_len`-byte archive occupies (header, archive, padding).
+pub fn framed_len(payload_len: usize) -> usize {
+    HEADER_LEN + aligned(payload_len)
+}
+
+/// Writes the framed record of `kind` holding `payload` into `out`, exactly
+/// [`framed_len`]`(payload.len())` bytes (header, archive, zero padding).
+pub fn frame_into(kind: u8, payload: &[u8], out: &mut [u8]) {
+    let mut header = [0u8; HEADER_LEN];
+    header[LEN_AT..LEN_AT + 4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    header[CRC_AT..CRC_AT + 4].copy_from_slice(&checksum(kind, payload).to_le_bytes());
+    header[KIND_AT] = kind;
+    let (head, rest) = out.split_at_mut(HEADER_LEN);
+    head.copy_from_slice(&header);
+    let (body, pad) = rest.split_at_mut(payload.len());
+    body.copy_from_slice(payload);
+    pad.fill(0);
 }
 
 /// What is at one offset of a segment.
@@ -434,6 +467,41 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(parse(&buf[bytes.len()..]), Framed::End);
+    }
+
+    /// Kinds 1 and 2 are archived from a borrowed record ([`LegacyRef`]); logs written by
+    /// earlier builds archived a clone of it as [`Legacy`]. The bytes must be the same.
+    #[test]
+    fn borrowed_legacy_archive_is_the_owned_one_byte_for_byte() {
+        let cursor = CursorRecord {
+            user: "alice".into(),
+            device: "phone".into(),
+            acked: 9,
+            at_ms: 1_700_000_000_001,
+        };
+        let Record::Message(m) = sample() else {
+            unreachable!()
+        };
+        let owned = rkyv::to_bytes::<rkyv::rancor::Error>(&Legacy::Message(m.clone())).unwrap();
+        assert_eq!(&Record::Message(m).archive().unwrap()[..], &owned[..]);
+        let owned = rkyv::to_bytes::<rkyv::rancor::Error>(&Legacy::Cursor(cursor.clone())).unwrap();
+        assert_eq!(&Record::Cursor(cursor).archive().unwrap()[..], &owned[..]);
+    }
+
+    /// A reused buffer holds only the latest record's archive.
+    #[test]
+    fn archive_in_reuses_the_buffer_from_empty() {
+        let long = Record::Message(MessageRecord {
+            body: vec![7; 500],
+            ..match sample() {
+                Record::Message(m) => m,
+                _ => unreachable!(),
+            }
+        });
+        let buf = long.archive_in(rkyv::util::AlignedVec::new()).unwrap();
+        let buf = sample().archive_in(buf).unwrap();
+        assert_eq!(&buf[..], &sample().archive().unwrap()[..]);
+        assert_eq!(decode(KIND_MESSAGE, &buf).unwrap(), sample());
     }
 
     #[test]

@@ -225,9 +225,20 @@ impl Segment {
 
     /// Copies a framed record in; returns its offset. The caller checks `remaining()`.
     pub fn append(&mut self, framed: &[u8], time_ms: u64) -> usize {
+        self.append_with(framed.len(), time_ms, |out| out.copy_from_slice(framed))
+    }
+
+    /// Appends a `size`-byte framed record that `write` lays out in place (the caller made
+    /// room, as for [`Segment::append`]); returns its offset.
+    pub fn append_with(
+        &mut self,
+        size: usize,
+        time_ms: u64,
+        write: impl FnOnce(&mut [u8]),
+    ) -> usize {
         let off = self.len;
-        self.map[off..off + framed.len()].copy_from_slice(framed);
-        self.len += framed.len();
+        write(&mut self.map[off..off + size]);
+        self.len += size;
         self.records += 1;
         self.newest_ms = self.newest_ms.max(time_ms);
         off
