@@ -153,9 +153,8 @@ impl Stamps {
         prev_ns: 0,
     };
 
-    /// A frame read just now.
-    pub fn read_now() -> Stamps {
-        let now = now_ns();
+    /// A frame read at `now` ([`now_ns`]'s clock).
+    pub fn read_at(now: u64) -> Stamps {
         Stamps {
             read_ns: now,
             prev_ns: now,

@@ -369,7 +369,7 @@ fn recover_all(cfg: &Config, n: usize) -> Result<Vec<Recovered>, StartError> {
                 let ctx = RecoveryContext {
                     shard,
                     shards: n,
-                    now_ms: Shard::wall_ms(),
+                    now_ms: super::clock::wall_ms_now(),
                     dedup_window_ms: cfg.limits.dedup_window.as_millis() as u64,
                     dedup_entries: cfg.limits.dedup_entries,
                 };
@@ -432,12 +432,14 @@ async fn run_shard(ctx: ShardStart, ready: Arc<Barrier>) {
     let receiving = shard.clone();
     transport::connect(ctx.ports, mesh, move |peer, batch| {
         receiving.metrics.mesh_received(peer, batch.len());
-        for env in batch {
-            if let Some(handoff) = receiving.handle_envelope(peer, env) {
-                session::start_handoff(&receiving, handoff);
+        receiving.clock.batch(|| {
+            for env in batch {
+                if let Some(handoff) = receiving.handle_envelope(peer, env) {
+                    session::start_handoff(&receiving, handoff);
+                }
             }
-        }
-        receiving.flush_dirty();
+            receiving.flush_dirty();
+        });
     })
     .await;
     // Group entries committed before a crash that some shard has not applied yet.

@@ -149,7 +149,7 @@ impl Shard {
             behind: Cell::new(false),
             dirty: Cell::new(false),
             wake: Default::default(),
-            connected_at_ms: Self::wall_ms(),
+            connected_at_ms: self.wall_ms(),
         });
         if self.draining.get() {
             conn.go_away(Code::SHUTDOWN, "broker is shutting down");
@@ -201,9 +201,7 @@ impl Shard {
     /// Drops dedup entries past the window and reservations whose operation never ended.
     pub fn expire(&self) {
         let window = self.cfg.limits.dedup_window.as_millis() as u64;
-        self.windows
-            .borrow_mut()
-            .expire_all(Self::wall_ms(), window);
+        self.windows.borrow_mut().expire_all(self.wall_ms(), window);
         self.expire_reservations();
     }
 

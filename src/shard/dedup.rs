@@ -16,7 +16,7 @@
 //! Only successful outcomes are remembered: a send refused with INBOX_FULL or
 //! STORAGE_UNAVAILABLE may be retried and must then be tried again, not answered from memory.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{hash_map, VecDeque};
 use std::sync::Arc;
 
 use crate::protocol::Code;
@@ -54,7 +54,7 @@ type Slot = (u64, u64, u64);
 /// One sender's window. `W` is whoever waits for an in-flight send's outcome.
 #[derive(Debug)]
 pub struct Dedup<W> {
-    entries: HashMap<u64, Entry<W>>,
+    entries: super::FastMap<u64, Entry<W>>,
     /// Slots of finished entries, in the order they finished (about the order they were
     /// seen); may hold stale slots of entries that were removed (the entry is gone, or was
     /// inserted again with a later generation). In-flight entries have no slot: they are
@@ -66,7 +66,7 @@ pub struct Dedup<W> {
 impl<W> Default for Dedup<W> {
     fn default() -> Self {
         Dedup {
-            entries: HashMap::new(),
+            entries: super::FastMap::default(),
             order: VecDeque::new(),
             next_generation: 0,
         }
@@ -162,9 +162,14 @@ impl<W> Dedup<W> {
         );
     }
 
-    /// The slot's entry, if the slot is not stale.
-    fn live(&self, slot: Slot) -> Option<&Entry<W>> {
-        self.entries.get(&slot.1).filter(|e| e.generation == slot.2)
+    /// Drops the slot's entry, unless the slot is stale (one hash lookup: this runs for
+    /// every send once a window is full).
+    fn drop_slot(&mut self, slot: Slot) {
+        if let hash_map::Entry::Occupied(e) = self.entries.entry(slot.1) {
+            if e.get().generation == slot.2 {
+                e.remove();
+            }
+        }
     }
 
     /// Drops the oldest finished entries until fewer than `capacity` remain (in-flight ones
@@ -174,9 +179,7 @@ impl<W> Dedup<W> {
             let Some(slot) = self.order.pop_front() else {
                 break; // only sends in flight left
             };
-            if self.live(slot).is_some() {
-                self.entries.remove(&slot.1);
-            }
+            self.drop_slot(slot);
         }
     }
 
@@ -187,9 +190,7 @@ impl<W> Dedup<W> {
                 break;
             }
             self.order.pop_front();
-            if self.live(slot).is_some() {
-                self.entries.remove(&slot.1);
-            }
+            self.drop_slot(slot);
         }
         if self.order.is_empty() && self.order.capacity() > 16 {
             self.order = VecDeque::new();
@@ -200,13 +201,13 @@ impl<W> Dedup<W> {
 /// Every sender's window on one shard.
 #[derive(Debug)]
 pub struct Windows<W> {
-    by_sender: HashMap<Arc<str>, Dedup<W>>,
+    by_sender: super::FastMap<Arc<str>, Dedup<W>>,
 }
 
 impl<W> Default for Windows<W> {
     fn default() -> Self {
         Windows {
-            by_sender: HashMap::new(),
+            by_sender: super::FastMap::default(),
         }
     }
 }

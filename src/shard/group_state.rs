@@ -21,7 +21,7 @@
 //! can be replayed without the ones before it: retention may delete old segments without
 //! breaking the derivation of member seqs in later ones.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use super::envelope::GroupEntry;
@@ -31,8 +31,8 @@ use crate::protocol::EntryKind;
 /// Every group this shard owns or serves members of.
 #[derive(Debug, Default)]
 pub struct GroupsState {
-    pub owned: HashMap<Arc<str>, OwnedGroup>,
-    pub replicas: HashMap<Arc<str>, Replica>,
+    pub owned: super::FastMap<Arc<str>, OwnedGroup>,
+    pub replicas: super::FastMap<Arc<str>, Replica>,
 }
 
 impl GroupsState {

@@ -623,7 +623,7 @@ impl Shard {
             kind,
             from: from.clone(),
             client_msg_id,
-            sent_at_ms: Self::wall_ms(),
+            sent_at_ms: self.wall_ms(),
             body,
             members,
         });
@@ -760,7 +760,7 @@ impl Shard {
 
     /// A destination shard durably applied these entries.
     pub(super) fn on_applied(&self, from_shard: usize, list: Vec<(Arc<str>, u64)>) {
-        let now = Self::wall_ms();
+        let now = self.wall_ms();
         let mut records = Vec::new();
         {
             let mut groups = self.groups.borrow_mut();

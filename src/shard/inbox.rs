@@ -119,6 +119,7 @@ impl Shard {
             Ok(()) => {
                 let stamps = match stamps.is_stamped() {
                     true => {
+                        // Read afresh: the stage is the admission's and the append's cost.
                         let appended = now_ns();
                         self.metrics
                             .stages
@@ -150,7 +151,7 @@ impl Shard {
         let verdict = self.windows.borrow_mut().sender(from).check(
             client_msg_id,
             target,
-            Self::wall_ms(),
+            self.wall_ms(),
             limits.dedup_window.as_millis() as u64,
             limits.dedup_entries,
         );
@@ -227,7 +228,7 @@ impl Shard {
     ) {
         let released = match stamps.is_stamped() {
             true => {
-                let now = now_ns();
+                let now = self.now_ns();
                 self.metrics
                     .stages
                     .between(Stage::AckRelease, stamps.prev_ns, now);
@@ -301,7 +302,7 @@ impl Shard {
             seq,
             from: from.to_owned(),
             client_msg_id,
-            sent_at_ms: Self::wall_ms(),
+            sent_at_ms: self.wall_ms(),
             body: body.to_vec(),
             prev: user.last_position().unwrap_or(NO_POSITION),
         });
@@ -323,7 +324,7 @@ impl Shard {
             seq,
             to: to.to_owned(),
             client_msg_id,
-            sent_at_ms: Self::wall_ms(),
+            sent_at_ms: self.wall_ms(),
             body: body.to_vec(),
         });
         match self.append_explicit(&record, user) {
@@ -440,7 +441,7 @@ impl Shard {
             true => Some(self.log.borrow_mut().begin_sync()),
             false => None,
         };
-        let sync_start = now_ns();
+        let sync_start = self.now_ns();
         Some(CommitBatch {
             pending,
             touched,
@@ -451,8 +452,12 @@ impl Shard {
     }
 
     /// Makes a batch whose sync ended durable, then answers, fans out and delivers it.
-    /// Batches are finished in the order they began.
+    /// Batches are finished in the order they began. One reading of the clock serves it all.
     pub fn finish_commit(&self, batch: CommitBatch, result: std::io::Result<()>) {
+        self.clock.batch(|| self.complete_commit(batch, result));
+    }
+
+    fn complete_commit(&self, batch: CommitBatch, result: std::io::Result<()>) {
         let CommitBatch {
             pending,
             touched,
@@ -578,7 +583,7 @@ impl Shard {
         // batch to each device online (live ones; a device catching up gets it later).
         self.metrics
             .stages
-            .between_n(Stage::DeliverWrite, sync_end, now_ns(), online);
+            .between_n(Stage::DeliverWrite, sync_end, now_ns(), online); // afresh: after the flush
     }
 
     /// Takes a spare segment prepared meanwhile, and starts preparing the next one once the
@@ -654,7 +659,9 @@ impl Shard {
     /// group entries some shard has not applied yet are kept.
     pub fn apply_retention(&self) {
         let storage = &self.cfg.storage;
-        let cutoff = Self::wall_ms().saturating_sub(storage.retention.as_millis() as u64);
+        let cutoff = self
+            .wall_ms()
+            .saturating_sub(storage.retention.as_millis() as u64);
         let max_bytes = match storage.max_bytes_per_shard {
             0 => u64::MAX,
             n => n,
@@ -695,7 +702,7 @@ impl Shard {
     /// user, and the state of every group, last stated only down there. Returns the position
     /// of the last record written, if any was.
     fn restate_before(&self, survivor: u64) -> Option<u64> {
-        let now = Self::wall_ms();
+        let now = self.wall_ms();
         let mut heads = Vec::new();
         let mut cursors = Vec::new();
         for (name, user) in self.users.borrow().iter() {
@@ -744,7 +751,7 @@ impl Shard {
             user: user.to_owned(),
             device: device.to_owned(),
             acked,
-            at_ms: Self::wall_ms(),
+            at_ms: self.wall_ms(),
         });
         let mut log = self.log.borrow_mut();
         match log.append(&record) {

@@ -15,7 +15,7 @@ use super::inbox::AckTarget;
 use super::ratelimit::RateVerdict;
 use super::routing::owner;
 use super::state::Shard;
-use crate::metrics::stages::{now_ns, Stage, Stamps};
+use crate::metrics::stages::{Stage, Stamps};
 use crate::protocol::{self, ClientMsg, Code, ServerMsg};
 
 impl Shard {
@@ -89,7 +89,7 @@ impl Shard {
     }
 
     fn on_send(&self, conn: &Rc<Conn>, client_msg_id: u64, to: &str, body: &[u8]) {
-        let stamps = Stamps::read_now();
+        let stamps = Stamps::read_at(self.now_ns());
         if !self.admit_send(conn, client_msg_id) {
             return;
         }
@@ -137,7 +137,7 @@ impl Shard {
     /// sync) into the sender's stream if the message was stored for the first time.
     fn on_send_ack(&self, a: SendAck) {
         self.in_flight.set(self.in_flight.get().saturating_sub(1));
-        let received = now_ns();
+        let received = self.now_ns();
         self.metrics
             .stages
             .between(Stage::AckMesh, a.pushed_ns, received);
@@ -167,7 +167,7 @@ impl Shard {
                     peer: from_shard,
                     origin_conn: m.origin_conn,
                 };
-                let received = now_ns();
+                let received = self.now_ns();
                 self.metrics
                     .stages
                     .between(Stage::Mesh, m.read_ns, received);

@@ -31,9 +31,18 @@
 //! | [`dedup`] | the idempotent-send windows, kept where messages are stored |
 //! | [`ratelimit`] | the per-user token bucket (in the user's record, shared by their devices) |
 //! | [`wake`] | single-threaded wake-ups between a shard's tasks |
+//! | [`clock`] | the shard's clock, read once per batch of work |
+
+/// The map of the shard's per-message state (users, dedup windows, connections, groups):
+/// ahash with per-process random keys instead of std's SipHash-1-3, which took ~7 % of the
+/// broker's CPU at the p2p peak (BENCHMARKS.md, "CPU per message"). Keys come from clients
+/// (recipient names, client_msg_ids), so the hasher stays seeded: no fixed-key hash a client
+/// could flood.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 
 pub mod acceptor;
 pub mod bootstrap;
+pub mod clock;
 pub mod conn;
 pub mod connections;
 pub mod control;

@@ -318,9 +318,14 @@ pub fn read_pending_input(shard: &Rc<Shard>) {
     shard.flush_dirty();
 }
 
-/// Drains the socket into the shard's scratch buffer and feeds complete frames to the shard.
-/// `first` is the byte the session task's wake-up read already took, if any.
+/// Drains the socket into the shard's scratch buffer and feeds complete frames to the shard,
+/// all on one reading of the clock. `first` is the byte the session task's wake-up read
+/// already took, if any.
 fn read_ready(shard: &Rc<Shard>, conn: &Rc<Conn>, first: Option<u8>) {
+    shard.clock.batch(|| read_socket(shard, conn, first));
+}
+
+fn read_socket(shard: &Rc<Shard>, conn: &Rc<Conn>, first: Option<u8>) {
     let mut scratch = shard.scratch.borrow_mut();
     let mut held = 0;
     if let Some(b) = first {

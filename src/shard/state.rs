@@ -21,10 +21,10 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use super::clock::Clock;
 use super::conn::Conn;
 use super::connections::IdleWheel;
 use super::dedup::Windows;
@@ -54,9 +54,10 @@ pub struct Shard {
     /// Admission limits, login keys and TLS certificate (see [`super::gate`]).
     pub gate: super::gate::Gate,
     pub mesh: Rc<Mesh>,
-    epoch: Instant,
+    /// Read once per batch of work (see [`super::clock`]).
+    pub(super) clock: Clock,
     pub(super) next_conn: Cell<ConnId>,
-    pub(super) conns: RefCell<HashMap<ConnId, Rc<Conn>>>,
+    pub(super) conns: RefCell<super::FastMap<ConnId, Rc<Conn>>>,
     pub(super) users: RefCell<Users>,
     /// Connections with output queued in this batch of work (flushed at its end).
     pub(super) dirty: RefCell<Vec<Rc<Conn>>>,
@@ -82,7 +83,7 @@ pub struct Shard {
     pub(super) windows: RefCell<Windows<AckTarget>>,
     /// Own-send sync: (sender, client_msg_id) → (recipient, body) of 1:1 messages on their way
     /// to another shard, recorded in the sender's stream once accepted there.
-    pub(super) outbound: RefCell<HashMap<(Arc<str>, u64), OutboundCopy>>,
+    pub(super) outbound: RefCell<super::FastMap<(Arc<str>, u64), OutboundCopy>>,
     /// Groups this shard owns or serves members of.
     pub(super) groups: RefCell<GroupsState>,
     /// The owner's group operations waiting for reservations.
@@ -122,7 +123,7 @@ impl Shard {
             cfg,
             gate,
             mesh,
-            epoch: Instant::now(),
+            clock: Clock::default(),
             next_conn: Cell::new(1),
             conns: RefCell::default(),
             users: RefCell::new(Users::recovered(recovered.users)),
@@ -153,15 +154,19 @@ impl Shard {
         }
     }
 
-    /// Monotonic milliseconds since the shard started.
+    /// Monotonic milliseconds since the shard started (one reading per batch: [`Clock`]).
     pub fn mono_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.clock.mono_ms()
     }
 
-    /// Wall-clock milliseconds since the Unix epoch (what records and Deliver carry).
-    pub fn wall_ms() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
+    /// Wall-clock milliseconds since the Unix epoch (what records and Deliver carry; one
+    /// reading per batch: [`Clock`]).
+    pub fn wall_ms(&self) -> u64 {
+        self.clock.wall_ms()
+    }
+
+    /// The stage stamps' clock (one reading per batch: [`Clock`]).
+    pub fn now_ns(&self) -> u64 {
+        self.clock.now_ns()
     }
 }

@@ -132,7 +132,7 @@ impl User {
 /// growth would free a table of them that the allocator keeps (RSS after a login storm); a
 /// slot is now the 16-byte name and an 8-byte pointer.
 #[derive(Default)]
-pub struct Users(HashMap<Arc<str>, Box<User>>);
+pub struct Users(super::FastMap<Arc<str>, Box<User>>);
 
 impl Users {
     pub fn recovered(users: HashMap<Arc<str>, RecoveredUser>) -> Users {
