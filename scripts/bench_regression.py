@@ -14,7 +14,9 @@ are not counted as deliveries), then p2p at LAT_RATE for latency p50 / p99.
     RINGPOST_BASE=/tmp/base/target/release/ringpost scripts/bench_regression.py
 
 Environment: RINGPOST_BASE (required), ROUNDS (3), RATE (400000), LAT_RATE (10000). The base
-broker gets only keys every version knows (no [admin], no ws_listen).
+broker gets only keys every version knows (no [admin], no ws_listen). RINGPOST_VARIANTS
+("label=path,label=path") replaces CUR by those binaries (current enough to take the keys CUR
+takes), each run with own-send sync on (`label`) and off (`label-off`): for A/B of changes.
 """
 
 import json
@@ -77,14 +79,20 @@ def run(binary, server_extra, other_sections):
 
 
 def main():
-    variants = [
-        ("base", BASE, "", ""),
-        ("cur", CUR, 'ws_listen = ""\n', '[admin]\nlisten = ""\n'),
-        ("cur-off", CUR, 'ws_listen = ""\nown_send_sync = false\n', '[admin]\nlisten = ""\n'),
-    ]
+    current = [("cur", CUR)]
+    if os.environ.get("RINGPOST_VARIANTS"):
+        current = [tuple(v.split("=", 1)) for v in os.environ["RINGPOST_VARIANTS"].split(",")]
+    variants = [("base", BASE, "", "")]
+    for label, binary in current:
+        variants += [
+            (label, binary, 'ws_listen = ""\n', '[admin]\nlisten = ""\n'),
+            (f"{label}-off", binary, 'ws_listen = ""\nown_send_sync = false\n',
+             '[admin]\nlisten = ""\n'),
+        ]
     runs = {v[0]: [] for v in variants}
+    n = len(variants)
     for rnd in range(ROUNDS):
-        for label, binary, server, other in variants[rnd % 3:] + variants[:rnd % 3]:
+        for label, binary, server, other in variants[rnd % n:] + variants[:rnd % n]:
             r = run(binary, server, other)
             runs[label].append(r)
             print(f"round {rnd + 1} {label}: {json.dumps(r)} load {os.getloadavg()[0]:.1f}",
