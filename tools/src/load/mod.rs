@@ -23,7 +23,6 @@ mod connect;
 mod fanout;
 mod logbytes;
 mod mqtt;
-mod mqtt_p2p;
 mod offline;
 mod p2p;
 mod soak;
