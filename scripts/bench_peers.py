@@ -275,8 +275,8 @@ def main():
                   file=sys.stderr)
 
     lines = [BEGIN, "", "## ringpost against Mosquitto and nats-server (make bench-peers)", "",
-             f"Machine: {e2e.machine()} (dev-2c: 2 vCPU, shared with other engineers' builds — "
-             f"noisy). Commit {e2e.commit()}, {time.strftime('%Y-%m-%d')}. Release build. Broker "
+             f"Machine: {e2e.machine()}, load average {os.getloadavg()[0]:.1f} at the end. "
+             f"Commit {e2e.commit()}, {time.strftime('%Y-%m-%d')}. Release build. Broker "
              "and load generator (1 thread) share the 2 cores; each run starts a fresh broker.",
              "",
              f"Versions: ringpost {e2e.commit()} (2 shards, fsync = \"always\", own-send sync "
