@@ -501,7 +501,8 @@ impl Log {
     }
 
     /// Appends `rec`; returns its position. Not durable until [`Log::sync`].
-    pub fn append(&mut self, rec: &Record) -> Result<u64, LogError> {
+    pub fn append<'a>(&mut self, rec: impl Into<record::Append<'a>>) -> Result<u64, LogError> {
+        let rec = rec.into();
         // Archived into the reused scratch buffer, framed straight into the segment's map.
         let scratch = std::mem::take(&mut self.scratch);
         let payload = match rec.archive_in(scratch) {

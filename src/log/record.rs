@@ -18,7 +18,11 @@
 //! from the map. Preallocated segments are zero-filled, and a zero header (length 0, kind 0)
 //! marks the end of what was written; a valid record never has kind 0.
 
-use rkyv::{Archive, Deserialize, Serialize};
+use rkyv::rancor::{Fallible, Source};
+use rkyv::ser::{Allocator, Writer};
+use rkyv::string::{ArchivedString, StringResolver};
+use rkyv::vec::{ArchivedVec, VecResolver};
+use rkyv::{Archive, Deserialize, Place, Serialize};
 
 /// Bytes of the record header.
 pub const HEADER_LEN: usize = 16;
@@ -150,8 +154,161 @@ pub enum Legacy {
 #[derive(Archive, Serialize)]
 #[rkyv(as = ArchivedLegacy)]
 enum LegacyRef<'a> {
-    Message(#[rkyv(with = rkyv::with::Inline)] &'a MessageRecord),
+    Message(#[rkyv(with = rkyv::with::Inline)] &'a MessageRef<'a>),
     Cursor(#[rkyv(with = rkyv::with::Inline)] &'a CursorRecord),
+}
+
+/// A [`MessageRecord`] borrowing its strings and body (the send path appends one per message
+/// without copying them into an owned record first); archives to the same bytes: the same
+/// archived type, out-of-line data serialised in the same field order.
+pub struct MessageRef<'a> {
+    pub to: &'a str,
+    pub seq: u64,
+    pub from: &'a str,
+    pub client_msg_id: u64,
+    pub sent_at_ms: u64,
+    pub body: &'a [u8],
+    pub prev: u64,
+}
+
+impl<'a> From<&'a MessageRecord> for MessageRef<'a> {
+    fn from(m: &'a MessageRecord) -> Self {
+        MessageRef {
+            to: &m.to,
+            seq: m.seq,
+            from: &m.from,
+            client_msg_id: m.client_msg_id,
+            sent_at_ms: m.sent_at_ms,
+            body: &m.body,
+            prev: m.prev,
+        }
+    }
+}
+
+/// Where a borrowed record's strings and body went in the archive.
+pub struct BorrowedResolver {
+    first: StringResolver,
+    second: StringResolver,
+    body: VecResolver,
+}
+
+impl Archive for MessageRef<'_> {
+    type Archived = ArchivedMessageRecord;
+    type Resolver = BorrowedResolver;
+
+    fn resolve(&self, r: BorrowedResolver, out: Place<ArchivedMessageRecord>) {
+        rkyv::munge::munge!(let ArchivedMessageRecord { to, seq, from, client_msg_id, sent_at_ms, body, prev } = out);
+        ArchivedString::resolve_from_str(self.to, r.first, to);
+        self.seq.resolve((), seq);
+        ArchivedString::resolve_from_str(self.from, r.second, from);
+        self.client_msg_id.resolve((), client_msg_id);
+        self.sent_at_ms.resolve((), sent_at_ms);
+        ArchivedVec::<u8>::resolve_from_len(self.body.len(), r.body, body);
+        self.prev.resolve((), prev);
+    }
+}
+
+impl<S: Fallible + Allocator + Writer + ?Sized> Serialize<S> for MessageRef<'_>
+where
+    S::Error: Source,
+{
+    fn serialize(&self, s: &mut S) -> Result<BorrowedResolver, S::Error> {
+        Ok(BorrowedResolver {
+            first: ArchivedString::serialize_from_str(self.to, s)?,
+            second: ArchivedString::serialize_from_str(self.from, s)?,
+            body: ArchivedVec::<u8>::serialize_from_slice(self.body, s)?,
+        })
+    }
+}
+
+/// An [`OutgoingRecord`] borrowing its strings and body; archives to the same bytes.
+pub struct OutgoingRef<'a> {
+    pub user: &'a str,
+    pub seq: u64,
+    pub to: &'a str,
+    pub client_msg_id: u64,
+    pub sent_at_ms: u64,
+    pub body: &'a [u8],
+}
+
+impl Archive for OutgoingRef<'_> {
+    type Archived = ArchivedOutgoingRecord;
+    type Resolver = BorrowedResolver;
+
+    fn resolve(&self, r: BorrowedResolver, out: Place<ArchivedOutgoingRecord>) {
+        rkyv::munge::munge!(let ArchivedOutgoingRecord { user, seq, to, client_msg_id, sent_at_ms, body } = out);
+        ArchivedString::resolve_from_str(self.user, r.first, user);
+        self.seq.resolve((), seq);
+        ArchivedString::resolve_from_str(self.to, r.second, to);
+        self.client_msg_id.resolve((), client_msg_id);
+        self.sent_at_ms.resolve((), sent_at_ms);
+        ArchivedVec::<u8>::resolve_from_len(self.body.len(), r.body, body);
+    }
+}
+
+impl<S: Fallible + Allocator + Writer + ?Sized> Serialize<S> for OutgoingRef<'_>
+where
+    S::Error: Source,
+{
+    fn serialize(&self, s: &mut S) -> Result<BorrowedResolver, S::Error> {
+        Ok(BorrowedResolver {
+            first: ArchivedString::serialize_from_str(self.user, s)?,
+            second: ArchivedString::serialize_from_str(self.to, s)?,
+            body: ArchivedVec::<u8>::serialize_from_slice(self.body, s)?,
+        })
+    }
+}
+
+/// What [`crate::log::Log::append`] takes: any record, or one of the send path's two kinds
+/// borrowed.
+pub enum Append<'a> {
+    Record(&'a Record),
+    Message(MessageRef<'a>),
+    Outgoing(OutgoingRef<'a>),
+}
+
+impl<'a> From<&'a Record> for Append<'a> {
+    fn from(r: &'a Record) -> Self {
+        Append::Record(r)
+    }
+}
+
+impl Append<'_> {
+    pub fn kind(&self) -> u8 {
+        match self {
+            Append::Record(r) => r.kind(),
+            Append::Message(_) => KIND_MESSAGE,
+            Append::Outgoing(_) => KIND_OUTGOING,
+        }
+    }
+
+    pub fn time_ms(&self) -> u64 {
+        match self {
+            Append::Record(r) => r.time_ms(),
+            Append::Message(m) => m.sent_at_ms,
+            Append::Outgoing(o) => o.sent_at_ms,
+        }
+    }
+
+    /// The archive of the record into `buf` (cleared first), so an appender reuses one buffer.
+    pub fn archive_in(
+        &self,
+        mut buf: rkyv::util::AlignedVec,
+    ) -> Result<rkyv::util::AlignedVec, rkyv::rancor::Error> {
+        use rkyv::api::high::to_bytes_in;
+        use rkyv::rancor::Error;
+        match self {
+            Append::Record(r) => r.archive_in(buf),
+            Append::Message(m) => {
+                buf.clear();
+                to_bytes_in::<_, Error>(&LegacyRef::Message(m), buf)
+            }
+            Append::Outgoing(o) => {
+                buf.clear();
+                to_bytes_in::<_, Error>(o, buf)
+            }
+        }
+    }
 }
 
 /// Any record, in memory.
@@ -207,7 +364,7 @@ impl Record {
         buf.clear();
         match self {
             // Kinds 1 and 2 are stored as the `Legacy` enum.
-            Record::Message(m) => to_bytes_in::<_, Error>(&LegacyRef::Message(m), buf),
+            Record::Message(m) => to_bytes_in::<_, Error>(&LegacyRef::Message(&m.into()), buf),
             Record::Cursor(c) => to_bytes_in::<_, Error>(&LegacyRef::Cursor(c), buf),
             Record::Outgoing(o) => to_bytes_in::<_, Error>(o, buf),
             Record::Group(g) => to_bytes_in::<_, Error>(g, buf),
@@ -486,6 +643,45 @@ mod tests {
         assert_eq!(&Record::Message(m).archive().unwrap()[..], &owned[..]);
         let owned = rkyv::to_bytes::<rkyv::rancor::Error>(&Legacy::Cursor(cursor.clone())).unwrap();
         assert_eq!(&Record::Cursor(cursor).archive().unwrap()[..], &owned[..]);
+    }
+
+    /// The send path archives messages and outgoing entries from borrowed fields; the bytes
+    /// must be those of the owned records (what recovery and replay read).
+    #[test]
+    fn borrowed_message_and_outgoing_archive_as_the_owned_records() {
+        let Record::Message(m) = sample() else {
+            unreachable!()
+        };
+        let borrowed = Append::Message(MessageRef::from(&m));
+        let buf = borrowed.archive_in(rkyv::util::AlignedVec::new()).unwrap();
+        assert_eq!(&buf[..], &Record::Message(m.clone()).archive().unwrap()[..]);
+        assert_eq!(borrowed.kind(), KIND_MESSAGE);
+        assert_eq!(decode(KIND_MESSAGE, &buf).unwrap(), Record::Message(m));
+
+        let o = OutgoingRecord {
+            user: "alice".into(),
+            seq: 3,
+            to: "a-recipient-name-longer-than-an-inline-string".into(),
+            client_msg_id: 77,
+            sent_at_ms: 1_700_000_000_002,
+            body: vec![1, 2, 3, 4, 5, 6, 7, 8, 9],
+        };
+        let borrowed = Append::Outgoing(OutgoingRef {
+            user: &o.user,
+            seq: o.seq,
+            to: &o.to,
+            client_msg_id: o.client_msg_id,
+            sent_at_ms: o.sent_at_ms,
+            body: &o.body,
+        });
+        let buf = borrowed.archive_in(rkyv::util::AlignedVec::new()).unwrap();
+        let owned = Record::Outgoing(o.clone());
+        assert_eq!(&buf[..], &owned.archive().unwrap()[..]);
+        assert_eq!(
+            (borrowed.kind(), borrowed.time_ms()),
+            (owned.kind(), owned.time_ms())
+        );
+        assert_eq!(decode(KIND_OUTGOING, &buf).unwrap(), owned);
     }
 
     /// A reused buffer holds only the latest record's archive.

@@ -322,4 +322,67 @@ mod tests {
         drop(log);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// The send path's half: a message and its own-send copy go from the frame's bytes into the
+    /// log (archived from borrowed fields into the log's reused buffer, framed in place in the
+    /// segment) with no allocation per message once the buffer has grown.
+    #[test]
+    fn appending_sent_messages_allocates_nothing_per_message() {
+        use crate::log::record::{Append, MessageRef, OutgoingRef};
+        let dir =
+            std::env::temp_dir().join(format!("ringpost-append-alloc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (mut log, _) = Log::open(&dir, 4 << 20, |_, _| {}).unwrap();
+        let body = [7u8; 64];
+        let message = |seq: u64| {
+            Append::Message(MessageRef {
+                to: "bob",
+                seq,
+                from: "alice",
+                client_msg_id: seq * 10,
+                sent_at_ms: 1_700_000_000_000 + seq,
+                body: &body,
+                prev: NO_POSITION,
+            })
+        };
+        let outgoing = |seq: u64| {
+            Append::Outgoing(OutgoingRef {
+                user: "alice",
+                seq,
+                to: "bob",
+                client_msg_id: seq * 10,
+                sent_at_ms: 1_700_000_000_000 + seq,
+                body: &body,
+            })
+        };
+        log.append(message(1)).unwrap(); // the reused buffer grows once
+        log.append(outgoing(1)).unwrap();
+        let mut positions = Vec::with_capacity(1000);
+        let before = allocations();
+        for seq in 2..=1001u64 {
+            positions.push(log.append(message(seq)).unwrap());
+            log.append(outgoing(seq)).unwrap();
+        }
+        assert_eq!(
+            allocations() - before,
+            0,
+            "allocations while appending 1,000 messages and their own-send copies"
+        );
+        for (seq, &pos) in (2u64..).zip(&positions) {
+            assert_eq!(
+                log.read(pos).unwrap(),
+                Record::Message(MessageRecord {
+                    to: "bob".into(),
+                    seq,
+                    from: "alice".into(),
+                    client_msg_id: seq * 10,
+                    sent_at_ms: 1_700_000_000_000 + seq,
+                    body: body.to_vec(),
+                    prev: NO_POSITION,
+                })
+            );
+        }
+        drop(log);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

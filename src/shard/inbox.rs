@@ -30,7 +30,7 @@ use super::state::Shard;
 use super::users::User;
 use crate::config::FsyncPolicy;
 use crate::log::record::{
-    AnchorRecord, CursorRecord, MessageRecord, OutgoingRecord, Record, NO_POSITION,
+    AnchorRecord, Append, CursorRecord, MessageRef, OutgoingRef, Record, NO_POSITION,
 };
 use crate::metrics::stages::{now_ns, Stage, Stamps};
 use crate::protocol::{Code, ServerMsg};
@@ -297,16 +297,17 @@ impl Shard {
             return Err(Code::INBOX_FULL);
         }
         let seq = user.head_seq + 1;
-        let record = Record::Message(MessageRecord {
-            to: to.to_owned(),
+        // Borrowed: archived straight from the frame's bytes into the log.
+        let record = Append::Message(MessageRef {
+            to,
             seq,
-            from: from.to_owned(),
+            from,
             client_msg_id,
             sent_at_ms: self.wall_ms(),
-            body: body.to_vec(),
+            body,
             prev: user.last_position().unwrap_or(NO_POSITION),
         });
-        let pos = self.append_explicit(&record, user)?;
+        let pos = self.append_explicit(record, user)?;
         user.push_entry(seq, pos);
         self.metrics.accepted.inc();
         self.touched.borrow_mut().push((name, seq));
@@ -319,15 +320,15 @@ impl Shard {
         let mut users = self.users.borrow_mut();
         let (name, user) = users.entry(sender);
         let seq = user.head_seq + 1;
-        let record = Record::Outgoing(OutgoingRecord {
-            user: sender.to_owned(),
+        let record = Append::Outgoing(OutgoingRef {
+            user: sender,
             seq,
-            to: to.to_owned(),
+            to,
             client_msg_id,
             sent_at_ms: self.wall_ms(),
-            body: body.to_vec(),
+            body,
         });
-        match self.append_explicit(&record, user) {
+        match self.append_explicit(record, user) {
             Ok(pos) => {
                 user.push_entry(seq, pos);
                 self.touched.borrow_mut().push((name, seq));
@@ -341,7 +342,7 @@ impl Shard {
 
     /// Appends a record that states `user`'s seq explicitly (message, outgoing) and notes the
     /// segment it anchors the user in.
-    fn append_explicit(&self, record: &Record, user: &mut User) -> Result<u64, Code> {
+    fn append_explicit(&self, record: Append<'_>, user: &mut User) -> Result<u64, Code> {
         let (pos, base, rolled) = {
             let mut log = self.log.borrow_mut();
             let segments = log.segment_count();
