@@ -34,7 +34,7 @@
 //! | [`clock`] | the shard's clock, read once per batch of work |
 
 /// The map of the shard's per-message state (users, dedup windows, connections, groups):
-/// ahash with per-process random keys instead of std's SipHash-1-3, which took ~7 % of the
+/// ahash with per-process random keys instead of std's SipHash-1-3, which took ~6 % of the
 /// broker's CPU at the p2p peak (BENCHMARKS.md, "CPU per message"). Keys come from clients
 /// (recipient names, client_msg_ids), so the hasher stays seeded: no fixed-key hash a client
 /// could flood.
