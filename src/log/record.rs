@@ -354,7 +354,7 @@ impl Record {
         self.archive_in(rkyv::util::AlignedVec::new())
     }
 
-    /// [`Record::archive`] into `buf` (cleared first), so an appender can reuse one buffer.
+    /// `Record::archive` into `buf` (cleared first), so an appender can reuse one buffer.
     pub fn archive_in(
         &self,
         mut buf: rkyv::util::AlignedVec,

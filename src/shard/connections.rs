@@ -2,11 +2,11 @@
 //! parked ones, and the idle-timeout wheel.
 //!
 //! Registering ([`Shard::adopt`]) builds the connection record, sends LoginOk and starts its
-//! replay ([`Shard::register_device`] in `delivery`); the caller (`session::start_handoff`)
+//! replay (`Shard::register_device` in `delivery`); the caller (`session::start_handoff`)
 //! then runs the connection's task.
 //!
 //! After a burst of logins or closes, once a whole sweep interval passes without one, the shard
-//! hands the memory the burst freed back to the OS ([`release_after_churn`]): the allocator
+//! hands the memory the burst freed back to the OS (`release_after_churn`): the allocator
 //! otherwise keeps the pages that the burst's login tasks, buffers and hand-offs touched, and
 //! an idle broker makes no allocator calls that would ever purge them (measured: BENCHMARKS.md,
 //! "Idle connections after a login storm").

@@ -621,7 +621,7 @@ impl Shard {
     }
 
     /// Syncs everything appended so far without blocking the shard: an fdatasync of each
-    /// segment with new records submitted to the shard's own io_uring ([`sync_on_ring`]).
+    /// segment with new records submitted to the shard's own io_uring (`sync_on_ring`).
     /// One runs at a time: the
     /// committer (fsync = "always") and the periodic syncer (fsync = "interval") never
     /// coexist.
@@ -800,7 +800,7 @@ pub async fn sync_batch(mut batch: CommitBatch) -> (CommitBatch, std::io::Result
 }
 
 /// Runs a sync plan without blocking the shard: an fdatasync of each segment with new
-/// records on the shard's own io_uring ([`sync_on_ring`]), rather than an msync on glommio's
+/// records on the shard's own io_uring (`sync_on_ring`), rather than an msync on glommio's
 /// blocking pool (one thread hop there and one back per sync; with pipelined commits, two
 /// msyncs queued on its one thread: BENCHMARKS.md, "The durable latency floor").
 async fn run_plan(plan: crate::log::SyncPlan) -> (crate::log::SyncPlan, std::io::Result<()>) {

@@ -1,10 +1,10 @@
 //! The accepting shard's side of a connection during login: a glommio stream, and on a TLS
 //! port the connection's TLS session ([`crate::wire::tls::ServerTls`]).
 //!
-//! The acceptor and the WebSocket port read and write through a [`Link`]: [`Link::handshake`]
-//! (TLS only) completes the TLS handshake, [`Link::read_more`] adds plaintext to a frame
-//! buffer, [`Link::write_all`] writes (sealed, on TLS). Reads use the acceptor's
-//! [`read_more`] pattern (a 1-byte wait, then non-blocking `recv`), so no readiness poll is
+//! The acceptor and the WebSocket port read and write through a `Link`: `Link::handshake`
+//! (TLS only) completes the TLS handshake, `Link::read_more` adds plaintext to a frame
+//! buffer, `Link::write_all` writes (sealed, on TLS). Reads use the acceptor's
+//! `read_more` pattern (a 1-byte wait, then non-blocking `recv`), so no readiness poll is
 //! left pending on the ring at hand-off, TLS or not. At hand-off the session moves, with the
 //! fd, to the owner shard ([`super::envelope::Handoff::tls`]).
 //!
@@ -32,7 +32,7 @@ pub(super) struct Link {
     out: Vec<u8>,
 }
 
-/// Room at the end of a `Vec` for [`read_more`].
+/// Room at the end of a `Vec` for `read_more`.
 struct VecBuf<'a> {
     buf: &'a mut Vec<u8>,
     len: usize,
