@@ -56,6 +56,16 @@ fn cross_shard_pairs_deliver_everything_in_order_with_percentiles() {
         assert!(lat[k].as_u64().is_some(), "{k} missing: {r}");
     }
     assert!(lat["p50"].as_u64() <= lat["p99"].as_u64());
+    // The generator's own lateness is part of every message's latency (each was delivered), so
+    // it can never exceed it.
+    let lag = &r["send_lag_us"];
+    for k in ["p50", "p99", "max"] {
+        let (lag, lat) = (lag[k].as_u64(), lat[k].as_u64());
+        assert!(
+            lag.is_some() && lag <= lat,
+            "send_lag_us.{k} {lag:?} > latency {lat:?}: {r}"
+        );
+    }
     // The progress line ran once a second on stderr.
     assert!(stderr.contains("msgs/s="), "{stderr}");
 }

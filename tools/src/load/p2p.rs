@@ -133,9 +133,9 @@ fn pair_names(args: &P2pArgs) -> Vec<(String, String)> {
 }
 
 fn report(args: &P2pArgs, outcomes: Vec<Outcome>, threads: usize, multi: usize) -> ExitCode {
-    let mut latency = match new_histogram() {
-        Ok(h) => h,
-        Err(e) => {
+    let (mut latency, mut send_lag) = match (new_histogram(), new_histogram()) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
             eprintln!("{e}");
             return ExitCode::from(2);
         }
@@ -158,6 +158,7 @@ fn report(args: &P2pArgs, outcomes: Vec<Outcome>, threads: usize, multi: usize) 
         conn_errors += o.conn_errors;
         devices += o.devices;
         let _ = latency.add(&o.latency);
+        let _ = send_lag.add(&o.send_lag);
         login_failures.extend(o.login_failures.iter().cloned());
     }
     if outcomes.len() < threads {
@@ -175,6 +176,7 @@ fn report(args: &P2pArgs, outcomes: Vec<Outcome>, threads: usize, multi: usize) 
         .max(last_measured.saturating_sub(args.warmup));
     let throughput = measured as f64 / window.as_secs_f64().max(f64::EPSILON);
     let lat = percentiles_json(&latency);
+    let lag = percentiles_json(&send_lag);
     if args.common.json {
         println!(
             "{}",
@@ -189,7 +191,7 @@ fn report(args: &P2pArgs, outcomes: Vec<Outcome>, threads: usize, multi: usize) 
                 "duplicate_acks": acks.duplicate_acks,
                 "errors": errors,
                 "throughput_per_s": (throughput * 10.0).round() / 10.0,
-                "latency_us": lat,
+                "latency_us": lat, "send_lag_us": lag,
                 "users": args.users, "devices": devices,
                 "devices_per_user": args.devices.devices_per_user, "multi_device_users": multi,
                 "rate": args.rate, "size": args.size,
@@ -223,6 +225,10 @@ fn report(args: &P2pArgs, outcomes: Vec<Outcome>, threads: usize, multi: usize) 
         println!(
             "latency µs        p50 {} p90 {} p99 {} p99.9 {} p99.99 {} max {}",
             lat["p50"], lat["p90"], lat["p99"], lat["p999"], lat["p9999"], lat["max"]
+        );
+        println!(
+            "send lag µs       p50 {} p99 {} p99.9 {} max {} (the generator's own lateness, inside latency)",
+            lag["p50"], lag["p99"], lag["p999"], lag["max"]
         );
     }
     if !login_failures.is_empty() {

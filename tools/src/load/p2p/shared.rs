@@ -82,6 +82,9 @@ pub(super) struct Outcome {
     pub(super) conn_errors: u64,
     pub(super) devices: u64,
     pub(super) latency: Histogram<u64>,
+    /// How late each measured send was handed to the kernel after its intended time (µs): the
+    /// generator's own share of `latency`.
+    pub(super) send_lag: Histogram<u64>,
     /// When the last measured message arrived, after the run's start.
     pub(super) last_measured: Duration,
     pub(super) login_failures: Vec<String>,
@@ -93,6 +96,7 @@ pub(super) struct Shared {
     warmup_ns: u64,
     pub(super) live: Arc<Live>,
     hist: RefCell<Histogram<u64>>,
+    send_lag: RefCell<Histogram<u64>>,
     pub(super) tally: RefCell<Tally>,
     pub(super) acks: RefCell<AckTally>,
     /// Sends written, over all users.
@@ -127,6 +131,7 @@ impl Shared {
             warmup_ns: sched.warmup_ns,
             live,
             hist: RefCell::new(new_histogram()?),
+            send_lag: RefCell::new(new_histogram()?),
             tally: RefCell::default(),
             acks: RefCell::default(),
             written: Cell::new(0),
@@ -159,6 +164,20 @@ impl Shared {
     fn wrote(&self, n: u64) {
         self.written.set(self.written.get() + n);
         Live::add(&self.live.sent, n);
+    }
+
+    /// Sends `ks` were handed to the kernel just now: how late each is after its intended
+    /// time (measured ones only, as for `latency`).
+    fn record_send_lag(&self, sched: &Schedule, phase: Duration, ks: std::ops::Range<u64>) {
+        let now = Instant::now();
+        let mut lag = self.send_lag.borrow_mut();
+        for k in ks {
+            let intended = sched.intended_at(self.t0, phase, k);
+            if (intended - self.t0).as_nanos() as u64 >= self.warmup_ns {
+                let _ =
+                    lag.record((now.saturating_duration_since(intended).as_micros() as u64).max(1));
+            }
+        }
     }
 
     pub(super) fn sender_done(&self) {
@@ -213,6 +232,7 @@ impl Shared {
                 self.conn_error();
                 break;
             }
+            self.record_send_lag(sched, phase, first..k);
         }
         self.sender_done();
     }
@@ -331,6 +351,7 @@ impl Shared {
             conn_errors: self.conn_errors.get(),
             devices: devices as u64,
             latency: self.hist.borrow().clone(),
+            send_lag: self.send_lag.borrow().clone(),
             last_measured: self.last_measured.get(),
             login_failures,
         }
