@@ -621,17 +621,16 @@ impl Shard {
     }
 
     /// Syncs everything appended so far without blocking the shard: an fdatasync of each
-    /// segment with new records submitted to the shard's own io_uring (`sync_on_ring`).
-    /// One runs at a time: the
-    /// committer (fsync = "always") and the periodic syncer (fsync = "interval") never
-    /// coexist.
+    /// segment with new records submitted to the shard's own io_uring (`sync_on_ring`). One
+    /// runs at a time: the committer (fsync = "always") and the periodic syncer (fsync =
+    /// "interval") never coexist.
     pub async fn sync_off_thread(&self) -> std::io::Result<()> {
         let plan = self.log.borrow_mut().begin_sync();
         if plan.is_empty() {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let (plan, result) = run_plan(plan).await;
+        let (plan, result) = sync_on_ring(plan).await;
         self.metrics
             .log_sync
             .observe(started.elapsed().as_nanos() as u64);
@@ -793,18 +792,10 @@ pub async fn sync_batch(mut batch: CommitBatch) -> (CommitBatch, std::io::Result
         batch.plan = Some(plan);
         return (batch, Ok(()));
     }
-    let (plan, result) = run_plan(plan).await;
+    let (plan, result) = sync_on_ring(plan).await;
     batch.sync_end = now_ns();
     batch.plan = Some(plan);
     (batch, result)
-}
-
-/// Runs a sync plan without blocking the shard: an fdatasync of each segment with new
-/// records on the shard's own io_uring (`sync_on_ring`), rather than an msync on glommio's
-/// blocking pool (one thread hop there and one back per sync; with pipelined commits, two
-/// msyncs queued on its one thread: BENCHMARKS.md, "The durable latency floor").
-async fn run_plan(plan: crate::log::SyncPlan) -> (crate::log::SyncPlan, std::io::Result<()>) {
-    sync_on_ring(plan).await
 }
 
 /// (segment base, the segment's fd, the ring's handle on a dup of it).
@@ -849,7 +840,10 @@ fn ring_file(
     })
 }
 
-/// Runs `plan` as fdatasyncs on the shard's ring ([`crate::log::SyncPlan::fds`]); the hold
+/// Runs `plan` without blocking the shard: an fdatasync of each segment with new records on
+/// the shard's own io_uring ([`crate::log::SyncPlan::fds`]), rather than an msync on glommio's
+/// blocking pool (one thread hop there and one back per sync; with pipelined commits, two
+/// msyncs queued on its one thread: BENCHMARKS.md, "The durable latency floor"). The hold
 /// fault (tests), which blocks, waits on the blocking pool first.
 async fn sync_on_ring(plan: crate::log::SyncPlan) -> (crate::log::SyncPlan, std::io::Result<()>) {
     let plan = match plan.may_hold() {
