@@ -279,6 +279,37 @@ impl Live {
     }
 }
 
+/// A receiving connection's writes until `stop` is set: every `interval`, an Ack up to
+/// `ack_due` when that moved past `acked_up_to`, else a Ping once `keepalive` passed since the
+/// last write (so the broker's idle timeout never fires). Ends at the first failed write (the
+/// reader sees the connection end).
+pub async fn ack_until_stop(
+    stop: &std::cell::Cell<bool>,
+    ack_due: &std::cell::Cell<u64>,
+    writer: &mut ringpost::client::Writer,
+    mut acked_up_to: u64,
+    interval: Duration,
+    keepalive: Duration,
+) {
+    let mut last_write = Instant::now();
+    while !stop.get() {
+        glommio::timer::sleep(interval).await;
+        let due = ack_due.get();
+        if due > acked_up_to {
+            if writer.ack(due).await.is_err() {
+                break;
+            }
+            acked_up_to = due;
+            last_write = Instant::now();
+        } else if last_write.elapsed() >= keepalive {
+            if writer.ping(0).await.is_err() {
+                break;
+            }
+            last_write = Instant::now();
+        }
+    }
+}
+
 /// Prints `t=… sent=… acked=… delivered=… msgs/s=… p99=…µs errors=…` on stderr once a second
 /// until `live.stop` is set.
 pub fn spawn_progress(live: Arc<Live>) -> std::thread::JoinHandle<()> {

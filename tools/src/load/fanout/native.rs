@@ -228,31 +228,25 @@ pub(super) async fn send_loop(
     ack_loop(shared, me, writer, keepalive, acked_up_to).await;
 }
 
-/// Acks what arrives (every 20 ms) and keeps the connection alive until the run is over.
+/// Acks what arrives (every `--ack-interval`) and keeps the connection alive until the run
+/// is over.
 pub(super) async fn ack_loop(
     shared: Rc<Shared>,
     me: Rc<Member>,
     mut writer: Writer,
     keepalive: Duration,
-    mut acked_up_to: u64,
+    acked_up_to: u64,
 ) {
-    let mut last_write = Instant::now();
-    while !shared.stop.get() {
-        glommio::timer::sleep(shared.ack_interval).await;
-        let due = me.ack_due.get();
-        if due > acked_up_to {
-            if writer.ack(due).await.is_err() {
-                break;
-            }
-            acked_up_to = due;
-            last_write = Instant::now();
-        } else if last_write.elapsed() >= keepalive {
-            if writer.ping(0).await.is_err() {
-                break;
-            }
-            last_write = Instant::now();
-        }
-    }
+    let every = shared.ack_interval;
+    super::super::ack_until_stop(
+        &shared.stop,
+        &me.ack_due,
+        &mut writer,
+        acked_up_to,
+        every,
+        keepalive,
+    )
+    .await;
 }
 
 pub(super) async fn receive_loop(

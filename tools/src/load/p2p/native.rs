@@ -14,7 +14,7 @@ use ringpost::client::{Client, Event, Reader, Writer};
 use ringpost::protocol::ClientMsg;
 
 use super::super::verify::{self, AckOutcome, Delivered, DeviceStream, Expect, Ledger};
-use super::super::{run_generators, Endpoint, Live, StartLine, Tokens};
+use super::super::{ack_until_stop, run_generators, Endpoint, Live, StartLine, Tokens};
 use super::shared::{Outcome, Schedule, Sending, Shared};
 use super::{pair_names, report, P2pArgs};
 
@@ -216,6 +216,8 @@ async fn generator(
 /// While waiting for the next send, pending deliveries are acked once this much time or 100
 /// deliveries have passed since the last ack (and every send carries an ack when one is due).
 const ACK_EVERY: Duration = Duration::from_millis(50);
+/// How often a device that only receives (and a sender once its sends are done) acks.
+const DRAIN_ACK_EVERY: Duration = Duration::from_millis(20);
 
 async fn send_loop(
     shared: Rc<Shared>,
@@ -241,7 +243,15 @@ async fn send_loop(
         .await;
     // Keep acking what arrives until the run is over, so inboxes drain.
     let acked_up_to = conn.acked_up_to;
-    ack_until_stop(&shared, &dev, &mut conn.writer, acked_up_to, keepalive).await;
+    ack_until_stop(
+        &shared.stop,
+        &dev.ack_due,
+        &mut conn.writer,
+        acked_up_to,
+        DRAIN_ACK_EVERY,
+        keepalive,
+    )
+    .await;
 }
 
 /// Device 0 of a user as the schedule drives it: its sends, and between them the acks of what
@@ -305,33 +315,15 @@ impl Sending for SendConn<'_> {
 
 /// A receiving-only device: acks what arrives and keeps the connection alive.
 async fn ack_loop(shared: Rc<Shared>, dev: Rc<Device>, mut writer: Writer, keepalive: Duration) {
-    ack_until_stop(&shared, &dev, &mut writer, 0, keepalive).await;
-}
-
-async fn ack_until_stop(
-    shared: &Shared,
-    dev: &Device,
-    writer: &mut Writer,
-    mut acked_up_to: u64,
-    keepalive: Duration,
-) {
-    let mut last_write = Instant::now();
-    while !shared.stop.get() {
-        glommio::timer::sleep(Duration::from_millis(20)).await;
-        let due = dev.ack_due.get();
-        if due > acked_up_to {
-            if writer.ack(due).await.is_err() {
-                break;
-            }
-            acked_up_to = due;
-            last_write = Instant::now();
-        } else if last_write.elapsed() >= keepalive {
-            if writer.ping(0).await.is_err() {
-                break;
-            }
-            last_write = Instant::now();
-        }
-    }
+    ack_until_stop(
+        &shared.stop,
+        &dev.ack_due,
+        &mut writer,
+        0,
+        DRAIN_ACK_EVERY,
+        keepalive,
+    )
+    .await;
 }
 
 /// What one connection's reader checks against.
