@@ -294,6 +294,11 @@ pub enum Event {
     SendAck {
         client_msg_id: u64,
         status: Code,
+        /// Own-send sync: the seq of this send's copy in the user's stream, which this
+        /// connection is not sent (its other devices get it); 0 when none is skipped. Entries
+        /// after it arrive after this answer. `last_seq` moves past the seq with the next entry
+        /// that follows it, so a reconnect before that may get the copy as an `echo`.
+        own_seq: u64,
     },
     Pong {
         nonce: u64,
@@ -543,19 +548,24 @@ impl Client {
     }
 
     /// Reconnects after a failure, with exponential backoff and jitter, resuming after the last
-    /// seq received. Gives up on a permanent refusal or after `max_attempts`.
+    /// seq received. Gives up on a permanent refusal or after `max_attempts`. The new
+    /// connection remembers the client_msg_ids this one sent, so a copy of one of its sends
+    /// replayed after the resume point is still flagged `echo`.
     pub async fn reconnect(
         &mut self,
         backoff: &mut Backoff,
         max_attempts: u32,
     ) -> Result<(), ClientError> {
         let last_seq = self.reader.last_seq;
+        let sent = self.reader.sent.clone();
         let mut last_err = ClientError::Closed;
         for _ in 0..max_attempts.max(1) {
             glommio::timer::sleep(backoff.next_delay()).await;
             match Client::connect(&self.opts, last_seq).await {
                 Ok(fresh) => {
                     *self = fresh;
+                    self.reader.sent = sent.clone();
+                    self.writer.sent = sent;
                     backoff.reset();
                     return Ok(());
                 }
@@ -945,9 +955,11 @@ fn to_event(msg: ServerMsg<'_>) -> Result<Event, ClientError> {
         ServerMsg::SendAck {
             client_msg_id,
             status,
+            own_seq,
         } => Event::SendAck {
             client_msg_id,
             status,
+            own_seq,
         },
         ServerMsg::Pong { nonce } => Event::Pong { nonce },
         ServerMsg::Error { code, message } => Event::Error {

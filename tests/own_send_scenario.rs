@@ -1,9 +1,13 @@
 //! Own-send sync: what a user sends enters their own stream, so every device shows the whole
-//! conversation in one ordered stream — the sending device sees the echo of its own send
-//! (flagged, so it is presented once), the others see it as sent from another device; a
-//! resend never echoes twice; replay after a restart has it; and it can be turned off.
+//! conversation in one ordered stream — the user's other devices see it as sent from another
+//! device; the sending connection is not sent its own copy (its SendAck names the copy's seq)
+//! and its acks cover that copy, so nothing is replayed to it from its cursor, while a resume
+//! from before the copy gets it, flagged as the echo of its send; a resend never adds a second
+//! copy; replay after a restart has it; and it can be turned off.
 
-use ringpost::client::{Client, Delivery, Event};
+use std::time::Duration;
+
+use ringpost::client::{Backoff, Client, Delivery, Event};
 use ringpost::protocol::Code;
 use ringpost_harness::*;
 
@@ -11,16 +15,18 @@ fn own_send_broker() -> BrokerBuilder {
     test_broker().server("own_send_sync = true")
 }
 
-/// The next SendAck, keeping the stream entries read meanwhile (they may come first).
-async fn ack_keeping(c: &mut Client, id: u64, kept: &mut Vec<Delivery>) -> Code {
+/// The next SendAck (status, own_seq), keeping the stream entries read meanwhile (they may
+/// come first).
+async fn ack_keeping(c: &mut Client, id: u64, kept: &mut Vec<Delivery>) -> (Code, u64) {
     loop {
         match expect_event(c).await {
             Event::SendAck {
                 client_msg_id,
                 status,
+                own_seq,
             } => {
                 assert_eq!(client_msg_id, id);
-                return status;
+                return (status, own_seq);
             }
             Event::Deliver(d) => kept.push(d),
             other => panic!("expected SendAck({id}), got {other:?}"),
@@ -53,50 +59,66 @@ fn sends_show_on_every_device_of_the_sender(cross_shard: bool) {
         let mut phone = broker.connect(&a, "phone").await;
         let mut laptop = broker.connect(&a, "laptop").await;
         let mut cb = broker.connect(&b, "d").await;
-        // b writes first, a answers from the phone: a's stream is [from b, to b].
+        // b writes first (its copy is b's seq 1), a answers from the phone: a's stream is
+        // [from b, to b].
         cb.send(1, &a, b"hello a").await.unwrap();
-        expect_ack(&mut cb, 1, Code::OK).await;
+        let mut kept_b = Vec::new();
+        assert_eq!(ack_keeping(&mut cb, 1, &mut kept_b).await, (Code::OK, 1));
         let mut kept = Vec::new();
         phone.send(5, &b, b"hello b").await.unwrap();
-        assert_eq!(ack_keeping(&mut phone, 5, &mut kept).await, Code::OK);
-        for (device, is_sender) in [(&mut phone, true), (&mut laptop, false)] {
-            let mut kept_here = if is_sender {
-                std::mem::take(&mut kept)
-            } else {
-                Vec::new()
-            };
-            let first = next_entry(device, &mut kept_here).await;
-            assert_eq!((first.seq, first.from_user.as_str()), (1, b.as_str()));
-            assert!(!first.outgoing && !first.echo);
-            let echo = next_entry(device, &mut kept_here).await;
-            assert_eq!(
-                echo.seq, 2,
-                "the send takes the next seq of the sender's stream"
-            );
-            assert!(echo.outgoing, "{echo:?}");
-            assert_eq!(
-                echo.echo, is_sender,
-                "only the sending connection sees its echo"
-            );
-            assert_eq!(
-                (echo.to_user.as_str(), echo.from_user.as_str()),
-                (b.as_str(), a.as_str())
-            );
-            assert_eq!(
-                (echo.client_msg_id, echo.body.as_slice()),
-                (5, &b"hello b"[..])
-            );
-            quiet(device).await;
-        }
-        // b receives it once, as a normal message.
-        let got = expect_deliver(&mut cb).await;
-        assert!(
-            got.outgoing,
-            "b's own first send comes back to b as its echo"
+        assert_eq!(
+            ack_keeping(&mut phone, 5, &mut kept).await,
+            (Code::OK, 2),
+            "the send takes the next seq of the sender's stream, named in its SendAck"
         );
-        let got = expect_deliver(&mut cb).await;
-        assert_eq!((got.from_user.as_str(), got.outgoing), (a.as_str(), false));
+        let first = next_entry(&mut phone, &mut kept).await;
+        assert_eq!((first.seq, first.from_user.as_str()), (1, b.as_str()));
+        assert!(!first.outgoing && !first.echo);
+        assert!(kept.is_empty(), "{kept:?}");
+        quiet(&mut phone).await; // its own copy (seq 2) is not sent back to it
+        let first = expect_deliver(&mut laptop).await;
+        assert_eq!((first.seq, first.from_user.as_str()), (1, b.as_str()));
+        let copy = expect_deliver(&mut laptop).await;
+        assert_eq!(copy.seq, 2);
+        assert!(copy.outgoing && !copy.echo, "sent from another device: {copy:?}");
+        assert_eq!(
+            (copy.to_user.as_str(), copy.from_user.as_str()),
+            (b.as_str(), a.as_str())
+        );
+        assert_eq!(
+            (copy.client_msg_id, copy.body.as_slice()),
+            (5, &b"hello b"[..])
+        );
+        quiet(&mut laptop).await;
+        // b receives a's message once, as a normal message, after its own copy (seq 1, not
+        // sent to the connection that sent it).
+        let got = next_entry(&mut cb, &mut kept_b).await;
+        assert_eq!(
+            (got.seq, got.from_user.as_str(), got.outgoing),
+            (2, a.as_str(), false)
+        );
         quiet(&mut cb).await;
+
+        // The phone acks what it saw (seq 1): that covers its copy, so a login of the phone
+        // that resumes from its stored cursor gets nothing more.
+        phone.ack(1).await.unwrap();
+        quiet(&mut phone).await;
+        let mut again = broker.connect(&a, "phone").await;
+        quiet(&mut again).await;
+        drop(again);
+        // A resume from before the copy (the phone's own last seq, 1) gets it, and the client
+        // that made the send recognises it as its echo.
+        phone
+            .reconnect(
+                &mut Backoff::new(Duration::from_millis(1), Duration::from_millis(50)),
+                20,
+            )
+            .await
+            .expect("reconnect");
+        let replayed = expect_deliver(&mut phone).await;
+        assert_eq!(replayed.seq, 2);
+        assert!(replayed.outgoing && replayed.echo, "{replayed:?}");
+        quiet(&mut phone).await;
     });
 }
 
@@ -118,15 +140,21 @@ fn a_resend_is_not_echoed_twice_even_after_a_restart() {
     let (a, b) = (user_on_shard("osr-a", 0, 2), user_on_shard("osr-b", 1, 2));
     run(async {
         let mut ca = broker.connect(&a, "d").await;
+        let mut laptop = broker.connect(&a, "laptop").await;
         let mut kept = Vec::new();
-        for _ in 0..2 {
-            ca.send(3, &b, b"once").await.unwrap();
-            assert_eq!(ack_keeping(&mut ca, 3, &mut kept).await, Code::OK);
-        }
-        let echo = next_entry(&mut ca, &mut kept).await;
-        assert!(echo.outgoing && echo.echo);
-        assert!(kept.is_empty());
+        ca.send(3, &b, b"once").await.unwrap();
+        assert_eq!(ack_keeping(&mut ca, 3, &mut kept).await, (Code::OK, 1));
+        ca.send(3, &b, b"once").await.unwrap();
+        assert_eq!(
+            ack_keeping(&mut ca, 3, &mut kept).await,
+            (Code::OK, 0),
+            "a resend answered from the dedup window adds no copy"
+        );
+        assert!(kept.is_empty(), "{kept:?}");
         quiet(&mut ca).await;
+        let copy = expect_deliver(&mut laptop).await;
+        assert_eq!((copy.seq, copy.outgoing), (1, true));
+        quiet(&mut laptop).await;
     });
     let dir_path = broker.crash();
     let broker = config.dir(&dir_path).start();
@@ -135,7 +163,7 @@ fn a_resend_is_not_echoed_twice_even_after_a_restart() {
         // A new device gets the stream so far: one outgoing entry.
         let mut kept = Vec::new();
         ca.send(3, &b, b"once").await.unwrap();
-        assert_eq!(ack_keeping(&mut ca, 3, &mut kept).await, Code::OK);
+        assert_eq!(ack_keeping(&mut ca, 3, &mut kept).await, (Code::OK, 0));
         let replayed = next_entry(&mut ca, &mut kept).await;
         assert_eq!((replayed.seq, replayed.outgoing), (1, true));
         assert!(

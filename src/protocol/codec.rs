@@ -266,6 +266,7 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerMsg<'_>, CodecError> {
             ServerMsg::SendAck {
                 client_msg_id: m.client_msg_id(),
                 status: m.status(),
+                own_seq: m.own_seq(),
             }
         }
         fb::Body::Deliver => {
@@ -610,10 +611,12 @@ pub(crate) fn encode_server_built(msg: &ServerMsg<'_>, head: &impl FrameHead, ou
         ServerMsg::SendAck {
             client_msg_id,
             status,
+            own_seq,
         } => {
             let args = fb::SendAckArgs {
                 client_msg_id,
                 status,
+                own_seq,
             };
             (
                 fb::Body::SendAck,
@@ -817,10 +820,12 @@ mod tests {
             ServerMsg::SendAck {
                 client_msg_id: 5,
                 status: Code::INBOX_FULL,
+                own_seq: 0,
             },
             ServerMsg::SendAck {
                 client_msg_id: 0,
                 status: Code::OK,
+                own_seq: u64::MAX,
             },
             ServerMsg::Deliver(Deliver::message(1, "bob", 77, 1_700_000_000_000, body)),
             ServerMsg::Pong { nonce: 4 },

@@ -248,6 +248,9 @@ pub enum ServerMsg<'a> {
         client_msg_id: u64,
         /// `Code::OK` or why the message was not accepted.
         status: Code,
+        /// Own-send sync: the seq of the send's copy in the sender's stream, which this
+        /// connection is not sent (0: none skipped; see the schema).
+        own_seq: u64,
     },
     /// An entry of this user's stream (`table Deliver`).
     Deliver(Deliver<'a>),

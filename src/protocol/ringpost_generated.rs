@@ -2155,6 +2155,7 @@ impl<'a> ::flatbuffers::Follow<'a> for SendAck<'a> {
 impl<'a> SendAck<'a> {
   pub const VT_CLIENT_MSG_ID: ::flatbuffers::VOffsetT = 4;
   pub const VT_STATUS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_OWN_SEQ: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2166,6 +2167,7 @@ impl<'a> SendAck<'a> {
     args: &'args SendAckArgs
   ) -> ::flatbuffers::WIPOffset<SendAck<'bldr>> {
     let mut builder = SendAckBuilder::new(_fbb);
+    builder.add_own_seq(args.own_seq);
     builder.add_client_msg_id(args.client_msg_id);
     builder.add_status(args.status);
     builder.finish()
@@ -2186,6 +2188,22 @@ impl<'a> SendAck<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<Code>(SendAck::VT_STATUS, Some(Code::OK)).unwrap()}
   }
+  /// Own-send sync (`[server] own_send_sync`): for an OK answer to a 1:1 send stored for the
+  /// first time, the seq of its copy (`outgoing`) in the sender's own stream. The broker does
+  /// not send that entry to the connection that made the send (it has the message); the
+  /// user's other devices get it. The connection may see it after a reconnect that resumes
+  /// before it, as an outgoing entry with this client_msg_id. 0: no such copy is skipped for
+  /// this connection (own-send sync off, a status other than OK, a resend answered from the
+  /// dedup window, a group send - the sender gets those as a member - or a copy the broker
+  /// delivers to it as usual). This SendAck reaches the connection before any entry after
+  /// the copy does.
+  #[inline]
+  pub fn own_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SendAck::VT_OWN_SEQ, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for SendAck<'_> {
@@ -2196,6 +2214,7 @@ impl ::flatbuffers::Verifiable for SendAck<'_> {
     v.visit_table(pos)?
      .visit_field::<u64>("client_msg_id", Self::VT_CLIENT_MSG_ID, false)?
      .visit_field::<Code>("status", Self::VT_STATUS, false)?
+     .visit_field::<u64>("own_seq", Self::VT_OWN_SEQ, false)?
      .finish();
     Ok(())
   }
@@ -2203,6 +2222,7 @@ impl ::flatbuffers::Verifiable for SendAck<'_> {
 pub struct SendAckArgs {
     pub client_msg_id: u64,
     pub status: Code,
+    pub own_seq: u64,
 }
 impl<'a> Default for SendAckArgs {
   #[inline]
@@ -2210,6 +2230,7 @@ impl<'a> Default for SendAckArgs {
     SendAckArgs {
       client_msg_id: 0,
       status: Code::OK,
+      own_seq: 0,
     }
   }
 }
@@ -2226,6 +2247,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SendAckBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_status(&mut self, status: Code) {
     self.fbb_.push_slot::<Code>(SendAck::VT_STATUS, status, Code::OK);
+  }
+  #[inline]
+  pub fn add_own_seq(&mut self, own_seq: u64) {
+    self.fbb_.push_slot::<u64>(SendAck::VT_OWN_SEQ, own_seq, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SendAckBuilder<'a, 'b, A> {
@@ -2247,6 +2272,7 @@ impl ::core::fmt::Debug for SendAck<'_> {
     let mut ds = f.debug_struct("SendAck");
       ds.field("client_msg_id", &self.client_msg_id());
       ds.field("status", &self.status());
+      ds.field("own_seq", &self.own_seq());
       ds.finish()
   }
 }

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use super::envelope::ConnId;
 use super::gate::Slot;
+use super::own_sends::OwnSends;
 use super::wake::Signal;
 use crate::protocol::{self, Code, ServerMsg};
 use crate::wire::tls::{Progress, ServerTls, TlsError};
@@ -63,8 +64,10 @@ pub struct Conn {
     pub last_seen_ms: Cell<u64>,
     /// Highest seq this device has acked.
     pub acked: Cell<u64>,
-    /// Highest seq queued to this device.
+    /// Highest seq queued to this device (or passed over: see `own_sends`).
     pub sent_seq: Cell<u64>,
+    /// Own-send copies of this connection's sends, which it is not sent.
+    pub own_sends: OwnSends,
     /// Not caught up: the device is refilled from the log, up to the durable seq, as its queue
     /// drains.
     pub behind: Cell<bool>,

@@ -146,6 +146,7 @@ impl Shard {
             last_seen_ms: Cell::new(now),
             acked: Cell::new(0),
             sent_seq: Cell::new(0),
+            own_sends: Default::default(),
             behind: Cell::new(false),
             dirty: Cell::new(false),
             wake: Default::default(),

@@ -319,6 +319,7 @@ impl Shard {
                     client_msg_id: 0,
                     target: AckTarget::Admin { request: req.id },
                     stamps: crate::metrics::stages::Stamps::NONE,
+                    own_seq: 0,
                 });
             }
             Op::Group { actor, group, op } => {

@@ -140,6 +140,10 @@ impl Shard {
             }
             conn.flush();
         }
+        if !conn.own_sends.is_empty() {
+            // The refill may have passed over copies right after the device's last ack.
+            self.on_ack(conn, conn.acked.get());
+        }
     }
 
     /// Queues durable messages after `conn.sent_seq`, read from the log, until `max_outbound`
@@ -154,6 +158,11 @@ impl Shard {
             }
             if conn.queued_bytes() >= max_outbound || !conn.is_open() {
                 break;
+            }
+            if conn.own_sends.passes_over(next) {
+                // This connection sent it: it has the message, and its SendAck named the seq.
+                conn.sent_seq.set(next);
+                continue;
             }
             let Some(pos) = user.position(next) else {
                 // Removed by retention while the device was behind: continue with what is
@@ -195,10 +204,13 @@ impl Shard {
     }
 
     /// A device processed everything up to `up_to_seq`: move its cursor (logged with the next
-    /// group commit).
+    /// group commit), over the copies of its own sends right after it too.
     pub(super) fn on_ack(&self, conn: &Rc<Conn>, up_to_seq: u64) {
         // A device cannot ack what it was never sent.
-        let acked = up_to_seq.min(conn.sent_seq.get()).max(conn.acked.get());
+        let sent = conn.sent_seq.get();
+        let acked = conn
+            .own_sends
+            .cover(up_to_seq.min(sent).max(conn.acked.get()), sent);
         if acked == conn.acked.get() {
             return;
         }

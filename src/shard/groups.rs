@@ -170,6 +170,7 @@ impl Shard {
             conn.push(&ServerMsg::SendAck {
                 client_msg_id,
                 status: Code::INVALID_GROUP,
+                own_seq: 0,
             });
             return;
         }
@@ -592,6 +593,7 @@ impl Shard {
                     client_msg_id,
                     target,
                     stamps: crate::metrics::stages::Stamps::NONE,
+                    own_seq: 0,
                 });
                 Some(group_seq)
             }

@@ -69,6 +69,9 @@ pub enum PendingAck {
         target: AckTarget,
         /// Read and appended ([`crate::metrics::stages`]; NONE for group sends).
         stamps: Stamps,
+        /// The seq of the send's own-send copy that the sending connection (here) is not sent,
+        /// for its SendAck (0: none; see [`super::own_sends`]).
+        own_seq: u64,
     },
     /// A group operation committed here (its owner): answer the requester and release the
     /// places reserved for it on users' shards.
@@ -133,6 +136,7 @@ impl Shard {
                     client_msg_id,
                     target,
                     stamps,
+                    own_seq: 0,
                 });
                 true
             }
@@ -173,11 +177,11 @@ impl Shard {
         target: AckTarget,
         status: Code,
     ) {
-        self.settle_send_stamped(sender, client_msg_id, target, status, Stamps::NONE);
+        self.settle_send_stamped(sender, client_msg_id, target, status, Stamps::NONE, 0);
     }
 
     /// [`Shard::settle_send`], the first answer stamped with `stamps` (its stage started at
-    /// the sync's end).
+    /// the sync's end) and naming `own_seq` (see [`PendingAck::Send`]).
     fn settle_send_stamped(
         &self,
         sender: &Arc<str>,
@@ -185,6 +189,7 @@ impl Shard {
         target: AckTarget,
         status: Code,
         stamps: Stamps,
+        own_seq: u64,
     ) {
         let waiters = self
             .windows
@@ -192,7 +197,7 @@ impl Shard {
             .get_mut(sender)
             .map(|d| d.complete(client_msg_id, status))
             .unwrap_or_default();
-        self.answer_send_stamped(target, sender, client_msg_id, status, false, stamps);
+        self.answer_send_stamped(target, sender, client_msg_id, status, false, stamps, own_seq);
         for w in waiters {
             self.answer_send(w, sender, client_msg_id, status, true);
         }
@@ -214,9 +219,11 @@ impl Shard {
             status,
             duplicate,
             Stamps::NONE,
+            0,
         );
     }
 
+    #[allow(clippy::too_many_arguments)] // the answer's fields; one caller each way
     fn answer_send_stamped(
         &self,
         target: AckTarget,
@@ -225,6 +232,7 @@ impl Shard {
         status: Code,
         duplicate: bool,
         stamps: Stamps,
+        own_seq: u64,
     ) {
         let released = match stamps.is_stamped() {
             true => {
@@ -238,7 +246,8 @@ impl Shard {
         };
         match target {
             AckTarget::Local { conn } => {
-                self.ack_conn(conn, client_msg_id, status);
+                let own_seq = if status == Code::OK { own_seq } else { 0 };
+                self.ack_conn(conn, client_msg_id, status, own_seq);
                 self.ack_queued(stamps.at(released));
             }
             AckTarget::Admin { request } => self.answer_publish(request, status, duplicate),
@@ -266,11 +275,12 @@ impl Shard {
     }
 
     /// Queues a SendAck frame on connection `conn`, if it is still here.
-    pub(super) fn ack_conn(&self, conn: ConnId, client_msg_id: u64, status: Code) {
+    pub(super) fn ack_conn(&self, conn: ConnId, client_msg_id: u64, status: Code, own_seq: u64) {
         if let Some(c) = self.conns.borrow().get(&conn) {
             c.push(&ServerMsg::SendAck {
                 client_msg_id,
                 status,
+                own_seq,
             });
             self.mark_dirty(c);
         }
@@ -315,8 +325,18 @@ impl Shard {
     }
 
     /// Own-send sync: appends a 1:1 message `sender` sent (and `to`'s owner accepted) to the
-    /// sender's own stream. It is delivered to the sender's devices after the next commit.
-    pub(super) fn append_outgoing(&self, sender: &str, to: &str, client_msg_id: u64, body: &[u8]) {
+    /// sender's own stream. It is delivered to the sender's devices after the next commit,
+    /// except to connection `origin`, which made the send: returns the copy's seq when that
+    /// connection will be passed over it (its SendAck's `own_seq`; see [`super::own_sends`]),
+    /// else 0.
+    pub(super) fn append_outgoing(
+        &self,
+        sender: &str,
+        to: &str,
+        client_msg_id: u64,
+        body: &[u8],
+        origin: ConnId,
+    ) -> u64 {
         let mut users = self.users.borrow_mut();
         let (name, user) = users.entry(sender);
         let seq = user.head_seq + 1;
@@ -332,10 +352,31 @@ impl Shard {
             Ok(pos) => {
                 user.push_entry(seq, pos);
                 self.touched.borrow_mut().push((name, seq));
+                let conns = self.conns.borrow();
+                match conns.get(&origin) {
+                    Some(c) if c.own_sends.record(seq) => seq,
+                    _ => 0,
+                }
             }
             Err(_) => {
                 // The message itself is stored on the recipient's shard; only the copy in
                 // the sender's own stream is missing (logged by append_explicit).
+                0
+            }
+        }
+    }
+
+    /// The send accepted last (a local 1:1 send whose PendingAck was just queued) has its
+    /// own-send copy at `own_seq`, which its SendAck names.
+    pub(super) fn note_own_seq(&self, client_msg_id: u64, own_seq: u64) {
+        if let Some(PendingAck::Send {
+            client_msg_id: id,
+            own_seq: slot,
+            ..
+        }) = self.pending.borrow_mut().last_mut()
+        {
+            if *id == client_msg_id {
+                *slot = own_seq;
             }
         }
     }
@@ -529,6 +570,7 @@ impl Shard {
                     client_msg_id,
                     target,
                     stamps,
+                    own_seq,
                 } => {
                     let stages = &self.metrics.stages;
                     if stamps.is_stamped() {
@@ -538,7 +580,14 @@ impl Shard {
                         }
                     }
                     let stamps = stamps.at(sync_end);
-                    self.settle_send_stamped(&sender, client_msg_id, target, status, stamps)
+                    self.settle_send_stamped(
+                        &sender,
+                        client_msg_id,
+                        target,
+                        status,
+                        stamps,
+                        own_seq,
+                    )
                 }
                 PendingAck::GroupOp {
                     mut answer,

@@ -74,6 +74,7 @@ impl Shard {
                 conn.push(&ServerMsg::SendAck {
                     client_msg_id,
                     status: Code::RATE_LIMITED,
+                    own_seq: 0,
                 });
                 false
             }
@@ -98,6 +99,7 @@ impl Shard {
             conn.push(&ServerMsg::SendAck {
                 client_msg_id,
                 status: Code::INVALID_RECIPIENT,
+                own_seq: 0,
             });
             return;
         }
@@ -107,7 +109,8 @@ impl Shard {
             let stored =
                 self.accept_send_stamped(&conn.user, to, client_msg_id, body, target, stamps);
             if stored && self.cfg.server.own_send_sync {
-                self.append_outgoing(&conn.user, to, client_msg_id, body);
+                let own_seq = self.append_outgoing(&conn.user, to, client_msg_id, body, conn.id);
+                self.note_own_seq(client_msg_id, own_seq);
             }
             return;
         }
@@ -141,20 +144,23 @@ impl Shard {
         self.metrics
             .stages
             .between(Stage::AckMesh, a.pushed_ns, received);
-        self.ack_conn(a.origin_conn, a.client_msg_id, a.status);
-        self.ack_queued(Stamps {
-            read_ns: a.read_ns,
-            prev_ns: received,
-        });
+        // The copy first, so that the SendAck can name it (it reaches the connection before
+        // any entry after the copy: those need a commit that has not started yet).
         let copy = self
             .outbound
             .borrow_mut()
             .remove(&(a.sender.clone(), a.client_msg_id));
-        if let Some((to, body)) = copy {
-            if a.status == Code::OK && !a.duplicate {
-                self.append_outgoing(&a.sender, &to, a.client_msg_id, &body);
+        let own_seq = match copy {
+            Some((to, body)) if a.status == Code::OK && !a.duplicate => {
+                self.append_outgoing(&a.sender, &to, a.client_msg_id, &body, a.origin_conn)
             }
-        }
+            _ => 0,
+        };
+        self.ack_conn(a.origin_conn, a.client_msg_id, a.status, own_seq);
+        self.ack_queued(Stamps {
+            read_ns: a.read_ns,
+            prev_ns: received,
+        });
         self.changed.notify_all();
     }
 

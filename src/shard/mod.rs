@@ -28,6 +28,7 @@
 //! | [`park`] | idle connections parked in a shard epoll set instead of a task each |
 //! | [`conn`] | a connection's outbound queue and non-blocking flush (sealed by its TLS session, if any) |
 //! | [`cursors`] | per-user device cursors (highest acked seq per device) |
+//! | [`own_sends`] | the copies of a connection's own sends it is not sent, and how its acks cover them |
 //! | [`dedup`] | the idempotent-send windows, kept where messages are stored |
 //! | [`ratelimit`] | the per-user token bucket (in the user's record, shared by their devices) |
 //! | [`wake`] | single-threaded wake-ups between a shard's tasks |
@@ -57,6 +58,7 @@ pub mod groups;
 pub mod inbox;
 pub mod ingress;
 pub mod link;
+pub mod own_sends;
 pub mod park;
 pub mod ratelimit;
 pub mod recipients;

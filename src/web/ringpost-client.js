@@ -2115,8 +2115,23 @@ var SendAck = class _SendAck {
     const offset = this.bb.__offset(this.bb_pos, 6);
     return offset ? this.bb.readUint16(this.bb_pos + offset) : 0 /* OK */;
   }
+  /**
+   * Own-send sync (`[server] own_send_sync`): for an OK answer to a 1:1 send stored for the
+   * first time, the seq of its copy (`outgoing`) in the sender's own stream. The broker does
+   * not send that entry to the connection that made the send (it has the message); the
+   * user's other devices get it. The connection may see it after a reconnect that resumes
+   * before it, as an outgoing entry with this client_msg_id. 0: no such copy is skipped for
+   * this connection (own-send sync off, a status other than OK, a resend answered from the
+   * dedup window, a group send - the sender gets those as a member - or a copy the broker
+   * delivers to it as usual). This SendAck reaches the connection before any entry after
+   * the copy does.
+   */
+  ownSeq() {
+    const offset = this.bb.__offset(this.bb_pos, 8);
+    return offset ? this.bb.readUint64(this.bb_pos + offset) : BigInt("0");
+  }
   static startSendAck(builder) {
-    builder.startObject(2);
+    builder.startObject(3);
   }
   static addClientMsgId(builder, clientMsgId) {
     builder.addFieldInt64(0, clientMsgId, BigInt("0"));
@@ -2124,14 +2139,18 @@ var SendAck = class _SendAck {
   static addStatus(builder, status) {
     builder.addFieldInt16(1, status, 0 /* OK */);
   }
+  static addOwnSeq(builder, ownSeq) {
+    builder.addFieldInt64(2, ownSeq, BigInt("0"));
+  }
   static endSendAck(builder) {
     const offset = builder.endObject();
     return offset;
   }
-  static createSendAck(builder, clientMsgId, status) {
+  static createSendAck(builder, clientMsgId, status, ownSeq) {
     _SendAck.startSendAck(builder);
     _SendAck.addClientMsgId(builder, clientMsgId);
     _SendAck.addStatus(builder, status);
+    _SendAck.addOwnSeq(builder, ownSeq);
     return _SendAck.endSendAck(builder);
   }
 };

@@ -784,6 +784,7 @@ pub async fn expect_ack(c: &mut Client, client_msg_id: u64, status: Code) {
         Event::SendAck {
             client_msg_id: id,
             status: s,
+            ..
         } => assert_eq!((id, s), (client_msg_id, status), "SendAck"),
         other => panic!("expected SendAck({client_msg_id}), got {other:?}"),
     }

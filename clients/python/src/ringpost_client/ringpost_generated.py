@@ -940,14 +940,33 @@ class SendAck(object):
             return self._tab.Get(flatbuffers.number_types.Uint16Flags, o + self._tab.Pos)
         return 0
 
+    # Own-send sync (`[server] own_send_sync`): for an OK answer to a 1:1 send stored for the
+    # first time, the seq of its copy (`outgoing`) in the sender's own stream. The broker does
+    # not send that entry to the connection that made the send (it has the message); the
+    # user's other devices get it. The connection may see it after a reconnect that resumes
+    # before it, as an outgoing entry with this client_msg_id. 0: no such copy is skipped for
+    # this connection (own-send sync off, a status other than OK, a resend answered from the
+    # dedup window, a group send - the sender gets those as a member - or a copy the broker
+    # delivers to it as usual). This SendAck reaches the connection before any entry after
+    # the copy does.
+    # SendAck
+    def OwnSeq(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
 def SendAckStart(builder):
-    builder.StartObject(2)
+    builder.StartObject(3)
 
 def SendAckAddClientMsgId(builder, clientMsgId):
     builder.PrependUint64Slot(0, clientMsgId, 0)
 
 def SendAckAddStatus(builder, status):
     builder.PrependUint16Slot(1, status, 0)
+
+def SendAckAddOwnSeq(builder, ownSeq):
+    builder.PrependUint64Slot(2, ownSeq, 0)
 
 def SendAckEnd(builder):
     return builder.EndObject()

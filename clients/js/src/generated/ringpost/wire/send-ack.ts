@@ -35,8 +35,24 @@ status():Code {
   return offset ? this.bb!.readUint16(this.bb_pos + offset) : Code.OK;
 }
 
+/**
+ * Own-send sync (`[server] own_send_sync`): for an OK answer to a 1:1 send stored for the
+ * first time, the seq of its copy (`outgoing`) in the sender's own stream. The broker does
+ * not send that entry to the connection that made the send (it has the message); the
+ * user's other devices get it. The connection may see it after a reconnect that resumes
+ * before it, as an outgoing entry with this client_msg_id. 0: no such copy is skipped for
+ * this connection (own-send sync off, a status other than OK, a resend answered from the
+ * dedup window, a group send - the sender gets those as a member - or a copy the broker
+ * delivers to it as usual). This SendAck reaches the connection before any entry after
+ * the copy does.
+ */
+ownSeq():bigint {
+  const offset = this.bb!.__offset(this.bb_pos, 8);
+  return offset ? this.bb!.readUint64(this.bb_pos + offset) : BigInt('0');
+}
+
 static startSendAck(builder:flatbuffers.Builder) {
-  builder.startObject(2);
+  builder.startObject(3);
 }
 
 static addClientMsgId(builder:flatbuffers.Builder, clientMsgId:bigint) {
@@ -47,15 +63,20 @@ static addStatus(builder:flatbuffers.Builder, status:Code) {
   builder.addFieldInt16(1, status, Code.OK);
 }
 
+static addOwnSeq(builder:flatbuffers.Builder, ownSeq:bigint) {
+  builder.addFieldInt64(2, ownSeq, BigInt('0'));
+}
+
 static endSendAck(builder:flatbuffers.Builder):flatbuffers.Offset {
   const offset = builder.endObject();
   return offset;
 }
 
-static createSendAck(builder:flatbuffers.Builder, clientMsgId:bigint, status:Code):flatbuffers.Offset {
+static createSendAck(builder:flatbuffers.Builder, clientMsgId:bigint, status:Code, ownSeq:bigint):flatbuffers.Offset {
   SendAck.startSendAck(builder);
   SendAck.addClientMsgId(builder, clientMsgId);
   SendAck.addStatus(builder, status);
+  SendAck.addOwnSeq(builder, ownSeq);
   return SendAck.endSendAck(builder);
 }
 }
