@@ -324,6 +324,7 @@ fn metrics_move_by_the_traffic_sent() {
                 Event::SendAck {
                     client_msg_id,
                     status: Code::OK,
+                    ..
                 } => acked.push(client_msg_id),
                 other => panic!("expected SendAck OK, got {other:?}"),
             }
@@ -695,6 +696,7 @@ fn the_backend_creates_a_group_manages_its_members_and_publishes_to_it() {
                 Event::SendAck {
                     client_msg_id: 1,
                     status: Code::OK,
+                    ..
                 } => break,
                 other => panic!("alice got {other:?}"),
             }

@@ -192,6 +192,7 @@ fn a_server_frame_sent_by_a_logged_in_client_is_unexpected_frame() {
             ServerMsg::SendAck {
                 client_msg_id: 1,
                 status: Code::OK,
+                own_seq: 0,
             },
         ),
     ] {

@@ -53,6 +53,7 @@ fn a_resend_racing_its_original_is_acked_twice_and_delivered_once() {
             Ok(ServerMsg::SendAck {
                 client_msg_id,
                 status,
+                ..
             }) => acks.push((client_msg_id, status)),
             other => panic!("expected SendAck, got {other:?}"),
         }

@@ -104,10 +104,12 @@ fn a_full_tmpfs_refuses_sends_loses_nothing_acked_and_recovers_when_space_return
                     Event::SendAck {
                         client_msg_id,
                         status: Code::OK,
+                        ..
                     } => acked.push(client_msg_id),
                     Event::SendAck {
                         client_msg_id,
                         status: Code::STORAGE_UNAVAILABLE,
+                        ..
                     } => refused.push(client_msg_id),
                     other => panic!("unexpected {other:?}"),
                 }

@@ -36,6 +36,7 @@ fn acked_messages_survive_kill_9(kill_after: usize) {
                 Event::SendAck {
                     client_msg_id,
                     status,
+                    ..
                 } => {
                     assert_eq!(status, Code::OK);
                     acked.insert(client_msg_id, rcpts[(client_msg_id % 4) as usize].clone());
@@ -177,6 +178,7 @@ fn a_full_disk_refuses_sends_with_storage_unavailable_and_recovers_by_itself() {
                 Event::SendAck {
                     status,
                     client_msg_id,
+                    ..
                 } => {
                     assert_eq!((status, client_msg_id), (Code::STORAGE_UNAVAILABLE, id));
                     break;

@@ -62,6 +62,7 @@ impl Member {
             Event::SendAck {
                 client_msg_id: id,
                 status: s,
+                ..
             } => assert_eq!((id, s), (client_msg_id, status), "SendAck"),
             other => panic!("expected SendAck({client_msg_id}), got {other:?}"),
         }
@@ -587,6 +588,7 @@ async fn burst(c: &mut Client, group: &str, n: u64, kill_after: usize) -> Vec<u6
             Event::SendAck {
                 client_msg_id,
                 status,
+                ..
             } => {
                 assert_eq!(status, Code::OK);
                 acked.push(client_msg_id);
@@ -666,6 +668,7 @@ fn kill_during_fanout(kill_after: usize) {
                 Event::SendAck {
                     client_msg_id,
                     status,
+                    ..
                 } if client_msg_id == N + 1 => {
                     assert_eq!(status, Code::OK);
                     break;

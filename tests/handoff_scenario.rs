@@ -86,6 +86,7 @@ fn every_login_is_served_by_its_owner_shard_whichever_shard_accepted_it() {
                     Event::SendAck {
                         client_msg_id,
                         status,
+                        ..
                     } => {
                         assert_eq!((client_msg_id, status), (i as u64 + 1, Code::OK));
                         acked = true;
@@ -120,6 +121,7 @@ fn read_reply(s: &mut TcpStream) -> Reply {
         Ok(ServerMsg::SendAck {
             client_msg_id,
             status,
+            ..
         }) => Reply::SendAck {
             id: client_msg_id,
             status: status.0,
@@ -367,6 +369,7 @@ fn a_minimal_mesh_queue_is_backpressure_not_loss() {
                         Ok(Event::SendAck {
                             client_msg_id,
                             status,
+                            ..
                         }) => {
                             assert_eq!(status, Code::OK, "send {client_msg_id}");
                             assert!(

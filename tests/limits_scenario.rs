@@ -33,6 +33,7 @@ async fn burst(
             Event::SendAck {
                 client_msg_id,
                 status,
+                ..
             } => {
                 assert!(statuses.insert(client_msg_id, status).is_none());
             }

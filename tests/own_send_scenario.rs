@@ -80,7 +80,10 @@ fn sends_show_on_every_device_of_the_sender(cross_shard: bool) {
         assert_eq!((first.seq, first.from_user.as_str()), (1, b.as_str()));
         let copy = expect_deliver(&mut laptop).await;
         assert_eq!(copy.seq, 2);
-        assert!(copy.outgoing && !copy.echo, "sent from another device: {copy:?}");
+        assert!(
+            copy.outgoing && !copy.echo,
+            "sent from another device: {copy:?}"
+        );
         assert_eq!(
             (copy.to_user.as_str(), copy.from_user.as_str()),
             (b.as_str(), a.as_str())

@@ -97,6 +97,7 @@ impl Traffic {
                             Event::SendAck {
                                 client_msg_id,
                                 status: Code::OK,
+                                ..
                             } => {
                                 let to =
                                     rcpts[(client_msg_id % rcpts.len() as u64) as usize].clone();
@@ -383,6 +384,7 @@ fn every_acked_group_message_survives_a_power_cut_on_every_member() {
                 Event::SendAck {
                     client_msg_id,
                     status: Code::OK,
+                    ..
                 } => {
                     acked.push(client_msg_id);
                     if acked.len() == 1500 {

@@ -197,6 +197,7 @@ fn sends_past_the_rate_limit_are_refused_and_a_flood_is_cut_off() {
                 Event::SendAck {
                     client_msg_id,
                     status,
+                    ..
                 } => {
                     statuses.insert(client_msg_id, status);
                 }

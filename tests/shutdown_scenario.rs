@@ -186,6 +186,7 @@ fn a_sender_streaming_through_sigterm_has_exactly_its_acked_messages_kept() {
                         Ok(Event::SendAck {
                             client_msg_id,
                             status,
+                            ..
                         }) => {
                             assert_eq!(status, Code::OK, "send {client_msg_id}");
                             assert!(acked.insert(client_msg_id), "{client_msg_id} acked twice");

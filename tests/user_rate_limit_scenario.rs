@@ -28,6 +28,7 @@ async fn burst(c: &mut Client, to: &str, ids: std::ops::RangeInclusive<u64>) -> 
             Event::SendAck {
                 client_msg_id,
                 status,
+                ..
             } => assert!(statuses.insert(client_msg_id, status).is_none()),
             other => panic!("expected SendAck, got {other:?}"),
         }

@@ -448,6 +448,7 @@ fn frames_pipelined_behind_the_upgrade_travel_with_the_handoff() {
                         ServerMsg::SendAck {
                             client_msg_id,
                             status,
+                            ..
                         } => format!("SendAck {client_msg_id} {status:?}"),
                         ServerMsg::Pong { nonce } => format!("Pong {nonce}"),
                         other => format!("{other:?}"),

@@ -127,6 +127,7 @@ fn servers() -> Vec<(&'static str, ServerMsg<'static>)> {
             ServerMsg::SendAck {
                 client_msg_id: 7,
                 status: Code::OK,
+                own_seq: 3,
             },
         ),
         (

@@ -197,7 +197,15 @@ impl Shard {
             .get_mut(sender)
             .map(|d| d.complete(client_msg_id, status))
             .unwrap_or_default();
-        self.answer_send_stamped(target, sender, client_msg_id, status, false, stamps, own_seq);
+        self.answer_send_stamped(
+            target,
+            sender,
+            client_msg_id,
+            status,
+            false,
+            stamps,
+            own_seq,
+        );
         for w in waiters {
             self.answer_send(w, sender, client_msg_id, status, true);
         }

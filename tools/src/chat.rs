@@ -525,12 +525,17 @@ fn show(json_mode: bool, event: &Event, logging_out: bool) -> Option<Ended> {
         Event::SendAck {
             client_msg_id,
             status,
+            own_seq,
         } => {
+            let at = match own_seq {
+                0 => String::new(),
+                seq => format!(", your seq {seq}"),
+            };
             print_event(
                 json_mode,
                 json!({"event": "send_ack", "client_msg_id": client_msg_id,
-                       "status": code_name(*status), "code": status.0}),
-                &format!("(sent #{client_msg_id}: {})", code_name(*status)),
+                       "status": code_name(*status), "code": status.0, "own_seq": own_seq}),
+                &format!("(sent #{client_msg_id}: {}{at})", code_name(*status)),
             );
             None
         }

@@ -102,7 +102,8 @@ fn chat_sends_what_it_was_given_then_logs_out_at_the_end_of_input() {
         let mut chat = Chat::start(&b, "alice");
         chat.type_line("@bob hello from the terminal");
         let ack = chat.expect_line("(sent #");
-        assert!(ack.ends_with(": OK)"), "{ack}");
+        // Own-send sync: alice's copy is the first entry of her stream.
+        assert!(ack.ends_with(": OK, your seq 1)"), "{ack}");
         let (status, stderr) = chat.end_input_and_wait();
         assert!(status.success(), "{status:?} {stderr}");
         let d = expect_deliver(&mut bob).await;
@@ -147,7 +148,7 @@ fn chat_keeps_an_unanswered_send_until_the_broker_is_back_then_exits() {
     let b = builder.start();
     chat.expect_line("logged in as");
     let ack = chat.expect_line("(sent #");
-    assert!(ack.ends_with(": OK)"), "{ack}");
+    assert!(ack.ends_with(": OK, your seq 1)"), "{ack}");
     let (status, stderr) = chat.end_input_and_wait();
     assert!(status.success(), "{status:?} {stderr}");
     run(async {

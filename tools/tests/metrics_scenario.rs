@@ -45,19 +45,20 @@ fn metrics_count_exactly_what_a_p2p_run_did() {
         "{r}\n{after}"
     );
     // Own-send sync is on (the default): every accepted message also enters its sender's
-    // stream, so each device gets its own sends back as echoes — Deliver frames too, and
-    // entries of the group commits.
-    let echoes = r["echoes"].as_f64().unwrap();
+    // stream (entries of the group commits too), but the one device of each user made the
+    // send, so it is passed over: the SendAck names it, and no Deliver goes out for it.
+    let copies = r["own_copies"].as_f64().unwrap();
     assert_eq!(
-        echoes, acked,
-        "one sender device per user: one echo per message: {r}"
+        copies, acked,
+        "one sender device per user: one copy passed over per message: {r}"
     );
+    assert_eq!(r["echoes"].as_f64().unwrap(), 0.0, "{r}");
     assert_eq!(
         delta("ringpost_messages_delivered_total"),
-        r["delivered"].as_f64().unwrap() + echoes,
+        r["delivered"].as_f64().unwrap(),
         "{r}\n{after}"
     );
-    assert_eq!(delta("ringpost_commit_batch_size_sum"), acked + echoes);
+    assert_eq!(delta("ringpost_commit_batch_size_sum"), acked + copies);
     assert_eq!(
         metric(&after, "ringpost_logins_total{result=\"OK\"}")
             - metric(&before, "ringpost_logins_total{result=\"OK\"}"),

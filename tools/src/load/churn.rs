@@ -973,7 +973,7 @@ async fn device_task(
             let attempt = Instant::now();
             let mut opts = dev.opts.clone();
             opts.addr = shared.target.addr();
-            let last_seq = dev.stream.borrow().last_seq();
+            let last_seq = dev.stream.borrow_mut().resume();
             match Client::connect(&opts, last_seq).await {
                 Ok(c) => {
                     let now = Instant::now();
@@ -1164,7 +1164,8 @@ fn on_event(
         Ok(Event::SendAck {
             client_msg_id,
             status,
-        }) => on_send_ack(on, client_msg_id, status),
+            own_seq,
+        }) => on_send_ack(on, client_msg_id, status, own_seq),
         Ok(Event::Deliver(d)) if d.outgoing => {
             // Own-send sync: the echo of one of this user's sends, in the same stream.
             on.dev
@@ -1225,7 +1226,7 @@ async fn log_out(
     future::or(clean, timeout).await
 }
 
-fn on_send_ack(on: &Conn<'_>, k: u64, status: Code) {
+fn on_send_ack(on: &Conn<'_>, k: u64, status: Code, own_seq: u64) {
     let shared = on.shared;
     if on.dev.index != 0 {
         shared.acks.borrow_mut().mismatched += 1; // this device sent nothing
@@ -1240,6 +1241,13 @@ fn on_send_ack(on: &Conn<'_>, k: u64, status: Code) {
         .on_ack(&mut shared.acks.borrow_mut(), k, status);
     match outcome {
         AckOutcome::Ok => {
+            if own_seq != 0 {
+                // Own-send sync: the copy this connection is not sent (a hole, not a gap).
+                on.dev
+                    .stream
+                    .borrow_mut()
+                    .own_copy(&mut shared.tally.borrow_mut(), own_seq);
+            }
             let owed = on.partner.devices.len() as u64;
             shared.expected.set(shared.expected.get() + owed);
             Live::add(&shared.live.acked, 1);
@@ -1322,7 +1330,7 @@ mod tests {
             partner: &b,
             dev: &a.devices[0],
         };
-        on_send_ack(&on, 1, Code::OK);
+        on_send_ack(&on, 1, Code::OK, 0);
         assert_eq!(s.expected.get(), 3);
         assert!(a.unanswered.borrow().is_empty());
     }
@@ -1338,7 +1346,7 @@ mod tests {
             partner: &b,
             dev: &a.devices[1],
         };
-        on_send_ack(&on, 1, Code::OK);
+        on_send_ack(&on, 1, Code::OK, 0);
         assert_eq!(s.acks.borrow().mismatched, 1);
         assert_eq!(s.acks.borrow().acked, 0);
     }

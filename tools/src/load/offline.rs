@@ -391,6 +391,7 @@ async fn send(
                         Some(Ok(Event::SendAck {
                             client_msg_id,
                             status,
+                            ..
                         })) => (client_msg_id, status),
                         Some(Ok(_)) => continue,
                         // Broker gone (crash tests): what was acked is recorded.

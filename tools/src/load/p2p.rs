@@ -10,7 +10,9 @@
 //! After the schedule it waits for the tail (every send answered, every message acked OK
 //! delivered to every device of its recipient, and once echoes are seen, its echo on every
 //! device of its sender) until `--drain-timeout` passes without progress
-//! or every connection is gone, then checks and reports:
+//! or every connection is gone, then checks and reports. (Own-send sync: the sending device is
+//! not sent its copy; the `own_seq` of its SendAck marks the hole in its stream, which counts
+//! with the echoes and is not a gap.)
 //!
 //! - **lost**: acked OK and never delivered, counted per device of the recipient;
 //! - **duplicated**, **out_of_order**, **seq_gaps**: per device
@@ -185,6 +187,7 @@ fn report(args: &P2pArgs, outcomes: Vec<Outcome>, threads: usize, multi: usize) 
                 "sent": written, "acked": acks.acked,
                 "delivered": tally.delivered, "unique_delivered": tally.unique,
                 "expected_deliveries": expected, "echoes": tally.echoes,
+                "own_copies": tally.own_copies,
                 "lost": lost, "duplicated": tally.duplicated, "out_of_order": tally.out_of_order,
                 "seq_gaps": tally.seq_gaps, "mismatched": mismatched,
                 "unanswered": unanswered, "error_acks": counts_json(&acks.error_acks),

@@ -97,6 +97,9 @@ pub struct Tally {
     pub mismatched: u64,
     /// Own-send sync: echoes of the user's own sends taking their place in a device's stream.
     pub echoes: u64,
+    /// Own-send sync: copies of a device's own sends that its SendAcks named (`own_seq`) and
+    /// the broker passed over for it: holes in its stream, not gaps.
+    pub own_copies: u64,
     /// Group events (created, members added/removed/left) taking their place in a stream.
     pub events: u64,
 }
@@ -110,6 +113,7 @@ impl Tally {
         self.seq_gaps += o.seq_gaps;
         self.mismatched += o.mismatched;
         self.echoes += o.echoes;
+        self.own_copies += o.own_copies;
         self.events += o.events;
     }
 }
@@ -137,6 +141,9 @@ pub struct DeviceStream {
     last_seq: u64,
     /// Seqs skipped over by a gap, still expected (a late one is out of order, not a dup).
     missing: BTreeSet<u64>,
+    /// Own-send sync: seqs after `last_seq` holding copies of this device's own sends, which
+    /// the broker does not send to it (their SendAcks named them): holes, not gaps.
+    own: BTreeSet<u64>,
     /// The one sender's messages this device has seen.
     messages: Seen,
 }
@@ -147,12 +154,20 @@ impl DeviceStream {
         DeviceStream {
             last_seq: 0,
             missing: BTreeSet::new(),
+            own: BTreeSet::new(),
             messages: Seen::new(messages),
         }
     }
 
     /// Highest seq processed: what this device acks and what a login resumes after.
     pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// A new connection of this device logs in after [`DeviceStream::last_seq`]: the copies
+    /// the old connection was told it would not get are replayed to this one, as echoes.
+    pub fn resume(&mut self) -> u64 {
+        self.own.clear();
         self.last_seq
     }
 
@@ -166,6 +181,18 @@ impl DeviceStream {
         if self.track_seq(t, seq) {
             t.echoes += 1;
         }
+    }
+
+    /// Own-send sync: the copy of a send this device made sits at `seq` and is not sent to it
+    /// (the SendAck's `own_seq`); it takes its place in the stream as a hole. The broker
+    /// promises the SendAck before any entry after the copy, so a `seq` the stream has already
+    /// passed (or named twice) is out of order.
+    pub fn own_copy(&mut self, t: &mut Tally, seq: u64) {
+        if seq <= self.last_seq || !self.own.insert(seq) {
+            t.out_of_order += 1;
+            return;
+        }
+        t.own_copies += 1;
     }
 
     /// Moves the stream to `seq`; false for a seq already processed (a duplicate). Scenarios
@@ -182,11 +209,23 @@ impl DeviceStream {
                 return false;
             }
         } else {
+            // The device's own copies up to here are holes it was told of, not gaps.
+            let mut holes = {
+                let after = self.own.split_off(&(seq + 1));
+                std::mem::replace(&mut self.own, after)
+            };
+            if holes.remove(&seq) {
+                // The copy came although its SendAck said it would not.
+                t.duplicated += 1;
+                self.last_seq = seq;
+                return false;
+            }
             if seq > last + 1 {
-                let gap = seq - last - 1;
+                let gap = seq - last - 1 - holes.len() as u64;
                 t.seq_gaps += gap;
                 if gap <= MAX_REMEMBERED_GAP {
-                    self.missing.extend(last + 1..seq);
+                    self.missing
+                        .extend((last + 1..seq).filter(|s| !holes.contains(s)));
                 }
             }
             self.last_seq = seq;
@@ -499,6 +538,35 @@ mod tests {
         assert_eq!(deliver(&mut t, &mut s, 3, 3), [0, 0, 1, 0]);
         assert_eq!(deliver(&mut t, &mut s, 2, 2), [0, 2, 1, 0]); // seq late, and k=2 after k=3
         assert_eq!(s.last_seq(), 3);
+    }
+
+    #[test]
+    fn holes_at_own_copies_named_by_their_send_acks_are_not_gaps() {
+        let (mut t, mut s) = (Tally::default(), DeviceStream::new(10));
+        deliver(&mut t, &mut s, 1, 1);
+        s.own_copy(&mut t, 2); // before seq 1's successor arrives, as the broker promises
+        s.own_copy(&mut t, 4);
+        assert_eq!((t.own_copies, t.echoes), (2, 0));
+        assert_eq!(deliver(&mut t, &mut s, 3, 3), [0; 4]);
+        assert_eq!(deliver(&mut t, &mut s, 5, 5), [0; 4]);
+        // A real gap next to a hole is still one.
+        s.own_copy(&mut t, 6);
+        assert_eq!(deliver(&mut t, &mut s, 8, 8), [0, 0, 1, 0]);
+        assert_eq!(s.last_seq(), 8);
+    }
+
+    #[test]
+    fn an_own_copy_named_late_or_delivered_anyway_is_caught() {
+        let (mut t, mut s) = (Tally::default(), DeviceStream::new(10));
+        deliver(&mut t, &mut s, 1, 1);
+        deliver(&mut t, &mut s, 2, 2);
+        s.own_copy(&mut t, 2); // the stream is past it: the SendAck came too late
+        assert_eq!([t.out_of_order, t.own_copies], [1, 0]);
+        s.own_copy(&mut t, 3);
+        s.own_copy(&mut t, 3); // named twice
+        assert_eq!([t.out_of_order, t.own_copies], [2, 1]);
+        // Sent although its SendAck said it would not be.
+        assert_eq!(deliver(&mut t, &mut s, 3, 3), [1, 2, 0, 0]);
     }
 
     #[test]

@@ -261,6 +261,7 @@ pub(super) async fn receive_loop(
             Ok(Event::SendAck {
                 client_msg_id,
                 status,
+                ..
             }) => on_ack(&shared, ledger.as_ref(), client_msg_id, status),
             Ok(Event::Deliver(d)) => {
                 let received = Instant::now();

@@ -297,7 +297,8 @@ impl Shared {
             let answered = self.acks.borrow().answered();
             let (unique, delivered, echoes) = {
                 let t = self.tally.borrow();
-                (t.unique, t.delivered, t.echoes)
+                // A copy passed over for the sending device stands in for its echo there.
+                (t.unique, t.delivered, t.echoes + t.own_copies)
             };
             let senders_done = self.senders_done.get() == senders;
             let echoes_in = echoes == 0 || echoes >= self.expected_echoes.get();
