@@ -125,6 +125,37 @@ fn sends_show_on_every_device_of_the_sender(cross_shard: bool) {
     });
 }
 
+/// A device that sends and logs out at once (a bot, a share sheet) leaves nothing behind: its
+/// copy is covered when the connection closes, even before the copy is durable or passed over.
+#[test]
+fn a_send_then_an_immediate_logout_leaves_no_copy_to_replay() {
+    let broker = own_send_broker().start();
+    run(async {
+        for i in 0..10 {
+            let a = user_on_shard(&format!("osl-a{i}"), 0, 2);
+            let b = user_on_shard(&format!("osl-b{i}"), 1, 2);
+            let mut bot = broker.connect(&a, "bot").await;
+            bot.send(1, &b, b"one-shot").await.unwrap();
+            let mut kept = Vec::new();
+            assert_eq!(ack_keeping(&mut bot, 1, &mut kept).await, (Code::OK, 1));
+            bot.logout().await.unwrap();
+            loop {
+                match expect_event(&mut bot).await {
+                    Event::GoAway { code, .. } => {
+                        assert_eq!(code, Code::LOGGED_OUT);
+                        break;
+                    }
+                    other => panic!("expected GoAway, got {other:?}"),
+                }
+            }
+            assert!(kept.is_empty(), "{kept:?}");
+            let mut again = broker.connect(&a, "bot").await;
+            assert_eq!(again.login_info().head_seq, 1);
+            quiet(&mut again).await;
+        }
+    });
+}
+
 #[test]
 fn a_cross_shard_send_shows_on_every_device_of_the_sender() {
     sends_show_on_every_device_of_the_sender(true);

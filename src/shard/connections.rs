@@ -169,6 +169,7 @@ impl Shard {
 
     /// Stops delivering to `conn` (it is closing or gone).
     pub fn detach(&self, conn: &Conn) {
+        self.cover_own_sends_at_close(conn);
         let mut users = self.users.borrow_mut();
         if let Some(user) = users.get_mut(&conn.user) {
             user.devices.retain(|d| d.id != conn.id);

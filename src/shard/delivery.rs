@@ -205,12 +205,29 @@ impl Shard {
 
     /// A device processed everything up to `up_to_seq`: move its cursor (logged with the next
     /// group commit), over the copies of its own sends right after it too.
-    pub(super) fn on_ack(&self, conn: &Rc<Conn>, up_to_seq: u64) {
+    pub(super) fn on_ack(&self, conn: &Conn, up_to_seq: u64) {
         // A device cannot ack what it was never sent.
         let sent = conn.sent_seq.get();
         let acked = conn
             .own_sends
             .cover(up_to_seq.min(sent).max(conn.acked.get()), sent);
+        self.store_cursor(conn, acked);
+    }
+
+    /// A closing connection is sent nothing more: the copies of its own sends right after its
+    /// ack are covered now, passed over yet or not (a copy still on its way to the disk comes
+    /// before the cursor record in this shard's log, so the record is never durable without
+    /// it). Otherwise a device that sends and logs out before its copy is durable would get the
+    /// copy at its next login from the stored cursor.
+    pub(super) fn cover_own_sends_at_close(&self, conn: &Conn) {
+        if !conn.own_sends.is_empty() {
+            let acked = conn.own_sends.cover(conn.acked.get(), u64::MAX);
+            self.store_cursor(conn, acked);
+        }
+    }
+
+    /// Moves `conn`'s cursor to `acked` (logged with the next group commit).
+    fn store_cursor(&self, conn: &Conn, acked: u64) {
         if acked == conn.acked.get() {
             return;
         }
@@ -219,7 +236,9 @@ impl Shard {
         let Some(user) = users.get_mut(&conn.user) else {
             return;
         };
-        user.cursors.set(&conn.device_id, acked);
+        // Raised, as recovery does: an older connection of the same device (replaced, still
+        // closing) must not move the cursor back.
+        user.cursors.raise(&conn.device_id, acked);
         // Losing the newest cursor records in a crash only means re-delivering a few messages
         // (at-least-once), never losing one.
         if let Some(pos) = self.append_cursor(&conn.user, &conn.device_id, acked) {

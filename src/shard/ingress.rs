@@ -31,7 +31,11 @@ impl Shard {
             ClientMsg::Ping { nonce } => {
                 conn.push(&ServerMsg::Pong { nonce });
             }
-            ClientMsg::Logout => conn.go_away(Code::LOGGED_OUT, "logged out"),
+            ClientMsg::Logout => {
+                // Before the GoAway: a login that follows it at once must not get them back.
+                self.cover_own_sends_at_close(conn);
+                conn.go_away(Code::LOGGED_OUT, "logged out");
+            }
             ClientMsg::Group {
                 request_id,
                 group_id,
