@@ -70,7 +70,9 @@ class Broker:
         config.write_text(
             f'[server]\nlisten = "127.0.0.1:{self.port}"\nshards = {self.shards}\nshutdown_grace = "5s"\n'
             # Own ports for WebSocket too (tests run brokers side by side), the same again on a
-            # restart. Own-send sync stays on (the default): every test sees its users' echoes.
+            # restart. Own-send sync stays on (the default): a user's 1:1 sends reach the user's
+            # other devices (the sending connection gets SendAck.own_seq instead), group sends
+            # their senders as echoes.
             f'ws_listen = "127.0.0.1:{self.ws_port}"\n'
             f'[storage]\ndata_dir = "{d}/data"\nsegment_size = "4MiB"\n'
             f'[auth]\nsecret_file = "{d}/auth.secret"\n'

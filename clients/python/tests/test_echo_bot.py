@@ -60,7 +60,9 @@ async def test_the_echo_bot_echoes_and_resumes_after_a_restart(broker, tmp_path)
     await human.close()
 
     # The bot's whole stream, read by another device: each message once, and the bot never
-    # answered what it sent itself (its own entries come back to it, as outgoing, after a restart).
+    # answered what it sent itself (the broker does not send a reply's copy back to the
+    # connection that sent it, but after a restart from the saved seq the copies after it do
+    # come back, as outgoing entries of an earlier run).
     audit = Client(broker.url, mint_token(bot_user), device_id="audit")
     await audit.connect()
     entries = [await audit.next_delivery(WAIT) for _ in range(audit.login.head_seq)]

@@ -14,13 +14,19 @@ resumes after the last seq the application *processed* (auto_ack: it asked for t
 delivery; otherwise what it passed to ack()) and drops replayed seqs it already handed out on
 this instance.
 
-Own-send sync: the broker puts every message the user sends into the user's own stream too
-(``outgoing``), on every device. The entry that echoes a send made by *this* client (it
-remembers the client_msg_ids it sent) is flagged ``echo``; it goes to ``on("echo")`` callbacks
-and - unless ``deliver_echoes=True`` - is not yielded by the iterator, so an app that shows its
-sends at once sees each message once. Group operations are requests answered by a GroupReply
-with their request_id; the membership change itself also arrives as a stream entry, in either
-order.
+Own-send sync: the broker puts every 1:1 message the user sends into the user's own stream too
+(``outgoing``), delivered to the user's *other* devices. The connection that made the send is
+not sent that copy: its SendAck names the copy's seq instead (``SendResult.own_seq``), so this
+connection's view of the stream has a hole there. The client tolerates it (no gap check; acks
+and ``last_seq`` stop before the hole until an entry after it is processed, and the broker's ack
+handling covers the copy when the entry before it is acked) and never moves ``last_seq`` over it
+from the SendAck alone (the copy may not be durable yet). A login that resumes from before the copy - a reconnect of this client
+included - gets it replayed; the client remembers the client_msg_ids it sent (across its own
+reconnects) and flags that entry ``echo``, as it does for the group messages it sent (which
+still reach it as a member). Echoes go to ``on("echo")`` callbacks and - unless
+``deliver_echoes=True`` - are not yielded by the iterator, so an app that shows its sends at
+once sees each message once. Group operations are requests answered by a GroupReply with their
+request_id; the membership change itself also arrives as a stream entry, in either order.
 """
 
 import asyncio
@@ -90,7 +96,9 @@ class Delivery:
     #: Group events: the users the group was created with, added, removed, or who left.
     members: Tuple[str, ...] = ()
     #: The echo of a send made by this client: the message the app already shows, now in the
-    #: stream. Outgoing entries of sends from the user's other devices have it False.
+    #: stream (a group message it sent, or the copy of a 1:1 send replayed after a login that
+    #: resumed from before it). Outgoing entries of sends from the user's other devices (or
+    #: from an earlier instance of this program) have it False.
     echo: bool = False
 
     @property
@@ -135,6 +143,14 @@ class SendResult:
     to: str
     #: The group of a group send ("" for a 1:1 send).
     group_id: str = ""
+    #: Own-send sync: the seq of this send's copy (``outgoing``) in the user's own stream - where
+    #: the user's other devices see it - which this connection is not sent; use it to place the
+    #: sent message in stream order. 0 when none was skipped: own-send sync off, a group send
+    #: (the sender gets group messages as a member, flagged echo), a resend answered from the
+    #: broker's dedup window (a reconnect may then replay the copy, flagged echo), or the
+    #: broker's per-connection bound of skipped copies was full (the copy arrives, flagged
+    #: echo). ``last_seq`` does not move over it from this answer alone.
+    own_seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -196,8 +212,10 @@ class Client:
     ``url`` is ``tcp://host:port`` or ``ws(s)://host:port/ws``. Events (``state``, ``login``,
     ``sent``, ``echo``, ``retry``, ``goaway``, ``error``) go to callbacks added with :meth:`on`;
     deliveries come from ``async for d in client`` (or :meth:`next_delivery`): every stream
-    entry except the echoes of this client's own sends (``deliver_echoes=True`` yields those
-    too, flagged ``echo``).
+    entry this connection is sent except the echoes of this client's own sends
+    (``deliver_echoes=True`` yields those too, flagged ``echo``). The copies of its own 1:1
+    sends are not sent to it at all (see ``SendResult.own_seq``) unless a login resumes from
+    before one; then it is an echo.
     """
 
     def __init__(
@@ -243,7 +261,8 @@ class Client:
         self._ops: Dict[int, _PendingOp] = {}
         self._next_request_id = 1
         self._next_order = 0
-        #: client_msg_ids this client sent, oldest first (bounded by ECHO_MEMORY).
+        #: client_msg_ids this client sent, oldest first (bounded by ECHO_MEMORY); kept across
+        #: reconnects, so a copy replayed after a resume from before it is flagged echo.
         self._sent_ids: "collections.OrderedDict[int, None]" = collections.OrderedDict()
         #: Skipped echoes (prev seq, seq): processed once everything up to prev is.
         self._echo_wait: Deque[Tuple[int, int]] = collections.deque()
@@ -315,9 +334,11 @@ class Client:
     async def send(self, to: str, body: Union[bytes, str], *, client_msg_id: Optional[int] = None) -> SendResult:
         """Sends ``body`` to user ``to`` and waits for its SendAck.
 
-        Returns when the broker says OK (the message is in the recipient's inbox); raises SendError
-        (code + name) on any other status. While offline the message waits and goes out after the
-        next login; unanswered sends are re-sent after a reconnect with the same client_msg_id.
+        Returns when the broker says OK (the message is in the recipient's inbox), with
+        ``own_seq`` naming the seq of the message's copy in the user's own stream (0: none);
+        raises SendError (code + name) on any other status. While offline the message waits and
+        goes out after the next login; unanswered sends are re-sent after a reconnect with the
+        same client_msg_id.
         """
         return await self.send_nowait(to, body, client_msg_id=client_msg_id)
 
@@ -328,9 +349,10 @@ class Client:
     async def send_to_group(self, group_id: str, body: Union[bytes, str], *, client_msg_id: Optional[int] = None) -> SendResult:
         """Sends ``body`` to group ``group_id`` (members only) and waits for its SendAck.
 
-        Returns SendResult(client_msg_id, to="", group_id) when the group's owner stored it (it
-        then reaches every member, the sender included); raises SendError otherwise (NOT_A_MEMBER,
-        GROUP_NOT_FOUND, ...). Queued and re-sent like send().
+        Returns SendResult(client_msg_id, to="", group_id, own_seq=0) when the group's owner
+        stored it (it then reaches every member, the sender included, where it is this client's
+        echo); raises SendError otherwise (NOT_A_MEMBER, GROUP_NOT_FOUND, ...). Queued and
+        re-sent like send().
         """
         return await self.send_to_group_nowait(group_id, body, client_msg_id=client_msg_id)
 
@@ -367,7 +389,9 @@ class Client:
         return fut
 
     def _note_sent(self, cid: int) -> None:
-        """Remembers ``cid`` as sent by this client, so its echo is recognised."""
+        """Remembers ``cid`` as sent by this client, so its echo is recognised: a group message
+        as a member, or a 1:1 copy replayed after a login that resumed before it. The memory is
+        the instance's, kept across its reconnects."""
         if cid in self._sent_ids:
             return
         self._sent_ids[cid] = None
@@ -450,7 +474,12 @@ class Client:
         self._write(c, p.frame)
 
     def ack(self, seq: int) -> None:
-        """Marks every delivery with seq <= ``seq`` processed and acks it (needed with auto_ack=False)."""
+        """Marks every delivery with seq <= ``seq`` processed and acks it (needed with auto_ack=False).
+
+        Capped at the highest seq handed out, so acking a send's ``own_seq`` before any entry
+        after it arrived acks the last entry before the copy. The broker extends an ack over the
+        skipped copies right after it (this device has those messages), so a login from the
+        stored cursor does not replay them; holes need no ack of their own."""
         up_to = min(seq, self._emitted)
         if up_to > self._processed:
             self._processed = up_to
@@ -652,7 +681,9 @@ class Client:
             p = self._pending.pop(msg.client_msg_id, None)
             if p and not p.future.done():
                 if msg.status == Code.OK:
-                    p.future.set_result(SendResult(p.id, p.to, p.group_id))
+                    # own_seq is only reported: the copy may not be durable yet (a cross-shard
+                    # send), so last_seq moves past it with the next entry after it, not here.
+                    p.future.set_result(SendResult(p.id, p.to, p.group_id, msg.own_seq))
                 else:
                     p.future.set_exception(SendError(msg.status, p.id, p.to, "", p.group_id))
         elif isinstance(msg, codec.GroupReply):

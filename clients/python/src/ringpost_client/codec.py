@@ -115,6 +115,9 @@ class LoginOk:
 class SendAck:
     client_msg_id: int
     status: int
+    #: Own-send sync: the seq of the send's copy in the sender's own stream, which the broker
+    #: does not send to this connection (0: none skipped; see schema/ringpost.fbs SendAck).
+    own_seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,7 @@ ServerMsg = Union[LoginOk, SendAck, Deliver, GroupReply, Pong, Error, GoAway, Un
 #: Field slots of each server body table, in schema order (schema/ringpost.fbs).
 _SERVER_BODIES = {
     Body.LoginOk: ("string", 2, 8, 4, 8, 1),
-    Body.SendAck: (8, 2),
+    Body.SendAck: (8, 2, 8),
     Body.Deliver: (8, "string", 8, 8, "bytes", "string", 8, 1, 1, "string", "strings"),
     Body.GroupReply: (8, 2, "string", 8, "strings", ("string", 1), "string", 4, "string"),
     Body.Pong: (8,),
@@ -329,6 +332,7 @@ def encode_server(msg: ServerMsg) -> bytes:
         fb.SendAckStart(b)
         fb.SendAckAddClientMsgId(b, msg.client_msg_id)
         fb.SendAckAddStatus(b, msg.status)
+        fb.SendAckAddOwnSeq(b, msg.own_seq)
         return _finish(b, Body.SendAck, fb.SendAckEnd(b))
     if isinstance(msg, Deliver):
         frm = b.CreateString(msg.from_user)
@@ -437,7 +441,7 @@ def decode_server(data: bytes) -> ServerMsg:
     if tag == Body.SendAck:
         m = fb.SendAck()
         m.Init(table.Bytes, table.Pos)
-        return SendAck(m.ClientMsgId(), m.Status())
+        return SendAck(m.ClientMsgId(), m.Status(), m.OwnSeq())
     if tag == Body.Deliver:
         m = fb.Deliver()
         m.Init(table.Bytes, table.Pos)
