@@ -1,7 +1,8 @@
 // ringpost chat page. Talks to the broker with the bundled client over ws(s)://<this host>/ws.
 //
 // What the page keeps in localStorage, per user (key "ringpost:v1:<user>"):
-//   lastSeq        highest seq processed: the next login resumes after it (no replay on reload)
+//   lastSeq        highest seq processed: the next login resumes after it (no replay on reload
+//                  but of copies of this page's own latest sends, which it never got live)
 //   seen           keys of stream entries shown (messages: sender/client_msg_id, group events:
 //                  group#group_seq), so an entry delivered twice is still shown once
 //   conversations  1:1 ("user:<id>") and group ("group:<id>") conversations: history, unread
@@ -12,10 +13,14 @@
 // "keep me signed in" is ticked. It travels only in the Login frame, never in a URL.
 //
 // Each message once (own-send sync): the page shows what it sends at once, keyed
-// `<me>/<client_msg_id>`. The stream entry of that send comes back as an 'echo' (this page's
-// client sent it) and only confirms the message already shown. Outgoing entries that are not
-// echoes were sent from the user's other devices (or from this page before a reload): they are
-// added as sent messages unless their key is already shown.
+// `<me>/<client_msg_id>`, and the SendAck confirms it ("acked"; its ownSeq is the message's
+// place in the stream). The broker does not send this connection the stream entry of a 1:1
+// send; it comes only when a reconnect resumes from before it, as an 'echo' (this page's
+// client sent it), and a group send's entry always comes back as one: an echo only confirms
+// the message already shown. Outgoing entries that are not echoes were sent from the user's
+// other devices, or from this page before a reload (replayed because the page resumes from
+// its stored lastSeq, which never moves past a copy on the SendAck alone): they are added as
+// sent messages unless their key is already shown.
 
 import { createClient } from './ringpost-client.js';
 
@@ -290,7 +295,10 @@ function onDeliver(d) {
   render();
 }
 
-/** The stream entry of a message this page sent: it confirms what is shown. */
+/**
+ * The stream entry of a message this page's client sent (a group send, or a 1:1 send's copy
+ * replayed after a reconnect): it confirms what is shown.
+ */
 function onEcho(d) {
   const own = findOwn(d.key);
   if (own) confirm(own, d);
@@ -336,9 +344,11 @@ function track(msg) {
   const options = { clientMsgId: BigInt(msg.id) };
   const sending = msg.group ? client.sendToGroup(msg.group, msg.text, options) : client.send(msg.to, msg.text, options);
   sending.then(
-    () => {
+    (r) => {
+      // The confirmation of a 1:1 send: no stream entry of it comes to this connection.
       msg.state = 'acked';
       delete msg.error;
+      if (r.ownSeq) msg.seq = r.ownSeq;
     },
     (e) => {
       if (e.name === 'ClosedError') return; // stays queued/sent: re-sent after the next sign-in

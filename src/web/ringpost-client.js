@@ -2403,7 +2403,7 @@ function verifyFrame(b, bodies) {
 // src/codec.ts
 var SERVER_BODIES = {
   [6 /* LoginOk */]: ["string", 2, 8, 4, 8, 1],
-  [7 /* SendAck */]: [8, 2],
+  [7 /* SendAck */]: [8, 2, 8],
   [8 /* Deliver */]: [8, "string", 8, 8, "bytes", "string", 8, 1, 1, "string", "strings"],
   [19 /* GroupReply */]: [8, 2, "string", 8, "strings", { tables: ["string", 1] }, "string", 4, "string"],
   [9 /* Pong */]: [8],
@@ -2550,7 +2550,7 @@ function encodeServer(msg) {
       break;
     }
     case "SendAck":
-      body = SendAck.createSendAck(b, u64(msg.clientMsgId, "clientMsgId"), msg.status);
+      body = SendAck.createSendAck(b, u64(msg.clientMsgId, "clientMsgId"), msg.status, u64(msg.ownSeq ?? 0, "ownSeq"));
       tag = 7 /* SendAck */;
       break;
     case "Deliver": {
@@ -2639,7 +2639,7 @@ function decodeServer(bytes) {
     }
     case 7 /* SendAck */: {
       const m = frame.body(new SendAck());
-      return { type: "SendAck", clientMsgId: m.clientMsgId(), status: m.status() };
+      return { type: "SendAck", clientMsgId: m.clientMsgId(), status: m.status(), ownSeq: count(m.ownSeq(), "own_seq") };
     }
     case 8 /* Deliver */: {
       const m = frame.body(new Deliver());
@@ -2771,8 +2771,11 @@ var Delivery = class {
     __publicField(this, "members");
     /**
      * The echo of a send made by this client (outgoing, and this client sent its client_msg_id):
-     * the message the app already shows, now in the stream. Outgoing entries of sends from the
-     * user's other devices (or an earlier run of this app) have `echo` false.
+     * the message the app already shows, now in the stream. For a group send, the sender's copy
+     * as a member; for a 1:1 send, only its copy replayed after a reconnect of this client that
+     * resumed before it (the broker does not send that copy to the sending connection live; see
+     * SendResult.ownSeq). Outgoing entries of sends from the user's other devices (or an earlier
+     * run of this app) have `echo` false.
      */
     __publicField(this, "echo");
     this.seq = m.seq;
@@ -2842,7 +2845,10 @@ var RingpostClient = class extends Emitter {
     __publicField(this, "ops", /* @__PURE__ */ new Map());
     __publicField(this, "nextRequestId", 1n);
     __publicField(this, "nextOrder", 0);
-    /** client_msg_ids this client sent, oldest first (bounded by ECHO_MEMORY). */
+    /**
+     * client_msg_ids this client sent, oldest first (bounded by ECHO_MEMORY). Kept across this
+     * client's reconnects: a copy replayed after a resume from before it is still its echo.
+     */
     __publicField(this, "sentIds", /* @__PURE__ */ new Set());
     /** Echoes skipped with autoAck off: processed once everything before them is (ack()). */
     __publicField(this, "echoWait", []);
@@ -2915,9 +2921,10 @@ var RingpostClient = class extends Emitter {
   }
   /**
    * Sends `body` to user `to`. Resolves when the broker's SendAck says OK (the message is in the
-   * recipient's inbox); rejects with SendError (code + name) on any other status. While offline
-   * the message waits and is sent after the next login; unanswered sends are re-sent after a
-   * reconnect with the same client_msg_id.
+   * recipient's inbox), with the seq of its copy in the user's own stream (`ownSeq`, 0 when
+   * none was skipped for this connection); rejects with SendError (code + name) on any other
+   * status. While offline the message waits and is sent after the next login; unanswered
+   * sends are re-sent after a reconnect with the same client_msg_id.
    */
   send(to, body, options = {}) {
     return this.enqueueSend("", to, body, options);
@@ -3066,7 +3073,11 @@ var RingpostClient = class extends Emitter {
     if (r.status === 0 /* OK */) p.resolve(r);
     else p.reject(new GroupError(r.status, r.requestId, p.op, r.groupId || p.groupId, r.message));
   }
-  /** Marks every delivery with seq <= `seq` processed and acks it (needed with autoAck: false). */
+  /**
+   * Marks every delivery with seq <= `seq` processed and acks it (needed with autoAck: false).
+   * Counts only up to the last entry handed out: acking the entry right before a send's
+   * `ownSeq` is enough, the broker takes that as covering the copy this connection never got.
+   */
   ack(seq) {
     const upTo = Math.min(seq, this.emitted);
     const before = this.processed;
@@ -3296,7 +3307,7 @@ var RingpostClient = class extends Emitter {
         this.onDeliver(msg);
         return;
       case "SendAck":
-        this.onSendAck(msg.clientMsgId, msg.status);
+        this.onSendAck(msg.clientMsgId, msg.status, msg.ownSeq);
         return;
       case "GroupReply":
         this.onGroupReply(msg);
@@ -3371,11 +3382,15 @@ var RingpostClient = class extends Emitter {
     if ((event === "deliver" || event === "echo") && this.held.length > 0) queueMicrotask(() => this.dispatch());
     return off;
   }
-  onSendAck(id, status) {
+  /**
+   * Settles the send. `ownSeq` (1:1 only) is the hole its copy leaves in this connection's
+   * stream: handed to the app, and deliberately not counted as processed (see the file head).
+   */
+  onSendAck(id, status, ownSeq) {
     const p = this.pending.get(id);
     if (!p) return;
     this.pending.delete(id);
-    if (status === 0 /* OK */) p.resolve(p.groupId ? { clientMsgId: id, groupId: p.groupId } : { clientMsgId: id, to: p.to });
+    if (status === 0 /* OK */) p.resolve(p.groupId ? { clientMsgId: id, groupId: p.groupId } : { clientMsgId: id, to: p.to, ownSeq });
     else p.reject(new SendError(status, id, p.to, "", p.groupId));
   }
   // ---- acks --------------------------------------------------------------------------------

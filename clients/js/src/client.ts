@@ -13,10 +13,16 @@
 // on this instance.
 //
 // Own-send sync: the broker puts every message the user sends into the user's own stream too
-// (`outgoing`), on every device. The entry that echoes a send made by *this* client (it
-// remembers the client_msg_ids it sent) is flagged `echo`; it goes to 'echo' listeners and —
-// unless `deliverEchoes` — not to 'deliver' ones, so an app that shows its sends at once sees
-// each message once. Group operations are requests answered by a GroupReply with their
+// (`outgoing`), on every device. A 1:1 send's copy is not sent to the connection that made the
+// send: its SendAck names the copy's seq (`own_seq`, SendResult.ownSeq) and the stream, as this
+// connection sees it, has a hole there. Nothing here needs seqs to be contiguous; the client
+// never moves its resume point over a hole on the SendAck alone (the copy may not be durable
+// yet), only with the next entry after it, and the broker counts an ack of the entry before a
+// hole as covering it. A login that resumes from before the hole gets the copy replayed; the
+// client remembers the client_msg_ids it sent (across its reconnects), flags such an entry
+// `echo` — as it does the sender's copy of a group message — and hands it to 'echo' listeners
+// and, unless `deliverEchoes`, not to 'deliver' ones, so an app that shows its sends at once
+// sees each message once. Group operations are requests answered by a GroupReply with their
 // request_id; the membership change itself also arrives as a stream entry, in either order.
 
 import { Backoff, type BackoffOptions } from './backoff.js';
@@ -45,7 +51,9 @@ export interface ClientOptions {
   /**
    * Also hand echoes (the stream entries of this client's own sends, `echo: true`) to 'deliver'
    * listeners, for apps that rebuild their view from the stream alone. Default false: echoes go
-   * only to 'echo' listeners, and each message reaches 'deliver' once.
+   * only to 'echo' listeners, and each message reaches 'deliver' once. Note that the copy of a
+   * 1:1 send is not sent to the connection that made it (only replayed after a reconnect that
+   * resumes before it): such apps place it with SendResult.ownSeq.
    */
   deliverEchoes?: boolean;
   /** Reconnect after transient failures. Default true. */
@@ -108,8 +116,11 @@ export class Delivery {
   readonly members: readonly string[];
   /**
    * The echo of a send made by this client (outgoing, and this client sent its client_msg_id):
-   * the message the app already shows, now in the stream. Outgoing entries of sends from the
-   * user's other devices (or an earlier run of this app) have `echo` false.
+   * the message the app already shows, now in the stream. For a group send, the sender's copy
+   * as a member; for a 1:1 send, only its copy replayed after a reconnect of this client that
+   * resumed before it (the broker does not send that copy to the sending connection live; see
+   * SendResult.ownSeq). Outgoing entries of sends from the user's other devices (or an earlier
+   * run of this app) have `echo` false.
    */
   readonly echo: boolean;
 
@@ -167,6 +178,17 @@ export class Delivery {
 export interface SendResult {
   clientMsgId: bigint;
   to: string;
+  /**
+   * Own-send sync: the seq of this message's copy (`outgoing`) in the user's own stream, the
+   * entry the user's other devices get; useful for placing the message in stream order. The
+   * broker does not send that entry to this connection, so this client sees no Deliver at that
+   * seq unless a reconnect resumes before it (then it comes flagged `echo`). 0 when no copy was
+   * skipped: own-send sync off, a re-send answered from the broker's dedup window (after a
+   * reconnect; the copy, if this client is sent it, is an echo), or the broker sent the copy as
+   * usual (more than 256 of this connection's copies not yet covered by its acks). lastSeq
+   * does not move over it on this answer alone; the next entry after it moves it.
+   */
+  ownSeq: number;
 }
 
 export interface GroupSendResult {
@@ -215,7 +237,10 @@ export interface ClientEvents {
   login: LoginInfo;
   /** Every stream entry except echoes of this client's own sends (see deliverEchoes), in seq order. */
   deliver: Delivery;
-  /** The stream entry of a message this client sent (Delivery.echo), in seq order with 'deliver'. */
+  /**
+   * The stream entry of a message this client sent (Delivery.echo), in seq order with
+   * 'deliver': its copy of a group send, or a 1:1 send's copy replayed after a reconnect.
+   */
   echo: Delivery;
   /** A Send or GroupSend frame was written; attempt > 1 is a re-send after a reconnect. `to` is "" for a group, `groupId` "" for 1:1. */
   sent: { clientMsgId: bigint; to: string; groupId: string; attempt: number };
@@ -312,7 +337,10 @@ export class RingpostClient extends Emitter<ClientEvents> {
   private readonly ops = new Map<bigint, PendingOp>();
   private nextRequestId = 1n;
   private nextOrder = 0;
-  /** client_msg_ids this client sent, oldest first (bounded by ECHO_MEMORY). */
+  /**
+   * client_msg_ids this client sent, oldest first (bounded by ECHO_MEMORY). Kept across this
+   * client's reconnects: a copy replayed after a resume from before it is still its echo.
+   */
   private readonly sentIds = new Set<bigint>();
   /** Echoes skipped with autoAck off: processed once everything before them is (ack()). */
   private echoWait: { prev: number; seq: number }[] = [];
@@ -397,9 +425,10 @@ export class RingpostClient extends Emitter<ClientEvents> {
 
   /**
    * Sends `body` to user `to`. Resolves when the broker's SendAck says OK (the message is in the
-   * recipient's inbox); rejects with SendError (code + name) on any other status. While offline
-   * the message waits and is sent after the next login; unanswered sends are re-sent after a
-   * reconnect with the same client_msg_id.
+   * recipient's inbox), with the seq of its copy in the user's own stream (`ownSeq`, 0 when
+   * none was skipped for this connection); rejects with SendError (code + name) on any other
+   * status. While offline the message waits and is sent after the next login; unanswered
+   * sends are re-sent after a reconnect with the same client_msg_id.
    */
   send(to: string, body: string | Uint8Array, options: SendOptions = {}): Promise<SendResult> {
     return this.enqueueSend('', to, body, options) as Promise<SendResult>;
@@ -555,7 +584,11 @@ export class RingpostClient extends Emitter<ClientEvents> {
     else p.reject(new GroupError(r.status, r.requestId, p.op, r.groupId || p.groupId, r.message));
   }
 
-  /** Marks every delivery with seq <= `seq` processed and acks it (needed with autoAck: false). */
+  /**
+   * Marks every delivery with seq <= `seq` processed and acks it (needed with autoAck: false).
+   * Counts only up to the last entry handed out: acking the entry right before a send's
+   * `ownSeq` is enough, the broker takes that as covering the copy this connection never got.
+   */
   ack(seq: number): void {
     const upTo = Math.min(seq, this.emitted);
     const before = this.processed;
@@ -786,7 +819,7 @@ export class RingpostClient extends Emitter<ClientEvents> {
         this.onDeliver(msg);
         return;
       case 'SendAck':
-        this.onSendAck(msg.clientMsgId, msg.status);
+        this.onSendAck(msg.clientMsgId, msg.status, msg.ownSeq);
         return;
       case 'GroupReply':
         this.onGroupReply(msg);
@@ -869,11 +902,15 @@ export class RingpostClient extends Emitter<ClientEvents> {
     return off;
   }
 
-  private onSendAck(id: bigint, status: number): void {
+  /**
+   * Settles the send. `ownSeq` (1:1 only) is the hole its copy leaves in this connection's
+   * stream: handed to the app, and deliberately not counted as processed (see the file head).
+   */
+  private onSendAck(id: bigint, status: number, ownSeq: number): void {
     const p = this.pending.get(id);
     if (!p) return; // e.g. the original's ack after a resend was answered already
     this.pending.delete(id);
-    if (status === Code.OK) p.resolve(p.groupId ? { clientMsgId: id, groupId: p.groupId } : { clientMsgId: id, to: p.to });
+    if (status === Code.OK) p.resolve(p.groupId ? { clientMsgId: id, groupId: p.groupId } : { clientMsgId: id, to: p.to, ownSeq });
     else p.reject(new SendError(status, id, p.to, '', p.groupId));
   }
 

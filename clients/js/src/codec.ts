@@ -97,7 +97,16 @@ export type ServerMsg =
       oldestSeq: number;
       gap: boolean;
     }
-  | { type: 'SendAck'; clientMsgId: bigint; status: number }
+  | {
+      type: 'SendAck';
+      clientMsgId: bigint;
+      status: number;
+      /**
+       * Own-send sync: the seq of this send's copy in the sender's own stream, which the broker
+       * does not send to this connection; 0 when none is skipped.
+       */
+      ownSeq: number;
+    }
   | DeliverMsg
   | GroupReplyMsg
   | { type: 'Pong'; nonce: bigint }
@@ -108,7 +117,7 @@ export type ServerMsg =
 /** Field slots of each server body table, in schema order (schema/ringpost.fbs). */
 const SERVER_BODIES: Readonly<Record<number, readonly FieldKind[]>> = {
   [Body.LoginOk]: ['string', 2, 8, 4, 8, 1],
-  [Body.SendAck]: [8, 2],
+  [Body.SendAck]: [8, 2, 8],
   [Body.Deliver]: [8, 'string', 8, 8, 'bytes', 'string', 8, 1, 1, 'string', 'strings'],
   [Body.GroupReply]: [8, 2, 'string', 8, 'strings', { tables: ['string', 1] }, 'string', 4, 'string'],
   [Body.Pong]: [8],
@@ -237,9 +246,13 @@ export function encodeClient(msg: ClientMsg): Uint8Array {
   return b.asUint8Array();
 }
 
-/** A server message as encodeServer takes it: Deliver's group fields may be left out (1:1 message). */
+/**
+ * A server message as encodeServer takes it: Deliver's group fields may be left out (1:1
+ * message), and SendAck's ownSeq (0).
+ */
 export type ServerInput =
-  | Exclude<ServerMsg, { type: 'Unknown' } | DeliverMsg | GroupReplyMsg>
+  | Exclude<ServerMsg, { type: 'Unknown' } | { type: 'SendAck' } | DeliverMsg | GroupReplyMsg>
+  | (Omit<Extract<ServerMsg, { type: 'SendAck' }>, 'ownSeq'> & { ownSeq?: number })
   | (Pick<DeliverMsg, 'type' | 'seq' | 'fromUser' | 'clientMsgId' | 'sentAtMs' | 'body'> & Partial<DeliverMsg>)
   | (Pick<GroupReplyMsg, 'type' | 'requestId' | 'status'> & Partial<GroupReplyMsg>);
 
@@ -260,7 +273,7 @@ export function encodeServer(msg: ServerInput): Uint8Array {
       break;
     }
     case 'SendAck':
-      body = SendAck.createSendAck(b, u64(msg.clientMsgId, 'clientMsgId'), msg.status);
+      body = SendAck.createSendAck(b, u64(msg.clientMsgId, 'clientMsgId'), msg.status, u64(msg.ownSeq ?? 0, 'ownSeq'));
       tag = Body.SendAck;
       break;
     case 'Deliver': {
@@ -330,7 +343,7 @@ export function decodeServer(bytes: Uint8Array): ServerMsg {
     }
     case Body.SendAck: {
       const m = frame.body(new SendAck()) as SendAck;
-      return { type: 'SendAck', clientMsgId: m.clientMsgId(), status: m.status() };
+      return { type: 'SendAck', clientMsgId: m.clientMsgId(), status: m.status(), ownSeq: count(m.ownSeq(), 'own_seq') };
     }
     case Body.Deliver: {
       const m = frame.body(new Deliver()) as Deliver;

@@ -8,7 +8,8 @@ const noGroup = { groupId: '', groupSeq: 0, kind: EntryKind.Message, outgoing: f
 
 const samples = [
   { type: 'LoginOk', userId: 'alice', shard: 1, headSeq: 42, heartbeatMs: 30000, oldestSeq: 3, gap: true },
-  { type: 'SendAck', clientMsgId: (1n << 64n) - 1n, status: Code.INBOX_FULL },
+  { type: 'SendAck', clientMsgId: (1n << 64n) - 1n, status: Code.INBOX_FULL, ownSeq: 0 },
+  { type: 'SendAck', clientMsgId: 7n, status: Code.OK, ownSeq: 2 ** 53 - 1 },
   { type: 'Deliver', seq: 7, fromUser: 'bob', clientMsgId: 99n, sentAtMs: 1700000000123, body: new Uint8Array([0, 1, 255]), ...noGroup },
   { type: 'Deliver', seq: 8, fromUser: 'me', clientMsgId: 5n, sentAtMs: 1, body: new Uint8Array([104, 105]), ...noGroup, outgoing: true, toUser: 'bob' },
   {
@@ -32,9 +33,11 @@ test('every server frame survives encode → decode', () => {
   for (const msg of samples) assert.deepEqual(decodeServer(encodeServer(msg)), msg);
 });
 
-test('encodeServer fills in what a 1:1 Deliver leaves out', () => {
+test('encodeServer fills in what a 1:1 Deliver leaves out, and a SendAck\'s ownSeq', () => {
   const m = { type: 'Deliver', seq: 1, fromUser: 'a', clientMsgId: 1n, sentAtMs: 3, body: new Uint8Array([1]) };
   assert.deepEqual(decodeServer(encodeServer(m)), { ...m, ...noGroup });
+  const ack = { type: 'SendAck', clientMsgId: 9n, status: Code.OK };
+  assert.deepEqual(decodeServer(encodeServer(ack)), { ...ack, ownSeq: 0 });
 });
 
 test('every group request encodes (the broker decodes them in its own tests)', () => {

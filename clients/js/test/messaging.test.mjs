@@ -12,14 +12,16 @@ after(() => broker.stop());
 const login = (user, device = 'd', extra = {}) =>
   connect({ url: broker.url, token: mintToken(user), deviceId: device, ...extra });
 
-test('round trip both ways: SendAck resolves, Deliver carries sender, id, time and bytes', async () => {
+test('round trip both ways: SendAck resolves, Deliver carries sender, id, time and bytes', async (t) => {
   const [a, b] = [uniqueUser('alice'), uniqueUser('bob')];
   const alice = await login(a);
   const bob = await login(b);
+  t.after(() => (alice.close(), bob.close()));
   const toBob = waitFor(bob, 'deliver');
   const before = Date.now();
   const ack = await within(alice.send(b, 'hello bob', { clientMsgId: 41n }));
-  assert.deepEqual(ack, { clientMsgId: 41n, to: b });
+  // ownSeq: the copy in alice's own stream (own-send sync), which this connection is not sent.
+  assert.deepEqual(ack, { clientMsgId: 41n, to: b, ownSeq: 1 });
   const d = await toBob;
   assert.equal(d.seq, 1);
   assert.equal(d.from, a);
@@ -32,11 +34,11 @@ test('round trip both ways: SendAck resolves, Deliver carries sender, id, time a
   const bytes = new Uint8Array([0, 255, 10, 13]);
   const r = await within(bob.send(a, bytes));
   assert.equal(typeof r.clientMsgId, 'bigint');
+  assert.equal(r.ownSeq, 2, 'after alice\'s message in bob\'s stream');
   const back = await toAlice;
   assert.deepEqual(back.body, bytes);
   assert.equal(back.clientMsgId, r.clientMsgId);
-  alice.close();
-  bob.close();
+  assert.equal(back.seq, 2, 'after the copy of her own send, which she was not sent');
 });
 
 test('many sends resolve in order and arrive in seq order, acked by autoAck', async () => {

@@ -43,7 +43,10 @@ test('broker killed and restarted: both resume, the unacked send is re-sent and 
   const bobBack = waitFor(bob, 'login');
   await broker.restart();
   assert.equal((await within(resent)).clientMsgId, clientMsgId);
-  assert.deepEqual(await within(pending), { clientMsgId, to: b });
+  const result = await within(pending);
+  // Never read before the kill: stored by the re-send, its copy skipped for this connection.
+  assert.deepEqual(result, { clientMsgId, to: b, ownSeq: result.ownSeq });
+  assert.ok(result.ownSeq > 0, `ownSeq ${result.ownSeq}`);
   assert.equal((await bobBack).resumedFrom, 1, 'bob resumes after the last seq it processed');
   assert.ok(aliceLogins >= 2, 'the token function ran again for the new login');
 
@@ -73,6 +76,7 @@ test('an ack lost in transit: the re-send is answered from the broker\'s dedup, 
   proxy.swallowDownstream = false;
   const ack = await within(pending);
   assert.equal((await resent).clientMsgId, ack.clientMsgId);
+  assert.equal(ack.ownSeq, 0, 'a re-send answered from the dedup window names no copy');
 
   const marker = waitFor(bob, 'deliver', (d) => d.text === 'marker');
   await within(alice.send(b, 'marker'));

@@ -2,20 +2,27 @@
 // headless by playwright-core, against a real broker (target/debug/ringpost, or $RINGPOST_BIN)
 // that serves the page itself on its WebSocket port. Two users in two browser contexts (their
 // own storage, so their own devices) sign in by pasting tokens, talk 1:1 and in a group, one
-// page is reloaded after messages arrived for it offline, the broker is killed (the pages show
-// "reconnecting…"), a message is written meanwhile, and the broker comes back on the same data
-// directory and ports: the pages reconnect and deliver it; a message from alice's other device
-// (the Node client) shows on her page as sent. Every wait is on page state, never a
-// fixed sleep. Screenshots of the main steps are saved under $RINGPOST_BROWSER_OUT
+// page is reloaded after messages arrived for it offline, the other after sending messages whose
+// stream copies its connection was never sent (replayed then, still shown once), the broker is
+// killed (the pages show "reconnecting…"), a message is written meanwhile, and the broker comes
+// back on the same data directory and ports: the pages reconnect and deliver it; a message from
+// alice's other device (the Node client) shows on her page as sent. Every wait is on page
+// state, never a fixed sleep. Screenshots of the main steps are saved under $RINGPOST_BROWSER_OUT
 // (`make test-browser` sets target/browser/), else in the test's temp dir, which is removed
 // after a clean run and kept (its path printed) when a step failed.
 //
 //   make test-browser      (or: RINGPOST_BIN=... node --test --test-reporter=spec test/browser/)
+//
+// RINGPOST_WEB_DIR=/path/to/src/web serves the page's scripts and style sheet from that
+// directory instead of the copies embedded in the broker binary, for checking changes to them
+// against a prebuilt broker (index.html still comes from the broker: a routed document would
+// lose its local origin, and Chromium then blocks its WebSocket to 127.0.0.1). `make
+// test-browser` leaves it unset and tests what the broker serves.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { extname, join } from 'node:path';
 
 import { chromium } from 'playwright-core';
 
@@ -36,6 +43,19 @@ mkdirSync(shots, { recursive: true });
 
 /** One screenshot per step worth looking at (`make test-browser` puts them in target/browser/). */
 const snap = (page, name) => page.screenshot({ path: join(shots, `${name}.png`) });
+const WEB_DIR = process.env.RINGPOST_WEB_DIR;
+const WEB_TYPES = { '.js': 'text/javascript; charset=utf-8', '.css': 'text/css; charset=utf-8' };
+
+/** RINGPOST_WEB_DIR: the page's scripts and styles (not the document) come from that directory. */
+async function serveWebDir(context) {
+  const name = (url) => url.pathname.slice(1);
+  const ours = (url) => url.host === broker.wsAddr && WEB_TYPES[extname(url.pathname)] !== undefined
+    && existsSync(join(WEB_DIR, name(url)));
+  await context.route(ours, (route) => {
+    const file = name(new URL(route.request().url()));
+    return route.fulfill({ path: join(WEB_DIR, file), contentType: WEB_TYPES[extname(file)] });
+  });
+}
 let failed = false;
 let broker;
 let browser;
@@ -58,6 +78,7 @@ before(async () => {
   for (const who of ['alice', 'bob']) {
     const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
     context.setDefaultTimeout(WAIT);
+    if (WEB_DIR) await serveWebDir(context);
     pages[who] = await context.newPage();
     pages[who].on('pageerror', (e) => console.error(`${who}'s page: ${e.message}`));
   }
@@ -198,6 +219,24 @@ step('reload: messages that arrived while the page was away show once, with noth
   await bob.click(sel.conv('group', group));
   await expectShown(bob, [`event: ${users.alice} created the group with You`, 'in received: hello team', 'out acked: hi team']);
   await snap(bob, '3-after-reload');
+});
+
+step('alice reloads: the copies of her own sends, replayed from her stored lastSeq, show once, as hers', async () => {
+  const { alice } = pages;
+  const stored = () => alice.evaluate((u) => JSON.parse(localStorage.getItem(`ringpost:v1:${u}`)), users.alice);
+  const before = await stored();
+  const last = before.conversations[`user:${users.bob}`].messages.find((m) => m.text === 'while you were away 2');
+  // Her SendAck named the copy's seq; her connection was never sent it, so lastSeq is before it.
+  assert.ok(last.seq > before.lastSeq, `copy at ${last.seq}, lastSeq ${before.lastSeq}`);
+  await alice.reload();
+  await alice.locator(sel.state('online')).waitFor();
+  await alice.waitForFunction(([u, seq]) => JSON.parse(localStorage.getItem(`ringpost:v1:${u}`)).lastSeq >= seq,
+    [users.alice, last.seq], { timeout: WAIT });
+  await alice.click(sel.conv('user', users.bob));
+  await expectShown(alice, ['out acked: hello bob', 'in received: hi alice', 'out acked: while you were away 1', 'out acked: while you were away 2']);
+  const tick = alice.locator('[data-testid=message]:last-child [data-testid=message-state]');
+  assert.equal(await tick.getAttribute('data-origin'), 'here', 'recognised as sent from this page');
+  assert.equal(await unread(alice, 'user', users.bob), 0);
 });
 
 step('the broker is killed: both pages show "reconnecting…"; a message written meanwhile waits', async () => {
