@@ -20,8 +20,8 @@ not sent that copy: its SendAck names the copy's seq instead (``SendResult.own_s
 connection's view of the stream has a hole there. The client tolerates it (no gap check; acks
 and ``last_seq`` stop before the hole until an entry after it is processed, and the broker's ack
 handling covers the copy when the entry before it is acked) and never moves ``last_seq`` over it
-from the SendAck alone (the copy may not be durable yet). A login that resumes from before the copy - a reconnect of this client
-included - gets it replayed; the client remembers the client_msg_ids it sent (across its own
+from the SendAck alone (the copy may not be durable yet). A login that resumes from before the
+copy - a reconnect of this client included - gets it replayed; the client remembers the client_msg_ids it sent (across its own
 reconnects) and flags that entry ``echo``, as it does for the group messages it sent (which
 still reach it as a member). Echoes go to ``on("echo")`` callbacks and - unless
 ``deliver_echoes=True`` - are not yielded by the iterator, so an app that shows its sends at
