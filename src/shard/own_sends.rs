@@ -67,6 +67,15 @@ impl OwnSends {
     pub fn is_empty(&self) -> bool {
         self.0.borrow().is_empty()
     }
+
+    /// The connection goes idle (parks): gives back the buffer if nothing is pending, so a
+    /// burst of sends does not leave up to [`MAX_OWN_SENDS`] × 8 B with every idle connection.
+    pub fn release_if_empty(&self) {
+        let mut own = self.0.borrow_mut();
+        if own.is_empty() && own.capacity() > 0 {
+            *own = VecDeque::new();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -96,6 +105,19 @@ mod tests {
         assert!(own.record(3));
         assert_eq!(own.cover(9, 9), 9);
         assert!(own.is_empty() && !own.passes_over(3));
+    }
+
+    #[test]
+    fn an_idle_connection_keeps_no_buffer() {
+        let own = OwnSends::default();
+        for seq in 1..=100 {
+            own.record(seq);
+        }
+        own.release_if_empty();
+        assert_eq!(own.0.borrow().len(), 100, "pending copies are kept");
+        own.cover(100, 100);
+        own.release_if_empty();
+        assert_eq!(own.0.borrow().capacity(), 0);
     }
 
     #[test]

@@ -118,6 +118,7 @@ fn park(shard: &Shard, conn: &Conn) -> std::io::Result<()> {
         return Err(e);
     }
     conn.fd.set(dup);
+    conn.own_sends.release_if_empty();
     Ok(())
 }
 
