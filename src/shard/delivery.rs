@@ -302,12 +302,17 @@ mod tests {
         ALLOCATIONS.with(|c| c.get())
     }
 
+    /// An empty log with `segment_size`-byte segments in a fresh directory named for `test`.
+    fn fresh_log(test: &str, segment_size: usize) -> (std::path::PathBuf, Log) {
+        let dir = std::env::temp_dir().join(format!("ringpost-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (log, _) = Log::open(&dir, segment_size, |_, _| {}).unwrap();
+        (dir, log)
+    }
+
     #[test]
     fn replay_encodes_deliver_from_the_log_without_allocating() {
-        let dir =
-            std::env::temp_dir().join(format!("ringpost-replay-alloc-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let (mut log, _) = Log::open(&dir, 1 << 20, |_, _| {}).unwrap();
+        let (dir, mut log) = fresh_log("replay-alloc", 1 << 20);
         let positions: Vec<u64> = (1..=1000u64)
             .map(|seq| {
                 let rec = Record::Message(MessageRecord {
@@ -360,10 +365,7 @@ mod tests {
     #[test]
     fn appending_sent_messages_allocates_nothing_per_message() {
         use crate::log::record::{Append, MessageRef, OutgoingRef};
-        let dir =
-            std::env::temp_dir().join(format!("ringpost-append-alloc-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let (mut log, _) = Log::open(&dir, 4 << 20, |_, _| {}).unwrap();
+        let (dir, mut log) = fresh_log("append-alloc", 4 << 20);
         let body = [7u8; 64];
         let message = |seq: u64| {
             Append::Message(MessageRef {

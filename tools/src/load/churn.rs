@@ -1241,13 +1241,11 @@ fn on_send_ack(on: &Conn<'_>, k: u64, status: Code, own_seq: u64) {
         .on_ack(&mut shared.acks.borrow_mut(), k, status);
     match outcome {
         AckOutcome::Ok => {
-            if own_seq != 0 {
-                // Own-send sync: the copy this connection is not sent (a hole, not a gap).
-                on.dev
-                    .stream
-                    .borrow_mut()
-                    .own_copy(&mut shared.tally.borrow_mut(), own_seq);
-            }
+            // Own-send sync: the copy this connection is not sent (a hole, not a gap).
+            on.dev
+                .stream
+                .borrow_mut()
+                .own_copy(&mut shared.tally.borrow_mut(), own_seq);
             let owed = on.partner.devices.len() as u64;
             shared.expected.set(shared.expected.get() + owed);
             Live::add(&shared.live.acked, 1);

@@ -184,10 +184,13 @@ impl DeviceStream {
     }
 
     /// Own-send sync: the copy of a send this device made sits at `seq` and is not sent to it
-    /// (the SendAck's `own_seq`); it takes its place in the stream as a hole. The broker
-    /// promises the SendAck before any entry after the copy, so a `seq` the stream has already
-    /// passed (or named twice) is out of order.
+    /// (the SendAck's `own_seq`; 0, no copy passed over, is nothing); it takes its place in the
+    /// stream as a hole. The broker promises the SendAck before any entry after the copy, so a
+    /// `seq` the stream has already passed (or named twice) is out of order.
     pub fn own_copy(&mut self, t: &mut Tally, seq: u64) {
+        if seq == 0 {
+            return;
+        }
         if seq <= self.last_seq || !self.own.insert(seq) {
             t.out_of_order += 1;
             return;
@@ -546,7 +549,8 @@ mod tests {
         deliver(&mut t, &mut s, 1, 1);
         s.own_copy(&mut t, 2); // before seq 1's successor arrives, as the broker promises
         s.own_copy(&mut t, 4);
-        assert_eq!((t.own_copies, t.echoes), (2, 0));
+        s.own_copy(&mut t, 0); // none passed over
+        assert_eq!((t.own_copies, t.echoes, t.out_of_order), (2, 0, 0));
         assert_eq!(deliver(&mut t, &mut s, 3, 3), [0; 4]);
         assert_eq!(deliver(&mut t, &mut s, 5, 5), [0; 4]);
         // A real gap next to a hole is still one.

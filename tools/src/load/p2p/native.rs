@@ -354,14 +354,11 @@ async fn receive_loop(shared: Rc<Shared>, r: Receiver, mut reader: Reader) {
                 );
                 match outcome {
                     AckOutcome::Ok => {
-                        if own_seq != 0 {
-                            // Own-send sync: the copy in this device's stream that the broker
-                            // passes over for it (the other devices get it as an echo).
-                            r.dev
-                                .stream
-                                .borrow_mut()
-                                .own_copy(&mut shared.tally.borrow_mut(), own_seq);
-                        }
+                        // Own-send sync: the copy the broker passes over for this device.
+                        r.dev
+                            .stream
+                            .borrow_mut()
+                            .own_copy(&mut shared.tally.borrow_mut(), own_seq);
                         shared.acked_ok(r.partner.devices.len() as u64, r.me.devices.len() as u64)
                     }
                     AckOutcome::Refused => Live::add(&shared.live.errors, 1),
