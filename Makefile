@@ -139,8 +139,13 @@ clients-check: flatc clients-deps
 	echo "clients: generated code and bundle are up to date"
 
 ## test-clients: the JS and Python client suites against the freshly built debug broker
+# The debug broker is built as `cargo test` builds it (the workspace's dev-dependencies unify a
+# few dependencies' features, so a plain `cargo build --bin ringpost` compiles glommio and the
+# broker a second time, which cost a CI machine its last free disk); after `make test`'s cargo
+# run this is a no-op.
+DEBUG_BROKER := $(CARGO) test --workspace --all-targets --no-run --quiet
 test-clients: clients-check
-	$(CARGO) build --bin ringpost
+	$(DEBUG_BROKER)
 	cd $(CLIENTS_JS) && ./node_modules/.bin/tsc -p tsconfig.json && \
 		RINGPOST_BIN=$(CURDIR)/target/debug/ringpost node --test --test-reporter=spec test/*.test.mjs
 	RINGPOST_BIN=$(CURDIR)/target/debug/ringpost PYTHONPATH=$(PY_PKG)/.. \
@@ -151,7 +156,7 @@ test-clients: clients-check
 ## debug broker; ends with "browser: N passed, N failed". Screenshots go to target/browser/
 ## (RINGPOST_BROWSER_OUT=dir to change).
 test-browser: clients-check
-	$(CARGO) build --bin ringpost
+	$(DEBUG_BROKER)
 	cd $(CLIENTS_JS) && ./node_modules/.bin/tsc -p tsconfig.json
 	@cd $(CLIENTS_JS) && log=$$(mktemp) && \
 	{ RINGPOST_BROWSER_OUT=$${RINGPOST_BROWSER_OUT:-$(CURDIR)/target/browser} RINGPOST_BIN=$(CURDIR)/target/debug/ringpost node --test --test-timeout=120000 --test-reporter=spec \
