@@ -442,8 +442,10 @@ async fn run_shard(ctx: ShardStart, ready: Arc<Barrier>) {
         });
     })
     .await;
-    // Group entries committed before a crash that some shard has not applied yet.
+    // Group entries committed before a crash that some shard has not applied yet; no client
+    // is served before the peers' re-drives to this shard have been applied.
     shard.redrive_fanout();
+    shard.redrive_settled().await;
 
     // SAFETY: the fd is a listening TCP socket we bound for this shard; ownership moves here.
     let listener = unsafe { TcpListener::from_raw_fd(ctx.listener.into_raw_fd()) };

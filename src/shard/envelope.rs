@@ -38,6 +38,10 @@ pub enum Envelope {
     /// group_seq order per group. One envelope per destination shard per commit, whatever the
     /// number of members there; each entry's body is shared by all destinations.
     Fanout(Vec<Arc<GroupEntry>>),
+    /// Start-up, a shard → every other shard: every group entry it re-drove to the receiver
+    /// after a crash is ahead of this on the queue (so the receiver, having handled it, holds
+    /// every acked group message before it serves a client). Sent even when nothing was.
+    Redriven,
     /// A destination shard → the owner: it has durably applied (group, up to group_seq).
     Applied(Vec<(Arc<str>, u64)>),
     /// The owner → a user's shard: hold a place in `users`' group count

@@ -829,6 +829,22 @@ impl Shard {
         for (shard, entries) in batches {
             self.mesh.push(shard, Envelope::Fanout(entries));
         }
+        for peer in (0..self.shards).filter(|&p| p != self.id) {
+            self.mesh.push(peer, Envelope::Redriven);
+        }
+    }
+
+    /// Completes once this shard's re-drive is on the peers' queues and every peer's has been
+    /// handled here: then every group entry acked before a crash is in its local members'
+    /// streams, so a login sees it in its head_seq and replays it (rather than receiving it
+    /// live a moment later). The first wait matters: the shard blocks its thread at the
+    /// start-up barrier next, and a `Redriven` still in its outbox would never reach a peer
+    /// that waits for it here.
+    pub async fn redrive_settled(&self) {
+        self.mesh.wait_idle().await;
+        while self.redriven_peers.get() + 1 < self.shards {
+            self.changed.wait().await;
+        }
     }
 
     // ---- destinations -----------------------------------------------------------------------

@@ -193,6 +193,10 @@ impl Shard {
                 self.drained_peers.set(self.drained_peers.get() + 1);
                 self.changed.notify_all();
             }
+            Envelope::Redriven => {
+                self.redriven_peers.set(self.redriven_peers.get() + 1);
+                self.changed.notify_all();
+            }
             other => self.handle_group_envelope(from_shard, other),
         }
         None

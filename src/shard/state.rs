@@ -95,6 +95,8 @@ pub struct Shard {
     /// Shutdown has begun: no new connections, no more client reads.
     pub draining: Cell<bool>,
     pub(super) drained_peers: Cell<usize>,
+    /// Peers whose start-up re-drive of group fan-out has reached this shard (`Redriven`).
+    pub(super) redriven_peers: Cell<usize>,
     /// Messages sent to peers whose SendAck has not come back yet.
     pub(super) in_flight: Cell<u64>,
     pub live_sessions: Cell<usize>,
@@ -146,6 +148,7 @@ impl Shard {
             commit_due: Signal::default(),
             draining: Cell::new(false),
             drained_peers: Cell::new(0),
+            redriven_peers: Cell::new(0),
             in_flight: Cell::new(0),
             live_sessions: Cell::new(0),
             changed: Broadcast::default(),
