@@ -39,7 +39,9 @@
 //!                    transport: Mesh::push(b, Message) ─SPSC a→b─▶ ingress: Shard::handle_envelope
 //!                                                                │ inbox: accept_send: dedup(A, client_msg_id),
 //!                                                                │  accept_message: seq = head(B)+1,
-//!                                                                │  Log::append → index(B) += (seq, pos)
+//!                                                                │  Log::append (archived from the frame's
+//!                                                                │  bytes into the map: the body's one copy)
+//!                                                                │  → index(B) += (seq, pos)
 //!                                                                │ inbox: group commit (once per batch,
 //!                                                                │  up to 3 in flight, released in order):
 //!                                                                │  fdatasync on the shard's io_uring,

@@ -503,7 +503,22 @@ impl Log {
     /// Appends `rec`; returns its position. Not durable until [`Log::sync`].
     pub fn append<'a>(&mut self, rec: impl Into<record::Append<'a>>) -> Result<u64, LogError> {
         let rec = rec.into();
-        // Archived into the reused scratch buffer, framed straight into the segment's map.
+        // The send path's records are archived straight into the segment's map when the
+        // active segment surely has room (the body's one copy into the log); anything else,
+        // or a record that may not fit, through the reused scratch buffer, framed into the map.
+        // (Should the bound ever be short, the in-place attempt fails and leaves nothing; the
+        // scratch path then appends the record or reports why not.)
+        if let Some(bound) = rec.archive_bound() {
+            if !self.poisoned && self.active().remaining() >= record::framed_len(bound) {
+                let seg = self.active_mut();
+                let archived = seg.append_archived(rec.kind(), bound, rec.time_ms(), |out| {
+                    rec.archive_into(out)
+                });
+                if let Ok(off) = archived {
+                    return Ok(seg.base + off as u64);
+                }
+            }
+        }
         let scratch = std::mem::take(&mut self.scratch);
         let payload = match rec.archive_in(scratch) {
             Ok(payload) => payload,

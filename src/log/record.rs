@@ -309,7 +309,44 @@ impl Append<'_> {
             }
         }
     }
+
+    /// For the send path's two kinds: bytes that the archive takes at most (its root struct,
+    /// the strings' and body's bytes, padding), so that [`Append::archive_into`] a buffer this
+    /// long cannot run out of room. `None` for any other record (archived via a scratch buffer).
+    pub fn archive_bound(&self) -> Option<usize> {
+        // The archived roots are 7 eight-byte fields (and the legacy enum's tag); each
+        // out-of-line string or byte vector adds at most 7 bytes of alignment.
+        const ROOT_AND_PADDING: usize = 128;
+        match self {
+            Append::Record(_) => None,
+            Append::Message(m) => Some(m.to.len() + m.from.len() + m.body.len() + ROOT_AND_PADDING),
+            Append::Outgoing(o) => {
+                Some(o.user.len() + o.to.len() + o.body.len() + ROOT_AND_PADDING)
+            }
+        }
+    }
+
+    /// Archives a send-path record straight into `out` (the segment's map, past the header):
+    /// the body's one copy on its way into the log. Returns the archive's length. The bytes are
+    /// exactly those [`Append::archive_in`] produces, given a 16-byte aligned `out`.
+    pub fn archive_into(&self, out: &mut [u8]) -> Result<usize, rkyv::rancor::Error> {
+        use rkyv::api::high::to_bytes_in;
+        use rkyv::rancor::Error;
+        use rkyv::ser::writer::Buffer;
+        let out = Buffer::from(out);
+        let written = match self {
+            Append::Record(_) => rkyv::rancor::fail!(NotASendRecord),
+            Append::Message(m) => to_bytes_in::<_, Error>(&LegacyRef::Message(m), out)?,
+            Append::Outgoing(o) => to_bytes_in::<_, Error>(o, out)?,
+        };
+        Ok(written.len())
+    }
 }
+
+/// [`Append::archive_into`] was given a record that is not one of the send path's kinds.
+#[derive(Debug, thiserror::Error)]
+#[error("only message and outgoing records are archived in place")]
+struct NotASendRecord;
 
 /// Any record, in memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -463,15 +500,21 @@ pub fn framed_len(payload_len: usize) -> usize {
 /// Writes the framed record of `kind` holding `payload` into `out`, exactly
 /// [`framed_len`]`(payload.len())` bytes (header, archive, zero padding).
 pub fn frame_into(kind: u8, payload: &[u8], out: &mut [u8]) {
+    let (head, rest) = out.split_at_mut(HEADER_LEN);
+    let (body, pad) = rest.split_at_mut(payload.len());
+    body.copy_from_slice(payload);
+    pad.fill(0);
+    write_header(kind, payload, head);
+}
+
+/// Writes the header of a record of `kind` whose archive is `payload` into `head`
+/// ([`HEADER_LEN`] bytes).
+pub fn write_header(kind: u8, payload: &[u8], head: &mut [u8]) {
     let mut header = [0u8; HEADER_LEN];
     header[LEN_AT..LEN_AT + 4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
     header[CRC_AT..CRC_AT + 4].copy_from_slice(&checksum(kind, payload).to_le_bytes());
     header[KIND_AT] = kind;
-    let (head, rest) = out.split_at_mut(HEADER_LEN);
     head.copy_from_slice(&header);
-    let (body, pad) = rest.split_at_mut(payload.len());
-    body.copy_from_slice(payload);
-    pad.fill(0);
 }
 
 /// What is at one offset of a segment.

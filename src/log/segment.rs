@@ -244,6 +244,38 @@ impl Segment {
         off
     }
 
+    /// Appends a record of `kind` whose archive `archive` writes in place, straight into the
+    /// map after the header (at most `bound` bytes; the caller checked `remaining()` has room
+    /// for `framed_len(bound)`); returns its offset. On an error nothing is appended and the
+    /// bytes `archive` may have written are zeroed again (the log's end is a zero header, and
+    /// what follows it must stay zero for the next record's padding).
+    pub fn append_archived<E>(
+        &mut self,
+        kind: u8,
+        bound: usize,
+        time_ms: u64,
+        archive: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<usize, E> {
+        let off = self.len;
+        let start = off + record::HEADER_LEN;
+        let n = match archive(&mut self.map[start..start + bound]) {
+            Ok(n) => n,
+            Err(e) => {
+                self.map[start..start + bound].fill(0);
+                return Err(e);
+            }
+        };
+        let size = record::framed_len(n);
+        let (head, rest) = self.map[off..off + size].split_at_mut(record::HEADER_LEN);
+        let (payload, pad) = rest.split_at_mut(n);
+        pad.fill(0);
+        record::write_header(kind, payload, head);
+        self.len += size;
+        self.records += 1;
+        self.newest_ms = self.newest_ms.max(time_ms);
+        Ok(off)
+    }
+
     /// The valid record at `off`.
     pub fn frame_at(&self, off: usize) -> Framed<'_> {
         match self.map.get(off..self.len) {

@@ -1216,3 +1216,142 @@ fn retention_spares_only_the_segments_a_running_sync_covers() {
     assert_eq!(oldest, log.active_base(), "once it ended, it went too");
     assert_eq!(log.segment_count(), 1);
 }
+
+/// The send path's records, archived straight into the map, are byte for byte what the
+/// scratch-buffer path writes, in the same segments: every body length from empty to past a
+/// segment's room for the in-place bound, so appends near each segment's end take the
+/// fallback (exact size) and the rolls fall where they did.
+#[test]
+fn send_records_archived_in_place_match_the_scratch_path_byte_for_byte() {
+    use super::record::{Append, MessageRef, OutgoingRecord, OutgoingRef};
+    let (direct_dir, scratch_dir) = (TempDir::new(), TempDir::new());
+    let (mut direct, _, _) = reopen(&direct_dir.0, 4096);
+    let (mut scratch, _, _) = reopen(&scratch_dir.0, 4096);
+    for seq in 1..=400u64 {
+        let body = vec![seq as u8; (seq as usize * 7) % 900];
+        let (a, b) = if seq % 3 == 0 {
+            let out = OutgoingRecord {
+                user: "alice-with-a-longer-name".into(),
+                seq,
+                to: "bob".into(),
+                client_msg_id: seq * 10,
+                sent_at_ms: seq,
+                body: body.clone(),
+            };
+            let direct_pos = direct
+                .append(Append::Outgoing(OutgoingRef {
+                    user: &out.user,
+                    seq,
+                    to: &out.to,
+                    client_msg_id: out.client_msg_id,
+                    sent_at_ms: out.sent_at_ms,
+                    body: &out.body,
+                }))
+                .unwrap();
+            (direct_pos, scratch.append(&Record::Outgoing(out)).unwrap())
+        } else {
+            let Record::Message(m) = msg(seq, body.len(), seq) else {
+                unreachable!()
+            };
+            let direct_pos = direct
+                .append(Append::Message(MessageRef {
+                    to: &m.to,
+                    seq,
+                    from: &m.from,
+                    client_msg_id: m.client_msg_id,
+                    sent_at_ms: m.sent_at_ms,
+                    body: &m.body,
+                    prev: m.prev,
+                }))
+                .unwrap();
+            (direct_pos, scratch.append(&Record::Message(m)).unwrap())
+        };
+        assert_eq!(a, b, "record {seq} at the same position");
+        assert_eq!(direct.read(a).unwrap(), scratch.read(b).unwrap());
+    }
+    assert!(
+        direct.segment_count() > 10,
+        "the run crossed many segment ends"
+    );
+    drop((direct, scratch));
+    let files = |d: &Path| {
+        let mut names: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(files(&direct_dir.0), files(&scratch_dir.0));
+    for name in files(&direct_dir.0) {
+        let (a, b) = (direct_dir.0.join(&name), scratch_dir.0.join(&name));
+        assert!(
+            std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+            "{name:?} differs"
+        );
+    }
+}
+
+/// An in-place archive that fails leaves nothing behind: the bytes it wrote are zeroed, so
+/// the next, shorter record ends at a zero header and recovery finds no torn or stale tail.
+#[test]
+fn a_failed_in_place_archive_leaves_no_bytes_behind() {
+    let dir = TempDir::new();
+    let (mut log, _, _) = reopen(&dir.0, 4096);
+    let first = log.append(&msg(1, 10, 1)).unwrap();
+    let seg = log.active_mut();
+    let before = seg.remaining();
+    let failed = seg.append_archived(record::KIND_MESSAGE, 600, 2, |out| {
+        out.fill(0xAB);
+        Err("serializer failed")
+    });
+    assert_eq!(failed, Err("serializer failed"));
+    assert_eq!(log.active().remaining(), before, "nothing appended");
+    let second = log.append(&msg(2, 10, 3)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let (log, rec, seen) = reopen(&dir.0, 4096);
+    assert_eq!((rec.torn_at, rec.zeroed), (None, 0), "{rec:?}");
+    let positions: Vec<u64> = seen.iter().map(|(pos, _)| *pos).collect();
+    assert_eq!(positions, vec![first, second]);
+    assert_eq!(log.read(second).unwrap(), msg(2, 10, 3));
+}
+
+/// The in-place bound holds for every shape of send record (user IDs up to the protocol's
+/// 128 bytes, bodies across the alignment steps), so the send path never falls back for it.
+#[test]
+fn the_in_place_bound_covers_every_send_record() {
+    use super::record::{Append, MessageRef, OutgoingRef};
+    for name_len in [0, 1, 7, 8, 9, 64, 127, 128] {
+        let name = "u".repeat(name_len);
+        for body_len in [0, 1, 7, 8, 9, 15, 16, 17, 64, 1000] {
+            let body = vec![1u8; body_len];
+            let records = [
+                Append::Message(MessageRef {
+                    to: &name,
+                    seq: u64::MAX,
+                    from: &name,
+                    client_msg_id: u64::MAX,
+                    sent_at_ms: u64::MAX,
+                    body: &body,
+                    prev: NO_POSITION,
+                }),
+                Append::Outgoing(OutgoingRef {
+                    user: &name,
+                    seq: u64::MAX,
+                    to: &name,
+                    client_msg_id: u64::MAX,
+                    sent_at_ms: u64::MAX,
+                    body: &body,
+                }),
+            ];
+            for r in records {
+                let bound = r.archive_bound().unwrap();
+                let len = r.archive_in(rkyv::util::AlignedVec::new()).unwrap().len();
+                assert!(len <= bound, "{name_len}/{body_len}: {len} > {bound}");
+                let mut out = vec![0u8; bound];
+                assert_eq!(r.archive_into(&mut out).unwrap(), len);
+            }
+        }
+    }
+}
