@@ -35,13 +35,13 @@
 //!                     reader::feed → decode_client               │
 //!                    ingress: Shard::on_send                     │
 //!                     rate limit; route: owner(B) == b ≠ a       │
-//!                     (own-send: keep the body for A's stream)   │
 //!                    transport: Mesh::push(b, Message) ─SPSC a→b─▶ ingress: Shard::handle_envelope
 //!                                                                │ inbox: accept_send: dedup(A, client_msg_id),
 //!                                                                │  accept_message: seq = head(B)+1,
 //!                                                                │  Log::append (archived from the frame's
 //!                                                                │  bytes into the map: the body's one copy)
 //!                                                                │  → index(B) += (seq, pos)
+//!                                                                │  (own-send sync: to and body kept for A's copy)
 //!                                                                │ inbox: group commit (once per batch,
 //!                                                                │  up to 3 in flight, released in order):
 //!                                                                │  fdatasync on the shard's io_uring,
@@ -49,10 +49,10 @@
 //!                                                                │ delivery: devices refill from the log
 //!                                                                │  (Deliver laid out from the record, body
 //!                                                                │  copied once) → one send(2) per conn
-//!                    ingress: Shard::on_send_ack ◀──SPSC b→a──── SendAck{OK}
-//!  client A ◀──SendAck{OK}
-//!                    inbox: append_outgoing: A's stream gets the message (own-send sync),
+//!                    ingress: Shard::on_send_ack ◀──SPSC b→a──── SendAck{OK, own copy: to, body}
+//!                    inbox: append_outgoing: A's stream gets the copy (own-send sync),
 //!                     delivered to every device of A after a's next commit
+//!  client A ◀──SendAck{OK, own_seq: the copy's seq}
 //! ```
 //!
 //! ## Data path of a group message

@@ -205,6 +205,88 @@ fn a_resend_is_not_echoed_twice_even_after_a_restart() {
     });
 }
 
+/// The copy comes back from the recipient's shard with the SendAck of a first-time OK only: a
+/// refused cross-shard send adds none.
+#[test]
+fn a_refused_cross_shard_send_adds_no_copy() {
+    let broker = own_send_broker().limits("max_inbox = 1").start();
+    run(async {
+        let (a, b) = (user_on_shard("osf-a", 0, 2), user_on_shard("osf-b", 1, 2));
+        let mut phone = broker.connect(&a, "phone").await;
+        let mut laptop = broker.connect(&a, "laptop").await;
+        let mut kept = Vec::new();
+        phone.send(1, &b, b"fits").await.unwrap();
+        assert_eq!(ack_keeping(&mut phone, 1, &mut kept).await, (Code::OK, 1));
+        phone.send(2, &b, b"too many").await.unwrap();
+        assert_eq!(
+            ack_keeping(&mut phone, 2, &mut kept).await,
+            (Code::INBOX_FULL, 0)
+        );
+        assert!(kept.is_empty(), "{kept:?}");
+        quiet(&mut phone).await;
+        let copy = expect_deliver(&mut laptop).await;
+        assert_eq!((copy.seq, copy.client_msg_id, copy.outgoing), (1, 1, true));
+        quiet(&mut laptop).await;
+        // A copy is appended before the SendAck that names it goes out, so one made for the
+        // refusal would show in the head by now.
+        let tablet = broker.connect(&a, "tablet").await;
+        assert_eq!(tablet.login_info().head_seq, 1, "one copy");
+    });
+}
+
+/// A resend that reaches the recipient's shard while the first is still on its way to the
+/// disk is answered with it, and only the first answer carries the copy.
+#[test]
+fn a_resend_while_the_first_is_unsynced_adds_no_copy() {
+    let dir = TempDir::new("own-send-in-flight");
+    let hold = "fault-sync-hold";
+    let broker = own_send_broker()
+        .dir(dir.path())
+        .storage("fsync = \"always\"")
+        .env(ringpost::log::fault::SYNC_HOLD_ENV, hold)
+        .start();
+    let hold_file = dir.path().join("data").join(hold);
+    let (a, b) = (user_on_shard("osi-a", 0, 2), user_on_shard("osi-b", 1, 2));
+    run(async {
+        let mut phone = broker.connect(&a, "phone").await;
+        let mut laptop = broker.connect(&a, "laptop").await;
+        std::fs::write(&hold_file, b"").unwrap();
+        phone.send(7, &b, b"once").await.unwrap();
+        phone.send(7, &b, b"once").await.unwrap();
+        // Sent after the resend over the same queue: once it is appended, the recipient's shard
+        // has seen the resend, which waits for the first's commit.
+        phone.send(8, &b, b"after").await.unwrap();
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let probe = broker.connect(&b, "probe").await;
+            if probe.login_info().head_seq == 2 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never appended");
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+        std::fs::remove_file(&hold_file).unwrap();
+        let mut kept = Vec::new();
+        assert_eq!(ack_keeping(&mut phone, 7, &mut kept).await, (Code::OK, 1));
+        assert_eq!(
+            ack_keeping(&mut phone, 7, &mut kept).await,
+            (Code::OK, 0),
+            "the resend adds no copy"
+        );
+        assert_eq!(ack_keeping(&mut phone, 8, &mut kept).await, (Code::OK, 2));
+        assert!(kept.is_empty(), "{kept:?}");
+        quiet(&mut phone).await;
+        for (seq, id) in [(1, 7), (2, 8)] {
+            let copy = expect_deliver(&mut laptop).await;
+            assert_eq!(
+                (copy.seq, copy.client_msg_id, copy.outgoing),
+                (seq, id, true)
+            );
+        }
+        quiet(&mut laptop).await;
+    });
+}
+
 #[test]
 fn with_own_send_sync_off_a_sender_sees_only_its_acks() {
     let broker = test_broker().server("own_send_sync = false").start();

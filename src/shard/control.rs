@@ -50,7 +50,7 @@ use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, S
 
 use super::conn::Conn;
 use super::envelope::{GroupAnswer, GroupOpRequest, GroupRequest};
-use super::inbox::{AckTarget, PendingAck, ReplyTarget};
+use super::inbox::{AckTarget, PendingAck, ReplyTarget, SenderCopy};
 use super::state::Shard;
 use super::wake::Signal;
 use crate::metrics::ShardGauges;
@@ -319,7 +319,7 @@ impl Shard {
                     client_msg_id: 0,
                     target: AckTarget::Admin { request: req.id },
                     stamps: crate::metrics::stages::Stamps::NONE,
-                    own_seq: 0,
+                    own: SenderCopy::None,
                 });
             }
             Op::Group { actor, group, op } => {

@@ -1,7 +1,8 @@
 //! What travels between shards over the mesh.
 //!
 //! Everything here is `Send` and owns its data: strings are `Arc<str>` so the sender's user ID
-//! can travel out and come back with its ack without a copy, bodies are `Bytes`.
+//! (and, under own-send sync, a 1:1 message's recipient, with its body) can travel out and
+//! come back with its ack without a copy, bodies are `Bytes`.
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -163,13 +164,24 @@ pub struct SendAck {
     pub origin_conn: ConnId,
     pub client_msg_id: u64,
     pub status: Code,
-    /// The message had already been stored (a resend): the sender's shard must not record it
-    /// in the sender's own stream again.
-    pub duplicate: bool,
+    /// Own-send sync: the copy the sender's shard appends to the sender's own stream. Only in
+    /// the first OK answer of a 1:1 message stored for the first time — never for a refusal,
+    /// a resend answered from the dedup window or a group send — so it is appended once.
+    pub own_copy: Option<OwnCopy>,
     /// When the sender's shard read the Send frame, and when this ack was pushed to the mesh
     /// (0 when not stamped; [`crate::metrics::stages`]).
     pub read_ns: u64,
     pub pushed_ns: u64,
+}
+
+/// Own-send sync: what the sender's shard needs for the copy of a 1:1 message in the sender's
+/// own stream. The recipient's shard keeps the `Message`'s own `to` and `body` (refcounted, not
+/// copied) with the message's pending ack and hands them back in its SendAck, so the sender's
+/// shard keeps nothing per message in flight.
+#[derive(Debug)]
+pub struct OwnCopy {
+    pub to: Arc<str>,
+    pub body: Bytes,
 }
 
 impl Handoff {

@@ -34,7 +34,7 @@ use bytes::Bytes;
 use super::conn::Conn;
 use super::envelope::{Envelope, GroupAnswer, GroupEntry, GroupOpRequest, GroupRequest, GroupSend};
 use super::group_state::{EntryRef, OwnedGroup};
-use super::inbox::{AckTarget, PendingAck, ReplyTarget};
+use super::inbox::{AckTarget, PendingAck, ReplyTarget, SenderCopy};
 use super::recovery::{insert_sorted, remove_sorted};
 use super::routing::{group_owner, owner};
 use super::state::Shard;
@@ -593,7 +593,7 @@ impl Shard {
                     client_msg_id,
                     target,
                     stamps: crate::metrics::stages::Stamps::NONE,
-                    own_seq: 0,
+                    own: SenderCopy::None,
                 });
                 Some(group_seq)
             }

@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::envelope::{ConnId, Envelope, GroupAnswer, GroupEntry, SendAck};
+use super::envelope::{ConnId, Envelope, GroupAnswer, GroupEntry, OwnCopy, SendAck};
 use super::state::Shard;
 use super::users::User;
 use crate::config::FsyncPolicy;
@@ -59,6 +59,20 @@ pub enum ReplyTarget {
     },
 }
 
+/// Own-send sync: the copy of a 1:1 send in the sender's own stream, as the send's first
+/// answer carries it (see [`super::own_sends`]).
+#[derive(Debug, Default)]
+pub enum SenderCopy {
+    /// None: a group send, a publish, own-send sync off.
+    #[default]
+    None,
+    /// A send from a connection here: the copy is appended already, and the sending
+    /// connection is not sent this seq, which its SendAck names (0: it is sent the copy).
+    OwnSeq(u64),
+    /// A send from another shard: the copy for the sender's shard to append, in its SendAck.
+    Remote(OwnCopy),
+}
+
 /// Something released by the group commit that makes what it refers to durable.
 pub enum PendingAck {
     /// A 1:1 or group message stored here: settle its dedup entry and answer the sender (and
@@ -69,9 +83,8 @@ pub enum PendingAck {
         target: AckTarget,
         /// Read and appended ([`crate::metrics::stages`]; NONE for group sends).
         stamps: Stamps,
-        /// The seq of the send's own-send copy that the sending connection (here) is not sent,
-        /// for its SendAck (0: none; see [`super::own_sends`]).
-        own_seq: u64,
+        /// The send's own-send copy, for its first answer.
+        own: SenderCopy,
     },
     /// A group operation committed here (its owner): answer the requester and release the
     /// places reserved for it on users' shards.
@@ -136,7 +149,7 @@ impl Shard {
                     client_msg_id,
                     target,
                     stamps,
-                    own_seq: 0,
+                    own: SenderCopy::None,
                 });
                 true
             }
@@ -177,11 +190,19 @@ impl Shard {
         target: AckTarget,
         status: Code,
     ) {
-        self.settle_send_stamped(sender, client_msg_id, target, status, Stamps::NONE, 0);
+        self.settle_send_stamped(
+            sender,
+            client_msg_id,
+            target,
+            status,
+            Stamps::NONE,
+            SenderCopy::None,
+        );
     }
 
     /// [`Shard::settle_send`], the first answer stamped with `stamps` (its stage started at
-    /// the sync's end) and naming `own_seq` (see [`PendingAck::Send`]).
+    /// the sync's end) and carrying `own` (see [`PendingAck::Send`]); the waiters' answers
+    /// (resends) carry no copy.
     fn settle_send_stamped(
         &self,
         sender: &Arc<str>,
@@ -189,7 +210,7 @@ impl Shard {
         target: AckTarget,
         status: Code,
         stamps: Stamps,
-        own_seq: u64,
+        own: SenderCopy,
     ) {
         let waiters = self
             .windows
@@ -197,15 +218,7 @@ impl Shard {
             .get_mut(sender)
             .map(|d| d.complete(client_msg_id, status))
             .unwrap_or_default();
-        self.answer_send_stamped(
-            target,
-            sender,
-            client_msg_id,
-            status,
-            false,
-            stamps,
-            own_seq,
-        );
+        self.answer_send_stamped(target, sender, client_msg_id, status, false, stamps, own);
         for w in waiters {
             self.answer_send(w, sender, client_msg_id, status, true);
         }
@@ -227,7 +240,7 @@ impl Shard {
             status,
             duplicate,
             Stamps::NONE,
-            0,
+            SenderCopy::None,
         );
     }
 
@@ -240,7 +253,7 @@ impl Shard {
         status: Code,
         duplicate: bool,
         stamps: Stamps,
-        own_seq: u64,
+        own: SenderCopy,
     ) {
         let released = match stamps.is_stamped() {
             true => {
@@ -254,7 +267,10 @@ impl Shard {
         };
         match target {
             AckTarget::Local { conn } => {
-                let own_seq = if status == Code::OK { own_seq } else { 0 };
+                let own_seq = match own {
+                    SenderCopy::OwnSeq(seq) if status == Code::OK => seq,
+                    _ => 0,
+                };
                 self.ack_conn(conn, client_msg_id, status, own_seq);
                 self.ack_queued(stamps.at(released));
             }
@@ -266,7 +282,10 @@ impl Shard {
                     origin_conn,
                     client_msg_id,
                     status,
-                    duplicate,
+                    own_copy: match own {
+                        SenderCopy::Remote(copy) if status == Code::OK && !duplicate => Some(copy),
+                        _ => None,
+                    },
                     read_ns: stamps.read_ns,
                     pushed_ns: released,
                 }),
@@ -374,17 +393,17 @@ impl Shard {
         }
     }
 
-    /// The send accepted last (a local 1:1 send whose PendingAck was just queued) has its
-    /// own-send copy at `own_seq`, which its SendAck names.
-    pub(super) fn note_own_seq(&self, client_msg_id: u64, own_seq: u64) {
+    /// The send accepted last (a 1:1 send whose PendingAck was just queued) has own-send copy
+    /// `own`, for its first answer.
+    pub(super) fn note_sender_copy(&self, client_msg_id: u64, own: SenderCopy) {
         if let Some(PendingAck::Send {
             client_msg_id: id,
-            own_seq: slot,
+            own: slot,
             ..
         }) = self.pending.borrow_mut().last_mut()
         {
             if *id == client_msg_id {
-                *slot = own_seq;
+                *slot = own;
             }
         }
     }
@@ -578,7 +597,7 @@ impl Shard {
                     client_msg_id,
                     target,
                     stamps,
-                    own_seq,
+                    own,
                 } => {
                     let stages = &self.metrics.stages;
                     if stamps.is_stamped() {
@@ -588,14 +607,7 @@ impl Shard {
                         }
                     }
                     let stamps = stamps.at(sync_end);
-                    self.settle_send_stamped(
-                        &sender,
-                        client_msg_id,
-                        target,
-                        status,
-                        stamps,
-                        own_seq,
-                    )
+                    self.settle_send_stamped(&sender, client_msg_id, target, status, stamps, own)
                 }
                 PendingAck::GroupOp {
                     mut answer,

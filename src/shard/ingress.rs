@@ -2,7 +2,8 @@
 //! peers — and the admission of sends: rate limit, recipient check, routing to the owner of
 //! the recipient (1:1) or of the group. Dedup happens where the message is stored (see
 //! [`super::dedup`]); the SendAck that comes back lands here (`Shard::on_send_ack`), and
-//! with own-send sync the accepted 1:1 message enters the sender's own stream.
+//! with own-send sync the accepted 1:1 message enters the sender's own stream from the copy
+//! the recipient's shard put in it (so nothing waits here per message in flight).
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -10,8 +11,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::conn::Conn;
-use super::envelope::{Envelope, Handoff, Message, SendAck};
-use super::inbox::AckTarget;
+use super::envelope::{Envelope, Handoff, Message, OwnCopy, SendAck};
+use super::inbox::{AckTarget, SenderCopy};
 use super::ratelimit::RateVerdict;
 use super::routing::owner;
 use super::state::Shard;
@@ -114,18 +115,12 @@ impl Shard {
                 self.accept_send_stamped(&conn.user, to, client_msg_id, body, target, stamps);
             if stored && self.cfg.server.own_send_sync {
                 let own_seq = self.append_outgoing(&conn.user, to, client_msg_id, body, conn.id);
-                self.note_own_seq(client_msg_id, own_seq);
+                self.note_sender_copy(client_msg_id, SenderCopy::OwnSeq(own_seq));
             }
             return;
         }
         let body = Bytes::copy_from_slice(body);
         let to: Arc<str> = Arc::from(to);
-        if self.cfg.server.own_send_sync {
-            self.outbound.borrow_mut().insert(
-                (conn.user.clone(), client_msg_id),
-                (to.clone(), body.clone()),
-            );
-        }
         self.in_flight.set(self.in_flight.get() + 1);
         self.mesh.push(
             dest,
@@ -141,7 +136,8 @@ impl Shard {
     }
 
     /// The outcome of a send this shard forwarded: to the sending connection, and (own-send
-    /// sync) into the sender's stream if the message was stored for the first time.
+    /// sync) into the sender's stream if the message was stored for the first time (only then
+    /// does the SendAck carry the copy).
     fn on_send_ack(&self, a: SendAck) {
         self.in_flight.set(self.in_flight.get().saturating_sub(1));
         let received = self.now_ns();
@@ -150,15 +146,11 @@ impl Shard {
             .between(Stage::AckMesh, a.pushed_ns, received);
         // The copy first, so that the SendAck can name it (it reaches the connection before
         // any entry after the copy: those need a commit that has not started yet).
-        let copy = self
-            .outbound
-            .borrow_mut()
-            .remove(&(a.sender.clone(), a.client_msg_id));
-        let own_seq = match copy {
-            Some((to, body)) if a.status == Code::OK && !a.duplicate => {
-                self.append_outgoing(&a.sender, &to, a.client_msg_id, &body, a.origin_conn)
+        let own_seq = match &a.own_copy {
+            Some(OwnCopy { to, body }) => {
+                self.append_outgoing(&a.sender, to, a.client_msg_id, body, a.origin_conn)
             }
-            _ => 0,
+            None => 0,
         };
         self.ack_conn(a.origin_conn, a.client_msg_id, a.status, own_seq);
         self.ack_queued(Stamps {
@@ -185,7 +177,23 @@ impl Shard {
                     read_ns: m.read_ns,
                     prev_ns: received,
                 };
-                self.accept_send_stamped(&m.from, &m.to, m.client_msg_id, &m.body, target, stamps);
+                let stored = self.accept_send_stamped(
+                    &m.from,
+                    &m.to,
+                    m.client_msg_id,
+                    &m.body,
+                    target,
+                    stamps,
+                );
+                if stored && self.cfg.server.own_send_sync {
+                    // Kept with the pending ack until the commit, then handed back in the
+                    // SendAck, for the copy in the sender's stream.
+                    let copy = OwnCopy {
+                        to: m.to,
+                        body: m.body,
+                    };
+                    self.note_sender_copy(m.client_msg_id, SenderCopy::Remote(copy));
+                }
             }
             Envelope::SendAck(a) => self.on_send_ack(a),
             Envelope::Handoff(h) => return Some(h),

@@ -22,8 +22,6 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use super::clock::Clock;
 use super::conn::Conn;
 use super::connections::IdleWheel;
@@ -40,9 +38,6 @@ use super::wake::{Broadcast, Signal};
 use crate::config::Config;
 use crate::log::Log;
 use crate::metrics::ShardMetrics;
-
-/// Own-send sync: the recipient and body of a 1:1 send on its way to another shard.
-pub type OutboundCopy = (Arc<str>, Bytes);
 
 /// Bytes read from a socket per `recv` call.
 pub const READ_CHUNK: usize = 64 * 1024;
@@ -81,9 +76,6 @@ pub struct Shard {
     pub(super) restated: Cell<Option<u64>>,
     /// Dedup windows of the senders whose messages this shard stores.
     pub(super) windows: RefCell<Windows<AckTarget>>,
-    /// Own-send sync: (sender, client_msg_id) → (recipient, body) of 1:1 messages on their way
-    /// to another shard, recorded in the sender's stream once accepted there.
-    pub(super) outbound: RefCell<super::FastMap<(Arc<str>, u64), OutboundCopy>>,
     /// Groups this shard owns or serves members of.
     pub(super) groups: RefCell<GroupsState>,
     /// The owner's group operations waiting for reservations.
@@ -130,7 +122,6 @@ impl Shard {
             conns: RefCell::default(),
             users: RefCell::new(Users::recovered(recovered.users)),
             windows: RefCell::new(recovered.windows),
-            outbound: RefCell::default(),
             groups: RefCell::new(recovered.groups),
             ops: RefCell::default(),
             reservations: RefCell::default(),
