@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Broker and load-generator CPU per 1:1 message at one fixed offered rate (BENCHMARKS.md,
+"Own-send sync after the SendAck carries the copy").
+
+For each binary and own-send setting, one fresh broker (2 shards, fsync = "always",
+sends_per_sec = 1000000) and one `load p2p --users 200 --size 64 --threads 1 --warmup 1s
+--duration 6s --rate RATE`; prints delivered, p50, and CPU µs per delivered message of the
+broker (utime + stime from /proc/PID/stat over the load run) and of the generator (its rusage).
+Unlike the peak in scripts/bench_regression.py, every variant does the same work per second,
+so the per-message figures compare the path, not how well each batches at saturation.
+
+    scripts/cpu_at_rate.py RATE BIN [BIN ...]        # e.g. 200000 target/release/ringpost
+"""
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(ROOT, "target", "release", "ringpost-tools")
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(binary, rate, own_send):
+    d = tempfile.mkdtemp(prefix="ringpost-cpu.")
+    try:
+        with open(f"{d}/c.toml", "w") as f:
+            f.write(
+                f'[server]\nlisten = "127.0.0.1:0"\nws_listen = ""\nshards = 2\n'
+                f"own_send_sync = {own_send}\n"
+                f'[storage]\ndata_dir = "{d}/data"\nfsync = "always"\n'
+                f'[auth]\nsecret_file = "{d}/auth.secret"\n[admin]\nlisten = ""\n'
+                f"[limits]\nsends_per_sec = 1000000\nmax_inbox = 100000000\n"
+            )
+        out = open(f"{d}/out", "w")
+        broker = subprocess.Popen([binary, "--config", f"{d}/c.toml"], stdout=out, stderr=out)
+        addr = None
+        for _ in range(100):
+            with open(f"{d}/out") as f:
+                for line in f:
+                    if "listening on" in line:
+                        addr = line.split()[3]
+            if addr:
+                break
+            time.sleep(0.1)
+        if addr is None:
+            raise SystemExit(f"{binary} did not start")
+        c0 = cpu_seconds(broker.pid)
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        load = subprocess.run(
+            [TOOLS, "load", "p2p", "--addr", addr, "--secret-file", f"{d}/auth.secret",
+             "--users", "200", "--size", "64", "--warmup", "1s", "--duration", "6s",
+             "--threads", "1", "--rate", str(rate), "--json"],
+            capture_output=True, text=True, check=True)
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        c1 = cpu_seconds(broker.pid)
+        broker.terminate()
+        broker.wait()
+        rep = json.loads(load.stdout.strip().splitlines()[-1])
+        n = rep["delivered"]
+        gen = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+        return n, rep["lost"], rep["latency_us"]["p50"], 1e6 * (c1 - c0) / n, 1e6 * gen / n
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def main():
+    if len(sys.argv) < 3:
+        raise SystemExit(__doc__)
+    rate = int(sys.argv[1])
+    for binary in sys.argv[2:]:
+        for own_send in ("true", "false"):
+            n, lost, p50, broker, gen = run(binary, rate, own_send)
+            print(f"{binary} own_send_sync={own_send} rate={rate}: delivered {n} lost {lost} "
+                  f"p50 {p50} µs; broker {broker:.2f} µs/msg, generator {gen:.2f} µs/msg; "
+                  f"load {os.getloadavg()[0]:.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
