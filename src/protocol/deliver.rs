@@ -1,10 +1,12 @@
 //! Deliver frames written straight into the connection's output buffer.
 //!
-//! Every delivery (live, replay, catch-up) is a Deliver, and almost all of them are plain 1:1
-//! or outgoing entries. For those, [`encode_plain`] computes the FlatBuffers layout up front
-//! and writes the frame head and the payload in one forward pass into `out`: no builder, no
-//! second copy of the body out of a builder's buffer, no allocation beyond `out`'s own growth.
-//! Group entries (group id, members, kind) still go through the builder (`codec`).
+//! Every delivery (live, replay, catch-up) is a Deliver, and almost all of them are messages:
+//! 1:1, outgoing, or a group's (one per member, so a fan-out encodes thousands per group
+//! message). For those, [`encode_plain`] computes the FlatBuffers layout up front and writes
+//! the frame head and the payload in one forward pass into `out`: no builder, no second copy
+//! of the body out of a builder's buffer, no allocation beyond `out`'s own growth. A group's
+//! membership events (a kind other than Message, a member list) still go through the builder
+//! (`codec`).
 //!
 //! The layout is an ordinary FlatBuffer that the generated readers and verifier accept; it
 //! differs from the builder's bytes (forward order, defaults written), which the schema allows.
@@ -17,8 +19,9 @@
 //! 24  Deliver vtable [len, table len, seq, from_user, client_msg_id, sent_at_ms, body
 //!                     (+ group_id, group_seq, kind absent, outgoing, to_user)]
 //!  T  Deliver table  soffset, from_user, seq, client_msg_id, sent_at_ms, body (+ to_user,
-//!                    outgoing); T is 8-aligned so the u64s are
-//!     from_user string, to_user string, body vector (each u32 length, 4-aligned)
+//!                    outgoing (+ group_id, group_seq)); T is 8-aligned so the u64s are
+//!     from_user string, to_user string, group_id string, body vector (each u32 length,
+//!     4-aligned)
 //! ```
 
 use super::codec::FrameHead;
@@ -39,13 +42,13 @@ const AT_SENT_AT: u16 = 24;
 const AT_BODY: u16 = 32;
 const AT_TO_USER: u16 = 36;
 const AT_OUTGOING: u16 = 40;
+const AT_GROUP_ID: u16 = 44;
+const AT_GROUP_SEQ: u16 = 48;
 
-/// True if `d` has only the fields [`encode_plain`] writes (no group fields).
+/// True if `d` has only the fields [`encode_plain`] writes: a message (1:1, outgoing or a
+/// group's), not a membership event.
 pub fn is_plain(d: &Deliver<'_>) -> bool {
-    d.group_id.is_empty()
-        && d.group_seq == 0
-        && d.kind == fb::EntryKind::Message
-        && d.members.is_empty()
+    d.kind == fb::EntryKind::Message && d.members.is_empty()
 }
 
 fn align(n: usize, to: usize) -> usize {
@@ -55,22 +58,32 @@ fn align(n: usize, to: usize) -> usize {
 /// Appends `head` and the Deliver payload for `d` (which must be [`is_plain`]) to `out`.
 pub fn encode_plain<H: FrameHead>(d: &Deliver<'_>, head: &H, out: &mut Vec<u8>) {
     debug_assert!(is_plain(d));
-    let long = d.outgoing || !d.to_user.is_empty();
+    let grouped = !d.group_id.is_empty() || d.group_seq != 0;
+    let long = grouped || d.outgoing || !d.to_user.is_empty();
     let fields = if long { LONG_FIELDS } else { SHORT_FIELDS };
     let vtable_len = 4 + 2 * fields;
     let table = align(DELIVER_VTABLE + vtable_len, 8);
-    let table_len = if long {
+    let table_len = if grouped {
+        usize::from(AT_GROUP_SEQ) + 8
+    } else if long {
         usize::from(AT_OUTGOING) + 1
     } else {
         usize::from(AT_BODY) + 4
     };
     let from_at = align(table + table_len, 4);
-    let after_from = align(from_at + 4 + d.from_user.len() + 1, 4);
-    let (to_at, body_at) = if long && !d.to_user.is_empty() {
-        (after_from, align(after_from + 4 + d.to_user.len() + 1, 4))
-    } else {
-        (0, after_from)
+    let mut next = align(from_at + 4 + d.from_user.len() + 1, 4);
+    // Each optional string where the previous one ended (0: absent).
+    let mut place = |s: &str| {
+        if s.is_empty() {
+            return 0;
+        }
+        let at = next;
+        next = align(at + 4 + s.len() + 1, 4);
+        at
     };
+    let to_at = place(d.to_user);
+    let group_at = place(d.group_id);
+    let body_at = next;
     let len = body_at + 4 + d.body.len();
 
     out.reserve(H::MAX_LEN + len);
@@ -95,8 +108,8 @@ pub fn encode_plain<H: FrameHead>(d: &Deliver<'_>, head: &H, out: &mut Vec<u8>) 
     w.u16(AT_SENT_AT);
     w.u16(AT_BODY);
     if long {
-        w.u16(0); // group_id
-        w.u16(0); // group_seq
+        w.u16(if group_at == 0 { 0 } else { AT_GROUP_ID });
+        w.u16(if d.group_seq == 0 { 0 } else { AT_GROUP_SEQ });
         w.u16(0); // kind (Message, the default)
         w.u16(if d.outgoing { AT_OUTGOING } else { 0 });
         w.u16(if d.to_user.is_empty() { 0 } else { AT_TO_USER });
@@ -118,11 +131,25 @@ pub fn encode_plain<H: FrameHead>(d: &Deliver<'_>, head: &H, out: &mut Vec<u8>) 
         w.u32(to);
         w.bytes(&[u8::from(d.outgoing)]);
     }
+    if grouped {
+        w.pad_to(table + usize::from(AT_GROUP_ID));
+        let group = if group_at == 0 {
+            0
+        } else {
+            (group_at - (table + usize::from(AT_GROUP_ID))) as u32
+        };
+        w.u32(group);
+        w.u64(d.group_seq);
+    }
     w.pad_to(from_at);
     w.string(d.from_user);
     if to_at != 0 {
         w.pad_to(to_at);
         w.string(d.to_user);
+    }
+    if group_at != 0 {
+        w.pad_to(group_at);
+        w.string(d.group_id);
     }
     w.pad_to(body_at);
     w.u32(d.body.len() as u32);
@@ -190,7 +217,8 @@ mod tests {
 
     proptest! {
         /// The direct layout decodes (through the generated verifier and readers) to exactly
-        /// what the builder's bytes decode to, for 1:1 and outgoing entries of any size.
+        /// what the builder's bytes decode to, for 1:1, outgoing and group messages of any
+        /// size (each optional field present or not).
         #[test]
         fn decodes_like_the_builder(
             seq in any::<u64>(),
@@ -199,11 +227,15 @@ mod tests {
             id in any::<u64>(),
             at in any::<u64>(),
             outgoing in any::<bool>(),
+            group in "[a-z0-9._-]{0,40}",
+            group_seq in prop_oneof![Just(0u64), any::<u64>()],
             body in proptest::collection::vec(any::<u8>(), 0..300),
         ) {
             let d = Deliver {
                 outgoing,
                 to_user: &to,
+                group_id: &group,
+                group_seq,
                 ..Deliver::message(seq, &from, id, at, &body)
             };
             prop_assert!(is_plain(&d));
@@ -214,10 +246,12 @@ mod tests {
     }
 
     #[test]
-    fn group_entries_are_not_plain() {
+    fn membership_events_are_not_plain() {
         let d = Deliver {
             group_id: "g",
-            ..Deliver::message(1, "a", 1, 1, b"x")
+            group_seq: 3,
+            kind: fb::EntryKind::MembersAdded,
+            ..Deliver::message(1, "a", 1, 1, b"")
         };
         assert!(!is_plain(&d));
         let members = ["a"];
