@@ -537,6 +537,26 @@ impl Log {
         pos
     }
 
+    /// Appends a borrowed record ([`record::Append::archive_bound`] is `Some`) in place into
+    /// room that [`Log::prepare`] made for that bound (so it lands after what was appended
+    /// with it, in the same segment); never rolls. Fails, appending nothing, without that room.
+    pub fn append_prepared(&mut self, rec: record::Append<'_>) -> Result<u64, LogError> {
+        let room = |what: &str| LogError::Serialize(format!("{what}: no room prepared for it"));
+        let bound = rec.archive_bound().ok_or_else(|| room("an owned record"))?;
+        if self.poisoned {
+            return Err(self.poisoned_error());
+        }
+        if self.active().remaining() < record::framed_len(bound) {
+            return Err(room("a borrowed record"));
+        }
+        let seg = self.active_mut();
+        seg.append_archived(rec.kind(), bound, rec.time_ms(), |out| {
+            rec.archive_into(out)
+        })
+        .map(|off| seg.base + off as u64)
+        .map_err(|e| LogError::Serialize(e.to_string()))
+    }
+
     /// Frames `rec` for [`Log::append_framed`].
     pub fn frame(rec: &Record) -> Result<Vec<u8>, LogError> {
         record::frame(rec).map_err(|e| LogError::Serialize(e.to_string()))

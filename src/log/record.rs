@@ -259,12 +259,66 @@ where
     }
 }
 
+/// A group entry without a member list (a message, nearly always) as a [`GroupRecord`]
+/// borrowing its strings and body, so the body goes from the entry's shared `Bytes` straight
+/// into the log; archives to the same bytes. Entries with members go through the owned record.
+#[derive(Clone, Copy)]
+pub struct GroupMessageRef<'a> {
+    pub group: &'a str,
+    pub group_seq: u64,
+    pub kind: u8,
+    pub from: &'a str,
+    pub client_msg_id: u64,
+    pub sent_at_ms: u64,
+    pub body: &'a [u8],
+}
+
+/// Where a borrowed group message's strings, body and (empty) member list went.
+pub struct GroupMessageResolver {
+    group: StringResolver,
+    from: StringResolver,
+    body: VecResolver,
+    members: VecResolver,
+}
+
+impl Archive for GroupMessageRef<'_> {
+    type Archived = ArchivedGroupRecord;
+    type Resolver = GroupMessageResolver;
+
+    fn resolve(&self, r: GroupMessageResolver, out: Place<ArchivedGroupRecord>) {
+        rkyv::munge::munge!(let ArchivedGroupRecord { group, group_seq, kind, from, client_msg_id, sent_at_ms, body, members } = out);
+        ArchivedString::resolve_from_str(self.group, r.group, group);
+        self.group_seq.resolve((), group_seq);
+        self.kind.resolve((), kind);
+        ArchivedString::resolve_from_str(self.from, r.from, from);
+        self.client_msg_id.resolve((), client_msg_id);
+        self.sent_at_ms.resolve((), sent_at_ms);
+        ArchivedVec::<u8>::resolve_from_len(self.body.len(), r.body, body);
+        ArchivedVec::<ArchivedString>::resolve_from_len(0, r.members, members);
+    }
+}
+
+impl<S: Fallible + Allocator + Writer + ?Sized> Serialize<S> for GroupMessageRef<'_>
+where
+    S::Error: Source,
+{
+    fn serialize(&self, s: &mut S) -> Result<GroupMessageResolver, S::Error> {
+        Ok(GroupMessageResolver {
+            group: ArchivedString::serialize_from_str(self.group, s)?,
+            from: ArchivedString::serialize_from_str(self.from, s)?,
+            body: ArchivedVec::<u8>::serialize_from_slice(self.body, s)?,
+            members: ArchivedVec::<ArchivedString>::serialize_from_slice::<String, S>(&[], s)?,
+        })
+    }
+}
+
 /// What [`crate::log::Log::append`] takes: any record, or one of the send path's two kinds
 /// borrowed.
 pub enum Append<'a> {
     Record(&'a Record),
     Message(MessageRef<'a>),
     Outgoing(OutgoingRef<'a>),
+    GroupMessage(GroupMessageRef<'a>),
 }
 
 impl<'a> From<&'a Record> for Append<'a> {
@@ -279,6 +333,7 @@ impl Append<'_> {
             Append::Record(r) => r.kind(),
             Append::Message(_) => KIND_MESSAGE,
             Append::Outgoing(_) => KIND_OUTGOING,
+            Append::GroupMessage(_) => KIND_GROUP,
         }
     }
 
@@ -287,6 +342,7 @@ impl Append<'_> {
             Append::Record(r) => r.time_ms(),
             Append::Message(m) => m.sent_at_ms,
             Append::Outgoing(o) => o.sent_at_ms,
+            Append::GroupMessage(g) => g.sent_at_ms,
         }
     }
 
@@ -307,15 +363,20 @@ impl Append<'_> {
                 buf.clear();
                 to_bytes_in::<_, Error>(o, buf)
             }
+            Append::GroupMessage(g) => {
+                buf.clear();
+                to_bytes_in::<_, Error>(g, buf)
+            }
         }
     }
 
-    /// For the send path's two kinds: bytes that the archive takes at most (its root struct,
-    /// the strings' and body's bytes, padding), so that [`Append::archive_into`] a buffer this
-    /// long cannot run out of room. `None` for any other record (archived via a scratch buffer).
+    /// For the borrowed kinds (1:1 message, outgoing, group message): bytes that the archive
+    /// takes at most (its root struct, the strings' and body's bytes, padding), so that
+    /// [`Append::archive_into`] a buffer this long cannot run out of room. `None` for any other
+    /// record (archived via a scratch buffer).
     pub fn archive_bound(&self) -> Option<usize> {
-        // The archived roots are 7 eight-byte fields (and the legacy enum's tag); each
-        // out-of-line string or byte vector adds at most 7 bytes of alignment.
+        // The archived roots are at most 8 eight-byte fields (and the legacy enum's tag); each
+        // out-of-line string or vector adds at most 7 bytes of alignment.
         const ROOT_AND_PADDING: usize = 128;
         match self {
             Append::Record(_) => None,
@@ -323,10 +384,13 @@ impl Append<'_> {
             Append::Outgoing(o) => {
                 Some(o.user.len() + o.to.len() + o.body.len() + ROOT_AND_PADDING)
             }
+            Append::GroupMessage(g) => {
+                Some(g.group.len() + g.from.len() + g.body.len() + ROOT_AND_PADDING)
+            }
         }
     }
 
-    /// Archives a send-path record straight into `out` (the segment's map, past the header):
+    /// Archives a borrowed record straight into `out` (the segment's map, past the header):
     /// the body's one copy on its way into the log. Returns the archive's length. The bytes are
     /// exactly those [`Append::archive_in`] produces, given a 16-byte aligned `out`.
     pub fn archive_into(&self, out: &mut [u8]) -> Result<usize, rkyv::rancor::Error> {
@@ -338,14 +402,15 @@ impl Append<'_> {
             Append::Record(_) => rkyv::rancor::fail!(NotASendRecord),
             Append::Message(m) => to_bytes_in::<_, Error>(&LegacyRef::Message(m), out)?,
             Append::Outgoing(o) => to_bytes_in::<_, Error>(o, out)?,
+            Append::GroupMessage(g) => to_bytes_in::<_, Error>(g, out)?,
         };
         Ok(written.len())
     }
 }
 
-/// [`Append::archive_into`] was given a record that is not one of the send path's kinds.
+/// [`Append::archive_into`] was given an owned record (those go through the scratch buffer).
 #[derive(Debug, thiserror::Error)]
-#[error("only message and outgoing records are archived in place")]
+#[error("only borrowed records are archived in place")]
 struct NotASendRecord;
 
 /// Any record, in memory.

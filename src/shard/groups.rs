@@ -34,11 +34,11 @@ use bytes::Bytes;
 use super::conn::Conn;
 use super::envelope::{Envelope, GroupAnswer, GroupEntry, GroupOpRequest, GroupRequest, GroupSend};
 use super::group_state::{EntryRef, OwnedGroup};
-use super::inbox::{AckTarget, PendingAck, ReplyTarget, SenderCopy};
+use super::inbox::{AckTarget, GroupEntryBytes, PendingAck, ReplyTarget, SenderCopy};
 use super::recovery::{insert_sorted, remove_sorted};
 use super::routing::{group_owner, owner};
 use super::state::Shard;
-use crate::log::record::{GroupRecord, Record};
+use crate::log::record::{GroupMessageRef, GroupRecord, Record};
 use crate::protocol::{self, Code, EntryKind, GroupOp, GroupReply, Members, Names, ServerMsg};
 
 /// Members per GroupInfo page when the request says 0, and at most.
@@ -679,20 +679,35 @@ impl Shard {
             };
             (plan.recipients, base)
         };
-        let record = Record::Group(GroupRecord {
-            group: entry.group.to_string(),
-            group_seq: entry.group_seq,
-            kind: entry.kind.0,
-            from: entry.from.to_string(),
-            client_msg_id: entry.client_msg_id,
-            sent_at_ms: entry.sent_at_ms,
-            body: entry.body.to_vec(),
-            members: entry.members.iter().map(|m| m.to_string()).collect(),
-        });
-        let framed = crate::log::Log::frame(&record).map_err(|e| {
-            tracing::error!(shard = self.id, error = %e, "cannot frame a group entry");
-            Code::INTERNAL
-        })?;
+        // A message (any entry without a member list) is archived from the entry's own
+        // strings and body; a membership change with its member list is framed from an
+        // owned record.
+        let bytes = if entry.members.is_empty() {
+            GroupEntryBytes::Message(GroupMessageRef {
+                group: &entry.group,
+                group_seq: entry.group_seq,
+                kind: entry.kind.0,
+                from: &entry.from,
+                client_msg_id: entry.client_msg_id,
+                sent_at_ms: entry.sent_at_ms,
+                body: &entry.body,
+            })
+        } else {
+            let record = Record::Group(GroupRecord {
+                group: entry.group.to_string(),
+                group_seq: entry.group_seq,
+                kind: entry.kind.0,
+                from: entry.from.to_string(),
+                client_msg_id: entry.client_msg_id,
+                sent_at_ms: entry.sent_at_ms,
+                body: entry.body.to_vec(),
+                members: entry.members.iter().map(|m| m.to_string()).collect(),
+            });
+            GroupEntryBytes::Framed(crate::log::Log::frame(&record).map_err(|e| {
+                tracing::error!(shard = self.id, error = %e, "cannot frame a group entry");
+                Code::INTERNAL
+            })?)
+        };
         let now = entry.sent_at_ms;
         let (pos, base) = {
             let groups = self.groups.borrow();
@@ -701,7 +716,7 @@ impl Shard {
                     .checkpoint(&entry.group, now)
                     .unwrap_or_else(|| empty_checkpoint(&entry.group, now))
             };
-            self.append_group_entry(&framed, now, checkpoint_base, checkpoint, &recipients)?
+            self.append_group_entry(bytes, now, checkpoint_base, checkpoint, &recipients)?
         };
         let applied = {
             let mut groups = self.groups.borrow_mut();

@@ -30,7 +30,8 @@ use super::state::Shard;
 use super::users::User;
 use crate::config::FsyncPolicy;
 use crate::log::record::{
-    AnchorRecord, Append, CursorRecord, MessageRef, OutgoingRef, Record, NO_POSITION,
+    AnchorRecord, Append, CursorRecord, GroupMessageRef, MessageRef, OutgoingRef, Record,
+    NO_POSITION,
 };
 use crate::metrics::stages::{now_ns, Stage, Stamps};
 use crate::protocol::{Code, ServerMsg};
@@ -71,6 +72,26 @@ pub enum SenderCopy {
     OwnSeq(u64),
     /// A send from another shard: the copy for the sender's shard to append, in its SendAck.
     Remote(OwnCopy),
+}
+
+/// A group entry as [`Shard::append_group_entry`] takes it: a message borrowed from the
+/// entry (archived in place: the body's one copy from the shared `Bytes` into the log), or a
+/// membership change framed by the caller.
+pub enum GroupEntryBytes<'a> {
+    Message(GroupMessageRef<'a>),
+    Framed(Vec<u8>),
+}
+
+impl GroupEntryBytes<'_> {
+    /// Bytes of the segment it may take.
+    fn room(&self) -> usize {
+        match self {
+            GroupEntryBytes::Framed(framed) => framed.len(),
+            GroupEntryBytes::Message(m) => Append::GroupMessage(*m)
+                .archive_bound()
+                .map_or(0, crate::log::record::framed_len),
+        }
+    }
 }
 
 /// Something released by the group commit that makes what it refers to durable.
@@ -437,7 +458,7 @@ impl Shard {
     /// position and the segment base; the caller then applies the entry.
     pub(super) fn append_group_entry(
         &self,
-        entry: &[u8],
+        entry: GroupEntryBytes<'_>,
         time_ms: u64,
         checkpoint_base: Option<u64>,
         checkpoint: impl Fn() -> Record,
@@ -474,7 +495,7 @@ impl Shard {
                     .map_err(fail)?,
                 ),
             };
-            let total = entry.len()
+            let total = entry.room()
                 + snapshot.as_ref().map_or(0, Vec::len)
                 + anchor.as_ref().map_or(0, Vec::len);
             if log.prepare(total).map_err(fail)? != base {
@@ -483,7 +504,12 @@ impl Shard {
             for framed in [&snapshot, &anchor].into_iter().flatten() {
                 log.append_framed(framed, time_ms);
             }
-            let pos = log.append_framed(entry, time_ms);
+            let pos = match &entry {
+                GroupEntryBytes::Framed(framed) => log.append_framed(framed, time_ms),
+                GroupEntryBytes::Message(m) => log
+                    .append_prepared(Append::GroupMessage(*m))
+                    .map_err(fail)?,
+            };
             if log.segment_count() != segments {
                 self.rolled.set(true);
             }
