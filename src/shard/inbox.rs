@@ -74,7 +74,7 @@ pub enum SenderCopy {
     Remote(OwnCopy),
 }
 
-/// A group entry as [`Shard::append_group_entry`] takes it: a message borrowed from the
+/// A group entry as `Shard::append_group_entry` takes it: a message borrowed from the
 /// entry (archived in place: the body's one copy from the shared `Bytes` into the log), or a
 /// membership change framed by the caller.
 pub enum GroupEntryBytes<'a> {
