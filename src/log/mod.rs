@@ -503,8 +503,9 @@ impl Log {
     /// Appends `rec`; returns its position. Not durable until [`Log::sync`].
     pub fn append<'a>(&mut self, rec: impl Into<record::Append<'a>>) -> Result<u64, LogError> {
         let rec = rec.into();
-        // The send path's records are archived straight into the segment's map when the
-        // active segment surely has room (the body's one copy into the log); anything else,
+        // Borrowed records (the send path's, group messages) are archived straight into the
+        // segment's map when the active segment surely has room (the body's one copy into the
+        // log); anything else,
         // or a record that may not fit, through the reused scratch buffer, framed into the map.
         // (Should the bound ever be short, the in-place attempt fails and leaves nothing; the
         // scratch path then appends the record or reports why not.)
