@@ -504,19 +504,14 @@ impl Log {
     pub fn append<'a>(&mut self, rec: impl Into<record::Append<'a>>) -> Result<u64, LogError> {
         let rec = rec.into();
         // Borrowed records (the send path's, group messages) are archived straight into the
-        // segment's map when the active segment surely has room (the body's one copy into the
-        // log); anything else,
-        // or a record that may not fit, through the reused scratch buffer, framed into the map.
-        // (Should the bound ever be short, the in-place attempt fails and leaves nothing; the
-        // scratch path then appends the record or reports why not.)
+        // segment's map when the active segment surely has room: the body's one copy into the
+        // log. Anything else, or a record that may not fit, goes through the reused scratch
+        // buffer, framed into the map. (Should the bound ever be short, the in-place attempt
+        // fails and leaves nothing; the scratch path then appends the record or says why not.)
         if let Some(bound) = rec.archive_bound() {
             if !self.poisoned && self.active().remaining() >= record::framed_len(bound) {
-                let seg = self.active_mut();
-                let archived = seg.append_archived(rec.kind(), bound, rec.time_ms(), |out| {
-                    rec.archive_into(out)
-                });
-                if let Ok(off) = archived {
-                    return Ok(seg.base + off as u64);
+                if let Ok(pos) = self.archive_in_place(&rec, bound) {
+                    return Ok(pos);
                 }
             }
         }
@@ -550,12 +545,21 @@ impl Log {
         if self.active().remaining() < record::framed_len(bound) {
             return Err(room("a borrowed record"));
         }
+        self.archive_in_place(&rec, bound)
+            .map_err(|e| LogError::Serialize(e.to_string()))
+    }
+
+    /// Archives `rec` into the active segment's map (which has room for `bound`); its position.
+    fn archive_in_place(
+        &mut self,
+        rec: &record::Append<'_>,
+        bound: usize,
+    ) -> Result<u64, rkyv::rancor::Error> {
         let seg = self.active_mut();
         seg.append_archived(rec.kind(), bound, rec.time_ms(), |out| {
             rec.archive_into(out)
         })
         .map(|off| seg.base + off as u64)
-        .map_err(|e| LogError::Serialize(e.to_string()))
     }
 
     /// Frames `rec` for [`Log::append_framed`].
