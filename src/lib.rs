@@ -35,6 +35,7 @@
 //!                     reader::feed → decode_client               │
 //!                    ingress: Shard::on_send                     │
 //!                     rate limit; route: owner(B) == b ≠ a       │
+//!                     body: a slice of the read (read_buf)       │
 //!                    transport: Mesh::push(b, Message) ─SPSC a→b─▶ ingress: Shard::handle_envelope
 //!                                                                │ inbox: accept_send: dedup(A, client_msg_id),
 //!                                                                │  accept_message: seq = head(B)+1,
@@ -106,6 +107,8 @@
 //! go straight out with a non-blocking `send(2)`.
 
 pub mod admin;
+#[cfg(test)]
+mod alloc_count;
 pub mod auth;
 pub mod client;
 pub mod config;

@@ -250,57 +250,14 @@ impl Shard {
 #[cfg(test)]
 mod tests {
     //! Replay's per-message work allocates nothing: a Deliver is encoded from the record
-    //! archived in the log straight into the connection's buffer. Shown with an allocator that
-    //! counts this thread's allocations (the whole lib test binary runs on it).
+    //! archived in the log straight into the connection's buffer. Shown with the lib tests'
+    //! allocator, which counts each thread's allocations ([`crate::alloc_count`]).
 
-    use std::alloc::{GlobalAlloc, Layout, System};
-    use std::cell::Cell;
-
+    use crate::alloc_count::allocations;
     use crate::log::record::{MessageRecord, Record, NO_POSITION};
     use crate::log::Log;
     use crate::protocol::{decode_server, ServerMsg, LEN_PREFIX};
     use crate::wire::Framing;
-
-    thread_local! {
-        static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-    }
-
-    struct Counting;
-
-    fn count() {
-        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
-    }
-
-    // SAFETY: every call is forwarded unchanged to the system allocator; counting touches only
-    // a const-initialised thread-local Cell, which never allocates.
-    unsafe impl GlobalAlloc for Counting {
-        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            count();
-            // SAFETY: forwarded with the caller's layout.
-            unsafe { System.alloc(layout) }
-        }
-        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-            count();
-            // SAFETY: as above.
-            unsafe { System.alloc_zeroed(layout) }
-        }
-        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            count();
-            // SAFETY: `ptr` came from this allocator (System underneath) with `layout`.
-            unsafe { System.realloc(ptr, layout, new_size) }
-        }
-        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-            // SAFETY: as above.
-            unsafe { System.dealloc(ptr, layout) }
-        }
-    }
-
-    #[global_allocator]
-    static COUNTING: Counting = Counting;
-
-    fn allocations() -> u64 {
-        ALLOCATIONS.with(|c| c.get())
-    }
 
     /// An empty log with `segment_size`-byte segments in a fresh directory named for `test`.
     fn fresh_log(test: &str, segment_size: usize) -> (std::path::PathBuf, Log) {

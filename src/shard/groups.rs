@@ -35,6 +35,7 @@ use super::conn::Conn;
 use super::envelope::{Envelope, GroupAnswer, GroupEntry, GroupOpRequest, GroupRequest, GroupSend};
 use super::group_state::{EntryRef, OwnedGroup};
 use super::inbox::{AckTarget, GroupEntryBytes, PendingAck, ReplyTarget, SenderCopy};
+use super::read_buf::ReadSource;
 use super::recovery::{insert_sorted, remove_sorted};
 use super::routing::{group_owner, owner};
 use super::state::Shard;
@@ -165,6 +166,7 @@ impl Shard {
         client_msg_id: u64,
         group_id: &str,
         body: &[u8],
+        src: ReadSource<'_>,
     ) {
         if !valid_id(group_id) {
             conn.push(&ServerMsg::SendAck {
@@ -175,7 +177,7 @@ impl Shard {
             return;
         }
         let dest = group_owner(group_id, self.shards);
-        let body = Bytes::copy_from_slice(body);
+        let body = src.keep(body); // a slice of the read where it can be (see read_buf)
         if dest == self.id {
             let target = AckTarget::Local { conn: conn.id };
             self.group_send(&conn.user, group_id, client_msg_id, body, target, false);

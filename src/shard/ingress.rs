@@ -8,12 +8,11 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use super::conn::Conn;
 use super::envelope::{Envelope, Handoff, Message, OwnCopy, SendAck};
 use super::inbox::{AckTarget, SenderCopy};
 use super::ratelimit::RateVerdict;
+use super::read_buf::ReadSource;
 use super::routing::owner;
 use super::state::Shard;
 use crate::metrics::stages::{Stage, Stamps};
@@ -21,13 +20,13 @@ use crate::protocol::{self, ClientMsg, Code, ServerMsg};
 
 impl Shard {
     /// Handles one decoded frame from a logged-in connection.
-    pub fn on_frame(&self, conn: &Rc<Conn>, msg: ClientMsg<'_>) {
+    pub fn on_frame(&self, conn: &Rc<Conn>, msg: ClientMsg<'_>, src: ReadSource<'_>) {
         match msg {
             ClientMsg::Send {
                 client_msg_id,
                 to_user,
                 body,
-            } => self.on_send(conn, client_msg_id, to_user, body),
+            } => self.on_send(conn, client_msg_id, to_user, body, src),
             ClientMsg::Ack { up_to_seq } => self.on_ack(conn, up_to_seq),
             ClientMsg::Ping { nonce } => {
                 conn.push(&ServerMsg::Pong { nonce });
@@ -49,7 +48,7 @@ impl Shard {
                 body,
             } => {
                 if self.admit_send(conn, client_msg_id) {
-                    self.on_group_send(conn, client_msg_id, group_id, body);
+                    self.on_group_send(conn, client_msg_id, group_id, body, src);
                 }
             }
             ClientMsg::Login { .. } => conn.close_with(&ServerMsg::Error {
@@ -94,7 +93,14 @@ impl Shard {
         }
     }
 
-    fn on_send(&self, conn: &Rc<Conn>, client_msg_id: u64, to: &str, body: &[u8]) {
+    fn on_send(
+        &self,
+        conn: &Rc<Conn>,
+        client_msg_id: u64,
+        to: &str,
+        body: &[u8],
+        src: ReadSource<'_>,
+    ) {
         let stamps = Stamps::read_at(self.now_ns());
         if !self.admit_send(conn, client_msg_id) {
             return;
@@ -119,7 +125,8 @@ impl Shard {
             }
             return;
         }
-        let body = Bytes::copy_from_slice(body);
+        // A slice of the read, not a copy: the recipient shard's append is the body's one copy.
+        let body = src.keep(body);
         let to: Arc<str> = Arc::from(to);
         self.in_flight.set(self.in_flight.get() + 1);
         self.mesh.push(

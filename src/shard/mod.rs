@@ -24,6 +24,7 @@
 //! | [`recipients`] | the recipient policy (`limits.recipients`) and how a user becomes known |
 //! | [`reloader`] | SIGHUP: the login keys and the TLS certificate read again, swapped in for new logins |
 //! | [`recovery`] | rebuilding users (heads, indexes, cursors) from the log at start |
+//! | [`read_buf`] | the shard's read buffer, handed out per read so a forwarded body is a slice of it |
 //! | [`session`] | the per-connection task: starts on adoption, reads, blocked writes, parking |
 //! | [`park`] | idle connections parked in a shard epoll set instead of a task each |
 //! | [`conn`] | a connection's outbound queue and non-blocking flush (sealed by its TLS session, if any) |
@@ -61,6 +62,7 @@ pub mod link;
 pub mod own_sends;
 pub mod park;
 pub mod ratelimit;
+pub mod read_buf;
 pub mod recipients;
 pub mod recovery;
 pub mod reloader;

@@ -10,8 +10,9 @@
 //! glommio arms when the stream is created) and this task's future: no read buffer, no write
 //! buffer. The task waits in a 1-byte `read`, which glommio serves from that poll without
 //! allocating, raced against its wake-up and the park timer; when the read returns, the task drains the socket with non-blocking `recv` into the
-//! shard's shared scratch buffer and parses in place; only a frame split across reads is copied
-//! into the connection's own `rx`. (A `peek` would cost a second ring op plus a
+//! shard's shared read buffer ([`super::read_buf`]) and parses in place; only a frame split
+//! across reads is copied into the connection's own `rx`. On plain TCP each read is handed out
+//! as a refcounted chunk, so a body that leaves the shard is a slice of it, not a copy. (A `peek` would cost a second ring op plus a
 //! 4 KiB-aligned buffer per idle connection.) The rarely used, large futures (blocked writes,
 //! the closing linger) are boxed so that they do not inflate every idle connection's task.
 //!
@@ -32,9 +33,10 @@ use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use super::conn::{recv_nonblocking, Conn, ConnState};
+use super::conn::{Conn, ConnState};
 use super::envelope::Handoff;
 use super::park;
+use super::read_buf::ReadSource;
 use super::state::Shard;
 use crate::protocol::{self, ClientMsg, Code, Flow, ServerMsg};
 use crate::wire::ws::Inbound;
@@ -319,7 +321,7 @@ pub fn read_pending_input(shard: &Rc<Shard>) {
     shard.flush_dirty();
 }
 
-/// Drains the socket into the shard's scratch buffer and feeds complete frames to the shard,
+/// Drains the socket into the shard's read buffer and feeds complete frames to the shard,
 /// all on one reading of the clock. `first` is the byte the session task's wake-up read
 /// already took, if any.
 fn read_ready(shard: &Rc<Shard>, conn: &Rc<Conn>, first: Option<u8>) {
@@ -327,33 +329,32 @@ fn read_ready(shard: &Rc<Shard>, conn: &Rc<Conn>, first: Option<u8>) {
 }
 
 fn read_socket(shard: &Rc<Shard>, conn: &Rc<Conn>, first: Option<u8>) {
-    let mut scratch = shard.scratch.borrow_mut();
-    let mut held = 0;
+    let mut rb = shard.read_buf.borrow_mut();
+    rb.make_room();
     if let Some(b) = first {
-        scratch[0] = b;
-        held = 1;
+        rb.push(b);
         conn.last_seen_ms.set(shard.mono_ms());
     }
     for _ in 0..READS_PER_WAKE {
         if !conn.is_open() {
             return;
         }
-        match recv_nonblocking(conn.fd.get(), &mut scratch[held..]) {
+        let room = rb.room();
+        match rb.recv(conn.fd.get()) {
             Ok(0) => {
-                if held > 0 {
-                    feed_wire(shard, conn, &mut scratch[..held]);
+                if rb.held() > 0 {
+                    feed_read(shard, conn, rb.take());
                 }
                 peer_closed(conn);
                 return;
             }
             Ok(n) => {
-                let total = held + n;
-                held = 0;
                 conn.last_seen_ms.set(shard.mono_ms());
-                feed_wire(shard, conn, &mut scratch[..total]);
-                if total < scratch.len() {
-                    return;
+                feed_read(shard, conn, rb.take());
+                if n < room {
+                    return; // the socket is drained
                 }
+                rb.make_room();
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -363,8 +364,30 @@ fn read_socket(shard: &Rc<Shard>, conn: &Rc<Conn>, first: Option<u8>) {
             }
         }
     }
-    if held > 0 {
-        feed_wire(shard, conn, &mut scratch[..held]);
+    if rb.held() > 0 {
+        feed_read(shard, conn, rb.take());
+    }
+}
+
+/// One read's bytes. On plain TCP they are frozen, so that a body leaving the shard is kept as
+/// a slice of them ([`super::read_buf`]); TLS and WebSocket work on them in place.
+fn feed_read(shard: &Rc<Shard>, conn: &Rc<Conn>, mut chunk: bytes::BytesMut) {
+    if conn.tls.is_some() || conn.framing.get().is_websocket() {
+        return feed_wire(shard, conn, &mut chunk);
+    }
+    let chunk = chunk.freeze();
+    let mut rx = conn.rx.borrow_mut();
+    let fed = protocol::reader::feed(&mut rx, &chunk, shard.cfg.limits.max_frame, |payload| {
+        on_inbound(
+            shard,
+            conn,
+            Inbound::Message(payload),
+            ReadSource::of(&chunk),
+        )
+    });
+    drop(rx);
+    if let Err(e) = fed {
+        reject(shard, conn, &DecodeError::from(e));
     }
 }
 
@@ -378,7 +401,8 @@ fn peer_closed(conn: &Conn) {
 
 /// Bytes read from the socket: through the connection's TLS session, if it has one (any TLS
 /// output that produces, e.g. a KeyUpdate answer, goes out with the next flush), then to
-/// [`feed`]. The plaintext goes through the shard's shared buffer, like the read scratch.
+/// [`feed`]. The plaintext goes through the shard's shared buffer (so a forwarded body is
+/// copied out of it, [`ReadSource::ELSEWHERE`]).
 fn feed_wire(shard: &Rc<Shard>, conn: &Rc<Conn>, data: &mut [u8]) {
     let Some(tls) = &conn.tls else {
         return feed(shard, conn, data);
@@ -403,7 +427,7 @@ fn feed_wire(shard: &Rc<Shard>, conn: &Rc<Conn>, data: &mut [u8]) {
             conn.wake.notify();
         }
     }
-    if plain.capacity() > 4 * super::state::READ_CHUNK {
+    if plain.capacity() > 4 * super::read_buf::CHUNK {
         *plain = Vec::new(); // a burst of large reads does not keep its buffer
     }
 }
@@ -416,34 +440,39 @@ fn feed(shard: &Shard, conn: &Rc<Conn>, data: &mut [u8]) {
     let mut rx = conn.rx.borrow_mut();
     let mut framing = conn.framing.get();
     let fed = framing.decode(&mut rx, data, shard.cfg.limits.max_frame, |inbound| {
-        match inbound {
-            Inbound::Message(payload) => match protocol::decode_client(payload) {
-                Ok(msg) => {
-                    if !matches!(msg, ClientMsg::Ping { .. }) {
-                        BUSY_FRAMES.with(|c| c.set(c.get() + 1));
-                    }
-                    shard.on_frame(conn, msg)
-                }
-                Err(e) => reject(shard, conn, &DecodeError::from(e)),
-            },
-            Inbound::Ping(payload) => {
-                conn.pong(payload);
-                shard.mark_dirty(conn);
-            }
-            Inbound::Close(code) => {
-                conn.closed_by_peer(code);
-                shard.mark_dirty(conn);
-            }
-        }
-        if conn.is_open() {
-            Flow::More
-        } else {
-            Flow::Stop
-        }
+        on_inbound(shard, conn, inbound, ReadSource::ELSEWHERE)
     });
     conn.framing.set(framing);
     if let Err(e) = fed {
         reject(shard, conn, &e);
+    }
+}
+
+/// One decoded frame (or WebSocket Ping/Close) of `conn`; `src` says where its bytes lie.
+fn on_inbound(shard: &Shard, conn: &Rc<Conn>, inbound: Inbound<'_>, src: ReadSource<'_>) -> Flow {
+    match inbound {
+        Inbound::Message(payload) => match protocol::decode_client(payload) {
+            Ok(msg) => {
+                if !matches!(msg, ClientMsg::Ping { .. }) {
+                    BUSY_FRAMES.with(|c| c.set(c.get() + 1));
+                }
+                shard.on_frame(conn, msg, src)
+            }
+            Err(e) => reject(shard, conn, &DecodeError::from(e)),
+        },
+        Inbound::Ping(payload) => {
+            conn.pong(payload);
+            shard.mark_dirty(conn);
+        }
+        Inbound::Close(code) => {
+            conn.closed_by_peer(code);
+            shard.mark_dirty(conn);
+        }
+    }
+    if conn.is_open() {
+        Flow::More
+    } else {
+        Flow::Stop
     }
 }
 

@@ -39,9 +39,6 @@ use crate::config::Config;
 use crate::log::Log;
 use crate::metrics::ShardMetrics;
 
-/// Bytes read from a socket per `recv` call.
-pub const READ_CHUNK: usize = 64 * 1024;
-
 pub struct Shard {
     pub id: usize,
     pub shards: usize,
@@ -57,8 +54,9 @@ pub struct Shard {
     /// Connections with output queued in this batch of work (flushed at its end).
     pub(super) dirty: RefCell<Vec<Rc<Conn>>>,
     pub(super) idle: RefCell<IdleWheel>,
-    /// Read buffer shared by all connections of the shard (reads are synchronous).
-    pub scratch: RefCell<Vec<u8>>,
+    /// Read buffer shared by all connections of the shard (reads are synchronous); reads are
+    /// handed out as refcounted chunks (see [`super::read_buf`]).
+    pub read_buf: RefCell<super::read_buf::ReadBuf>,
     /// The epoll set holding parked connections.
     pub parking: Parking,
     pub(super) log: RefCell<Log>,
@@ -129,7 +127,7 @@ impl Shard {
             restated: Cell::new(None),
             dirty: RefCell::default(),
             idle: RefCell::default(),
-            scratch: RefCell::new(vec![0; READ_CHUNK]),
+            read_buf: RefCell::default(),
             parking,
             log: RefCell::new(recovered.log),
             pending: RefCell::default(),
