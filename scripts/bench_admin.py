@@ -34,6 +34,8 @@ import tempfile
 import threading
 import time
 
+from benchlib import cpu_seconds  # scripts/ is sys.path[0] when run as a script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "target", "release", "ringpost-tools")
 A = os.environ.get("RINGPOST_A", os.path.join(ROOT, "target", "release", "ringpost"))
@@ -111,12 +113,6 @@ def series_total(text, name):
         if series == name or series.startswith(name + "{"):
             total += float(value)
     return total
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def p2p(binary, scraping):

@@ -43,11 +43,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_e2e as e2e  # noqa: E402  (machine(), commit(), the release binaries)
+from benchlib import cpu_seconds  # noqa: E402
 
 BEGIN = "<!-- peers:begin (written by scripts/bench_peers.py; edits inside are overwritten) -->"
 END = "<!-- peers:end -->"
 QUICK = os.environ.get("PEERS_QUICK") == "1"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # CPU seconds (user + system) of the last load command (run_load), for "who was the bottleneck".
 LAST_TOOL_CPU = 0.0
 
@@ -69,12 +69,6 @@ def wait_listening(port, proc, what, timeout=20.0):
         except OSError:
             time.sleep(0.02)
     raise SystemExit(f"{what} did not listen on {port} within {timeout} s")
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
 def memory_kib(pid):

@@ -26,6 +26,8 @@ import statistics
 import subprocess
 import tempfile
 
+from benchlib import cpu_seconds  # scripts/ is sys.path[0] when run as a script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "target", "release", "ringpost-tools")
 CUR = os.path.join(ROOT, "target", "release", "ringpost")
@@ -33,12 +35,6 @@ BASE = os.environ["RINGPOST_BASE"]
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 RATE = os.environ.get("RATE", "400000")
 LAT_RATE = os.environ.get("LAT_RATE", "10000")
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run(binary, server_extra, other_sections):

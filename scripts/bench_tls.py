@@ -27,6 +27,8 @@ import statistics
 import subprocess
 import tempfile
 
+from benchlib import cpu_seconds  # scripts/ is sys.path[0] when run as a script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BROKER = os.path.join(ROOT, "target", "release", "ringpost")
 TOOLS = os.path.join(ROOT, "target", "release", "ringpost-tools")
@@ -99,12 +101,6 @@ class Broker:
             self.proc.kill()
             self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def load(broker, *args):
