@@ -18,7 +18,11 @@
 //!   fsync'ed, before a record goes into it. The shard prepares the next segment (the
 //!   *spare*) that way ahead of time, off its thread ([`Log::spare_job`], [`SpareJob::run`]),
 //!   so that a roll only syncs the small unsynced tail of the active segment and swaps the
-//!   spare in; a roll that finds none (yet) creates the segment itself. Deleting a segment
+//!   spare in; a roll that finds none (yet) creates the segment itself. The preparing thread
+//!   also reads the spare's pages into the page cache ([`Segment::populate`]), so that the
+//!   kernel zeroes them there rather than in a page fault on the shard's thread at the first
+//!   append into each page (the spare's pages count in the broker's RSS from then on: up to
+//!   one segment per shard, clean page cache the kernel can reclaim). Deleting a segment
 //!   (retention) and writing the meta file (temp file, fsync, rename) are followed by an
 //!   fsync of the directory too ([`durable`]). Creating a shard directory fsyncs the data
 //!   directory.
@@ -354,9 +358,14 @@ pub struct SpareJob {
 }
 
 impl SpareJob {
-    /// Creates the segment (blocking: a posix_fallocate of the whole segment and two fsyncs).
+    /// Creates the segment (blocking: a posix_fallocate of the whole segment and two fsyncs)
+    /// and brings its pages into the page cache ([`Segment::populate`]), so that appends into
+    /// it do not fault them in on the shard's thread.
     pub fn run(self) {
         let made = Segment::create(&self.dir, self.base, self.size, &self.faults);
+        if let Ok(segment) = &made {
+            segment.populate();
+        }
         // The log may be gone (shutdown): the file stays, and the next open adopts it.
         let _ = self.done.send(made);
     }

@@ -946,6 +946,29 @@ fn prepare_spare(log: &mut Log) {
 }
 
 #[test]
+fn the_spare_is_in_the_page_cache_before_the_roll() {
+    let dir = TempDir::new();
+    let size = 256 * 1024;
+    let (mut log, _, _) = reopen(&dir.0, size);
+    let mut seq = 0;
+    let job = loop {
+        seq += 1;
+        log.append(&msg(seq, 100, seq)).unwrap();
+        if let Some(job) = log.spare_job() {
+            break job;
+        }
+    };
+    std::thread::spawn(move || job.run()).join().unwrap();
+    log.collect_spare();
+    let spare = log.spare.as_ref().expect("the prepared spare");
+    assert_eq!(
+        spare.resident_pages(),
+        size / 4096,
+        "pages of the spare in the page cache"
+    );
+}
+
+#[test]
 fn no_spare_is_prepared_before_the_active_segment_is_half_full() {
     let dir = TempDir::new();
     let (mut log, _, _) = reopen(&dir.0, 4096);
