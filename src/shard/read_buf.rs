@@ -48,6 +48,14 @@ impl ReadBuf {
         }
     }
 
+    /// Starts one connection's reads: drops whatever bytes an earlier call held and did not
+    /// hand out (reads cut short when their connection closed: they are not this connection's
+    /// bytes), then makes room.
+    pub fn start(&mut self) {
+        self.buf.clear();
+        self.make_room();
+    }
+
     /// Makes sure the next [`ReadBuf::recv`] has at least [`MIN_ROOM`] bytes of room.
     pub fn make_room(&mut self) {
         if self.room() < MIN_ROOM {
@@ -163,6 +171,18 @@ mod tests {
             assert!(c.iter().all(|&b| b == 0xEE));
         }
         assert_eq!(&kept[..], b"bob");
+    }
+
+    #[test]
+    fn start_drops_bytes_an_earlier_connection_left_behind() {
+        let (ours, mut theirs) = pair();
+        let mut rb = ReadBuf::new();
+        rb.start();
+        rb.push(b'X'); // a wake-up byte whose connection closed before its read
+        rb.start();
+        theirs.write_all(b"next").unwrap();
+        let chunk = read_exactly(&mut rb, &ours, 4);
+        assert_eq!(&chunk[..], b"next");
     }
 
     #[test]

@@ -9,12 +9,14 @@
 //! Between frames an active connection costs one pending readiness poll on the ring (the one
 //! glommio arms when the stream is created) and this task's future: no read buffer, no write
 //! buffer. The task waits in a 1-byte `read`, which glommio serves from that poll without
-//! allocating, raced against its wake-up and the park timer; when the read returns, the task drains the socket with non-blocking `recv` into the
-//! shard's shared read buffer ([`super::read_buf`]) and parses in place; only a frame split
-//! across reads is copied into the connection's own `rx`. On plain TCP each read is handed out
-//! as a refcounted chunk, so a body that leaves the shard is a slice of it, not a copy. (A `peek` would cost a second ring op plus a
-//! 4 KiB-aligned buffer per idle connection.) The rarely used, large futures (blocked writes,
-//! the closing linger) are boxed so that they do not inflate every idle connection's task.
+//! allocating, raced against its wake-up and the park timer; when the read returns, the task
+//! drains the socket with non-blocking `recv` into the shard's shared read buffer
+//! ([`super::read_buf`]) and parses in place; only a frame split across reads is copied into
+//! the connection's own `rx`. On plain TCP each read is handed out as a refcounted chunk, so a
+//! body that leaves the shard is a slice of it, not a copy. (A `peek` would cost a second ring
+//! op plus a 4 KiB-aligned buffer per idle connection.) The rarely used, large futures
+//! (blocked writes, the closing linger) are boxed so that they do not inflate every idle
+//! connection's task.
 //!
 //! The connection's framing (`conn.framing`: TCP or WebSocket) decodes what is read
 //! ([`crate::wire::Framing::decode`]); on WebSocket it also hands out Pings (answered with a
@@ -330,7 +332,7 @@ fn read_ready(shard: &Rc<Shard>, conn: &Rc<Conn>, first: Option<u8>) {
 
 fn read_socket(shard: &Rc<Shard>, conn: &Rc<Conn>, first: Option<u8>) {
     let mut rb = shard.read_buf.borrow_mut();
-    rb.make_room();
+    rb.start();
     if let Some(b) = first {
         rb.push(b);
         conn.last_seen_ms.set(shard.mono_ms());
