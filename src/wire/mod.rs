@@ -31,7 +31,7 @@
 //! buffers) before the HTTP upgrade or the Login, and the connection's
 //! [`tls::ServerTls`] — rustls' state machine and keys, plus a partial record if one is
 //! pending — travels in the hand-off beside the framing and the fd. The owner shard decrypts
-//! each read (socket → shared scratch → rustls → a shared plaintext buffer →
+//! each read (socket → the shard's read buffer → rustls → a shared plaintext buffer →
 //! [`Framing::decode`]) and seals the connection's queued frames at each flush, so a burst is
 //! still one `send(2)`; idle, a connection holds its rustls state and no buffers. Both
 //! transports (TCP and WebSocket, i.e. `wss://`) get TLS the same way, and nothing in the

@@ -11,7 +11,7 @@
 //!   fragments is reassembled in place, its payloads moved together at the front of the
 //!   buffer, so the bytes kept between reads are only the fragments so far and a partial frame.
 //! - [`feed`] runs it push-style over a connection's carry buffer and newly read bytes (the
-//!   session, reading into the shard's scratch buffer); [`MessageReader`] runs it pull-style
+//!   session, reading into the shard's read buffer); [`MessageReader`] runs it pull-style
 //!   over its own buffer (the acceptor reading the Login, the client library).
 //! - [`WsHead`] writes the header of an unmasked binary message in front of a payload (the
 //!   server's frames, see `protocol::FrameHead`); [`write_masked`] a client's masked message;
