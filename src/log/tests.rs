@@ -928,7 +928,7 @@ fn a_data_directory_is_locked_by_one_holder_at_a_time() {
 /// Appends 100-byte messages until the active segment is at least half full.
 fn fill_half(log: &mut Log, seq: &mut u64) -> Vec<(u64, Record)> {
     let mut out = Vec::new();
-    while log.head_position() - log.active_base() < 2048 {
+    while log.head_position() - log.active_base() < log.segment_size as u64 / 2 {
         *seq += 1;
         let r = msg(*seq, 100, *seq);
         out.push((log.append(&r).unwrap(), r));
@@ -950,16 +950,8 @@ fn the_spare_is_in_the_page_cache_before_the_roll() {
     let dir = TempDir::new();
     let size = 256 * 1024;
     let (mut log, _, _) = reopen(&dir.0, size);
-    let mut seq = 0;
-    let job = loop {
-        seq += 1;
-        log.append(&msg(seq, 100, seq)).unwrap();
-        if let Some(job) = log.spare_job() {
-            break job;
-        }
-    };
-    std::thread::spawn(move || job.run()).join().unwrap();
-    log.collect_spare();
+    fill_half(&mut log, &mut 0);
+    prepare_spare(&mut log);
     let spare = log.spare.as_ref().expect("the prepared spare");
     assert_eq!(
         spare.resident_pages(),
