@@ -15,7 +15,7 @@
 //! and unallocated until the connection sends; bounded, since a device that sends without
 //! acking would otherwise grow it without end.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 
 /// Most copies one connection has passed over, or will, and not yet covered by its ack. Past
@@ -23,84 +23,116 @@ use std::collections::VecDeque;
 /// with `own_seq` 0 in their SendAcks.
 pub const MAX_OWN_SENDS: usize = 256;
 
-/// One connection's own-send copies it is not sent (see the module doc).
+/// One connection's own-send copies it is not sent (see the module doc). 16 bytes in the
+/// connection record; the copies are boxed, and only while some are pending, because most
+/// connections (every idle one) have none.
 #[derive(Debug, Default)]
-pub struct OwnSends {
-    seqs: RefCell<VecDeque<u64>>,
+pub struct OwnSends(RefCell<Option<Box<Pending>>>);
+
+#[derive(Debug, Default)]
+struct Pending {
+    seqs: VecDeque<u64>,
     /// Where [`OwnSends::passes_over`] left off: the index of the first seq not below the one
     /// it was last asked about. The refill asks in ascending order, so each question moves it
     /// forward over the entries it passed (O(1) amortised) instead of searching the deque; a
     /// lower seq (the refill restarted) searches afresh. Only a hint: every answer checks the
     /// entry before it, so a stale one costs time, never a wrong answer.
-    cursor: Cell<usize>,
+    cursor: usize,
 }
 
 impl OwnSends {
     /// `seq` is the copy of a send made on this connection: passed over by the refill. False
     /// (nothing recorded: the copy is sent as usual) when [`MAX_OWN_SENDS`] are pending.
     pub fn record(&self, seq: u64) -> bool {
-        let mut own = self.seqs.borrow_mut();
-        if own.len() >= MAX_OWN_SENDS || own.back().is_some_and(|&last| last >= seq) {
+        let mut own = self.0.borrow_mut();
+        let own = own.get_or_insert_with(Box::default);
+        if own.seqs.len() >= MAX_OWN_SENDS || own.seqs.back().is_some_and(|&last| last >= seq) {
             return false;
         }
         // At the back, past the cursor: what is before the cursor is unchanged.
-        own.push_back(seq);
+        own.seqs.push_back(seq);
         true
     }
 
     /// Whether the refill passes over `seq` for this connection.
     pub fn passes_over(&self, seq: u64) -> bool {
-        let own = self.seqs.borrow();
-        if own.is_empty() {
+        let mut own = self.0.borrow_mut();
+        let Some(own) = own.as_deref_mut().filter(|o| !o.seqs.is_empty()) else {
             return false;
-        }
-        let mut at = self.cursor.get().min(own.len());
-        if at > 0 && own[at - 1] >= seq {
+        };
+        let seqs = &own.seqs;
+        let mut at = own.cursor.min(seqs.len());
+        if at > 0 && seqs[at - 1] >= seq {
             // Asked about a lower seq than last time.
-            at = own.partition_point(|&s| s < seq);
+            at = seqs.partition_point(|&s| s < seq);
         }
-        while at < own.len() && own[at] < seq {
+        while at < seqs.len() && seqs[at] < seq {
             at += 1;
         }
-        self.cursor.set(at);
-        at < own.len() && own[at] == seq
+        own.cursor = at;
+        at < seqs.len() && seqs[at] == seq
     }
 
     /// The device acked up to `acked`, and everything up to `sent` has been passed to it:
     /// extends `acked` over the passed-over copies right after it (the device has them) and
     /// forgets every copy at or below the result.
     pub fn cover(&self, acked: u64, sent: u64) -> u64 {
-        let mut own = self.seqs.borrow_mut();
+        let mut own = self.0.borrow_mut();
+        let Some(own) = own.as_deref_mut() else {
+            return acked;
+        };
         let mut acked = acked;
         let mut removed = 0;
-        while let Some(&seq) = own.front() {
+        while let Some(&seq) = own.seqs.front() {
             if seq <= acked {
-                own.pop_front();
+                own.seqs.pop_front();
             } else if seq == acked + 1 && seq <= sent {
                 acked = seq;
-                own.pop_front();
+                own.seqs.pop_front();
             } else {
                 break;
             }
             removed += 1;
         }
         // The cursor's entries shift down with the front removed.
-        self.cursor.set(self.cursor.get().saturating_sub(removed));
+        own.cursor = own.cursor.saturating_sub(removed);
         acked
     }
 
     pub fn is_empty(&self) -> bool {
-        self.seqs.borrow().is_empty()
+        self.0.borrow().as_ref().is_none_or(|o| o.seqs.is_empty())
     }
 
-    /// The connection goes idle (parks): gives back the buffer if nothing is pending, so a
-    /// burst of sends does not leave up to [`MAX_OWN_SENDS`] × 8 B with every idle connection.
+    /// The connection goes idle (parks): gives back the copies' box if nothing is pending, so
+    /// a burst of sends does not leave up to [`MAX_OWN_SENDS`] × 8 B with every idle
+    /// connection.
     pub fn release_if_empty(&self) {
-        let mut own = self.seqs.borrow_mut();
-        if own.is_empty() && own.capacity() > 0 {
-            *own = VecDeque::new();
-            self.cursor.set(0);
+        if self.is_empty() {
+            *self.0.borrow_mut() = None;
         }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.borrow().as_ref().map_or(0, |o| o.seqs.len())
+    }
+
+    #[cfg(test)]
+    fn allocated(&self) -> bool {
+        self.0.borrow().is_some()
+    }
+
+    #[cfg(test)]
+    fn cursor(&self) -> usize {
+        self.0.borrow().as_ref().map_or(0, |o| o.cursor)
+    }
+
+    #[cfg(test)]
+    fn contains(&self, seq: u64) -> bool {
+        self.0
+            .borrow()
+            .as_ref()
+            .is_some_and(|o| o.seqs.binary_search(&seq).is_ok())
     }
 }
 
@@ -140,10 +172,10 @@ mod tests {
             own.record(seq);
         }
         own.release_if_empty();
-        assert_eq!(own.seqs.borrow().len(), 100, "pending copies are kept");
+        assert_eq!(own.len(), 100, "pending copies are kept");
         own.cover(100, 100);
         own.release_if_empty();
-        assert_eq!(own.seqs.borrow().capacity(), 0);
+        assert!(!own.allocated());
     }
 
     #[test]
@@ -161,7 +193,7 @@ mod tests {
 
     /// The binary search the cursor replaces.
     fn searched(own: &OwnSends, seq: u64) -> bool {
-        own.seqs.borrow().binary_search(&seq).is_ok()
+        own.contains(seq)
     }
 
     #[test]
@@ -189,7 +221,7 @@ mod tests {
         assert!((1..=8).filter(|&s| own.passes_over(s)).eq([2, 3, 4, 8]));
         // The ack of 3 covers 2..=4, all before the cursor; 8 is not next to it.
         assert_eq!(own.cover(3, 8), 4);
-        assert_eq!(own.cursor.get(), 0, "still on 8, now the front");
+        assert_eq!(own.cursor(), 0, "still on 8, now the front");
         assert!(own.passes_over(8) && own.passes_over(9) && !own.passes_over(10));
         assert!(!own.passes_over(3) && !own.passes_over(4));
 
@@ -200,7 +232,7 @@ mod tests {
         }
         assert!(own.passes_over(2) && own.passes_over(3)); // the cursor is on 3
         assert_eq!(own.cover(8, 8), 8); // 9 not passed yet: kept
-        assert_eq!(own.cursor.get(), 0);
+        assert_eq!(own.cursor(), 0);
         assert!(!own.passes_over(8) && own.passes_over(9));
         assert_eq!(own.cover(8, 9), 9);
         assert!(own.is_empty() && !own.passes_over(9) && !own.passes_over(10));
