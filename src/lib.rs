@@ -100,11 +100,11 @@
 //! ## Idle connections
 //!
 //! A connection without traffic is *parked* (`shard::park`): its socket waits in the shard's
-//! epoll set and its task is a small stub, so it costs its connection record and nothing on
-//! the io_uring ring. New connections start parked; the first byte in, or anything the shard
-//! has to send that would block, resumes a full session task (`shard::session`), which parks
-//! again after `server.park_after` without traffic. Outbound deliveries to a parked connection
-//! go straight out with a non-blocking `send(2)`.
+//! epoll set and it has no task (its wake-up queues it for the shard's resumer), so it costs
+//! its connection record and nothing on the io_uring ring. New connections start parked; the
+//! first byte in, or anything the shard has to send that would block, starts a session task
+//! again (`shard::session`), which parks again after `server.park_after` without traffic.
+//! Outbound deliveries to a parked connection go straight out with a non-blocking `send(2)`.
 
 pub mod admin;
 #[cfg(test)]

@@ -55,8 +55,10 @@ pub struct Conn {
     pub framing: Cell<Framing>,
     /// Bytes queued for the client and not yet accepted by the kernel.
     pub tx: RefCell<Vec<u8>>,
-    /// Bytes taken out of `tx` by the session task's in-progress blocking write.
-    pub writing: Cell<usize>,
+    /// Bytes taken out of `tx` by the session task's in-progress blocking write (at most
+    /// `limits.max_outbound` ≤ 1 GiB plus a frame; 4 bytes, beside `fd`, keep the record in a
+    /// smaller allocation class).
+    pub writing: Cell<u32>,
     /// Partial inbound frame carried between reads (empty and unallocated when idle).
     pub rx: RefCell<Vec<u8>>,
     pub state: Cell<ConnState>,
@@ -114,7 +116,7 @@ impl ConnTls {
 impl Conn {
     pub fn queued_bytes(&self) -> usize {
         let sealed = self.tls.as_ref().map_or(0, |t| t.wire.borrow().len());
-        self.tx.borrow().len() + self.writing.get() + sealed
+        self.tx.borrow().len() + self.writing.get() as usize + sealed
     }
 
     /// Something is waiting to be written (queued frames, sealed TLS bytes, a TLS
@@ -308,5 +310,19 @@ pub fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
         Err(std::io::Error::last_os_error())
     } else {
         Ok(n as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Most of an idle connection's memory is this record (BENCHMARKS.md, "Idle connections
+    /// after a login storm"). With its `Rc` header (two counts) it fits mimalloc's 224-byte size
+    /// class; 8 bytes more and it takes 256.
+    #[test]
+    fn the_connection_record_with_its_rc_header_fits_224_bytes() {
+        let with_header = std::mem::size_of::<Conn>() + 2 * std::mem::size_of::<usize>();
+        assert!(with_header <= 224, "Rc<Conn> takes {with_header} bytes");
     }
 }

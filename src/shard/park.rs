@@ -3,19 +3,27 @@
 //! An active connection has a session task and one pending readiness poll on the ring, which
 //! together cost about 800 bytes. A connection with no traffic for `server.park_after` gives
 //! both up: its socket goes into the shard's epoll set (one-shot, keyed by connection id) and
-//! its task shrinks to a stub waiting on the connection's wake-up. The shard's poller task waits
-//! for the epoll set to become readable, then wakes the stubs of the connections with input;
-//! anything else that wakes a connection (bytes to send, a close, shutdown) wakes the stub too.
-//! A woken stub takes its socket out of the set and serves it again.
+//! its task ends. What stays is the connection record, whose wake-up [`Signal`] holds a
+//! [`resume_waker`] in place of a task's waker: a waker that is only the connection's id, with
+//! no allocation behind it. The shard's poller task waits for the epoll set to become readable,
+//! then notifies the connections with input; anything else that wakes a connection (bytes to
+//! send, a close, shutdown) notifies it the same way. The notify queues the id, and the shard's
+//! resumer task (`tasks::resume_parked`) starts a session task for each queued connection,
+//! which takes its socket out of the set and serves it again.
 //!
 //! Waiting for the epoll fd through glommio: glommio has no public "wait until this fd is
 //! readable", but every glommio stream arms a readiness poll on its fd when it is created and
 //! its first read waits on that poll. A stream made from a duplicate of the epoll fd therefore
 //! completes its first read (with ENOTSOCK, because epoll fds are not sockets) exactly when the
 //! set has events. One duplicate per round, only while the poller sleeps.
+//!
+//! [`Signal`]: super::wake::Signal
 
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::task::{Poll, RawWaker, RawWakerVTable, Waker};
 use std::time::Duration;
 
 use futures_lite::io::AsyncReadExt;
@@ -127,5 +135,157 @@ pub fn dup_fd(fd: RawFd) -> io::Result<RawFd> {
         Err(io::Error::last_os_error())
     } else {
         Ok(d)
+    }
+}
+
+thread_local! {
+    /// Parked connections notified since the resumer last ran (a shard is one thread).
+    static RESUMED: RefCell<Vec<ConnId>> = const { RefCell::new(Vec::new()) };
+    /// The resumer task, while it waits for [`RESUMED`] to fill.
+    static RESUMER: Cell<Option<Waker>> = const { Cell::new(None) };
+}
+
+/// A waker for parked connection `id`: waking it queues `id` for the shard's resumer task. It
+/// carries the id in place of a pointer, so it allocates nothing and owns nothing.
+///
+/// It must be woken on the shard's thread, which holds the queue it pushes to; it is only
+/// stored in the wake-up signal of that shard's connection record, which never leaves the
+/// thread (`Rc`). Woken anywhere else, it would queue the id on the wrong thread and the
+/// connection would miss that wake-up; nothing unsound happens either way, because the data
+/// pointer is never dereferenced.
+pub fn resume_waker(id: ConnId) -> Waker {
+    // SAFETY: the vtable's functions never dereference the data "pointer" (it is the id) and
+    // touch only thread-locals, so they are sound on any thread and for any number of clones.
+    unsafe { Waker::from_raw(raw_waker(id)) }
+}
+
+fn raw_waker(id: ConnId) -> RawWaker {
+    RawWaker::new(std::ptr::without_provenance(id as usize), &RESUME_VTABLE)
+}
+
+static RESUME_VTABLE: RawWakerVTable =
+    RawWakerVTable::new(clone_resume, wake_resume, wake_resume, drop_resume);
+
+// A connection id fits in the data pointer.
+const _: () = assert!(std::mem::size_of::<usize>() >= std::mem::size_of::<ConnId>());
+
+unsafe fn clone_resume(data: *const ()) -> RawWaker {
+    RawWaker::new(data, &RESUME_VTABLE)
+}
+
+unsafe fn wake_resume(data: *const ()) {
+    let id = data.addr() as ConnId;
+    RESUMED.with(|q| q.borrow_mut().push(id));
+    if let Some(resumer) = RESUMER.take() {
+        resumer.wake();
+    }
+}
+
+unsafe fn drop_resume(_: *const ()) {}
+
+/// Waits until parked connections have been notified, then moves their ids into `ids` (which
+/// the caller has emptied), in the order they were notified.
+pub async fn take_resumed(ids: &mut Vec<ConnId>) {
+    poll_fn(|cx| {
+        RESUMED.with(|q| std::mem::swap(&mut *q.borrow_mut(), ids));
+        if ids.is_empty() {
+            RESUMER.set(Some(cx.waker().clone()));
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alloc_count::allocations;
+    use crate::shard::wake::Signal;
+    use std::future::Future;
+
+    fn resumed_now() -> Vec<ConnId> {
+        let mut ids = Vec::new();
+        futures_lite::future::block_on(futures_lite::future::or(
+            async {
+                take_resumed(&mut ids).await;
+            },
+            async {},
+        ));
+        ids
+    }
+
+    #[test]
+    fn a_parked_connection_s_notify_queues_its_id_once_without_allocating() {
+        let signals: Vec<Signal> = (0..3).map(|_| Signal::default()).collect();
+        let ids = [7u64, u64::MAX, 42];
+        let before = allocations();
+        for (signal, &id) in signals.iter().zip(&ids) {
+            signal.notify_to(resume_waker(id));
+        }
+        assert_eq!(
+            allocations(),
+            before,
+            "a parked connection's waker allocated"
+        );
+        // Notified out of order, twice for one: queued in notify order, once each (the first
+        // notify takes the waker; the second only latches the signal).
+        signals[2].notify();
+        signals[0].notify();
+        signals[0].notify();
+        assert_eq!(resumed_now(), vec![42, 7]);
+        assert!(resumed_now().is_empty(), "a queued id was handed out twice");
+        signals[1].notify();
+        assert_eq!(resumed_now(), vec![u64::MAX]);
+    }
+
+    #[test]
+    fn a_signal_already_set_resumes_the_connection_at_once() {
+        let signal = Signal::default();
+        signal.notify(); // while the connection was still being served
+        signal.notify_to(resume_waker(9));
+        assert_eq!(resumed_now(), vec![9]);
+        // The latch was consumed: a task waiting on the signal now waits for the next notify.
+        let mut waited = false;
+        futures_lite::future::block_on(futures_lite::future::or(
+            async {
+                signal.wait().await;
+                waited = true;
+            },
+            async {},
+        ));
+        assert!(
+            !waited,
+            "the notify that resumed the connection was left latched"
+        );
+    }
+
+    #[test]
+    fn the_resumer_is_woken_when_an_id_is_queued() {
+        let woken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        struct Flag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+        impl std::task::Wake for Flag {
+            fn wake(self: std::sync::Arc<Self>) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let waker = Waker::from(std::sync::Arc::new(Flag(woken.clone())));
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut ids = Vec::new();
+        {
+            let mut wait = std::pin::pin!(take_resumed(&mut ids));
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+            let signal = Signal::default();
+            signal.notify_to(resume_waker(3));
+            assert!(!woken.load(std::sync::atomic::Ordering::SeqCst));
+            signal.notify();
+            assert!(
+                woken.load(std::sync::atomic::Ordering::SeqCst),
+                "the resumer slept on"
+            );
+            assert!(wait.as_mut().poll(&mut cx).is_ready());
+        }
+        assert_eq!(ids, vec![3]);
     }
 }

@@ -1,7 +1,7 @@
 //! The per-connection task on the owner shard: reads frames, hands them to the shard, and
 //! waits for writability only when the kernel refused bytes. After `server.park_after` without
-//! traffic the connection parks (see [`super::park`]): the active part of the task is dropped
-//! and a small stub waits for the shard's epoll poller or any other wake-up to resume it.
+//! traffic the connection parks (see [`super::park`]): its task ends, and the shard's resumer
+//! starts a new one ([`resume`]) when the epoll poller or anything else notifies it.
 //!
 //! A connection woken from parking that then reads nothing but Pings (an idle client's
 //! heartbeat) parks again as soon as its Pongs are written, rather than after `park_after`.
@@ -75,41 +75,52 @@ pub fn start_handoff(shard: &Rc<Shard>, mut h: Handoff) {
     let fd = h.take_fd();
     let leftover = std::mem::take(&mut h.leftover);
     let conn = shard.adopt(fd, h);
-    glommio::spawn_local(run(shard.clone(), conn, leftover)).detach();
-    shard.flush_dirty();
-}
-
-/// Serves `conn` until it closes. [`Shard::adopt`] counted it in `live_sessions`;
-/// [`Shard::forget`] uncounts it at the end.
-///
-/// The active part is boxed, so while the connection is parked its task is only this stub:
-/// two `Rc`s and a wait on the connection's wake-up, which the shard's epoll poller fires when
-/// input arrives and everything else fires when it has work for the connection.
-///
-/// A new connection with no input pending starts parked: its socket goes straight into the
-/// epoll set without ever getting a glommio stream, so a login storm leaves no readiness polls
-/// on the ring (each pending poll lengthens the hash chain every io_uring cancel walks).
-async fn run(shard: Rc<Shard>, conn: Rc<Conn>, leftover: Vec<u8>) {
+    // A new connection with no input pending starts parked: its socket goes straight into the
+    // epoll set without ever getting a task or a glommio stream, so a login storm leaves no
+    // tasks and no readiness polls on the ring (each pending poll lengthens the hash chain
+    // every io_uring cancel walks).
     let start_parked = leftover.is_empty()
         && !shard.cfg.server.park_after.is_zero()
         && shard.parking.watch(conn.fd.get(), conn.id).is_ok();
-    let mut stretch = if start_parked {
-        drop(leftover); // empty; not kept in the parked task's future
-        Stretch::Parked
+    if start_parked {
+        sleep_parked(&conn);
     } else {
-        // SAFETY: `conn.fd` is the socket handed to this shard; the stream owns it now.
-        let stream = unsafe { TcpStream::from_raw_fd(conn.fd.get()) };
-        Box::pin(serve(shard.clone(), conn.clone(), stream, leftover, false)).await
-    };
-    while let Stretch::Parked = stretch {
-        conn.wake.wait().await;
-        let fd = conn.fd.get();
-        shard.parking.unwatch(fd);
-        // SAFETY: while parked, `fd` belongs to this connection alone (no stream owns it);
-        // from here on the new stream does.
-        let stream = unsafe { TcpStream::from_raw_fd(fd) };
-        stretch = Box::pin(serve(shard.clone(), conn.clone(), stream, Vec::new(), true)).await;
+        glommio::spawn_local(run(shard.clone(), conn, leftover)).detach();
     }
+    shard.flush_dirty();
+}
+
+/// Serves a new connection's first stretch. [`Shard::adopt`] counted it in `live_sessions`;
+/// [`Shard::forget`] uncounts it when a stretch ends with the connection closed.
+///
+/// A stretch that parks ends the task: a parked connection is its record alone, and its next
+/// stretch is a new task ([`resume`]).
+async fn run(shard: Rc<Shard>, conn: Rc<Conn>, leftover: Vec<u8>) {
+    // SAFETY: `conn.fd` is the socket handed to this shard; the stream owns it now.
+    let stream = unsafe { TcpStream::from_raw_fd(conn.fd.get()) };
+    if let Stretch::Parked = serve(shard, conn.clone(), stream, leftover, false).await {
+        sleep_parked(&conn);
+    }
+}
+
+/// Serves a parked connection again: started by the shard's resumer task once the
+/// connection was notified (input on its socket, bytes to send, a close, shutdown).
+pub async fn resume(shard: Rc<Shard>, conn: Rc<Conn>) {
+    // What the notify was for is re-checked by `serve` before it waits for anything.
+    conn.wake.clear();
+    let fd = conn.fd.get();
+    shard.parking.unwatch(fd);
+    // SAFETY: while parked, `fd` belongs to this connection alone (no stream owns it);
+    // from here on the new stream does.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    if let Stretch::Parked = serve(shard, conn.clone(), stream, Vec::new(), true).await {
+        sleep_parked(&conn);
+    }
+}
+
+/// Leaves a parked connection without a task: its next notify queues it for the resumer.
+fn sleep_parked(conn: &Conn) {
+    conn.wake.notify_to(park::resume_waker(conn.id));
 }
 
 /// Moves an idle connection's socket into the shard's epoll set. On success the connection's
@@ -252,7 +263,8 @@ enum WriteStep {
 /// connection is dead (or a closing connection would not take its last bytes in time).
 async fn write_pending(shard: &Shard, conn: &Conn, stream: &mut TcpStream) -> bool {
     let buf = conn.take_output();
-    conn.writing.set(buf.len());
+    conn.writing
+        .set(u32::try_from(buf.len()).unwrap_or(u32::MAX));
     let mut off = 0;
     let mut ok = true;
     let stall_limit = shard.cfg.limits.slow_consumer_timeout;

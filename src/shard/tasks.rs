@@ -146,6 +146,9 @@ pub fn start(shard: &Rc<Shard>, tasks: &mut Tasks) {
         .spawn("park-poller", poll_parked(shard.clone()))
         .on_shutdown(StopAt::SessionsGone);
     tasks
+        .spawn("resumer", resume_parked(shard.clone()))
+        .on_shutdown(StopAt::SessionsGone);
+    tasks
         .spawn("committer", commit_loop(shard.clone()))
         .on_shutdown(StopAt::Committed);
     if shard.cfg.storage.fsync == crate::config::FsyncPolicy::Interval {
@@ -258,5 +261,18 @@ async fn poll_parked(shard: Rc<Shard>) {
         }
         empty_rounds = 0;
         shard.wake_connections(&ids);
+    }
+}
+
+/// Starts a session task for each parked connection that was notified (see [`park`]).
+async fn resume_parked(shard: Rc<Shard>) {
+    let mut ids = Vec::new();
+    loop {
+        ids.clear();
+        park::take_resumed(&mut ids).await;
+        let conns = shard.conns.borrow();
+        for conn in ids.iter().filter_map(|id| conns.get(id)) {
+            glommio::spawn_local(super::session::resume(shard.clone(), conn.clone())).detach();
+        }
     }
 }
