@@ -15,7 +15,8 @@ and single runs are noise; medians are reported. Per run:
 
     cargo build --release --workspace && scripts/bench_tls.py
 
-Environment: ROUNDS (3), RATE (400000), LAT_RATE (10000), DURATION ("5s"), CONNS (5000).
+Environment: ROUNDS (3), RATE (400000), LAT_RATE (10000), DURATION ("5s"), CONNS (5000),
+RINGPOST_BIN (the broker; default target/release/ringpost).
 Needs `openssl` for the test certificate.
 """
 
@@ -30,7 +31,7 @@ import tempfile
 from benchlib import cpu_seconds  # scripts/ is sys.path[0] when run as a script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BROKER = os.path.join(ROOT, "target", "release", "ringpost")
+BROKER = os.environ.get("RINGPOST_BIN", os.path.join(ROOT, "target", "release", "ringpost"))
 TOOLS = os.path.join(ROOT, "target", "release", "ringpost-tools")
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 RATE = os.environ.get("RATE", "400000")

@@ -105,7 +105,11 @@ impl ConnTls {
 
     /// Decrypts bytes just read into `plain`. Also returns whether TLS output was queued
     /// (it goes out with the connection's next flush).
-    pub fn open(&self, data: &mut [u8], plain: &mut Vec<u8>) -> Result<(Progress, bool), TlsError> {
+    pub fn open(
+        &self,
+        data: &mut [u8],
+        plain: &mut bytes::BytesMut,
+    ) -> Result<(Progress, bool), TlsError> {
         let mut wire = self.wire.borrow_mut();
         let before = wire.len();
         let progress = self.session.borrow_mut().open(data, plain, &mut wire)?;

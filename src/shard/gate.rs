@@ -165,8 +165,9 @@ pub struct Gate {
     pub verifier: Local<Verifier>,
     /// The TLS certificate, when `[tls]` is on.
     pub tls: Option<Local<rustls::ServerConfig>>,
-    /// Plaintext decrypted from one read (TLS connections), shared like the read scratch.
-    pub plain: RefCell<Vec<u8>>,
+    /// Plaintext decrypted from one read (TLS connections), shared like the read buffer and
+    /// handed out the same way: a forwarded body is a slice of it (`session::feed_wire`).
+    pub plain: RefCell<super::read_buf::ReadBuf>,
 }
 
 /// What every shard's gate is built from (shared by all shards).

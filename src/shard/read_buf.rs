@@ -15,8 +15,11 @@
 //! per that many bytes read during a message's time in flight (on the mesh, then until the
 //! recipient's commit hands the own-send copy back).
 //!
-//! Bytes that are not a slice of a read — a frame split across reads (kept in the connection's
-//! carry), TLS plaintext, WebSocket payloads unmasked in place — are copied as before.
+//! TLS plaintext goes through a second `ReadBuf` (the shard's gate holds it), filled by the
+//! decryption instead of `recv` and handed out the same way, so a body sent over TLS is a
+//! slice of its plaintext. Bytes that are not a slice of a frozen read — a frame split across
+//! reads (kept in the connection's carry), WebSocket payloads unmasked in place (over TCP or
+//! TLS) — are copied as before.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -96,6 +99,12 @@ impl ReadBuf {
         Ok(n)
     }
 
+    /// The bytes held, to append bytes that were not `recv`ed into this buffer (TLS
+    /// plaintext, decrypted out of the shard's read); [`ReadBuf::take`] hands them out.
+    pub fn sink(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
     /// Hands out the bytes held (writable: WebSocket unmasks in place; freeze it to slice
     /// bodies out of it); the buffer goes on after them.
     pub fn take(&mut self) -> BytesMut {
@@ -109,7 +118,7 @@ impl ReadBuf {
 pub struct ReadSource<'a>(Option<&'a Bytes>);
 
 impl<'a> ReadSource<'a> {
-    /// Frames that are not slices of a frozen read (carry, TLS plaintext, WebSocket, tests).
+    /// Frames that are not slices of a frozen read (carry, WebSocket, tests).
     pub const ELSEWHERE: ReadSource<'static> = ReadSource(None);
 
     /// Frames read into `chunk`.
@@ -241,5 +250,57 @@ mod tests {
             assert_eq!(k[..8], (i as u64).to_le_bytes(), "kept read {i}");
             assert!(k[8..].iter().all(|&b| b == 9));
         }
+    }
+
+    /// TLS plaintext decrypted into a `ReadBuf` (the shard's second one, `gate.plain`) is handed
+    /// out like a read: a body in it is kept as a slice of the plaintext, not copied again.
+    #[test]
+    fn tls_plaintext_decrypted_into_the_buffer_keeps_bodies_as_slices() {
+        use crate::wire::tls::{server_config, ServerTls};
+        use rustls::pki_types::pem::PemObject;
+        use std::sync::Arc;
+        let dir = std::env::temp_dir().join(format!("rp-readbuf-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = ringpost_harness::tls::TestCa::new(&dir, "readbuf");
+        let cert = ca.issue("broker");
+        let config = server_config(&cert.cert_file, &cert.key_file).unwrap();
+        let mut server = ServerTls::new(Arc::new(config)).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        let ca_pem = std::fs::read(ca.ca_file()).unwrap();
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(&ca_pem) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let client_config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(client_config), name).unwrap();
+        // The handshake, in memory.
+        let mut plain = ReadBuf::new();
+        let mut out = Vec::new();
+        while client.is_handshaking() {
+            let mut wire = Vec::new();
+            client.write_tls(&mut wire).unwrap();
+            server.open(&mut wire, plain.sink(), &mut out).unwrap();
+            client.read_tls(&mut &out[..]).unwrap();
+            client.process_new_packets().unwrap();
+            out.clear();
+        }
+        std::io::Write::write_all(&mut client.writer(), b"frame head|the body").unwrap();
+        let mut wire = Vec::new();
+        client.write_tls(&mut wire).unwrap();
+        plain.start();
+        server.open(&mut wire, plain.sink(), &mut out).unwrap();
+        let chunk = plain.take().freeze();
+        assert_eq!(&chunk[..], b"frame head|the body");
+        let body = &chunk[11..];
+        let kept = ReadSource::of(&chunk).keep(body);
+        assert_eq!(&kept[..], b"the body");
+        assert_eq!(
+            kept.as_ptr(),
+            body.as_ptr(),
+            "the body was copied out of the plaintext"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -384,12 +384,19 @@ fn read_socket(shard: &Rc<Shard>, conn: &Rc<Conn>, first: Option<u8>) {
 }
 
 /// One read's bytes. On plain TCP they are frozen, so that a body leaving the shard is kept as
-/// a slice of them ([`super::read_buf`]); TLS and WebSocket work on them in place.
+/// a slice of them ([`super::read_buf`]); TLS decrypts them and WebSocket unmasks them in
+/// place ([`feed_wire`]).
 fn feed_read(shard: &Rc<Shard>, conn: &Rc<Conn>, mut chunk: bytes::BytesMut) {
     if conn.tls.is_some() || conn.framing.get().is_websocket() {
         return feed_wire(shard, conn, &mut chunk);
     }
-    let chunk = chunk.freeze();
+    feed_frozen(shard, conn, chunk.freeze());
+}
+
+/// Hands the complete frames in the connection's partial frame plus `chunk` (TCP framing) to
+/// the shard, as slices of `chunk` ([`ReadSource::of`]); keeps a trailing partial frame in
+/// `conn.rx`.
+fn feed_frozen(shard: &Shard, conn: &Rc<Conn>, chunk: bytes::Bytes) {
     let mut rx = conn.rx.borrow_mut();
     let fed = protocol::reader::feed(&mut rx, &chunk, shard.cfg.limits.max_frame, |payload| {
         on_inbound(
@@ -414,22 +421,30 @@ fn peer_closed(conn: &Conn) {
 }
 
 /// Bytes read from the socket: through the connection's TLS session, if it has one (any TLS
-/// output that produces, e.g. a KeyUpdate answer, goes out with the next flush), then to
-/// [`feed`]. The plaintext goes through the shard's shared buffer (so a forwarded body is
-/// copied out of it, [`ReadSource::ELSEWHERE`]).
+/// output that produces, e.g. a KeyUpdate answer, goes out with the next flush), then to the
+/// framing. The plaintext is decrypted into the shard's second read buffer (`gate.plain`) and
+/// handed out like a read: on TCP framing frozen, so a forwarded body is a slice of it
+/// ([`feed_frozen`]); on WebSocket framing (wss) mutable, for unmasking ([`feed`]).
 fn feed_wire(shard: &Rc<Shard>, conn: &Rc<Conn>, data: &mut [u8]) {
     let Some(tls) = &conn.tls else {
         return feed(shard, conn, data);
     };
     let mut plain = shard.gate.plain.borrow_mut();
-    plain.clear();
-    match tls.open(data, &mut plain) {
+    plain.start();
+    let opened = tls.open(data, plain.sink());
+    let mut chunk = plain.take();
+    drop(plain);
+    match opened {
         Ok((progress, wrote)) => {
             if wrote {
                 shard.mark_dirty(conn);
             }
-            if !plain.is_empty() {
-                feed(shard, conn, &mut plain);
+            if !chunk.is_empty() {
+                if conn.framing.get().is_websocket() {
+                    feed(shard, conn, &mut chunk);
+                } else {
+                    feed_frozen(shard, conn, chunk.freeze());
+                }
             }
             if progress.peer_closed {
                 peer_closed(conn);
@@ -440,9 +455,6 @@ fn feed_wire(shard: &Rc<Shard>, conn: &Rc<Conn>, data: &mut [u8]) {
             conn.state.set(ConnState::Broken);
             conn.wake.notify();
         }
-    }
-    if plain.capacity() > 4 * super::read_buf::CHUNK {
-        *plain = Vec::new(); // a burst of large reads does not keep its buffer
     }
 }
 

@@ -21,6 +21,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use bytes::BufMut;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{NoServerSessionStorage, UnbufferedServerConnection};
@@ -121,7 +122,7 @@ impl ServerTls {
     /// Processes the carried ciphertext: plaintext to `plain`, TLS output to `out`.
     pub fn advance(
         &mut self,
-        plain: &mut Vec<u8>,
+        plain: &mut impl BufMut,
         out: &mut Vec<u8>,
     ) -> Result<Progress, TlsError> {
         let (used, progress) = process(&mut self.conn, &mut self.rx, plain, out)?;
@@ -136,7 +137,7 @@ impl ServerTls {
     pub fn open(
         &mut self,
         data: &mut [u8],
-        plain: &mut Vec<u8>,
+        plain: &mut impl BufMut,
         out: &mut Vec<u8>,
     ) -> Result<Progress, TlsError> {
         if !self.rx.is_empty() {
@@ -247,7 +248,7 @@ fn grow_into(
 fn process(
     conn: &mut UnbufferedServerConnection,
     buf: &mut [u8],
-    plain: &mut Vec<u8>,
+    plain: &mut impl BufMut,
     out: &mut Vec<u8>,
 ) -> Result<(usize, Progress), TlsError> {
     let mut at = 0;
@@ -258,13 +259,13 @@ fn process(
         match state? {
             ConnectionState::ReadTraffic(mut r) => {
                 while let Some(record) = r.next_record() {
-                    plain.extend_from_slice(record?.payload);
+                    plain.put_slice(record?.payload);
                 }
             }
             ConnectionState::ReadEarlyData(mut r) => {
                 // Early data is off (max_early_data_size = 0); drained for completeness.
                 while let Some(record) = r.next_record() {
-                    plain.extend_from_slice(record?.payload);
+                    plain.put_slice(record?.payload);
                 }
             }
             ConnectionState::EncodeTlsData(mut e) => {
