@@ -398,7 +398,12 @@ fn read_http_head(s: &mut TcpStream) -> String {
 
 /// A masked binary message, as a browser would send it.
 fn masked(payload: Vec<u8>) -> Vec<u8> {
-    let mut frame = Frame::message(Bytes::from(payload), OpCode::Data(Data::Binary), true);
+    masked_frame(payload, OpCode::Data(Data::Binary), true)
+}
+
+/// One masked frame.
+fn masked_frame(payload: Vec<u8>, opcode: OpCode, fin: bool) -> Vec<u8> {
+    let mut frame = Frame::message(Bytes::from(payload), opcode, fin);
     frame.header_mut().mask = Some(rand::random());
     let mut out = Vec::new();
     frame.format(&mut out).unwrap();
@@ -702,4 +707,68 @@ fn graceful_shutdown_says_goaway_over_websocket_and_closes_with_1001() {
     expect_error_and_close(&mut raw, Code::SHUTDOWN, 1001);
     let status = broker.wait_exit(WAIT).expect("the broker exits");
     assert!(status.success());
+}
+
+/// One read that holds several messages — one of them in two frames — and a Ping: the shard
+/// unmasks the whole read before it hands the messages on (as slices of the read), so every
+/// body must reach the recipient on the other shard intact and in order, and the Ping be
+/// answered.
+#[test]
+fn several_messages_and_a_ping_in_one_read_arrive_whole_and_in_order() {
+    const SHARDS: usize = 2;
+    let broker = test_broker().shards(SHARDS).start();
+    run(async {
+        let sender = user_on_shard("wsread", 0, SHARDS);
+        let to = user_on_shard("wsdest", 1, SHARDS);
+        let mut reader = broker.connect(&to, "d").await;
+        let (mut ws, _) = ws_login(&broker, &sender);
+        let send = |id: u64, body: &[u8]| {
+            payload(&ClientMsg::Send {
+                client_msg_id: id,
+                to_user: &to,
+                body,
+            })
+        };
+        let bodies: [&[u8]; 3] = [
+            b"first, whole",
+            b"second, in two frames",
+            b"third, after a ping",
+        ];
+        let mut bytes = masked(send(1, bodies[0]));
+        let second = send(2, bodies[1]);
+        let (a, b) = second.split_at(second.len() / 2);
+        bytes.extend(masked_frame(a.to_vec(), OpCode::Data(Data::Binary), false));
+        let mut ping = Frame::ping(Bytes::from_static(b"are you there"));
+        ping.header_mut().mask = Some(rand::random());
+        ping.format(&mut bytes).unwrap();
+        bytes.extend(masked_frame(b.to_vec(), OpCode::Data(Data::Continue), true));
+        bytes.extend(masked(send(3, bodies[2])));
+        ws.get_mut().0.write_all(&bytes).unwrap();
+        let mut acks = Vec::new();
+        let mut pong = None;
+        while acks.len() < 3 || pong.is_none() {
+            match next(&mut ws) {
+                Got::Frame(p) => match protocol::decode_server(&p).unwrap() {
+                    ServerMsg::SendAck {
+                        client_msg_id,
+                        status,
+                        ..
+                    } => acks.push((client_msg_id, status)),
+                    other => panic!("expected SendAcks, got {other:?}"),
+                },
+                Got::Pong(p) => pong = Some(p),
+                other => panic!("expected SendAcks and a Pong, got {other:?}"),
+            }
+        }
+        assert_eq!(acks, [(1, Code::OK), (2, Code::OK), (3, Code::OK)]);
+        assert_eq!(pong.as_deref(), Some(&b"are you there"[..]));
+        for body in bodies {
+            let d = expect_deliver(&mut reader).await;
+            assert_eq!(
+                (d.from_user.as_str(), d.body.as_slice()),
+                (sender.as_str(), body)
+            );
+        }
+    });
+    broker.assert_serving();
 }

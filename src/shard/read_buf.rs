@@ -17,9 +17,10 @@
 //!
 //! TLS plaintext goes through a second `ReadBuf` (the shard's gate holds it), filled by the
 //! decryption instead of `recv` and handed out the same way, so a body sent over TLS is a
-//! slice of its plaintext. Bytes that are not a slice of a frozen read — a frame split across
-//! reads (kept in the connection's carry), WebSocket payloads unmasked in place (over TCP or
-//! TLS) — are copied as before.
+//! slice of its plaintext. A WebSocket read is unmasked in place before it is frozen
+//! (`session::feed_ws`). Bytes that are not a slice of a frozen read — a frame or message split
+//! across reads (kept in the connection's carry), a hand-off's leftover — are copied as
+//! before.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -118,7 +119,7 @@ impl ReadBuf {
 pub struct ReadSource<'a>(Option<&'a Bytes>);
 
 impl<'a> ReadSource<'a> {
-    /// Frames that are not slices of a frozen read (carry, WebSocket, tests).
+    /// Frames that are not slices of a frozen read (carry, a hand-off's leftover, tests).
     pub const ELSEWHERE: ReadSource<'static> = ReadSource(None);
 
     /// Frames read into `chunk`.

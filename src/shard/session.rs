@@ -12,8 +12,8 @@
 //! allocating, raced against its wake-up and the park timer; when the read returns, the task
 //! drains the socket with non-blocking `recv` into the shard's shared read buffer
 //! ([`super::read_buf`]) and parses in place; only a frame split across reads is copied into
-//! the connection's own `rx`. On plain TCP each read is handed out as a refcounted chunk, so a
-//! body that leaves the shard is a slice of it, not a copy. (A `peek` would cost a second ring
+//! the connection's own `rx`. Each read (on TLS, its plaintext) is handed out as a refcounted
+//! chunk, so a body that leaves the shard is a slice of it, not a copy. (A `peek` would cost a second ring
 //! op plus a 4 KiB-aligned buffer per idle connection.) The rarely used, large futures
 //! (blocked writes, the closing linger) are boxed so that they do not inflate every idle
 //! connection's task.
@@ -23,8 +23,10 @@
 //! Pong) and the client's Close (answered, then the connection closes). Its state lives in the
 //! connection record, so a parked connection resumes mid-message.
 //!
-//! On TLS every read is decrypted first (`feed_wire`: the connection's TLS session, then the
-//! shard's shared plaintext buffer) and the flush seals what is queued (see [`super::conn`]).
+//! On TLS every read is decrypted first (`feed_tls`: the connection's TLS session, into the
+//! shard's shared plaintext buffer, handed out like a read) and the flush seals what is queued
+//! (see [`super::conn`]). On WebSocket a read is unmasked in place before it is frozen
+//! (`feed_ws`), so on every transport a forwarded body is a slice of what was read.
 
 use std::io::ErrorKind;
 use std::os::fd::FromRawFd;
@@ -383,14 +385,22 @@ fn read_socket(shard: &Rc<Shard>, conn: &Rc<Conn>, first: Option<u8>) {
     }
 }
 
-/// One read's bytes. On plain TCP they are frozen, so that a body leaving the shard is kept as
-/// a slice of them ([`super::read_buf`]); TLS decrypts them and WebSocket unmasks them in
-/// place ([`feed_wire`]).
-fn feed_read(shard: &Rc<Shard>, conn: &Rc<Conn>, mut chunk: bytes::BytesMut) {
-    if conn.tls.is_some() || conn.framing.get().is_websocket() {
-        return feed_wire(shard, conn, &mut chunk);
+/// One read's bytes: decrypted first on TLS ([`feed_tls`]), then handed out as a frozen read
+/// so that a body leaving the shard is kept as a slice of it ([`super::read_buf`]).
+fn feed_read(shard: &Rc<Shard>, conn: &Rc<Conn>, chunk: bytes::BytesMut) {
+    if conn.tls.is_some() {
+        return feed_tls(shard, conn, chunk);
     }
-    feed_frozen(shard, conn, chunk.freeze());
+    feed_chunk(shard, conn, chunk);
+}
+
+/// Bytes of the connection's stream (a read, or the plaintext of one), by its framing.
+fn feed_chunk(shard: &Shard, conn: &Rc<Conn>, chunk: bytes::BytesMut) {
+    if conn.framing.get().is_websocket() {
+        feed_ws(shard, conn, chunk);
+    } else {
+        feed_frozen(shard, conn, chunk.freeze());
+    }
 }
 
 /// Hands the complete frames in the connection's partial frame plus `chunk` (TCP framing) to
@@ -420,19 +430,18 @@ fn peer_closed(conn: &Conn) {
     }
 }
 
-/// Bytes read from the socket: through the connection's TLS session, if it has one (any TLS
-/// output that produces, e.g. a KeyUpdate answer, goes out with the next flush), then to the
-/// framing. The plaintext is decrypted into the shard's second read buffer (`gate.plain`) and
-/// handed out like a read: on TCP framing frozen, so a forwarded body is a slice of it
-/// ([`feed_frozen`]); on WebSocket framing (wss) mutable, for unmasking ([`feed`]).
-fn feed_wire(shard: &Rc<Shard>, conn: &Rc<Conn>, data: &mut [u8]) {
+/// Bytes read from a TLS connection: through its TLS session (any TLS output that produces,
+/// e.g. a KeyUpdate answer, goes out with the next flush), then to the framing. The plaintext
+/// is decrypted into the shard's second read buffer (`gate.plain`) and handed out like a read
+/// ([`feed_chunk`]).
+fn feed_tls(shard: &Rc<Shard>, conn: &Rc<Conn>, mut data: bytes::BytesMut) {
     let Some(tls) = &conn.tls else {
-        return feed(shard, conn, data);
+        return feed_chunk(shard, conn, data);
     };
     let mut plain = shard.gate.plain.borrow_mut();
     plain.start();
-    let opened = tls.open(data, plain.sink());
-    let mut chunk = plain.take();
+    let opened = tls.open(&mut data, plain.sink());
+    let chunk = plain.take();
     drop(plain);
     match opened {
         Ok((progress, wrote)) => {
@@ -440,11 +449,7 @@ fn feed_wire(shard: &Rc<Shard>, conn: &Rc<Conn>, data: &mut [u8]) {
                 shard.mark_dirty(conn);
             }
             if !chunk.is_empty() {
-                if conn.framing.get().is_websocket() {
-                    feed(shard, conn, &mut chunk);
-                } else {
-                    feed_frozen(shard, conn, chunk.freeze());
-                }
+                feed_chunk(shard, conn, chunk);
             }
             if progress.peer_closed {
                 peer_closed(conn);
@@ -454,6 +459,83 @@ fn feed_wire(shard: &Rc<Shard>, conn: &Rc<Conn>, data: &mut [u8]) {
             tracing::debug!(user = %conn.user, error = %e, "tls: closing the connection");
             conn.state.set(ConnState::Broken);
             conn.wake.notify();
+        }
+    }
+}
+
+/// What [`feed_ws`]'s first pass found: where a message lies in the read (offset, length);
+/// a Ping's payload itself (≤ 125 bytes), because a Ping between two frames of a message lies
+/// where the rest of that message is assembled, over it, before the second pass.
+#[derive(Clone, Copy)]
+enum WsFound {
+    Message(usize, usize),
+    Ping([u8; crate::wire::ws::MAX_CONTROL_PAYLOAD], u8),
+    Close(Option<u16>),
+}
+
+thread_local! {
+    /// What [`feed_ws`] found in one read, reused from read to read (a shard is one thread).
+    static WS_FOUND: std::cell::Cell<Vec<WsFound>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// WebSocket frames of one read, in two passes: the decoder unmasks (and assembles) every
+/// complete message in place and notes where it lies (and copies each Ping's payload, see
+/// [`WsFound`]); then the read is frozen and the
+/// messages are handed to the shard in order as slices of it, so a body leaving the shard is
+/// not copied, as on TCP. A read that continues a message or frame carried from earlier reads
+/// is decoded from the carry instead ([`feed`]: copied, as before).
+///
+/// The first pass reads on past a message that will close the connection (the second pass
+/// stops there): it only unmasks, and a decode error past that point is not reported, as the
+/// one-pass decoder would never have reached it.
+fn feed_ws(shard: &Shard, conn: &Rc<Conn>, mut chunk: bytes::BytesMut) {
+    if !conn.rx.borrow().is_empty() {
+        return feed(shard, conn, &mut chunk);
+    }
+    let mut found = WS_FOUND.take();
+    found.clear();
+    let base = chunk.as_ptr() as usize;
+    let at = |p: &[u8]| (p.as_ptr() as usize - base, p.len());
+    let mut framing = conn.framing.get();
+    let fed = framing.decode(
+        &mut conn.rx.borrow_mut(),
+        &mut chunk,
+        shard.cfg.limits.max_frame,
+        |inbound| {
+            found.push(match inbound {
+                Inbound::Message(p) => {
+                    let (off, len) = at(p);
+                    WsFound::Message(off, len)
+                }
+                Inbound::Ping(p) => {
+                    let mut copy = [0; crate::wire::ws::MAX_CONTROL_PAYLOAD];
+                    let len = p.len().min(copy.len());
+                    copy[..len].copy_from_slice(&p[..len]);
+                    WsFound::Ping(copy, len as u8)
+                }
+                Inbound::Close(code) => WsFound::Close(code),
+            });
+            Flow::More
+        },
+    );
+    conn.framing.set(framing);
+    let chunk = chunk.freeze();
+    let mut flow = Flow::More;
+    for f in &found {
+        let inbound = match f {
+            &WsFound::Message(off, len) => Inbound::Message(&chunk[off..off + len]),
+            WsFound::Ping(payload, len) => Inbound::Ping(&payload[..*len as usize]),
+            &WsFound::Close(code) => Inbound::Close(code),
+        };
+        flow = on_inbound(shard, conn, inbound, ReadSource::of(&chunk));
+        if flow == Flow::Stop {
+            break;
+        }
+    }
+    WS_FOUND.set(found);
+    if flow == Flow::More {
+        if let Err(e) = fed {
+            reject(shard, conn, &e);
         }
     }
 }

@@ -33,7 +33,7 @@ use crate::protocol::{Code, FrameHead};
 /// Longest frame header: 2 bytes, an 8-byte length, a 4-byte mask.
 pub const MAX_HEADER: usize = 14;
 /// Largest payload of a control frame (RFC 6455 5.5).
-const MAX_CONTROL_PAYLOAD: u64 = 125;
+pub const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// Close codes we send (RFC 6455 7.4.1).
 pub mod close {
@@ -185,7 +185,7 @@ pub fn step(
     let assembled = (pos.asm - pos.msg) as u64;
     match header.opcode {
         OpCode::Control(_) => {
-            if !header.is_final || len > MAX_CONTROL_PAYLOAD {
+            if !header.is_final || len > MAX_CONTROL_PAYLOAD as u64 {
                 return Err(WsError::Protocol(
                     "control frames must be unfragmented and at most 125 bytes",
                 ));
