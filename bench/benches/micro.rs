@@ -12,7 +12,8 @@ use bytes::Bytes;
 use glommio::{LocalExecutorBuilder, Placement};
 use ringpost::protocol::{self, ClientMsg, Deliver, ServerMsg};
 use ringpost::shard::bootstrap::OUTBOX_HIGH_WATER;
-use ringpost::shard::envelope::{Envelope, Message};
+use ringpost::shard::envelope::{Envelope, Message, UserRef};
+use ringpost::shard::read_buf::ReadSource;
 use ringpost::shard::transport::{build_mesh, Mesh};
 
 const ROUNDS: usize = 5;
@@ -130,7 +131,7 @@ fn cross_shard_hop(total: u64) -> f64 {
         _ => return f64::NAN,
     };
     let from: Arc<str> = Arc::from("user-1");
-    let to: Arc<str> = Arc::from("user-2");
+    let to = UserRef::keep(ReadSource::ELSEWHERE, "user-2");
     let body = Bytes::from_static(&[0u8; 64]);
     let start = Arc::new(std::sync::Barrier::new(2));
     let s0 = start.clone();

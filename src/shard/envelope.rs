@@ -1,14 +1,16 @@
 //! What travels between shards over the mesh.
 //!
 //! Everything here is `Send` and owns its data: strings are `Arc<str>` so the sender's user ID
-//! (and, under own-send sync, a 1:1 message's recipient, with its body) can travel out and
-//! come back with its ack without a copy, bodies are `Bytes`.
+//! can travel out and come back with its ack without a copy; bodies are `Bytes`, and so is a
+//! 1:1 message's recipient ([`UserRef`]): both are slices of the read they arrived in, and
+//! under own-send sync both come back with the ack for the sender's copy.
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::read_buf::ReadSource;
 use crate::protocol::{Code, EntryKind};
 use crate::wire::Framing;
 
@@ -146,10 +148,31 @@ pub struct Handoff {
     pub slot: Option<super::gate::Slot>,
 }
 
+/// A user ID kept as a slice of the read it arrived in ([`ReadSource::keep`]): forwarding a
+/// 1:1 message allocates nothing for its recipient. Always UTF-8: made only from a `&str`.
+#[derive(Debug, Clone)]
+pub struct UserRef(Bytes);
+
+impl UserRef {
+    /// `name` (a part of a frame read from `src`), kept without a copy when it can be.
+    pub fn keep(src: ReadSource<'_>, name: &str) -> UserRef {
+        UserRef(src.keep(name.as_bytes()))
+    }
+}
+
+impl std::ops::Deref for UserRef {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // SAFETY: the bytes were a `&str` when `keep` took them, and `Bytes` never changes.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+}
+
 #[derive(Debug)]
 pub struct Message {
     pub from: Arc<str>,
-    pub to: Arc<str>,
+    pub to: UserRef,
     pub client_msg_id: u64,
     pub body: Bytes,
     /// Sender's connection on the origin shard, for the SendAck.
@@ -180,7 +203,7 @@ pub struct SendAck {
 /// shard keeps nothing per message in flight.
 #[derive(Debug)]
 pub struct OwnCopy {
-    pub to: Arc<str>,
+    pub to: UserRef,
     pub body: Bytes,
 }
 

@@ -6,10 +6,9 @@
 //! the recipient's shard put in it (so nothing waits here per message in flight).
 
 use std::rc::Rc;
-use std::sync::Arc;
 
 use super::conn::Conn;
-use super::envelope::{Envelope, Handoff, Message, OwnCopy, SendAck};
+use super::envelope::{Envelope, Handoff, Message, OwnCopy, SendAck, UserRef};
 use super::inbox::{AckTarget, SenderCopy};
 use super::ratelimit::RateVerdict;
 use super::read_buf::ReadSource;
@@ -125,9 +124,9 @@ impl Shard {
             }
             return;
         }
-        // A slice of the read, not a copy: the recipient shard's append is the body's one copy.
+        // Slices of the read, not copies: the recipient shard's append is the body's one copy.
         let body = src.keep(body);
-        let to: Arc<str> = Arc::from(to);
+        let to = UserRef::keep(src, to);
         self.in_flight.set(self.in_flight.get() + 1);
         self.mesh.push(
             dest,
