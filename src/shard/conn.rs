@@ -28,10 +28,11 @@ use crate::protocol::{self, Code, ServerMsg};
 use crate::wire::tls::{Progress, ServerTls, TlsError};
 use crate::wire::{ws, Framing};
 
-/// Capacity kept by an emptied buffer; anything larger is released. Zero: an idle connection
-/// holds no buffer at all (re-allocating per burst costs ~20 ns next to a send(2) of ~1 µs,
-/// while a kept buffer would cost every one of a million idle connections its capacity).
-const KEEP_CAPACITY: usize = 0;
+/// Capacity an active connection's emptied output buffer keeps, so that a steady stream of
+/// Delivers and SendAcks does not allocate per flush; anything larger is released. A parked
+/// connection keeps none ([`Conn::release_buffers`]): a million idle connections hold no
+/// buffer at all.
+const KEEP_CAPACITY: usize = 1024;
 
 /// Lifecycle of a connection on its owner shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,6 +276,20 @@ impl Conn {
             shrink(tx);
             if self.state.get() == ConnState::Closing {
                 self.wake.notify();
+            }
+        }
+    }
+}
+
+impl Conn {
+    /// The connection parks: its emptied output buffers (and on TLS the sealed bytes' buffer)
+    /// give their capacity back.
+    pub fn release_buffers(&self) {
+        let bufs = std::iter::once(&self.tx).chain(self.tls.as_ref().map(|t| &t.wire));
+        for buf in bufs {
+            let mut buf = buf.borrow_mut();
+            if buf.is_empty() {
+                *buf = Vec::new();
             }
         }
     }

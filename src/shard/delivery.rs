@@ -99,12 +99,19 @@ impl Shard {
         if self.has_uncommitted() {
             self.commit_due.notify();
         }
-        let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
-        for conn in dirty {
+        let mut dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+        for conn in dirty.drain(..) {
             conn.dirty.set(false);
             conn.flush();
             self.after_drain(&conn);
         }
+        // The emptied list goes back with its capacity (no allocation per batch), unless the
+        // flush itself dirtied connections: those are in a new list, kept for the next flush.
+        let mut slot = self.dirty.borrow_mut();
+        if slot.is_empty() {
+            *slot = dirty;
+        }
+        drop(slot);
         self.acks_written();
     }
 

@@ -77,10 +77,11 @@ pub fn start_handoff(shard: &Rc<Shard>, mut h: Handoff) {
     let fd = h.take_fd();
     let leftover = std::mem::take(&mut h.leftover);
     let conn = shard.adopt(fd, h);
-    // A new connection with no input pending starts parked: its socket goes straight into the
-    // epoll set without ever getting a task or a glommio stream, so a login storm leaves no
-    // tasks and no readiness polls on the ring (each pending poll lengthens the hash chain
-    // every io_uring cancel walks).
+    shard.flush_dirty(); // the LoginOk and any replay
+                         // A new connection with no input pending starts parked: its socket goes straight into the
+                         // epoll set without ever getting a task or a glommio stream, so a login storm leaves no
+                         // tasks and no readiness polls on the ring (each pending poll lengthens the hash chain
+                         // every io_uring cancel walks).
     let start_parked = leftover.is_empty()
         && !shard.cfg.server.park_after.is_zero()
         && shard.parking.watch(conn.fd.get(), conn.id).is_ok();
@@ -89,7 +90,6 @@ pub fn start_handoff(shard: &Rc<Shard>, mut h: Handoff) {
     } else {
         glommio::spawn_local(run(shard.clone(), conn, leftover)).detach();
     }
-    shard.flush_dirty();
 }
 
 /// Serves a new connection's first stretch. [`Shard::adopt`] counted it in `live_sessions`;
@@ -120,8 +120,10 @@ pub async fn resume(shard: Rc<Shard>, conn: Rc<Conn>) {
     }
 }
 
-/// Leaves a parked connection without a task: its next notify queues it for the resumer.
+/// Leaves a parked connection without a task (and without an output buffer): its next notify
+/// queues it for the resumer.
 fn sleep_parked(conn: &Conn) {
+    conn.release_buffers();
     conn.wake.notify_to(park::resume_waker(conn.id));
 }
 
