@@ -65,7 +65,7 @@ pub struct MessageRecord {
 }
 
 /// A device's ack cursor moved.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct CursorRecord {
     pub user: String,
     pub device: String,

@@ -840,16 +840,23 @@ impl Shard {
         Some(pos)
     }
 
-    /// A device's ack cursor moved: log it with the next group commit.
+    /// A device's ack cursor moved: log it with the next group commit. The record's strings
+    /// are the shard's reused ones ([`CURSOR`]): an ack allocates nothing.
     pub(super) fn append_cursor(&self, user: &str, device: &str, acked: u64) -> Option<u64> {
-        let record = Record::Cursor(CursorRecord {
-            user: user.to_owned(),
-            device: device.to_owned(),
-            acked,
-            at_ms: self.wall_ms(),
-        });
+        let mut cursor = CURSOR.take();
+        cursor.user.clear();
+        cursor.user.push_str(user);
+        cursor.device.clear();
+        cursor.device.push_str(device);
+        cursor.acked = acked;
+        cursor.at_ms = self.wall_ms();
+        let record = Record::Cursor(cursor);
         let mut log = self.log.borrow_mut();
-        match log.append(&record) {
+        let appended = log.append(&record);
+        if let Record::Cursor(cursor) = record {
+            CURSOR.set(cursor);
+        }
+        match appended {
             Ok(pos) => Some(pos),
             Err(_) if log.is_poisoned() => None, // said once, when the sync failed
             Err(e) => {
@@ -901,6 +908,17 @@ type RingFile = (
 );
 
 thread_local! {
+    /// The cursor record [`Shard::append_cursor`] fills and logs, kept with its strings'
+    /// capacity from ack to ack (a shard is one thread).
+    static CURSOR: std::cell::Cell<CursorRecord> = const {
+        std::cell::Cell::new(CursorRecord {
+            user: String::new(),
+            device: String::new(),
+            acked: 0,
+            at_ms: 0,
+        })
+    };
+
     /// The ring's handles on this shard's segment files, by (segment base, fd): a dup of the
     /// segment's fd each (closing the handle must not close the segment's own), so the fd
     /// number of a deleted segment reused by a new one can never match a stale handle.
