@@ -279,9 +279,7 @@ impl Conn {
             }
         }
     }
-}
 
-impl Conn {
     /// The connection parks: its emptied output buffers (and on TLS the sealed bytes' buffer)
     /// give their capacity back.
     pub fn release_buffers(&self) {

@@ -13,8 +13,8 @@
 //! drains the socket with non-blocking `recv` into the shard's shared read buffer
 //! ([`super::read_buf`]) and parses in place; only a frame split across reads is copied into
 //! the connection's own `rx`. Each read (on TLS, its plaintext) is handed out as a refcounted
-//! chunk, so a body that leaves the shard is a slice of it, not a copy. (A `peek` would cost a second ring
-//! op plus a 4 KiB-aligned buffer per idle connection.) The rarely used, large futures
+//! chunk, so a body that leaves the shard is a slice of it, not a copy. (A `peek` would cost a
+//! second ring op plus a 4 KiB-aligned buffer per idle connection.) The rarely used, large futures
 //! (blocked writes, the closing linger) are boxed so that they do not inflate every idle
 //! connection's task.
 //!
@@ -77,11 +77,12 @@ pub fn start_handoff(shard: &Rc<Shard>, mut h: Handoff) {
     let fd = h.take_fd();
     let leftover = std::mem::take(&mut h.leftover);
     let conn = shard.adopt(fd, h);
-    shard.flush_dirty(); // the LoginOk and any replay
-                         // A new connection with no input pending starts parked: its socket goes straight into the
-                         // epoll set without ever getting a task or a glommio stream, so a login storm leaves no
-                         // tasks and no readiness polls on the ring (each pending poll lengthens the hash chain
-                         // every io_uring cancel walks).
+    // The LoginOk and any replay go out first, as they did while a spawned task ran later.
+    shard.flush_dirty();
+    // A new connection with no input pending starts parked: its socket goes straight into the
+    // epoll set without ever getting a task or a glommio stream, so a login storm leaves no
+    // tasks and no readiness polls on the ring (each pending poll lengthens the hash chain
+    // every io_uring cancel walks).
     let start_parked = leftover.is_empty()
         && !shard.cfg.server.park_after.is_zero()
         && shard.parking.watch(conn.fd.get(), conn.id).is_ok();
@@ -482,10 +483,10 @@ thread_local! {
 
 /// WebSocket frames of one read, in two passes: the decoder unmasks (and assembles) every
 /// complete message in place and notes where it lies (and copies each Ping's payload, see
-/// [`WsFound`]); then the read is frozen and the
-/// messages are handed to the shard in order as slices of it, so a body leaving the shard is
-/// not copied, as on TCP. A read that continues a message or frame carried from earlier reads
-/// is decoded from the carry instead ([`feed`]: copied, as before).
+/// [`WsFound`]); then the read is frozen and the messages are handed to the shard in order as
+/// slices of it, so a body leaving the shard is not copied, as on TCP. A read that continues a
+/// message or frame carried from earlier reads is decoded from the carry instead ([`feed`]:
+/// copied, as before).
 ///
 /// The first pass reads on past a message that will close the connection (the second pass
 /// stops there): it only unmasks, and a decode error past that point is not reported, as the
