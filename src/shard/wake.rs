@@ -10,7 +10,7 @@ use std::future::{poll_fn, Future};
 use std::task::{Poll, RawWaker, RawWakerVTable, Waker};
 
 /// A latched, single-waiter wake-up. One word pair: the latch is a waker of its own
-/// ([`LATCHED`]) in the waiter's slot, so that the connection record, which holds one, stays
+/// (`LATCHED`) in the waiter's slot, so that the connection record, which holds one, stays
 /// in a smaller allocation class (`conn::tests`).
 #[derive(Default)]
 pub struct Signal {
