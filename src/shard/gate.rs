@@ -166,7 +166,7 @@ pub struct Gate {
     /// The TLS certificate, when `[tls]` is on.
     pub tls: Option<Local<rustls::ServerConfig>>,
     /// Plaintext decrypted from one read (TLS connections), shared like the read buffer and
-    /// handed out the same way: a forwarded body is a slice of it (`session::feed_wire`).
+    /// handed out the same way: a forwarded body is a slice of it (`session::feed_tls`).
     pub plain: RefCell<super::read_buf::ReadBuf>,
 }
 
