@@ -37,7 +37,7 @@ use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use super::conn::{Conn, ConnState};
+use super::conn::{Conn, ConnState, ConnTls};
 use super::envelope::Handoff;
 use super::park;
 use super::read_buf::ReadSource;
@@ -391,10 +391,10 @@ fn read_socket(shard: &Rc<Shard>, conn: &Rc<Conn>, first: Option<u8>) {
 /// One read's bytes: decrypted first on TLS ([`feed_tls`]), then handed out as a frozen read
 /// so that a body leaving the shard is kept as a slice of it ([`super::read_buf`]).
 fn feed_read(shard: &Rc<Shard>, conn: &Rc<Conn>, chunk: bytes::BytesMut) {
-    if conn.tls.is_some() {
-        return feed_tls(shard, conn, chunk);
+    match &conn.tls {
+        Some(tls) => feed_tls(shard, conn, tls, chunk),
+        None => feed_chunk(shard, conn, chunk),
     }
-    feed_chunk(shard, conn, chunk);
 }
 
 /// Bytes of the connection's stream (a read, or the plaintext of one), by its framing.
@@ -437,10 +437,7 @@ fn peer_closed(conn: &Conn) {
 /// e.g. a KeyUpdate answer, goes out with the next flush), then to the framing. The plaintext
 /// is decrypted into the shard's second read buffer (`gate.plain`) and handed out like a read
 /// ([`feed_chunk`]).
-fn feed_tls(shard: &Rc<Shard>, conn: &Rc<Conn>, mut data: bytes::BytesMut) {
-    let Some(tls) = &conn.tls else {
-        return feed_chunk(shard, conn, data);
-    };
+fn feed_tls(shard: &Rc<Shard>, conn: &Rc<Conn>, tls: &ConnTls, mut data: bytes::BytesMut) {
     let mut plain = shard.gate.plain.borrow_mut();
     plain.start();
     let opened = tls.open(&mut data, plain.sink());
