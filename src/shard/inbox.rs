@@ -526,11 +526,11 @@ impl Shard {
             self.apply_retention();
         }
         self.prepare_spare();
-        let pending = std::mem::take(&mut *self.pending.borrow_mut());
-        let touched = std::mem::take(&mut *self.touched.borrow_mut());
-        if pending.is_empty() && touched.is_empty() {
+        if !self.has_uncommitted() {
             return None;
         }
+        let pending = self.spare_pending.swap_out(&self.pending);
+        let touched = self.spare_touched.swap_out(&self.touched);
         let always = self.cfg.storage.fsync == FsyncPolicy::Always;
         let plan = match always {
             true => Some(self.log.borrow_mut().begin_sync()),
@@ -554,7 +554,7 @@ impl Shard {
 
     fn complete_commit(&self, batch: CommitBatch, result: std::io::Result<()>) {
         let CommitBatch {
-            pending,
+            mut pending,
             touched,
             plan,
             sync_start,
@@ -611,7 +611,8 @@ impl Shard {
         }
         let mut fanout: BTreeMap<usize, Vec<Arc<GroupEntry>>> = BTreeMap::new();
         let mut applied: BTreeMap<usize, Vec<(Arc<str>, u64)>> = BTreeMap::new();
-        for ack in pending {
+        let batch_len = pending.len();
+        for ack in pending.drain(..) {
             if status != Code::OK
                 && matches!(ack, PendingAck::Fanout { .. } | PendingAck::Applied { .. })
             {
@@ -664,6 +665,9 @@ impl Shard {
                 }
             }
         }
+        self.spare_pending.give_back(pending, batch_len);
+        let touched_len = touched.len();
+        self.spare_touched.give_back(touched, touched_len);
         for (peer, entries) in fanout {
             self.mesh.push(peer, Envelope::Fanout(entries));
         }

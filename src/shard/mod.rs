@@ -33,6 +33,7 @@
 //! | [`dedup`] | the idempotent-send windows, kept where messages are stored |
 //! | [`ratelimit`] | the per-user token bucket (in the user's record, shared by their devices) |
 //! | [`wake`] | single-threaded wake-ups between a shard's tasks |
+//! | [`spare_vec`] | vectors emptied and reused round after round (commit batches, mesh outboxes) |
 //! | [`clock`] | the shard's clock, read once per batch of work |
 
 /// The map of the shard's per-message state (users, dedup windows, connections, groups):
@@ -68,6 +69,7 @@ pub mod recovery;
 pub mod reloader;
 pub mod routing;
 pub mod session;
+pub mod spare_vec;
 pub mod state;
 pub mod tasks;
 pub mod transport;

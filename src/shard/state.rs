@@ -64,6 +64,9 @@ pub struct Shard {
     pub(super) pending: RefCell<Vec<PendingAck>>,
     /// (user, seq appended): what a commit may mark durable.
     pub(super) touched: RefCell<Vec<(Arc<str>, u64)>>,
+    /// Emptied `pending` and `touched` vectors of finished commits, reused by the next.
+    pub(super) spare_pending: super::spare_vec::SpareVecs<PendingAck>,
+    pub(super) spare_touched: super::spare_vec::SpareVecs<(Arc<str>, u64)>,
     /// Stamps of SendAcks queued on connections since the last flush (metrics::stages).
     pub(super) ack_stamps: RefCell<Vec<crate::metrics::stages::Stamps>>,
     /// A commit is between taking its batch and releasing it.
@@ -132,6 +135,8 @@ impl Shard {
             log: RefCell::new(recovered.log),
             pending: RefCell::default(),
             touched: RefCell::default(),
+            spare_pending: Default::default(),
+            spare_touched: Default::default(),
             ack_stamps: RefCell::default(),
             committing: Cell::new(false),
             commit_due: Signal::default(),

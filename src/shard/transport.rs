@@ -34,6 +34,7 @@ use glommio::channels::shared_channel::{
 };
 
 use super::envelope::Envelope;
+use super::spare_vec::SpareVecs;
 use super::wake::{Broadcast, Signal};
 
 /// Envelopes per queue slot at most; bounds the work a receiver does per wake-up.
@@ -74,6 +75,8 @@ pub fn build_mesh(shards: usize, capacity: usize) -> Vec<MeshPorts> {
 #[derive(Default)]
 struct Lane {
     outbox: RefCell<Vec<Envelope>>,
+    /// Emptied outboxes, swapped back in so the next round does not grow one again.
+    spare: SpareVecs<Envelope>,
     /// Envelopes taken out of `outbox` by the flusher and not yet accepted by the queue.
     in_hand: Cell<usize>,
     kick: Signal,
@@ -156,21 +159,23 @@ impl Mesh {
 
     /// Moves `peer`'s outbox into its queue, batch by batch, until the mesh is closed.
     ///
-    /// The whole outbox is swapped out at once (O(1)) and carved into batches of at most
-    /// [`MAX_BATCH`] from an owned iterator, so no envelope is ever moved twice in memory.
+    /// The whole outbox is swapped out at once (O(1)) for an emptied one that keeps its
+    /// capacity, and carved into batches of at most [`MAX_BATCH`] by draining it front to
+    /// back, so no envelope is ever moved twice in memory.
     pub async fn flush_to(self: Rc<Self>, peer: usize, sender: ConnectedSender<Batch>) {
         let lane = &self.lanes[peer];
         loop {
-            let taken = std::mem::take(&mut *lane.outbox.borrow_mut());
-            if taken.is_empty() {
+            if lane.outbox.borrow().is_empty() {
                 if self.closed.get() {
                     return;
                 }
                 lane.kick.wait().await;
                 continue;
             }
-            lane.in_hand.set(taken.len());
-            let mut rest = taken.into_iter();
+            let mut taken = lane.spare.swap_out(&lane.outbox);
+            let taken_len = taken.len();
+            lane.in_hand.set(taken_len);
+            let mut rest = taken.drain(..);
             while rest.len() > 0 {
                 let batch: Batch = rest.by_ref().take(MAX_BATCH).collect();
                 let n = batch.len();
@@ -181,6 +186,8 @@ impl Mesh {
                 lane.in_hand.set(lane.in_hand.get() - n);
                 self.progress.notify_all();
             }
+            drop(rest);
+            lane.spare.give_back(taken, taken_len);
         }
     }
 }
