@@ -211,7 +211,17 @@ pub struct Log {
     faults: Arc<Faults>,
     /// Reused by every [`Log::append`] for the record's archive: no allocation per record.
     scratch: rkyv::util::AlignedVec,
+    /// The vectors of ended plans, emptied, for the next [`Log::begin_sync`]: no allocation
+    /// per group commit.
+    plan_vecs: Vec<PlanVecs>,
 }
+
+/// A [`SyncPlan`]'s ranges and targets.
+type PlanVecs = (Vec<(usize, usize)>, Vec<SyncTarget>);
+
+/// Emptied [`PlanVecs`] kept at most: as many as plans may be in flight at once (the shard's
+/// pipelined commits), and one more.
+const MAX_PLAN_VECS: usize = 4;
 
 /// A sync of everything appended up to a point, to run without blocking the shard's thread so
 /// the shard keeps serving while the disk works: as msyncs elsewhere ([`SyncPlan::run`]) or as
@@ -291,12 +301,13 @@ impl SyncPlan {
 
     /// The plan as an `fdatasync` of each segment's file instead of msyncs of its ranges
     /// (the same write-back: msync(MS_SYNC) is a ranged fdatasync of the mapped file), for a
-    /// caller that submits those itself (the shard's io_uring). `Ok((segment base, fd))` to
-    /// sync, then
-    /// [`SyncPlan::completed`]; `Ok` empty: nothing to do (the skip fault answered); `Err`:
-    /// the plan fails without touching the disk. The hold fault, which blocks, is for the
+    /// caller that submits those itself (the shard's io_uring). `Ok`: the (segment base, fd)
+    /// of each file to sync, then [`SyncPlan::completed`] (none: nothing to do, the skip fault
+    /// answered); `Err`: the plan fails without touching the disk. The hold fault, which blocks, is for the
     /// caller to run first ([`SyncPlan::hold`]).
-    pub fn fds(&self) -> std::io::Result<Vec<(u64, std::os::fd::RawFd)>> {
+    pub fn fds(
+        &self,
+    ) -> std::io::Result<impl Iterator<Item = (u64, std::os::fd::RawFd)> + Clone + '_> {
         if self.poisoned {
             return Err(std::io::Error::other(
                 "the log is poisoned by an earlier failed sync",
@@ -306,12 +317,13 @@ impl SyncPlan {
             if let Some(e) = faults.sync_failure() {
                 return Err(e);
             }
-            if faults.skips_sync() {
-                self.skipped.store(true, Ordering::Relaxed);
-                return Ok(Vec::new());
-            }
         }
-        Ok(self.targets.iter().map(|t| (t.base, t.fd)).collect())
+        let skip = self.faults.as_ref().is_some_and(|f| f.skips_sync());
+        if skip {
+            self.skipped.store(true, Ordering::Relaxed);
+        }
+        let targets: &[SyncTarget] = if skip { &[] } else { &self.targets };
+        Ok(targets.iter().map(|t| (t.base, t.fd)))
     }
 
     /// Whether the hold fault is armed: the caller runs [`SyncPlan::hold`] off its thread.
@@ -500,6 +512,7 @@ impl Log {
             owe_failure: false,
             faults,
             scratch: rkyv::util::AlignedVec::new(),
+            plan_vecs: Vec::new(),
         };
         if log.segments.is_empty() {
             log.segments
@@ -613,9 +626,10 @@ impl Log {
     /// after the failure always, later ones if anything was appended since the last plan (an
     /// empty one otherwise, so an idle periodic sync stays quiet).
     pub fn begin_sync(&mut self) -> SyncPlan {
+        let (ranges, targets) = self.plan_vecs.pop().unwrap_or_default();
         let mut plan = SyncPlan {
-            ranges: Vec::new(),
-            targets: Vec::new(),
+            ranges,
+            targets,
             poisoned: false,
             skipped: AtomicBool::new(false),
             pinned: None,
@@ -650,7 +664,19 @@ impl Log {
     /// again would "succeed" without writing them (fsyncgate) — and so may a plan that ran
     /// alongside the failing one (the error is reported once per file): once poisoned, no
     /// later plan counts as durable either.
-    pub fn end_sync(&mut self, plan: SyncPlan, ok: bool) -> bool {
+    pub fn end_sync(&mut self, mut plan: SyncPlan, ok: bool) -> bool {
+        let durable = self.settle_sync(&mut plan, ok);
+        if self.plan_vecs.len() < MAX_PLAN_VECS {
+            let (mut ranges, mut targets) = (plan.ranges, plan.targets);
+            ranges.clear();
+            targets.clear();
+            self.plan_vecs.push((ranges, targets));
+        }
+        durable
+    }
+
+    /// [`Log::end_sync`]'s decision: what became durable, and whether all of it did.
+    fn settle_sync(&mut self, plan: &mut SyncPlan, ok: bool) -> bool {
         if let Some(base) = plan.pinned {
             if let Some(i) = self.sync_in_flight.iter().position(|&b| b == base) {
                 self.sync_in_flight.swap_remove(i);
@@ -669,7 +695,7 @@ impl Log {
         if plan.skipped.load(Ordering::Relaxed) {
             return true; // the skip fault: "durable" without a sync (tests must catch it)
         }
-        for t in plan.targets {
+        for t in &plan.targets {
             if let Some(seg) = self.segments.iter_mut().find(|s| s.base == t.base) {
                 seg.mark_durable(t.upto);
             }

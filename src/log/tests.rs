@@ -1442,3 +1442,26 @@ fn group_messages_archived_in_place_match_the_owned_record() {
         (segments, left)
     );
 }
+
+#[test]
+fn a_group_commit_plan_allocates_nothing_once_warm() {
+    use crate::alloc_count::allocations;
+    let dir = TempDir::new();
+    let (mut log, _, _) = reopen(&dir.0, 1 << 20);
+    let record = msg(1, 64, 1);
+    let mut allocated = 0;
+    for round in 0..100 {
+        log.append(&record).unwrap();
+        let before = allocations();
+        let plan = log.begin_sync();
+        let files = plan.fds().unwrap().count();
+        plan.completed();
+        let durable = log.end_sync(plan, true);
+        let after = allocations();
+        assert_eq!((files, durable), (1, true), "round {round}");
+        if round >= 2 {
+            allocated += after - before;
+        }
+    }
+    assert_eq!(allocated, 0, "allocations in 98 warm begin/end_sync rounds");
+}

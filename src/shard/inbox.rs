@@ -979,7 +979,7 @@ async fn sync_on_ring(plan: crate::log::SyncPlan) -> (crate::log::SyncPlan, std:
         // Plans begin in segment order, so no later one covers a segment below this one's
         // lowest: drop the handles on those, or a segment retention deleted would keep its
         // disk space for as long as the ring held a dup of its fd.
-        if let Some(lowest) = fds.iter().map(|(base, _)| *base).min() {
+        if let Some(lowest) = fds.clone().map(|(base, _)| base).min() {
             RING_FILES.with(|files| files.borrow_mut().retain(|(b, _, _)| *b >= lowest));
         }
         for (base, fd) in fds {
