@@ -13,7 +13,8 @@ use ringpost::config::Config;
 use ringpost::diagnostics;
 use ringpost::shard::Broker;
 
-#[cfg_attr(not(feature = "sysalloc"), global_allocator)]
+#[cfg(not(feature = "sysalloc"))]
+#[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Thread-per-core io_uring instant-messaging broker.
