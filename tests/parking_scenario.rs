@@ -95,6 +95,40 @@ fn parked_connections_receive_and_send_and_park_again() {
     broker.assert_serving();
 }
 
+/// The park timer is armed once per stretch and re-armed when traffic ends a wait early, so
+/// both ways of getting it wrong are caught here: parking a connection that is busy (a timer
+/// counted from the stretch's start, not from the last traffic) and never parking one that has
+/// gone quiet after being busy (a timer re-armed from each pass instead of the quiet spell).
+#[test]
+fn a_busy_connection_stays_active_and_parks_once_it_goes_quiet() {
+    let broker = test_broker()
+        .limits("sends_per_sec = 1000000")
+        .server("park_after = \"300ms\"")
+        .start();
+    run(async {
+        let (a, b) = (user_on_shard("busy", 0, 2), user_on_shard("peer", 1, 2));
+        let mut ca = broker.connect(&a, "d").await;
+        let mut cb = broker.connect(&b, "d").await;
+        // Traffic every 25 ms for a second: more than three park_after periods in all, never
+        // one of them quiet.
+        for n in 1..=40u64 {
+            ca.send(n, &b, b"still here").await.unwrap();
+            expect_ack(&mut ca, n, Code::OK).await;
+            let d = expect_deliver(&mut cb).await;
+            assert_eq!(d.seq, n);
+            cb.ack(n).await.unwrap();
+            assert_eq!(
+                parked(broker.pid()),
+                0,
+                "a busy connection parked at message {n}"
+            );
+            glommio::timer::sleep(Duration::from_millis(25)).await; // the workload's pacing
+        }
+        wait_parked(&broker, 2).await;
+    });
+    broker.assert_serving();
+}
+
 #[test]
 fn a_parked_connection_still_times_out() {
     let broker = test_broker()

@@ -164,6 +164,13 @@ async fn serve(
     resumed: bool,
 ) -> Stretch {
     let mut only_pings = resumed;
+    let park_after = shard.cfg.server.park_after;
+    // One park timer per stretch, not one per pass of the loop (a glommio timer allocates, and
+    // an active connection passes many times a second): when it fires early — the wait it was
+    // armed for ended with traffic — it is reset to what is left of `park_after` since the
+    // current quiet spell began. `quiet_since` survives such a reset: the spell goes on.
+    let mut park_timer: Option<glommio::timer::Timer> = None;
+    let mut quiet_since: Option<std::time::Instant> = None;
     if !leftover.is_empty() && conn.is_open() {
         conn.last_seen_ms.set(shard.mono_ms());
         feed(&shard, &conn, &mut leftover);
@@ -192,8 +199,9 @@ async fn serve(
             future::or(conn.wake.wait(), shard.mesh.wait_for_space()).await;
             continue;
         }
-        let park_after = shard.cfg.server.park_after;
         let mut probe = [0u8; 1];
+        let waiting_since = *quiet_since.get_or_insert_with(std::time::Instant::now);
+        let timer = park_timer.get_or_insert_with(|| glommio::timer::Timer::new(park_after));
         let woke = future::or(
             async { Wake::Read(stream.read(&mut probe).await) },
             future::or(
@@ -205,12 +213,13 @@ async fn serve(
                     if park_after.is_zero() {
                         std::future::pending::<()>().await;
                     }
-                    glommio::timer::sleep(park_after).await;
+                    timer.await;
                     Wake::Park
                 },
             ),
         )
         .await;
+        quiet_since = None;
         match woke {
             Wake::Woken => continue,
             Wake::Read(Ok(0)) => peer_closed(&conn),
@@ -238,6 +247,13 @@ async fn serve(
                 future::yield_now().await;
             }
             Wake::Park => {
+                let quiet = waiting_since.elapsed();
+                if let (Some(timer), true) = (park_timer.as_mut(), quiet < park_after) {
+                    timer.reset(park_after - quiet);
+                    quiet_since = Some(waiting_since);
+                    continue;
+                }
+                park_timer = None;
                 if conn.is_open() && conn.queued_bytes() == 0 && park(&shard, &conn).is_ok() {
                     return Stretch::Parked; // dropping `stream` closes the original fd
                 }
