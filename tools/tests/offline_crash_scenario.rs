@@ -7,6 +7,32 @@ use std::time::{Duration, Instant};
 
 use ringpost_harness::{tools, tools_broker, TempDir};
 
+/// Runs one `load offline --phase PHASE --json` against `addr` with `record`; returns its exit
+/// code, its JSON report and its stderr.
+fn offline(
+    addr: &str,
+    secret: &std::path::Path,
+    record: &std::path::Path,
+    phase: &str,
+    extra: &[&str],
+) -> (Option<i32>, serde_json::Value, String) {
+    let mut args = vec![
+        "load", "offline", "--phase", phase, "--json", "--addr", addr,
+    ];
+    args.extend_from_slice(extra);
+    let out = tools(&args)
+        .arg("--secret-file")
+        .arg(secret)
+        .arg("--record")
+        .arg(record)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{phase} printed: {stderr}"));
+    (out.status.code(), report, stderr)
+}
+
 /// Kills the broker once `kill_after_acks` acks are recorded; returns the send phase's report.
 fn crash_during_send(kill_after_acks: usize) -> serde_json::Value {
     let tmp = TempDir::new(&format!("offline-crash-{kill_after_acks}"));
@@ -62,22 +88,8 @@ fn crash_during_send(kill_after_acks: usize) -> serde_json::Value {
 
     let broker = tools_broker().dir(dir).limits(LIMITS).start();
     let addr = broker.addr_string();
-    let out = tools(&[
-        "load", "offline", "--phase", "verify", "--users", "4", "--json", "--addr", &addr,
-    ])
-    .arg("--secret-file")
-    .arg(&secret)
-    .arg("--record")
-    .arg(&record)
-    .output()
-    .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("verify printed: {}", String::from_utf8_lossy(&out.stderr)));
-    assert!(
-        out.status.success(),
-        "{report} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, report, stderr) = offline(&addr, &secret, &record, "verify", &["--users", "4"]);
+    assert_eq!(code, Some(0), "{report} {stderr}");
     assert_eq!(report["lost"], 0);
     assert_eq!(report["duplicated"], 0);
     assert_eq!(report["out_of_order"], 0);
@@ -97,4 +109,63 @@ fn kill_9_early_in_the_send_phase_loses_no_acked_message() {
 #[test]
 fn kill_9_late_in_the_send_phase_loses_no_acked_message() {
     crash_during_send(15_000);
+}
+
+/// The verify phase replays several recipients at once (`--verify-concurrency`); what each
+/// lane saw must add up exactly as one after another does: every message delivered once, and
+/// an acknowledged message the broker never had (a line added to the record) reported lost
+/// under its recipient, whichever lane verified it.
+#[test]
+fn concurrent_verify_adds_up_like_a_sequential_one_and_still_finds_a_loss() {
+    let tmp = TempDir::new("offline-verify-lanes");
+    let dir = tmp.path();
+    let record = dir.join("acked.record");
+    let broker = tools_broker()
+        .dir(dir)
+        .limits("sends_per_sec = 1000000")
+        .start();
+    let (addr, secret) = (broker.addr_string(), broker.secret_path());
+    const SIZE: [&str; 4] = ["--users", "8", "--messages", "4000"];
+    let offline = |phase: &str, extra: &[&str]| {
+        let args: Vec<&str> = SIZE.iter().chain(extra).copied().collect();
+        offline(&addr, &secret, &record, phase, &args)
+    };
+    let (code, sent, _) = offline("send", &[]);
+    assert_eq!(
+        (code, &sent["acked"]),
+        (Some(0), &serde_json::json!(4000)),
+        "{sent}"
+    );
+
+    for lanes in ["1", "3", "64"] {
+        let (code, v, stderr) = offline("verify", &["--verify-concurrency", lanes]);
+        assert_eq!(code, Some(0), "lanes {lanes}: {v} {stderr}");
+        let counts = (
+            &v["delivered"],
+            &v["lost"],
+            &v["duplicated"],
+            &v["out_of_order"],
+        );
+        let want = serde_json::json!([4000, 0, 0, 0]);
+        assert_eq!(
+            serde_json::json!([counts.0, counts.1, counts.2, counts.3]),
+            want,
+            "lanes {lanes}: {v}"
+        );
+    }
+
+    // Recipient 5 "was acked" an id no sender ever sent.
+    let mut text = std::fs::read_to_string(&record).unwrap();
+    text.push_str("5 987654321\n");
+    std::fs::write(&record, text).unwrap();
+    let (code, v, stderr) = offline("verify", &["--verify-concurrency", "3"]);
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(
+        (&v["lost"], &v["delivered"]),
+        (&serde_json::json!(1), &serde_json::json!(4000))
+    );
+    assert!(
+        stderr.contains("LOST 1 acknowledged message(s): r5#987654321"),
+        "{stderr}"
+    );
 }
