@@ -1,14 +1,13 @@
 //! `load offline`: messages to users who are offline, then their replay at login.
 //!
 //! Senders `off-<run>-s<i>` each send their share of `--messages` to recipient `off-<run>-r<i>`
-//! while the recipients are offline; then the recipients log in as new devices (`--verify-concurrency`
-//! of them at once) and receive
-//! everything from the log. Checks: every message acked OK is delivered exactly once, in seq
-//! order, from its sender with its `client_msg_id` (anything else is **mismatched**). Every
-//! send must be answered: one never answered (the broker closed the connection, or no SendAck
-//! came for `--ack-timeout`) is **unanswered**, one answered with another code than OK is an
-//! **error ack** (by code); either fails the run. Reports send throughput, send→ack latency
-//! and replay msgs/s.
+//! while the recipients are offline; then the recipients log in as new devices
+//! (`--verify-concurrency` of them at once) and receive everything from the log. Checks: every
+//! message acked OK is delivered exactly once, in seq order, from its sender with its
+//! `client_msg_id` (anything else is **mismatched**). Every send must be answered: one never
+//! answered (the broker closed the connection, or no SendAck came for `--ack-timeout`) is
+//! **unanswered**, one answered with another code than OK is an **error ack** (by code); either
+//! fails the run. Reports send throughput, send→ack latency and replay msgs/s.
 //!
 //! For crash tests the two halves run separately: `--phase send --record FILE` appends a line
 //! per SendAck{OK} to FILE and flushes it at once (so killing the broker mid-run leaves a true
