@@ -24,7 +24,6 @@ PARTS ("ab,scrape").
 
 import json
 import os
-import resource
 import shutil
 import socket
 import statistics
@@ -34,7 +33,7 @@ import tempfile
 import threading
 import time
 
-from benchlib import cpu_seconds  # scripts/ is sys.path[0] when run as a script
+from benchlib import cpu_seconds, raise_nofile  # scripts/ is sys.path[0] when run as a script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "target", "release", "ringpost-tools")
@@ -46,12 +45,6 @@ DURATION = os.environ.get("DURATION", "5s")
 CONNS = int(os.environ.get("CONNS", "19000"))
 SCRAPES = int(os.environ.get("SCRAPES", "50"))
 PARTS = os.environ.get("PARTS", "ab,scrape").split(",")
-
-
-def raise_nofile():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 class Broker:

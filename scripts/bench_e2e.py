@@ -17,12 +17,13 @@ with the machine, commit, command lines and results. Environment:
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+
+from benchlib import raise_nofile  # scripts/ is sys.path[0] when run as a script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BROKER = os.path.join(ROOT, "target", "release", "ringpost")
@@ -30,13 +31,6 @@ TOOLS = os.path.join(ROOT, "target", "release", "ringpost-tools")
 BEGIN = "<!-- e2e:begin (written by scripts/bench_e2e.py; edits inside are overwritten) -->"
 END = "<!-- e2e:end -->"
 QUICK = os.environ.get("E2E_QUICK") == "1"
-
-
-def raise_nofile():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 class Broker:

@@ -22,13 +22,12 @@ Needs `openssl` for the test certificate.
 
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
 import tempfile
 
-from benchlib import cpu_seconds  # scripts/ is sys.path[0] when run as a script
+from benchlib import cpu_seconds, raise_nofile  # scripts/ is sys.path[0] when run as a script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BROKER = os.environ.get("RINGPOST_BIN", os.path.join(ROOT, "target", "release", "ringpost"))
@@ -38,12 +37,6 @@ RATE = os.environ.get("RATE", "400000")
 LAT_RATE = os.environ.get("LAT_RATE", "10000")
 DURATION = os.environ.get("DURATION", "5s")
 CONNS = int(os.environ.get("CONNS", "5000"))
-
-
-def raise_nofile():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def make_cert(d):

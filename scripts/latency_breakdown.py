@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import shutil
 import socket
 import statistics
@@ -31,6 +30,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from benchlib import raise_nofile  # scripts/ is sys.path[0] when run as a script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "target", "release", "ringpost-tools")
@@ -243,12 +244,6 @@ def around(args):
     after = scrape(args.admin)
     print_breakdown(breakdown(delta(before, after)))
     return rc
-
-
-def raise_nofile():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def main():
