@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 
-from benchlib import cpu_seconds, raise_nofile  # scripts/ is sys.path[0] when run as a script
+from benchlib import cpu_seconds, raise_nofile, no_arguments  # scripts/ is sys.path[0] when run as a script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "target", "release", "ringpost-tools")
@@ -200,6 +200,7 @@ def scrape_with_connections():
 
 
 def main():
+    no_arguments(__doc__)
     raise_nofile()
     for p in (A, B, TOOLS):
         if not os.path.exists(p):

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import raise_nofile  # scripts/ is sys.path[0] when run as a script
+from benchlib import raise_nofile, no_arguments  # scripts/ is sys.path[0] when run as a script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BROKER = os.path.join(ROOT, "target", "release", "ringpost")
@@ -178,6 +178,7 @@ def losses(r):
 
 
 def main():
+    no_arguments(__doc__)
     nofile = raise_nofile()
     duration = "2s" if QUICK else "5s"
     lines = [BEGIN, "", "## End-to-end (make bench)", "",

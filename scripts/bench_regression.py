@@ -26,7 +26,10 @@ import statistics
 import subprocess
 import tempfile
 
-from benchlib import cpu_seconds  # scripts/ is sys.path[0] when run as a script
+from benchlib import cpu_seconds, no_arguments  # scripts/ is sys.path[0] when run as a script
+
+if __name__ == "__main__":
+    no_arguments(__doc__)  # before the environment is read below
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "target", "release", "ringpost-tools")

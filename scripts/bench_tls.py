@@ -27,7 +27,7 @@ import statistics
 import subprocess
 import tempfile
 
-from benchlib import cpu_seconds, raise_nofile  # scripts/ is sys.path[0] when run as a script
+from benchlib import cpu_seconds, raise_nofile, no_arguments  # scripts/ is sys.path[0] when run as a script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BROKER = os.environ.get("RINGPOST_BIN", os.path.join(ROOT, "target", "release", "ringpost"))
@@ -139,6 +139,7 @@ def run(tls):
 
 
 def main():
+    no_arguments(__doc__)
     raise_nofile()
     runs = {"plain": [], "tls": []}
     for rnd in range(ROUNDS):

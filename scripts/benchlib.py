@@ -5,6 +5,7 @@ Importing it has no side effects: no environment read, nothing computed at impor
 
 import os
 import resource
+import sys
 
 
 def cpu_seconds(pid):
@@ -21,3 +22,17 @@ def raise_nofile():
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def no_arguments(doc):
+    """For the scripts configured only by environment variables (`make bench` and friends): `-h`
+    or `--help` prints `doc` and exits, any other argument is refused, so that asking a script
+    for help never starts a benchmark that rewrites BENCHMARKS.md."""
+    args = sys.argv[1:]
+    if not args:
+        return
+    if args[0] in ("-h", "--help"):
+        print(doc)
+        sys.exit(0)
+    sys.exit(f"{sys.argv[0]} takes no arguments (it is configured by environment variables; "
+             f"see --help), got: {' '.join(args)}")

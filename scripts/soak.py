@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 
+from benchlib import no_arguments  # scripts/ is sys.path[0] when run as a script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "target", "release", "ringpost-tools")
 BROKER = os.path.join(ROOT, "target", "release", "ringpost")
@@ -51,6 +53,7 @@ def commit():
 
 
 def main():
+    no_arguments(__doc__)
     for path in (TOOLS, BROKER):
         if not os.path.exists(path):
             raise SystemExit(f"{path} is missing: run `make build` first")
