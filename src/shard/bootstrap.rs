@@ -433,7 +433,7 @@ async fn run_shard(ctx: ShardStart, ready: Arc<Barrier>) {
     transport::connect(ctx.ports, mesh, move |peer, batch| {
         receiving.metrics.mesh_received(peer, batch.len());
         receiving.clock.batch(|| {
-            for env in batch {
+            for env in batch.drain(..) {
                 if let Some(handoff) = receiving.handle_envelope(peer, env) {
                     session::start_handoff(&receiving, handoff);
                 }

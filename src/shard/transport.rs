@@ -11,8 +11,10 @@
 //! in the outbox, so batches grow exactly when the peer is busy.
 //!
 //! Receiving side, per peer: a receiver task takes batches off the peer's queue and hands each
-//! to the shard's handler ([`connect`] starts both sides and returns once every queue end is
-//! connected).
+//! to the shard's handler, which drains it ([`connect`] starts both sides and returns once every
+//! queue end is connected). The emptied batch is kept for the next batch *to* that peer, so
+//! batches shuttle between a pair of shards (messages one way, their acks the other) instead
+//! of being allocated by one thread and freed by the other on every flush.
 //!
 //! Backpressure: when any outbox holds more than `high_water` envelopes, session tasks stop
 //! reading their sockets ([`Mesh::wait_for_space`]) until flushers make room, so a slow peer
@@ -42,6 +44,10 @@ pub const MAX_BATCH: usize = 1024;
 
 /// A batch of envelopes: the unit a queue slot carries.
 pub type Batch = Vec<Envelope>;
+
+/// Emptied batches received from a peer and kept, per lane, to carry the next batches to it;
+/// beyond this many (traffic mostly one way) they are freed.
+const KEPT_BATCHES: usize = 4;
 
 /// One shard's ends of the mesh before its executor connects them.
 pub struct MeshPorts {
@@ -79,12 +85,19 @@ struct Lane {
     spare: SpareVecs<Envelope>,
     /// Envelopes taken out of `outbox` by the flusher and not yet accepted by the queue.
     in_hand: Cell<usize>,
+    /// Batches the peer sent, emptied, to carry the next ones back ([`KEPT_BATCHES`] at most).
+    returned: RefCell<Vec<Batch>>,
     kick: Signal,
 }
 
 impl Lane {
     fn len(&self) -> usize {
         self.outbox.borrow().len() + self.in_hand.get()
+    }
+
+    /// An empty batch to fill for the peer: one it sent us if kept, else a new one.
+    fn carrier(&self) -> Batch {
+        self.returned.borrow_mut().pop().unwrap_or_default()
     }
 }
 
@@ -149,6 +162,15 @@ impl Mesh {
         }
     }
 
+    /// Keeps `batch`, received from `peer` and drained, to carry a later batch to `peer`.
+    fn recycle(&self, peer: usize, batch: Batch) {
+        debug_assert!(batch.is_empty());
+        let mut kept = self.lanes[peer].returned.borrow_mut();
+        if kept.len() < KEPT_BATCHES && batch.capacity() <= 2 * MAX_BATCH {
+            kept.push(batch);
+        }
+    }
+
     /// Lets flushers finish what is queued and then stop.
     pub fn close(&self) {
         self.closed.set(true);
@@ -177,7 +199,8 @@ impl Mesh {
             lane.in_hand.set(taken_len);
             let mut rest = taken.drain(..);
             while rest.len() > 0 {
-                let batch: Batch = rest.by_ref().take(MAX_BATCH).collect();
+                let mut batch = lane.carrier();
+                batch.extend(rest.by_ref().take(MAX_BATCH));
                 let n = batch.len();
                 if let Err(e) = sender.send(batch).await {
                     // Only happens when the peer's executor has exited (shutdown).
@@ -194,12 +217,12 @@ impl Mesh {
 
 /// Connects this shard's ends of the mesh: for every peer, a flusher task feeding the peer's
 /// queue from `mesh`'s outbox, and a receiver task handing each batch from the peer to
-/// `on_batch(peer, batch)`. Returns once every end is connected (each `connect` waits for the
+/// `on_batch(peer, batch)`, which must drain it. Returns once every end is connected (each `connect` waits for the
 /// other side, so they all connect concurrently; one after another could deadlock).
 pub async fn connect(
     ports: MeshPorts,
     mesh: Rc<Mesh>,
-    on_batch: impl Fn(usize, Batch) + Clone + 'static,
+    on_batch: impl Fn(usize, &mut Batch) + Clone + 'static,
 ) {
     let pending = Rc::new(Cell::new(0usize));
     let connected = Rc::new(Signal::default());
@@ -219,11 +242,12 @@ pub async fn connect(
         let Some(receiver) = receiver else { continue };
         pending.set(pending.get() + 1);
         let (pending, connected, on_batch) = (pending.clone(), connected.clone(), on_batch.clone());
+        let mesh = mesh.clone();
         glommio::spawn_local(async move {
             let receiver = receiver.connect().await;
             pending.set(pending.get() - 1);
             connected.notify();
-            receive_from(peer, receiver, on_batch).await;
+            receive_from(peer, receiver, &mesh, on_batch).await;
         })
         .detach();
     }
@@ -233,16 +257,58 @@ pub async fn connect(
 }
 
 /// The receiving side of one queue: every batch from `peer` goes to `on_batch`, synchronously
-/// (see the module doc for why a receiver never waits on its own sending side).
+/// (see the module doc for why a receiver never waits on its own sending side), and the
+/// emptied batch to `mesh`, to carry a batch back.
 async fn receive_from(
     peer: usize,
     receiver: ConnectedReceiver<Batch>,
-    on_batch: impl Fn(usize, Batch),
+    mesh: &Mesh,
+    on_batch: impl Fn(usize, &mut Batch),
 ) {
-    while let Some(batch) = receiver.recv().await {
-        on_batch(peer, batch);
+    while let Some(mut batch) = receiver.recv().await {
+        on_batch(peer, &mut batch);
+        batch.clear(); // what a handler left undrained is dropped here, as before
+        mesh.recycle(peer, batch);
         // A queue that is never empty completes every recv at once: yield, so the committer
         // and the shard's sessions run between batches.
         futures_lite::future::yield_now().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alloc_count::allocations;
+
+    /// A batch received from a peer carries the next batch to it: filling it allocates nothing,
+    /// and at most `KEPT_BATCHES` are kept per lane, none grown far past `MAX_BATCH`.
+    #[test]
+    fn a_received_batch_carries_the_next_one_back() {
+        let mesh = Mesh::new(0, 3, 1_000);
+        let mut received: Batch = (0..MAX_BATCH).map(|_| Envelope::Drained).collect();
+        received.clear();
+        let at = received.as_ptr();
+        mesh.recycle(1, received);
+
+        let before = allocations();
+        let mut next = mesh.lanes[1].carrier();
+        next.extend((0..MAX_BATCH).map(|_| Envelope::Drained));
+        assert_eq!(allocations() - before, 0, "the kept batch was not reused");
+        assert_eq!(next.as_ptr(), at);
+        // Nothing kept: a new one.
+        assert_eq!(mesh.lanes[1].carrier().capacity(), 0);
+
+        for _ in 0..KEPT_BATCHES + 3 {
+            mesh.recycle(1, Vec::with_capacity(8));
+        }
+        mesh.recycle(2, Vec::with_capacity(8)); // lanes are kept apart
+        assert_eq!(mesh.lanes[1].returned.borrow().len(), KEPT_BATCHES);
+        assert_eq!(mesh.lanes[2].returned.borrow().len(), 1);
+        let mesh = Mesh::new(0, 2, 1_000);
+        mesh.recycle(1, Vec::with_capacity(4 * MAX_BATCH));
+        assert!(
+            mesh.lanes[1].returned.borrow().is_empty(),
+            "an oversized batch was kept"
+        );
     }
 }
