@@ -110,18 +110,28 @@ fn a_busy_connection_stays_active_and_parks_once_it_goes_quiet() {
         let mut ca = broker.connect(&a, "d").await;
         let mut cb = broker.connect(&b, "d").await;
         // Traffic every 25 ms for a second: more than three park_after periods in all, never
-        // one of them quiet.
+        // one of them quiet. Both start parked (a new connection with nothing to read does);
+        // from the second message on, each has had traffic within the last 25 ms or so.
         for n in 1..=40u64 {
+            if n > 1 {
+                assert_eq!(
+                    parked(broker.pid()),
+                    0,
+                    "a busy connection parked before message {n}"
+                );
+            }
             ca.send(n, &b, b"still here").await.unwrap();
             expect_ack(&mut ca, n, Code::OK).await;
             let d = expect_deliver(&mut cb).await;
             assert_eq!(d.seq, n);
             cb.ack(n).await.unwrap();
-            assert_eq!(
-                parked(broker.pid()),
-                0,
-                "a busy connection parked at message {n}"
-            );
+            // A parked receiver is sent its Deliver without waking, and its Ack wakes it in the
+            // broker's own time: the Pong says the broker has read the Ack (it came first).
+            cb.ping(n).await.unwrap();
+            match expect_event(&mut cb).await {
+                ringpost::client::Event::Pong { nonce } => assert_eq!(nonce, n),
+                other => panic!("expected Pong, got {other:?}"),
+            }
             glommio::timer::sleep(Duration::from_millis(25)).await; // the workload's pacing
         }
         wait_parked(&broker, 2).await;

@@ -303,8 +303,8 @@ impl SyncPlan {
     /// (the same write-back: msync(MS_SYNC) is a ranged fdatasync of the mapped file), for a
     /// caller that submits those itself (the shard's io_uring). `Ok`: the (segment base, fd)
     /// of each file to sync, then [`SyncPlan::completed`] (none: nothing to do, the skip fault
-    /// answered); `Err`: the plan fails without touching the disk. The hold fault, which blocks, is for the
-    /// caller to run first ([`SyncPlan::hold`]).
+    /// answered); `Err`: the plan fails without touching the disk. The hold fault, which
+    /// blocks, is for the caller to run first ([`SyncPlan::hold`]).
     pub fn fds(
         &self,
     ) -> std::io::Result<impl Iterator<Item = (u64, std::os::fd::RawFd)> + Clone + '_> {
