@@ -217,8 +217,9 @@ impl Mesh {
 
 /// Connects this shard's ends of the mesh: for every peer, a flusher task feeding the peer's
 /// queue from `mesh`'s outbox, and a receiver task handing each batch from the peer to
-/// `on_batch(peer, batch)`, which must drain it. Returns once every end is connected (each `connect` waits for the
-/// other side, so they all connect concurrently; one after another could deadlock).
+/// `on_batch(peer, batch)`, which must drain it. Returns once every end is connected (each
+/// `connect` waits for the other side, so they all connect concurrently; one after another
+/// could deadlock).
 pub async fn connect(
     ports: MeshPorts,
     mesh: Rc<Mesh>,
