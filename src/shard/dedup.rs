@@ -10,13 +10,13 @@
 //! Entries expire after the dedup window and at most `capacity` are kept per sender per shard
 //! (the oldest goes first); a resend after either limit is treated as a new message. An entry
 //! whose send is still in flight is never dropped, by either limit (its waiters would never be
-//! answered and a resend would be stored twice), and a slot left behind by an entry that was
-//! dropped and re-created never removes the newer entry.
+//! answered and a resend would be stored twice), and a send that was refused and then resent
+//! is remembered from its resend on, never forgotten through its refused first try.
 //!
 //! Only successful outcomes are remembered: a send refused with INBOX_FULL or
 //! STORAGE_UNAVAILABLE may be retried and must then be tried again, not answered from memory.
 
-use std::collections::{hash_map, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::protocol::Code;
@@ -33,42 +33,36 @@ pub enum Verdict {
     Done(Code),
 }
 
+/// A send whose first copy is still being stored.
 #[derive(Debug)]
-enum State<W> {
-    InFlight { waiters: Vec<W> },
-    Done(Code),
-}
-
-#[derive(Debug)]
-struct Entry<W> {
+struct InFlight<W> {
     /// When the send was first seen (the window counts from it).
     at_ms: u64,
-    /// Which insertion this is (a slot of an earlier insertion of the same id is stale).
-    generation: u64,
-    state: State<W>,
+    waiters: Vec<W>,
 }
 
-/// A place in the age order: (inserted at ms, client_msg_id, generation).
-type Slot = (u64, u64, u64);
-
 /// One sender's window. `W` is whoever waits for an in-flight send's outcome.
+///
+/// Only successful outcomes are remembered, so a finished entry is just its id and when it was
+/// first seen: the ids in a set, and (id, at_ms) in the order they finished (about the order
+/// they were seen), which is the order they are forgotten in. 16 bytes in `order` and one
+/// set slot (8 bytes and a control byte) per remembered send; the sends in flight, few at any
+/// time, are kept apart with their waiters. An id is in at most one of the two (a send found
+/// finished is answered, never inserted again), and leaves `done` only from the front of
+/// `order`, so every slot in `order` is live: nothing stale to skip.
 #[derive(Debug)]
 pub struct Dedup<W> {
-    entries: super::FastMap<u64, Entry<W>>,
-    /// Slots of finished entries, in the order they finished (about the order they were
-    /// seen); may hold stale slots of entries that were removed (the entry is gone, or was
-    /// inserted again with a later generation). In-flight entries have no slot: they are
-    /// never dropped, so nothing needs to find them by age.
-    order: VecDeque<Slot>,
-    next_generation: u64,
+    done: std::collections::HashSet<u64, ahash::RandomState>,
+    order: VecDeque<(u64, u64)>,
+    in_flight: super::FastMap<u64, InFlight<W>>,
 }
 
 impl<W> Default for Dedup<W> {
     fn default() -> Self {
         Dedup {
-            entries: super::FastMap::default(),
+            done: Default::default(),
             order: VecDeque::new(),
-            next_generation: 0,
+            in_flight: super::FastMap::default(),
         }
     }
 }
@@ -88,20 +82,18 @@ impl<W> Dedup<W> {
             return Verdict::New;
         }
         self.expire(now_ms, window_ms);
-        if let Some(e) = self.entries.get_mut(&id) {
-            return match &mut e.state {
-                State::Done(code) => Verdict::Done(*code),
-                State::InFlight { waiters } => {
-                    waiters.push(waiter);
-                    Verdict::InFlight
-                }
-            };
+        if self.done.contains(&id) {
+            return Verdict::Done(Code::OK);
+        }
+        if let Some(f) = self.in_flight.get_mut(&id) {
+            f.waiters.push(waiter);
+            return Verdict::InFlight;
         }
         self.make_room(capacity.max(1));
-        self.insert(
+        self.in_flight.insert(
             id,
-            now_ms,
-            State::InFlight {
+            InFlight {
+                at_ms: now_ms,
                 waiters: Vec::new(),
             },
         );
@@ -111,19 +103,19 @@ impl<W> Dedup<W> {
     /// Records the outcome of the in-flight send `id`; returns its waiters. Failures are
     /// forgotten (a retry must be tried again).
     pub fn complete(&mut self, id: u64, status: Code) -> Vec<W> {
-        let Some(e) = self.entries.get_mut(&id) else {
+        let Some(f) = self.in_flight.remove(&id) else {
             return Vec::new();
         };
-        let waiters = match std::mem::replace(&mut e.state, State::Done(status)) {
-            State::InFlight { waiters } => waiters,
-            State::Done(_) => return Vec::new(),
-        };
-        if status == Code::OK {
-            self.order.push_back((e.at_ms, id, e.generation));
-        } else {
-            self.entries.remove(&id);
+        if self.in_flight.is_empty() && self.in_flight.capacity() > 16 {
+            // A burst of sends in flight must not size this map for good: what a window
+            // holds for long is what `done` holds.
+            self.in_flight = super::FastMap::default();
         }
-        waiters
+        if status == Code::OK {
+            self.done.insert(id);
+            self.order.push_back((id, f.at_ms));
+        }
+        f.waiters
     }
 
     /// Recovery: `id` was stored at `at_ms` (a record in the log says so).
@@ -131,69 +123,45 @@ impl<W> Dedup<W> {
         if window_ms == 0 || now_ms.saturating_sub(at_ms) >= window_ms {
             return;
         }
-        if self.entries.contains_key(&id) {
+        if self.done.contains(&id) || self.in_flight.contains_key(&id) {
             return;
         }
         self.make_room(capacity.max(1));
-        self.insert(id, at_ms, State::Done(Code::OK));
+        self.done.insert(id);
+        self.order.push_back((id, at_ms));
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.done.is_empty() && self.in_flight.is_empty()
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.done.len() + self.in_flight.len()
     }
 
-    fn insert(&mut self, id: u64, at_ms: u64, state: State<W>) {
-        let generation = self.next_generation;
-        self.next_generation += 1;
-        if matches!(state, State::Done(_)) {
-            self.order.push_back((at_ms, id, generation));
-        }
-        self.entries.insert(
-            id,
-            Entry {
-                at_ms,
-                generation,
-                state,
-            },
-        );
-    }
-
-    /// Drops the slot's entry, unless the slot is stale (one hash lookup: this runs for
-    /// every send once a window is full).
-    fn drop_slot(&mut self, slot: Slot) {
-        if let hash_map::Entry::Occupied(e) = self.entries.entry(slot.1) {
-            if e.get().generation == slot.2 {
-                e.remove();
-            }
-        }
-    }
-
-    /// Drops the oldest finished entries until fewer than `capacity` remain (in-flight ones
+    /// Forgets the oldest finished entries until fewer than `capacity` remain (in-flight ones
     /// stay, so the window may exceed `capacity` by the sends in flight).
     fn make_room(&mut self, capacity: usize) {
-        while self.entries.len() >= capacity {
-            let Some(slot) = self.order.pop_front() else {
+        while self.len() >= capacity {
+            let Some((id, _)) = self.order.pop_front() else {
                 break; // only sends in flight left
             };
-            self.drop_slot(slot);
+            self.done.remove(&id);
         }
     }
 
-    /// Drops finished entries older than the window.
+    /// Forgets finished entries older than the window.
     pub fn expire(&mut self, now_ms: u64, window_ms: u64) {
-        while let Some(&slot) = self.order.front() {
-            if now_ms.saturating_sub(slot.0) < window_ms {
+        while let Some(&(id, at_ms)) = self.order.front() {
+            if now_ms.saturating_sub(at_ms) < window_ms {
                 break;
             }
             self.order.pop_front();
-            self.drop_slot(slot);
+            self.done.remove(&id);
         }
         if self.order.is_empty() && self.order.capacity() > 16 {
             self.order = VecDeque::new();
+            self.done = Default::default();
         }
     }
 }
@@ -278,10 +246,7 @@ mod tests {
             Verdict::New,
             "evicted by capacity"
         );
-        assert!(
-            d.entries.len() <= 3,
-            "only in-flight entries exceed capacity"
-        );
+        assert!(d.len() <= 3, "only in-flight entries exceed capacity");
     }
 
     #[test]
@@ -309,10 +274,10 @@ mod tests {
     }
 
     #[test]
-    fn a_stale_slot_never_removes_a_newer_entry() {
+    fn a_refused_first_try_never_makes_its_resend_forgotten_early() {
         let mut d = D::default();
-        // 1 is refused (forgotten, its slot stale), then 2, then 1 again: age order is
-        // [stale 1, 2, 1].
+        // 1 is refused (forgotten), then 2, then 1 again: what is remembered, oldest first,
+        // is [2, 1].
         assert_eq!(d.check(1, 1, 0, 10_000, 2), Verdict::New);
         d.complete(1, Code::INBOX_FULL);
         assert_eq!(d.check(2, 1, 5, 10_000, 2), Verdict::New);
@@ -333,6 +298,42 @@ mod tests {
         d.remember(5, 100, 1_500, 1_000, 16); // older than the window: not kept
         assert_eq!(d.check(4, 1, 1_600, 1_000, 16), Verdict::Done(Code::OK));
         assert_eq!(d.check(5, 1, 1_600, 1_000, 16), Verdict::New);
+    }
+
+    #[test]
+    fn recovery_does_not_touch_a_send_in_flight() {
+        let mut d = D::default();
+        assert_eq!(d.check(6, 1, 1_000, 1_000, 16), Verdict::New);
+        d.remember(6, 1_000, 1_000, 1_000, 16);
+        assert_eq!(d.check(6, 2, 1_001, 1_000, 16), Verdict::InFlight);
+        assert_eq!(d.complete(6, Code::OK), vec![2]);
+        assert_eq!(d.len(), 1);
+    }
+
+    #[test]
+    fn an_emptied_window_gives_its_memory_back() {
+        let mut d = D::default();
+        for id in 0..1_000 {
+            d.check(id, 0, id, 10_000, 4_096);
+            d.complete(id, Code::OK);
+        }
+        assert_eq!(d.len(), 1_000);
+        d.expire(20_000, 10_000);
+        assert!(d.is_empty());
+        assert_eq!((d.order.capacity(), d.done.capacity()), (0, 0));
+    }
+
+    #[test]
+    fn a_burst_in_flight_leaves_no_table_behind() {
+        let mut d = D::default();
+        for id in 0..1_000 {
+            assert_eq!(d.check(id, 0, 0, 10_000, 4_096), Verdict::New);
+        }
+        for id in 0..1_000 {
+            d.complete(id, Code::OK);
+        }
+        assert_eq!(d.len(), 1_000);
+        assert_eq!(d.in_flight.capacity(), 0);
     }
 
     #[test]
