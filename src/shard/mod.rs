@@ -21,6 +21,7 @@
 //! | [`delivery`] | LoginOk and replay, refill from the log, acks and cursors, end-of-batch flush |
 //! | [`drain`] | the graceful shutdown sequence |
 //! | [`users`] | the user index: head and durable seq, log positions, devices |
+//! | [`stream_index`] | one user's retained entries: seq → log position, 8 bytes each |
 //! | [`recipients`] | the recipient policy (`limits.recipients`) and how a user becomes known |
 //! | [`reloader`] | SIGHUP: the login keys and the TLS certificate read again, swapped in for new logins |
 //! | [`recovery`] | rebuilding users (heads, indexes, cursors) from the log at start |
@@ -71,6 +72,7 @@ pub mod routing;
 pub mod session;
 pub mod spare_vec;
 pub mod state;
+pub mod stream_index;
 pub mod tasks;
 pub mod transport;
 pub mod users;

@@ -6,7 +6,7 @@
 //! with the same rules the live path used ([`super::group_state`]), so derived member seqs
 //! come out as they were assigned.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -15,6 +15,7 @@ use super::dedup::Windows;
 use super::group_state::{EntryRef, GroupsState, OwnedGroup, Unacked};
 use super::inbox::AckTarget;
 use super::routing::{group_owner, owner};
+use super::stream_index::StreamIndex;
 use crate::log::record::{GroupRecord, GroupSnapshotRecord, Record};
 use crate::log::{Log, LogError, Recovery};
 use crate::protocol::EntryKind;
@@ -23,8 +24,8 @@ use crate::protocol::EntryKind;
 #[derive(Debug, Default)]
 pub struct RecoveredUser {
     pub head_seq: u64,
-    /// Retained stream entries, (seq, position), oldest first, contiguous seqs.
-    pub index: VecDeque<(u64, u64)>,
+    /// Retained stream entries.
+    pub index: StreamIndex,
     /// Device → highest seq it acked.
     pub cursors: Cursors,
     /// Groups the user is a member of (this shard serves the user), in ID order.
@@ -258,14 +259,7 @@ impl Rebuild {
 /// Index entries are contiguous in seq; a gap (entries deleted by retention before an anchor
 /// restated the head) starts the index afresh.
 fn push_index(user: &mut RecoveredUser, seq: u64, pos: u64) {
-    if user
-        .index
-        .back()
-        .is_some_and(|&(last, _)| last.checked_add(1) != Some(seq))
-    {
-        user.index.clear();
-    }
-    user.index.push_back((seq, pos));
+    user.index.push(seq, pos);
 }
 
 pub fn insert_sorted(v: &mut Vec<Arc<str>>, name: &Arc<str>) {
@@ -341,13 +335,16 @@ mod tests {
         let bob = &r.users["bob"];
         assert_eq!(bob.head_seq, u64::MAX);
         assert_eq!(
-            Vec::from(bob.index.clone()),
+            bob.index.iter().collect::<Vec<_>>(),
             vec![(1, pos[1])],
             "a gap restarts the index"
         );
         let carol = &r.users["carol"];
         assert_eq!(carol.head_seq, u64::MAX, "the head saturates");
-        assert_eq!(Vec::from(carol.index.clone()), vec![(u64::MAX, pos[3])]);
+        assert_eq!(
+            carol.index.iter().collect::<Vec<_>>(),
+            vec![(u64::MAX, pos[3])]
+        );
     }
 
     /// Found by the `log_recovery` fuzz target: a group snapshot naming a member twice made
@@ -392,7 +389,7 @@ mod tests {
         let r = recover(&dir, 4096, ctx).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         let dave = &r.users["dave"];
-        assert_eq!(Vec::from(dave.index.clone()), vec![(1, at)]);
+        assert_eq!(dave.index.iter().collect::<Vec<_>>(), vec![(1, at)]);
         assert_eq!(dave.head_seq, 1);
         assert_eq!(dave.groups, vec![Arc::<str>::from("g")]);
     }

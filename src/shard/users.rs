@@ -1,6 +1,6 @@
 //! The user index: what the owner shard knows about each of its users.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -8,6 +8,7 @@ use super::conn::Conn;
 use super::cursors::Cursors;
 use super::ratelimit::Bucket;
 use super::recovery::RecoveredUser;
+use super::stream_index::StreamIndex;
 
 /// `User::anchor_base` before the user was anchored in any segment.
 pub const NOT_ANCHORED: u64 = u64::MAX;
@@ -19,9 +20,8 @@ pub struct User {
     /// Newest seq whose log record is durable (per the fsync policy): what may be delivered.
     pub durable_seq: u64,
     /// Retained stream entries in the log (messages to the user, the user's own sends, group
-    /// entries): (seq, position), oldest first, contiguous seqs. Replay of K entries is K
-    /// reads at known positions, never a scan of the shard's log.
-    pub index: VecDeque<(u64, u64)>,
+    /// entries): where each seq's record lies (see [`StreamIndex`]).
+    pub index: StreamIndex,
     /// Device → highest seq it acked (durable as cursor records in the log).
     pub cursors: Cursors,
     /// Connected devices.
@@ -45,7 +45,7 @@ impl Default for User {
         User {
             head_seq: 0,
             durable_seq: 0,
-            index: VecDeque::new(),
+            index: StreamIndex::default(),
             cursors: Cursors::default(),
             devices: Vec::new(),
             groups: Vec::new(),
@@ -70,10 +70,12 @@ impl User {
         }
     }
 
-    /// Appends stream entry `seq` at log position `pos` (the caller assigned `seq`).
+    /// Appends stream entry `seq` at log position `pos` (the caller assigned `seq`, the head
+    /// plus one). Only a damaged log recovered with an index that ends below the head makes
+    /// that a gap; the index then starts afresh, as if retention had deleted what it held.
     pub fn push_entry(&mut self, seq: u64, pos: u64) {
         self.head_seq = seq;
-        self.index.push_back((seq, pos));
+        self.index.push(seq, pos);
         self.last_pos = pos;
     }
 
@@ -89,26 +91,22 @@ impl User {
     }
 
     pub fn oldest_seq(&self) -> u64 {
-        self.index.front().map_or(0, |&(seq, _)| seq)
+        self.index.first_seq().unwrap_or(0)
     }
 
     /// The first seq that can still be replayed.
     pub fn first_retained(&self) -> u64 {
-        self.index
-            .front()
-            .map_or(self.head_seq + 1, |&(seq, _)| seq)
+        self.index.first_seq().unwrap_or(self.head_seq + 1)
     }
 
     /// Log position of the message with `seq`, if retained.
     pub fn position(&self, seq: u64) -> Option<u64> {
-        let front = self.index.front()?.0;
-        let i = usize::try_from(seq.checked_sub(front)?).ok()?;
-        self.index.get(i).map(|&(_, pos)| pos)
+        self.index.position(seq)
     }
 
     /// Position of the newest retained message (the back-pointer of the next one).
     pub fn last_position(&self) -> Option<u64> {
-        self.index.back().map(|&(_, pos)| pos)
+        self.index.last_position()
     }
 
     /// Messages none of the user's devices has acked yet.
@@ -119,9 +117,7 @@ impl User {
 
     /// Forgets index entries for messages below log position `oldest` (deleted by retention).
     pub fn forget_before(&mut self, oldest: u64) {
-        while self.index.front().is_some_and(|&(_, pos)| pos < oldest) {
-            self.index.pop_front();
-        }
+        self.index.forget_before(oldest);
     }
 }
 
