@@ -26,7 +26,7 @@ import statistics
 import subprocess
 import tempfile
 
-from benchlib import cpu_seconds, no_arguments  # scripts/ is sys.path[0] when run as a script
+from benchlib import cpu_seconds, no_arguments, start_broker  # scripts/ is sys.path[0] when run as a script
 
 if __name__ == "__main__":
     no_arguments(__doc__)  # before the environment is read below
@@ -48,13 +48,8 @@ def run(binary, server_extra, other_sections):
                 f'[storage]\ndata_dir = "{d}/data"\nsegment_size = "64MiB"\nfsync = "always"\n'
                 f'[auth]\nsecret_file = "{d}/auth.secret"\n'
                 f'[limits]\nsends_per_sec = 1000000\nmax_inbox = 100000000\n{other_sections}')
-    p = subprocess.Popen([binary, "--config", conf], stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True)
+    p, addr = start_broker(binary, conf)
     try:
-        first = p.stdout.readline()
-        if not first.startswith("ringpost listening on "):
-            raise SystemExit(f"{binary} did not start: {first!r}")
-        addr = first.split()[3]
         out = {}
         for name, rate in (("peak", RATE), ("lat", LAT_RATE)):
             c0 = cpu_seconds(p.pid)

@@ -5,6 +5,7 @@ Importing it has no side effects: no environment read, nothing computed at impor
 
 import os
 import resource
+import subprocess
 import sys
 
 
@@ -36,3 +37,17 @@ def no_arguments(doc):
         sys.exit(0)
     sys.exit(f"{sys.argv[0]} takes no arguments (it is configured by environment variables; "
              f"see --help), got: {' '.join(args)}")
+
+
+def start_broker(binary, conf):
+    """Starts `binary --config conf` (its stdout piped, stderr dropped) and waits for its
+    "ringpost listening on ADDR" line; returns (process, ADDR). Exits if the broker does not
+    start."""
+    p = subprocess.Popen([binary, "--config", conf], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)
+    first = p.stdout.readline()
+    if not first.startswith("ringpost listening on "):
+        p.kill()
+        p.wait()
+        raise SystemExit(f"{binary} did not start: {first!r}")
+    return p, first.split()[3]
