@@ -2,81 +2,99 @@
 //!
 //! A user's seqs are gap-free, so the index keeps the first retained seq and one log position
 //! per entry (8 bytes per retained entry, not a (seq, position) pair of 16): seq `first + i`
-//! is at `positions[i]`. Replay of K entries is K reads at known positions, never a scan of
+//! is at the i-th position. Replay of K entries is K reads at known positions, never a scan of
 //! the shard's log. A push that does not continue the index (recovery found entries deleted
 //! by retention before an anchor restated the head) starts it afresh.
+//!
+//! The first seq is kept in the deque itself, ahead of the positions, rather than in a field
+//! beside it: the index is 32 bytes, and the user record it lives in stays within mimalloc's
+//! 160-byte size class (see `users::tests`).
 
 use std::collections::VecDeque;
 
 #[derive(Debug, Default, Clone)]
 pub struct StreamIndex {
-    /// Seq of `positions[0]`; meaningless while `positions` is empty.
-    first: u64,
-    positions: VecDeque<u64>,
+    /// Empty, or the first seq followed by the position of each entry, oldest first.
+    slots: VecDeque<u64>,
 }
 
 impl StreamIndex {
     /// Appends `seq` at log position `pos`. False when `seq` does not follow the newest entry
     /// and the index started afresh from it.
     pub fn push(&mut self, seq: u64, pos: u64) -> bool {
-        let continues = self.positions.is_empty() || self.next_seq() == Some(seq);
-        if !continues {
-            self.positions.clear();
+        let continues = self.is_empty() || self.next_seq() == Some(seq);
+        if !continues || self.is_empty() {
+            self.slots.clear();
+            self.slots.push_back(seq);
         }
-        if self.positions.is_empty() {
-            self.first = seq;
-        }
-        self.positions.push_back(pos);
+        self.slots.push_back(pos);
         continues
     }
 
     /// The seq after the newest entry (None past u64::MAX).
     fn next_seq(&self) -> Option<u64> {
-        u64::try_from(self.positions.len())
+        let first = self.first_seq()?;
+        u64::try_from(self.len())
             .ok()
-            .and_then(|n| self.first.checked_add(n))
+            .and_then(|n| first.checked_add(n))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.positions.is_empty()
+        self.len() == 0
     }
 
     pub fn len(&self) -> usize {
-        self.positions.len()
+        self.slots.len().saturating_sub(1)
     }
 
     /// The oldest retained seq.
     pub fn first_seq(&self) -> Option<u64> {
-        (!self.positions.is_empty()).then_some(self.first)
+        match self.slots.len() {
+            0 | 1 => None,
+            _ => self.slots.front().copied(),
+        }
     }
 
     /// Log position of `seq`, if retained.
     pub fn position(&self, seq: u64) -> Option<u64> {
-        let i = usize::try_from(seq.checked_sub(self.first)?).ok()?;
-        self.positions.get(i).copied()
+        let i = usize::try_from(seq.checked_sub(self.first_seq()?)?).ok()?;
+        self.slots.get(i.checked_add(1)?).copied()
     }
 
     /// Position of the newest entry.
     pub fn last_position(&self) -> Option<u64> {
-        self.positions.back().copied()
+        match self.is_empty() {
+            true => None,
+            false => self.slots.back().copied(),
+        }
     }
 
     /// Forgets the entries whose records lie below log position `oldest` (deleted by
     /// retention).
     pub fn forget_before(&mut self, oldest: u64) {
-        while self.positions.front().is_some_and(|&pos| pos < oldest) {
-            self.positions.pop_front();
-            self.first = self.first.wrapping_add(1);
+        if self.slots.get(1).is_none_or(|&pos| pos >= oldest) {
+            return;
+        }
+        let Some(mut first) = self.slots.pop_front() else {
+            return;
+        };
+        while self.slots.front().is_some_and(|&pos| pos < oldest) {
+            self.slots.pop_front();
+            first = first.wrapping_add(1);
+        }
+        if !self.slots.is_empty() {
+            self.slots.push_front(first);
         }
     }
 
     /// (seq, position) of every entry, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        // Not `(self.first..).zip(..)`: a RangeFrom steps past its last item, which overflows
-        // at u64::MAX.
-        let first = self.first;
-        self.positions
+        // Not `(first..).zip(..)`: a RangeFrom steps past its last item, which overflows at
+        // u64::MAX.
+        let first = self.first_seq().unwrap_or(0);
+        self.slots
             .iter()
+            .skip(1)
             .enumerate()
             .map(move |(i, &pos)| (first.wrapping_add(i as u64), pos))
     }
@@ -113,9 +131,21 @@ mod tests {
         );
         ix.forget_before(u64::MAX);
         assert!(ix.is_empty());
+        assert_eq!(
+            (ix.len(), ix.first_seq(), ix.last_position()),
+            (0, None, None)
+        );
         // Emptied by retention: the next seq starts it again.
         assert!(ix.push(10, 1_000));
         assert_eq!(entries(&ix), vec![(10, 1_000)]);
+    }
+
+    #[test]
+    fn the_index_is_one_deque_wide() {
+        assert_eq!(
+            std::mem::size_of::<StreamIndex>(),
+            std::mem::size_of::<VecDeque<u64>>()
+        );
     }
 
     #[test]

@@ -124,7 +124,7 @@ impl User {
 /// Every user the shard owns, by ID.
 ///
 /// Each user is boxed: the map's table is a power of two of slots filled 44–88 %, so an
-/// unboxed `User` (168 B) would cost up to twice its size per user in empty slots, and each
+/// unboxed `User` (160 B) would cost up to twice its size per user in empty slots, and each
 /// growth would free a table of them that the allocator keeps (RSS after a login storm); a
 /// slot is now the 16-byte name and an 8-byte pointer.
 #[derive(Default)]
@@ -177,5 +177,17 @@ impl Users {
 
     pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &User)> {
         self.0.iter().map(|(k, u)| (k, &**u))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every user the shard knows has one boxed record (part of every idle connection's
+    /// cost: BENCHMARKS.md, "Idle connections after a login storm"). mimalloc serves 129..=160
+    /// bytes from its 160-byte size class; 8 bytes more and every user takes 192.
+    #[test]
+    fn a_user_record_fits_160_bytes() {
+        let size = std::mem::size_of::<super::User>();
+        assert!(size <= 160, "User takes {size} bytes");
     }
 }
