@@ -249,7 +249,7 @@ fn run(data: &[u8]) {
         .unwrap_or_else(|e| panic!("a log that opened once is refused the second time: {e}"));
     assert_eq!(rec.report.records, seen.len() as u64);
     for (name, user) in &rec.users {
-        let index: Vec<(u64, u64)> = user.index.iter().copied().collect();
+        let index: Vec<(u64, u64)> = user.index.iter().collect();
         for w in index.windows(2) {
             assert_eq!(w[0].0.checked_add(1), Some(w[1].0), "{name}: index seqs");
             assert!(w[0].1 < w[1].1, "{name}: index positions");
