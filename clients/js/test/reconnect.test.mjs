@@ -29,7 +29,7 @@ test('broker killed and restarted: both resume, the unacked send is re-sent and 
   assert.equal(bob.lastSeq, 1);
 
   // Frozen, the broker cannot read: this Send is written to the socket and never answered.
-  broker.signal('SIGSTOP');
+  await broker.freeze();
   const written = waitFor(alice, 'sent', (s) => s.attempt === 1);
   const pending = alice.send(b, 'during the outage');
   const { clientMsgId } = await written;

@@ -110,6 +110,27 @@ class Broker:
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
+    async def freeze(self) -> None:
+        """SIGSTOP, returned once every thread of the broker is stopped (/proc/PID/task/TID/stat
+        in state T): kill(2) returns before the other threads have taken the stop, so a frame
+        written right after it could still be read."""
+        pid = self.proc.pid
+        self.proc.send_signal(signal.SIGSTOP)
+
+        def stopped() -> bool:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    stat = f.read()
+                if stat[stat.rindex(")") + 2] not in "tT":
+                    return False
+            return True
+
+        deadline = time.monotonic() + 10
+        while not stopped():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"broker {pid} did not stop within 10 s of SIGSTOP")
+            await asyncio.sleep(0.001)
+
     def kill(self) -> None:
         """SIGKILL (a crash); the data directory stays for restart()."""
         self.proc.kill()

@@ -25,7 +25,7 @@ async def test_broker_killed_and_restarted_resends_the_unacked_message_once(brok
     await alice.send(b, "before")
     assert (await bob.next_delivery(WAIT)).text == "before"
 
-    broker.signal(signal.SIGSTOP)  # frozen: the next Send is written and never read
+    await broker.freeze()  # frozen: the next Send is written and never read
     written = ea.wait("sent", lambda s: s["attempt"] == 1)
     pending = alice.send_nowait(b, "during the outage")
     cid = (await written)["client_msg_id"]
