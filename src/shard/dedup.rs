@@ -29,8 +29,8 @@ pub enum Verdict {
     /// The first copy is still being stored; the caller was added as a waiter and is answered
     /// with it.
     InFlight,
-    /// Already stored: answer with this status at once.
-    Done(Code),
+    /// Already stored (only sends answered OK are remembered): answer OK at once.
+    Done,
 }
 
 /// A send whose first copy is still being stored.
@@ -83,7 +83,7 @@ impl<W> Dedup<W> {
         }
         self.expire(now_ms, window_ms);
         if self.done.contains(&id) {
-            return Verdict::Done(Code::OK);
+            return Verdict::Done;
         }
         if let Some(f) = self.in_flight.get_mut(&id) {
             f.waiters.push(waiter);
@@ -220,7 +220,7 @@ mod tests {
         assert_eq!(d.check(7, 1, 0, 1000, 16), Verdict::New);
         assert_eq!(d.check(7, 2, 10, 1000, 16), Verdict::InFlight);
         assert_eq!(d.complete(7, Code::OK), vec![2]);
-        assert_eq!(d.check(7, 3, 20, 1000, 16), Verdict::Done(Code::OK));
+        assert_eq!(d.check(7, 3, 20, 1000, 16), Verdict::Done);
     }
 
     #[test]
@@ -286,7 +286,7 @@ mod tests {
         d.complete(1, Code::OK);
         // At capacity: the oldest live entry (2) goes, not the newer 1 through its stale slot.
         assert_eq!(d.check(3, 1, 11, 10_000, 2), Verdict::New);
-        assert_eq!(d.check(1, 1, 12, 10_000, 2), Verdict::Done(Code::OK));
+        assert_eq!(d.check(1, 1, 12, 10_000, 2), Verdict::Done);
         d.complete(3, Code::OK);
         assert_eq!(d.check(2, 1, 13, 10_000, 3), Verdict::New);
     }
@@ -296,7 +296,7 @@ mod tests {
         let mut d = D::default();
         d.remember(4, 1_000, 1_500, 1_000, 16);
         d.remember(5, 100, 1_500, 1_000, 16); // older than the window: not kept
-        assert_eq!(d.check(4, 1, 1_600, 1_000, 16), Verdict::Done(Code::OK));
+        assert_eq!(d.check(4, 1, 1_600, 1_000, 16), Verdict::Done);
         assert_eq!(d.check(5, 1, 1_600, 1_000, 16), Verdict::New);
     }
 

@@ -194,8 +194,8 @@ impl Shard {
             limits.dedup_entries,
         );
         match verdict {
-            super::dedup::Verdict::Done(status) => {
-                self.answer_send(target, from, client_msg_id, status, true);
+            super::dedup::Verdict::Done => {
+                self.answer_send(target, from, client_msg_id, Code::OK, true);
                 false
             }
             super::dedup::Verdict::InFlight => false,

@@ -160,7 +160,7 @@ impl Rebuild {
     fn explicit_entry(&mut self, name: &str, seq: u64, pos: u64) {
         let user = self.user(name);
         user.head_seq = user.head_seq.max(seq);
-        push_index(user, seq, pos);
+        user.index.push(seq, pos);
         user.last_pos = pos;
     }
 
@@ -201,7 +201,7 @@ impl Rebuild {
             // damaged or foreign log; no broker gets there) must not panic the start.
             u.head_seq = u.head_seq.saturating_add(1);
             let seq = u.head_seq;
-            push_index(u, seq, pos);
+            u.index.push(seq, pos);
             u.last_pos = pos;
         }
         for user in &applied.joined {
@@ -254,12 +254,6 @@ impl Rebuild {
             insert_sorted(&mut self.user(user).groups, &name);
         }
     }
-}
-
-/// Index entries are contiguous in seq; a gap (entries deleted by retention before an anchor
-/// restated the head) starts the index afresh.
-fn push_index(user: &mut RecoveredUser, seq: u64, pos: u64) {
-    user.index.push(seq, pos);
 }
 
 pub fn insert_sorted(v: &mut Vec<Arc<str>>, name: &Arc<str>) {
