@@ -43,7 +43,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_e2e as e2e  # noqa: E402  (machine(), commit(), the release binaries)
-from benchlib import cpu_seconds, no_arguments  # noqa: E402
+from benchlib import cpu_seconds, no_arguments, raise_nofile  # noqa: E402
 
 BEGIN = "<!-- peers:begin (written by scripts/bench_peers.py; edits inside are overwritten) -->"
 END = "<!-- peers:end -->"
@@ -230,7 +230,7 @@ def write_section(section, begin, end, env_out):
 
 def main():
     no_arguments(__doc__)
-    e2e.raise_nofile()
+    raise_nofile()
     for b in (e2e.BROKER, e2e.TOOLS):
         if not os.path.exists(b):
             raise SystemExit(f"{b} is missing: cargo build --release --workspace")

@@ -28,7 +28,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_e2e as e2e  # noqa: E402
 import bench_peers as peers  # noqa: E402
-from benchlib import no_arguments  # noqa: E402
+from benchlib import no_arguments, raise_nofile  # noqa: E402
 
 BEGIN = "<!-- scaling:begin (written by scripts/bench_scaling.py; edits inside are overwritten) -->"
 END = "<!-- scaling:end -->"
@@ -79,7 +79,7 @@ def measure(shards, cpus, duration):
 
 def main():
     no_arguments(__doc__)
-    e2e.raise_nofile()
+    raise_nofile()
     cpus = cpus_allowed()
     wanted = [int(s) for s in os.environ.get("SCALING_SHARDS", "1,2,4,8,16").split(",")]
     forced = "SCALING_SHARDS" in os.environ

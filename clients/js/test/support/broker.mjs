@@ -128,7 +128,7 @@ export class Broker {
     this.child.kill('SIGSTOP');
     const stopped = () => readdirSync(`/proc/${pid}/task`).every((tid) => {
       const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-      return /^[tT]$/.test(stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3));
+      return 'tT'.includes(stat[stat.lastIndexOf(')') + 2]); // the state, after "(comm) "
     });
     const deadline = Date.now() + 10_000;
     while (!stopped()) {
