@@ -8,7 +8,9 @@
 //! Sending side, per peer: code on the shard pushes envelopes into a local `outbox` (a plain
 //! `Vec`, never blocking) and a flusher task moves them to the queue in batches of up to
 //! [`MAX_BATCH`]. While the flusher waits for room in a full queue, envelopes keep accumulating
-//! in the outbox, so batches grow exactly when the peer is busy.
+//! in the outbox, so batches grow exactly when the peer is busy. A commit does not wait for the
+//! flusher's turn: [`Mesh::hand_over`] puts what it produced for peers on their queues before
+//! the shard writes to its own sockets, when that keeps each lane's order.
 //!
 //! Receiving side, per peer: a receiver task takes batches off the peer's queue and hands each
 //! to the shard's handler, which drains it ([`connect`] starts both sides and returns once every
@@ -34,6 +36,7 @@ use std::rc::Rc;
 use glommio::channels::shared_channel::{
     self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
 };
+use glommio::{GlommioError, ResourceType};
 
 use super::envelope::Envelope;
 use super::spare_vec::SpareVecs;
@@ -88,6 +91,9 @@ struct Lane {
     /// Batches the peer sent, emptied, to carry the next ones back ([`KEPT_BATCHES`] at most).
     returned: RefCell<Vec<Batch>>,
     kick: Signal,
+    /// The queue to the peer, shared with the flusher so that [`Mesh::hand_over`] can fill it
+    /// without waiting for the flusher's turn (`None` until connected).
+    queue: RefCell<Option<Rc<ConnectedSender<Batch>>>>,
 }
 
 impl Lane {
@@ -162,10 +168,52 @@ impl Mesh {
         }
     }
 
+    /// Hands every lane's outbox to its queue now, where that keeps the lane's order: the
+    /// flusher holds nothing of it, it fits one batch and the queue has room. Otherwise the
+    /// flusher moves it in its turn, as before.
+    ///
+    /// A commit calls it before writing to its sockets, so that peers start on their part (a
+    /// group message's fan-out, the SendAcks of a commit) while this shard makes its own
+    /// hundreds of `send(2)`s, instead of after them: the flusher is a task and runs only once
+    /// the current one yields.
+    pub fn hand_over(&self) {
+        for lane in &self.lanes {
+            if lane.in_hand.get() > 0 {
+                continue; // the flusher's batch must reach the peer first
+            }
+            let mut out = lane.outbox.borrow_mut();
+            if out.is_empty() || out.len() > MAX_BATCH {
+                continue;
+            }
+            let queue = lane.queue.borrow();
+            let Some(queue) = queue.as_ref() else {
+                continue;
+            };
+            let mut batch = lane.carrier();
+            batch.append(&mut out);
+            match queue.try_send(batch) {
+                Ok(()) => self.progress.notify_all(),
+                Err(GlommioError::WouldBlock(ResourceType::Channel(mut back))) => {
+                    // The queue is full: everything goes back, in order (the outbox was
+                    // emptied above and nothing ran since), for the flusher to wait with.
+                    out.append(&mut back);
+                    self.recycle_own(lane, back);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "peer gone; dropping batch");
+                }
+            }
+        }
+    }
+
     /// Keeps `batch`, received from `peer` and drained, to carry a later batch to `peer`.
     fn recycle(&self, peer: usize, batch: Batch) {
+        self.recycle_own(&self.lanes[peer], batch);
+    }
+
+    fn recycle_own(&self, lane: &Lane, batch: Batch) {
         debug_assert!(batch.is_empty());
-        let mut kept = self.lanes[peer].returned.borrow_mut();
+        let mut kept = lane.returned.borrow_mut();
         if kept.len() < KEPT_BATCHES && batch.capacity() <= 2 * MAX_BATCH {
             kept.push(batch);
         }
@@ -186,9 +234,13 @@ impl Mesh {
     /// back, so no envelope is ever moved twice in memory.
     pub async fn flush_to(self: Rc<Self>, peer: usize, sender: ConnectedSender<Batch>) {
         let lane = &self.lanes[peer];
+        let sender = Rc::new(sender);
+        *lane.queue.borrow_mut() = Some(sender.clone());
         loop {
             if lane.outbox.borrow().is_empty() {
                 if self.closed.get() {
+                    // The peer's receiver ends once no sender is left.
+                    lane.queue.borrow_mut().take();
                     return;
                 }
                 lane.kick.wait().await;
@@ -280,6 +332,98 @@ async fn receive_from(
 mod tests {
     use super::*;
     use crate::alloc_count::allocations;
+
+    /// Envelopes `Release { op }` from shard 0 to shard 1, the ops as shard 1 received them.
+    fn ops(batch: &mut Batch) -> Vec<u64> {
+        batch
+            .drain(..)
+            .filter_map(|e| match e {
+                Envelope::Release { op } => Some(op),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `hand_over` puts the outbox on the peer's queue at once: the peer receives it while this
+    /// shard's thread is blocked (so its flusher task cannot have run). A full queue leaves the
+    /// envelopes to the flusher, in order, and while the flusher holds a batch nothing
+    /// overtakes it, even once the queue has room again.
+    #[test]
+    fn hand_over_reaches_the_peer_before_this_shard_yields_and_keeps_the_order() {
+        use glommio::{LocalExecutorBuilder, Placement};
+        use std::sync::mpsc;
+        use std::time::Duration;
+        const N: usize = 6;
+        let bound = Duration::from_secs(20); // a failure bound, not a synchronisation
+        let mut ports = build_mesh(2, 1); // one batch per queue: easy to fill
+        let p1 = ports.pop().expect("two shards");
+        let p0 = ports.pop().expect("two shards");
+        let (got_tx, got_rx) = mpsc::channel::<u64>();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let peer = LocalExecutorBuilder::new(Placement::Unbound)
+            .spawn(move || async move {
+                let seen = Rc::new(Cell::new(0usize));
+                let more = Rc::new(Signal::default());
+                let mesh = Rc::new(Mesh::new(1, 2, 1_000));
+                let (s, m) = (seen.clone(), more.clone());
+                let go_rx = Rc::new(go_rx);
+                connect(p1, mesh, move |_, batch: &mut Batch| {
+                    for op in ops(batch) {
+                        got_tx.send(op).expect("the test waits");
+                        s.set(s.get() + 1);
+                        if op == 2 {
+                            // Hold the thread: the queue fills behind this batch.
+                            go_rx.recv_timeout(bound).expect("released");
+                        }
+                    }
+                    m.notify();
+                })
+                .await;
+                while seen.get() < N {
+                    more.wait().await;
+                }
+            })
+            .expect("peer executor");
+        let me = LocalExecutorBuilder::new(Placement::Unbound)
+            .spawn(move || async move {
+                let mesh = Rc::new(Mesh::new(0, 2, 1_000));
+                connect(p0, mesh.clone(), |_, _: &mut Batch| {}).await;
+                let got = |what: &str| got_rx.recv_timeout(bound).expect(what);
+                let release = |op| mesh.push(1, Envelope::Release { op });
+
+                release(1);
+                mesh.hand_over();
+                assert_eq!(got("1 handed over"), 1);
+                release(2);
+                mesh.hand_over();
+                assert_eq!(got("2 handed over"), 2); // the peer holds its thread in 2 now
+                release(3);
+                mesh.hand_over(); // fills the one slot
+                release(4);
+                mesh.hand_over(); // full: back to the outbox
+                assert_eq!(mesh.queued(), 1);
+                release(5);
+                // The flusher takes 4 and 5 and waits for room.
+                while mesh.lanes[1].in_hand.get() == 0 {
+                    futures_lite::future::yield_now().await;
+                }
+                go_tx.send(()).expect("the peer waits");
+                assert_eq!(got("3 from the queue"), 3); // the slot is free again
+                release(6);
+                mesh.hand_over(); // must not overtake the flusher's 4 and 5
+                let mut rest = Vec::new();
+                while rest.len() < 3 {
+                    match got_rx.try_recv() {
+                        Ok(op) => rest.push(op),
+                        Err(_) => futures_lite::future::yield_now().await,
+                    }
+                }
+                assert_eq!(rest, [4, 5, 6]);
+            })
+            .expect("executor");
+        me.join().expect("this shard's checks");
+        peer.join().expect("the peer");
+    }
 
     /// A batch received from a peer carries the next batch to it: filling it allocates nothing,
     /// and at most `KEPT_BATCHES` are kept per lane, none grown far past `MAX_BATCH`.
