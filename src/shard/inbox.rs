@@ -678,12 +678,15 @@ impl Shard {
                 self.mesh.push(owner, Envelope::Applied(list));
             }
         }
-        // What this commit sends to peers (a group message's fan-out, SendAcks of their
-        // senders, Applied) goes before this shard's own sends to its sockets, so the peers
-        // work on it meanwhile: a fan-out to 500 members here is milliseconds of `send(2)`s.
-        // Only here, once per commit: at every flush it would hand peers one envelope per
-        // client read and wake them as often, instead of the flusher's batches.
-        self.mesh.hand_over();
+        // Before a long flush (a group message's fan-out to hundreds of members here is
+        // milliseconds of `send(2)`s), what this commit sends to peers (the fan-out, SendAcks
+        // of their senders, Applied) goes first, so the peers work on it meanwhile. A short
+        // flush is over before that matters, and waking the peer a little earlier bought 1:1
+        // traffic nothing but a worse tail (BENCHMARKS.md, "A commit hands its envelopes over
+        // first"); at every flush it would wake peers once per client read.
+        if self.dirty.borrow().len() >= HAND_OVER_BEFORE_FLUSHING {
+            self.mesh.hand_over();
+        }
         self.flush_dirty();
         // What the flush handed to the kernel includes the Deliver of every entry of the
         // batch to each device online (live ones; a device catching up gets it later).
@@ -937,6 +940,11 @@ thread_local! {
 
 /// Handles kept: the active segment and the one before it are all a plan ever covers.
 const RING_FILES_KEPT: usize = 4;
+
+/// Connections to write at the end of a commit from which the commit's envelopes for peers are
+/// handed over before the writes ([`super::transport::Mesh::hand_over`]): ~0.5 ms of loopback
+/// `send(2)`s here (`scripts/send_floor.py`).
+const HAND_OVER_BEFORE_FLUSHING: usize = 64;
 
 fn ring_file(
     base: u64,
