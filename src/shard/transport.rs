@@ -105,6 +105,16 @@ impl Lane {
     fn carrier(&self) -> Batch {
         self.returned.borrow_mut().pop().unwrap_or_default()
     }
+
+    /// Keeps an emptied batch for [`Lane::carrier`] ([`KEPT_BATCHES`] at most, none grown far
+    /// past [`MAX_BATCH`]).
+    fn keep_carrier(&self, batch: Batch) {
+        debug_assert!(batch.is_empty());
+        let mut kept = self.returned.borrow_mut();
+        if kept.len() < KEPT_BATCHES && batch.capacity() <= 2 * MAX_BATCH {
+            kept.push(batch);
+        }
+    }
 }
 
 /// The sending side of one shard: outboxes, flusher wake-ups, backpressure state.
@@ -197,7 +207,7 @@ impl Mesh {
                     // The queue is full: everything goes back, in order (the outbox was
                     // emptied above and nothing ran since), for the flusher to wait with.
                     out.append(&mut back);
-                    self.recycle_own(lane, back);
+                    lane.keep_carrier(back);
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "peer gone; dropping batch");
@@ -208,15 +218,7 @@ impl Mesh {
 
     /// Keeps `batch`, received from `peer` and drained, to carry a later batch to `peer`.
     fn recycle(&self, peer: usize, batch: Batch) {
-        self.recycle_own(&self.lanes[peer], batch);
-    }
-
-    fn recycle_own(&self, lane: &Lane, batch: Batch) {
-        debug_assert!(batch.is_empty());
-        let mut kept = lane.returned.borrow_mut();
-        if kept.len() < KEPT_BATCHES && batch.capacity() <= 2 * MAX_BATCH {
-            kept.push(batch);
-        }
+        self.lanes[peer].keep_carrier(batch);
     }
 
     /// Lets flushers finish what is queued and then stop.
