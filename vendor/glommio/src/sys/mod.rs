@@ -172,7 +172,6 @@ pub(crate) fn sendmsg_syscall(
 }
 
 mod dma_buffer;
-mod membarrier;
 pub(crate) mod source;
 pub(crate) mod sysfs;
 mod uring;
@@ -306,6 +305,11 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // ringpost patch (vendor/README.md): the producers' half of the sleep handshake whose
+        // other half is the fence after `prepare_to_sleep` in `Reactor::wait` (uring.rs).
+        // Whatever the caller published before (a pushed item, a queued waker) is visible to
+        // the sleeper before `should_notify` is read here.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
