@@ -645,7 +645,9 @@ impl Thread {
             opts.source_ip = Some(self.sources[(i % self.sources.len() as u64) as usize]);
         }
         let attempt = Instant::now();
-        match LeanClient::connect(&opts, 0).await {
+        // Boxed: the connect future (TLS and WebSocket handshakes included) is ~4 KiB, and
+        // inline it would size this connection's task for as long as the connection is held.
+        match Box::pin(LeanClient::connect(&opts, 0)).await {
             Ok(client) => {
                 record(&self.login, due, &self.progress.login_p99_us);
                 let mut h = self.login_attempt.borrow_mut();
