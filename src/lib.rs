@@ -4,7 +4,9 @@
 //! *shard*) owns a slice of the users outright — their connections, logged messages, sequence
 //! numbers, cursors and dedup windows — so nothing on the message path takes a lock. Shards
 //! talk only through an N×N mesh of bounded single-producer single-consumer queues carrying
-//! batches. Each shard keeps its users' messages in its own mmap'd segment log.
+//! batches (glommio's shared channels; the vendored glommio wakes a sleeping shard without a
+//! `membarrier` IPI, `vendor/README.md`). Each shard keeps its users' messages in its own mmap'd
+//! segment log.
 //!
 //! ## Modules
 //!
