@@ -70,20 +70,31 @@ impl Mosquitto {
             .stderr(Stdio::null())
             .spawn()
             .expect("start mosquitto");
-        // Ready once it accepts connections.
+        let mut broker = Mosquitto {
+            child,
+            port,
+            _dir: dir,
+        };
+        // Ready once it accepts connections. A probe from the same ephemeral range can connect
+        // to itself (TCP simultaneous open, local port = `port`) before Mosquitto listens, and
+        // then holds the port so that Mosquitto's bind fails: that is not readiness, and
+        // neither is an answer from anything but our (still running) Mosquitto.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        loop {
+            if let Some(status) = broker.child.try_wait().expect("mosquitto's status") {
+                panic!("mosquitto exited before listening on {port}: {status}");
+            }
+            match TcpStream::connect(("127.0.0.1", port)) {
+                Ok(probe) if probe.local_addr().ok() != probe.peer_addr().ok() => break,
+                _ => {}
+            }
             assert!(
                 Instant::now() < deadline,
                 "mosquitto never listened on {port}"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        Some(Mosquitto {
-            child,
-            port,
-            _dir: dir,
-        })
+        Some(broker)
     }
 
     fn target(&self) -> String {
@@ -158,7 +169,7 @@ fn p2p_over_mqtt_delivers_everything_once_in_order_with_the_same_report() {
 
 #[test]
 fn fanout_over_mqtt_reaches_every_subscriber_and_replays_offline_sessions() {
-    let Some(broker) = Mosquitto::start("fanout_over_mqtt") else {
+    let Some(mut broker) = Mosquitto::start("fanout_over_mqtt") else {
         return;
     };
     let out = tools(&[
@@ -183,6 +194,11 @@ fn fanout_over_mqtt_reaches_every_subscriber_and_replays_offline_sessions() {
     .output()
     .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "load fanout failed; mosquitto: {:?}; {stderr}",
+        broker.child.try_wait()
+    );
     let r = report(&out.stdout, &stderr);
     assert!(out.status.success(), "{r} {stderr}");
     assert_eq!(r["target"], broker.target());
