@@ -3,6 +3,7 @@
 Importing it has no side effects: no environment read, nothing computed at import time.
 """
 
+import json
 import os
 import resource
 import subprocess
@@ -51,3 +52,17 @@ def start_broker(binary, conf):
         p.wait()
         raise SystemExit(f"{binary} did not start: {first!r}")
     return p, first.split()[3]
+
+
+def interleaved(binaries, rounds, run_one):
+    """Runs `run_one(binary)` for every binary in turn, `rounds` times (A, B, A, B, ...), printing
+    one JSON line per run (round, bin, the run's dict, the 1-minute load average); returns
+    {binary: [dict per run]}."""
+    runs = {b: [] for b in binaries}
+    for rnd in range(rounds):
+        for b in binaries:
+            r = run_one(b)
+            runs[b].append(r)
+            print(json.dumps({"round": rnd + 1, "bin": b, **r,
+                              "load": round(os.getloadavg()[0], 1)}), flush=True)
+    return runs

@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 import time
 
-from benchlib import cpu_seconds, raise_nofile, start_broker  # scripts/ is sys.path[0]
+from benchlib import cpu_seconds, interleaved, raise_nofile, start_broker  # scripts/ on sys.path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "target", "release", "ringpost-tools")
@@ -97,12 +97,7 @@ def main():
     ap.add_argument("--tools", default=TOOLS)
     args = ap.parse_args()
     raise_nofile()
-    runs = {b: [] for b in args.bin}
-    for r in range(args.rounds):
-        for b in args.bin:
-            res = run(b, args)
-            runs[b].append(res)
-            print(json.dumps({"round": r + 1, "bin": b, **res}), flush=True)
+    runs = interleaved(args.bin, args.rounds, lambda b: run(b, args))
     for b, rs in runs.items():
         med = {k: statistics.median(x[k] for x in rs) for k in rs[0]}
         print(json.dumps({"bin": b, "median": med}))

@@ -24,7 +24,7 @@ import statistics
 import subprocess
 import tempfile
 
-from benchlib import cpu_seconds, start_broker  # scripts/ is sys.path[0] when run as a script
+from benchlib import cpu_seconds, interleaved, start_broker  # scripts/ is sys.path[0] when run as a script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "target", "release", "ringpost-tools")
@@ -94,13 +94,7 @@ def main():
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help='a config key, value in TOML (e.g. server.own_send_sync=false)')
     args = ap.parse_args()
-    runs = {b: [] for b in args.bin}
-    for rnd in range(args.rounds):
-        for b in args.bin:
-            r = run(b, args)
-            runs[b].append(r)
-            print(json.dumps({"round": rnd + 1, "bin": b, **r,
-                              "load": round(os.getloadavg()[0], 1)}), flush=True)
+    runs = interleaved(args.bin, args.rounds, lambda b: run(b, args))
     for b, rs in runs.items():
         print(f"{b}: bytes per retained message, median "
               f"{statistics.median(r['bytes_per_message'] for r in rs)} "
