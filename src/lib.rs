@@ -5,8 +5,8 @@
 //! numbers, cursors and dedup windows — so nothing on the message path takes a lock. Shards
 //! talk only through an N×N mesh of bounded single-producer single-consumer queues carrying
 //! batches (glommio's shared channels; the vendored glommio wakes a sleeping shard without a
-//! `membarrier` IPI, `vendor/README.md`). Each shard keeps its users' messages in its own mmap'd
-//! segment log.
+//! `membarrier` IPI and allocates nothing per pass of its loop, `vendor/README.md`). Each shard
+//! keeps its users' messages in its own mmap'd segment log.
 //!
 //! ## Modules
 //!

@@ -69,6 +69,8 @@ pub mod recipients;
 pub mod recovery;
 pub mod reloader;
 pub mod routing;
+#[cfg(test)]
+mod runtime_allocs;
 pub mod session;
 pub mod spare_vec;
 pub mod state;

@@ -124,11 +124,17 @@ impl Timers {
     fn process_timers(&mut self) -> (Option<Duration>, usize) {
         let now = Instant::now();
 
-        // Split timers into ready and pending timers.
-        let pending = self.timers.split_off(&(now, 0));
-        let ready = mem::replace(&mut self.timers, pending);
-        let woke = ready.len();
-        for (_, waker) in ready {
+        // ringpost patch (vendor/README.md): take the ready timers off the front one by one.
+        // Upstream split the map at `now` (`BTreeMap::split_off`), which allocates the new
+        // tree's nodes on every call, i.e. on every pass of the executor's loop, even when
+        // no timer is due.
+        let mut woke = 0;
+        while let Some(entry) = self.timers.first_entry() {
+            if *entry.key() >= (now, 0) {
+                break;
+            }
+            let waker = entry.remove();
+            woke += 1;
             wake!(waker);
         }
 

@@ -165,17 +165,26 @@ impl Source {
         stats_collection: Option<StatsCollection>,
         task_queue: Option<TaskQueueHandle>,
     ) -> Source {
+        let fresh = InnerSource {
+            raw,
+            wakers: Wakers::new(),
+            source_type,
+            io_requirements: ioreq,
+            enqueued: None,
+            timeout: None,
+            stats_collection,
+            task_queue,
+        };
+        if recyclable(&fresh.source_type) {
+            if let Some(inner) = recycled() {
+                *inner.borrow_mut() = fresh;
+                return Source {
+                    inner: Pin::new(inner),
+                };
+            }
+        }
         Source {
-            inner: Rc::pin(RefCell::new(InnerSource {
-                raw,
-                wakers: Wakers::new(),
-                source_type,
-                io_requirements: ioreq,
-                enqueued: None,
-                timeout: None,
-                stats_collection,
-                task_queue,
-            })),
+            inner: Rc::pin(RefCell::new(fresh)),
         }
     }
 
@@ -284,7 +293,13 @@ impl Source {
     // adds a waiter to the list. Useful for streams that have many futures waiting
     // on a single I/O source
     pub(crate) fn add_waiter_many(&self, waker: Waker) {
-        self.inner.borrow_mut().wakers.waiters.push(waker)
+        // ringpost patch (vendor/README.md): a waker already registered is not added again.
+        // Upstream pushed one per poll, so a future polled more often than its source fires
+        // (one of several a task polls together) grew the list, and spilled it to the heap.
+        let waiters = &mut self.inner.borrow_mut().wakers.waiters;
+        if !waiters.iter().any(|w| w.will_wake(&waker)) {
+            waiters.push(waker)
+        }
     }
 
     pub(super) fn is_installed(&self) -> Option<bool> {
@@ -342,5 +357,59 @@ impl Drop for Source {
                 EnqueuedStatus::Canceled => unreachable!(),
             }
         }
+        if recyclable(&inner.source_type) {
+            // Nobody can wait on a dropped source: let its wakers go now rather than at reuse.
+            inner.wakers.waiters.clear();
+            drop(inner);
+            keep_for_reuse(&self.inner);
+        }
     }
+}
+
+// ringpost patch (vendor/README.md): sources without buffers of their own are recycled per
+// thread instead of freed. The executor's loop arms two preemption timers on every pass, every
+// sleep arms a ring link, every wait for a socket to be readable a poll, every sync an
+// fdatasync: upstream allocated a new source for each (an `Rc` of ~200 bytes).
+
+/// Sources kept per thread for reuse, at most.
+const RECYCLED_MAX: usize = 64;
+
+thread_local! {
+    static RECYCLED: RefCell<Vec<Rc<RefCell<InnerSource>>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The kinds of source that own no buffer, so a recycled one holds no memory but itself.
+fn recyclable(source_type: &SourceType) -> bool {
+    matches!(
+        source_type,
+        SourceType::PollAdd
+            | SourceType::Timeout(..)
+            | SourceType::LinkRings
+            | SourceType::FdataSync
+    )
+}
+
+/// A kept source that nothing refers to any more. One the reactor still holds (its request, or
+/// the cancellation of it, is in the ring: the kernel may use its memory) has a second strong
+/// reference, from the source map, until the completion is consumed.
+fn recycled() -> Option<Rc<RefCell<InnerSource>>> {
+    RECYCLED
+        .try_with(|kept| {
+            let mut kept = kept.try_borrow_mut().ok()?;
+            let at = kept.iter().position(|s| Rc::strong_count(s) == 1)?;
+            Some(kept.swap_remove(at))
+        })
+        .ok()
+        .flatten()
+}
+
+fn keep_for_reuse(inner: &Pin<Rc<RefCell<InnerSource>>>) {
+    // `try_*`: a source dropped while the thread's locals are torn down is simply freed.
+    let _ = RECYCLED.try_with(|kept| {
+        if let Ok(mut kept) = kept.try_borrow_mut() {
+            if kept.len() < RECYCLED_MAX {
+                kept.push(Pin::into_inner(inner.clone()));
+            }
+        }
+    });
 }

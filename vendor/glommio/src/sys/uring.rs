@@ -504,7 +504,10 @@ fn extract_one_chain(
     queue: &mut VecDeque<UringDescriptor>,
     chain: Range<usize>,
     now: Instant,
-) -> SmallVec<[UringDescriptor; 1]> {
+) -> SmallVec<[UringDescriptor; 2]> {
+    // ringpost patch (vendor/README.md): room for two inline, not one. The throughput
+    // preemption timer, armed on every pass of the executor's loop, is a chain of two (a
+    // timeout linked to an eventfd write), which spilled a one-element SmallVec to the heap.
     queue
         .drain(chain)
         .filter(move |op| {

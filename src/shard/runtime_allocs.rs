@@ -1,0 +1,58 @@
+//! (Tests only.) What a shard's executor allocates per wake-up in the vendored glommio
+//! (`vendor/README.md`): nothing, once warmed up. Upstream allocated a readiness source for
+//! each wait on a socket, two preemption-timer sources per pass of the loop, a ring link per
+//! sleep and new timer-map nodes per pass whenever a timer was pending.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::alloc_count::allocations;
+
+/// Round trips of one byte between a blocking client thread and a task on the executor, which
+/// waits for each byte in a 1-byte read (as a session does) while a long timer is pending, so
+/// the executor goes to sleep between rounds; counts the executor thread's allocations over
+/// the rounds after a warm-up.
+#[test]
+fn waiting_for_a_socket_and_sleeping_allocate_nothing_per_wake_up() {
+    const WARM_UP: usize = 200;
+    const ROUNDS: usize = 2_000;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let client = std::thread::spawn(move || {
+        let (mut peer, _) = listener.accept().expect("accept");
+        let mut byte = [0u8; 1];
+        for round in 0..WARM_UP + ROUNDS {
+            peer.write_all(&[round as u8]).expect("client write");
+            peer.read_exact(&mut byte).expect("client read");
+            assert_eq!(byte[0], round as u8);
+        }
+    });
+    let counted = LocalExecutorBuilder::new(Placement::Unbound)
+        .spawn(move || async move {
+            // Pending the whole time: the timer map is never empty.
+            let _pending = glommio::spawn_local(glommio::timer::sleep(Duration::from_secs(3600)));
+            glommio::yield_if_needed().await;
+            let mut stream = glommio::net::TcpStream::connect(addr)
+                .await
+                .expect("connect");
+            stream.set_nodelay(true).expect("nodelay");
+            let mut byte = [0u8; 1];
+            let mut before = 0;
+            for round in 0..WARM_UP + ROUNDS {
+                if round == WARM_UP {
+                    before = allocations();
+                }
+                stream.read_exact(&mut byte).await.expect("read");
+                stream.write_all(&byte).await.expect("write");
+            }
+            allocations() - before
+        })
+        .expect("executor")
+        .join()
+        .expect("executor thread");
+    client.join().expect("client thread");
+    assert_eq!(counted, 0, "allocations over {ROUNDS} wake-ups");
+}
