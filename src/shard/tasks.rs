@@ -17,9 +17,10 @@
 //! The mesh's flusher and receiver tasks are not here: they live as long as the mesh and end
 //! when it closes ([`super::transport`]).
 
-use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_lite::future;
@@ -184,54 +185,68 @@ enum CommitWake {
 /// that batch shares one sync. Pipelined: while up to [`COMMITS_IN_FLIGHT`] syncs run, new
 /// appends start the next batch's sync at once; batches are finished (acked, delivered) in
 /// the order they began, each once its own sync ended.
+///
+/// The syncs in flight are futures of this task, polled in place in a ring of slots made
+/// once, not tasks of their own: starting one allocates nothing (a task each was one heap
+/// allocation per sync, BENCHMARKS.md "Allocations on the 1:1 path"). Every running one is
+/// polled at each wake-up, so each is submitted and completes on its own; one that ends before
+/// an older one waits in `done` until that one is finished.
 async fn commit_loop(shard: Rc<Shard>) {
-    let mut in_flight: VecDeque<Task<(CommitBatch, std::io::Result<()>)>> = VecDeque::new();
+    let mut slots: [_; COMMITS_IN_FLIGHT] = std::array::from_fn(|_| empty_slot(sync_batch));
+    let mut done: [Option<(CommitBatch, std::io::Result<()>)>; COMMITS_IN_FLIGHT] =
+        Default::default();
+    // The oldest sync's slot, and how many are in flight from there on (round the ring).
+    let (mut oldest, mut running) = (0, 0);
     loop {
-        let room = in_flight.len() < COMMITS_IN_FLIGHT;
-        let wake = match in_flight.front_mut() {
-            None => {
-                shard.commit_due.wait().await;
-                CommitWake::Due
+        let wake = future::poll_fn(|cx| {
+            for k in 0..running {
+                let at = (oldest + k) % COMMITS_IN_FLIGHT;
+                if let Some(sync) = slots[at].as_mut().as_pin_mut() {
+                    if let Poll::Ready(out) = sync.poll(cx) {
+                        slots[at].set(None);
+                        done[at] = Some(out);
+                    }
+                }
             }
-            Some(oldest) if room => {
-                future::or(
-                    async {
-                        shard.commit_due.wait().await;
-                        CommitWake::Due
-                    },
-                    async {
-                        let (batch, result) = oldest.await;
-                        CommitWake::Synced(batch, result)
-                    },
-                )
-                .await
+            if running > 0 {
+                if let Some((batch, result)) = done[oldest].take() {
+                    return Poll::Ready(CommitWake::Synced(batch, result));
+                }
             }
-            Some(oldest) => {
-                let (batch, result) = oldest.await;
-                CommitWake::Synced(batch, result)
+            if running < COMMITS_IN_FLIGHT && shard.commit_due.poll_wait(cx).is_ready() {
+                return Poll::Ready(CommitWake::Due);
             }
-        };
+            Poll::Pending
+        })
+        .await;
         match wake {
             CommitWake::Due => {
                 if let Some(batch) = shard.begin_commit() {
-                    if batch.syncs() {
-                        in_flight.push_back(glommio::spawn_local(sync_batch(batch)));
-                    } else if in_flight.is_empty() {
+                    if !batch.syncs() && running == 0 {
                         shard.finish_commit(batch, Ok(()));
                     } else {
-                        // Nothing to sync, but it must not overtake the batches before it.
-                        in_flight.push_back(glommio::spawn_local(async { (batch, Ok(())) }));
+                        // One with nothing to sync still takes a slot: it must not overtake
+                        // the batches before it (its sync future ends at its first poll).
+                        slots[(oldest + running) % COMMITS_IN_FLIGHT].set(Some(sync_batch(batch)));
+                        running += 1;
                     }
                 }
             }
             CommitWake::Synced(batch, result) => {
-                in_flight.pop_front();
+                oldest = (oldest + 1) % COMMITS_IN_FLIGHT;
+                running -= 1;
                 shard.finish_commit(batch, result);
             }
         }
-        shard.committing.set(!in_flight.is_empty());
+        shard.committing.set(running > 0);
         shard.changed.notify_all();
     }
+}
+
+/// A committer's slot for a future of `start`'s (named through `start`: an async fn's
+/// future has no other name).
+fn empty_slot<F: Future>(_start: fn(CommitBatch) -> F) -> Pin<Box<Option<F>>> {
+    Box::pin(None)
 }
 
 /// fsync = "interval": syncs whatever was appended every `fsync_interval`.

@@ -7,7 +7,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
-use std::task::{Poll, RawWaker, RawWakerVTable, Waker};
+use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
 /// A latched, single-waiter wake-up. One word pair: the latch is a waker of its own
 /// (`LATCHED`) in the waiter's slot, so that the connection record, which holds one, stays
@@ -76,14 +76,18 @@ impl Signal {
 
     /// Completes once the signal is set, and clears it.
     pub fn wait(&self) -> impl Future<Output = ()> + '_ {
-        poll_fn(move |cx| {
-            if self.take_latch() {
-                Poll::Ready(())
-            } else {
-                self.slot.set(Some(cx.waker().clone()));
-                Poll::Pending
-            }
-        })
+        poll_fn(move |cx| self.poll_wait(cx))
+    }
+
+    /// [`Signal::wait`] as a poll, for a task that waits on it among other things: ready (and
+    /// cleared) if set, else `cx`'s waker is the one the next notify wakes.
+    pub fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.take_latch() {
+            Poll::Ready(())
+        } else {
+            self.slot.set(Some(cx.waker().clone()));
+            Poll::Pending
+        }
     }
 }
 
