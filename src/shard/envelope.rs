@@ -45,6 +45,10 @@ pub enum Envelope {
     /// after a crash is ahead of this on the queue (so the receiver, having handled it, holds
     /// every acked group message before it serves a client). Sent even when nothing was.
     Redriven,
+    /// An emptied batch going back to the shard it came from, riding at the end of a batch
+    /// to it: the transport's own (see [`super::transport`]); taken off before the batch is
+    /// handled, never seen by a handler.
+    Carrier(super::transport::Batch),
     /// A destination shard → the owner: it has durably applied (group, up to group_seq).
     Applied(Vec<(Arc<str>, u64)>),
     /// The owner → a user's shard: hold a place in `users`' group count
