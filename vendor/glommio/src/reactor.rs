@@ -112,8 +112,20 @@ impl Timers {
     }
 
     fn insert(&mut self, id: u64, when: Instant, waker: Waker) {
-        if let Some(when) = self.timers_by_id.get_mut(&id) {
-            self.timers.remove(&(*when, id));
+        if let Some(old) = self.timers_by_id.get_mut(&id) {
+            // ringpost patch (vendor/README.md): a timer polled again with the same deadline
+            // only has its waker updated, in place. Upstream removed and re-inserted it on
+            // every poll of a pending `Timer`, and the map's nodes split and merged (allocated
+            // and freed) as it churned.
+            if *old == when {
+                if let Some(registered) = self.timers.get_mut(&(when, id)) {
+                    if !registered.will_wake(&waker) {
+                        *registered = waker;
+                    }
+                    return;
+                }
+            }
+            self.timers.remove(&(*old, id));
         }
         self.timers_by_id.insert(id, when);
         self.timers.insert((when, id), waker);
