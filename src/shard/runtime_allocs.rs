@@ -53,7 +53,10 @@ fn waiting_for_a_socket_and_sleeping_allocate_nothing_per_wake_up() {
                     (&mut park).await;
                     None
                 };
-                future::or(read, parked).await.expect("not parked").expect("read");
+                future::or(read, parked)
+                    .await
+                    .expect("not parked")
+                    .expect("read");
                 stream.write_all(&byte).await.expect("write");
             }
             allocations() - before
