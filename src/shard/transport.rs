@@ -143,8 +143,6 @@ impl Lane {
         }
     }
 
-    /// Appends the kept batches beyond [`CARRIERS_HELD`] to `batch`, bound for the peer they
-    /// came from. Call after the batch is filled: they ride at its end.
     /// Counts the sending of `batch` and appends to it the kept batches beyond
     /// [`CARRIERS_HELD`] that the peer is short of ([`Lane::surplus`]). Call after the batch is
     /// filled: they ride at its end. (A batch grown for them keeps that room from then on.)
@@ -174,6 +172,8 @@ impl Lane {
         self.count(1);
     }
 
+    /// Moves [`Lane::surplus`] by `by` within ±[`SURPLUS_BOUND`] (where it is clamped, a batch
+    /// that comes back unsent can leave it one off: it only shifts when spares go back).
     fn count(&self, by: isize) {
         let n = self.surplus.get() + by;
         self.surplus.set(n.clamp(-SURPLUS_BOUND, SURPLUS_BOUND));

@@ -378,7 +378,10 @@ thread_local! {
     static RECYCLED: RefCell<Vec<Rc<RefCell<InnerSource>>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The kinds of source that own no buffer, so a recycled one holds no memory but itself.
+/// The kinds of source that own no buffer, so a recycled one holds no memory but itself. None
+/// of them is ever given a linked timeout (`Source::set_timeout`: only connects, sends and
+/// receives are), whose SQE points into the source's `timeout` field and is not covered by the
+/// source map's reference; keep it so when adding a kind here.
 fn recyclable(source_type: &SourceType) -> bool {
     matches!(
         source_type,
