@@ -14,8 +14,9 @@ use crate::alloc_count::allocations;
 
 /// Round trips of one byte between a blocking client thread and a task on the executor, which
 /// waits for each byte in a 1-byte read raced with a long timer (as a session waits, with its
-/// park timer) while another timer is pending, so the executor goes to sleep between rounds;
-/// counts the executor thread's allocations over the rounds after a warm-up.
+/// park timer) while another timer is pending; between rounds the executor has nothing to run
+/// and goes through its wait for I/O. Counts the executor thread's allocations over the rounds
+/// after a warm-up.
 #[test]
 fn waiting_for_a_socket_and_sleeping_allocate_nothing_per_wake_up() {
     const WARM_UP: usize = 200;

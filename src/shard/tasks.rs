@@ -188,9 +188,9 @@ enum CommitWake {
 ///
 /// The syncs in flight are futures of this task, polled in place in a ring of slots made
 /// once, not tasks of their own: starting one allocates nothing (a task each was one heap
-/// allocation per sync, BENCHMARKS.md "Allocations on the 1:1 path"). Every running one is
-/// polled at each wake-up, so each is submitted and completes on its own; one that ends before
-/// an older one waits in `done` until that one is finished.
+/// allocation per sync, BENCHMARKS.md "The executor's loop without allocations"). Every
+/// running one is polled at each wake-up, so each is submitted and completes on its own; one
+/// that ends before an older one waits in `done` until that one is finished.
 async fn commit_loop(shard: Rc<Shard>) {
     let mut slots: [_; COMMITS_IN_FLIGHT] = std::array::from_fn(|_| empty_slot(sync_batch));
     let mut done: [Option<(CommitBatch, std::io::Result<()>)>; COMMITS_IN_FLIGHT] =
