@@ -3,6 +3,7 @@
 //! each wait on a socket, two preemption-timer sources per pass of the loop, a ring link per
 //! sleep, new timer-map nodes per pass whenever a timer was pending, and churned the timer map
 //! at each poll of a pending timer.
+#![cfg(test)]
 
 use std::io::{Read, Write};
 use std::time::Duration;
