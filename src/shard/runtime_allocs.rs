@@ -11,13 +11,22 @@ use std::time::Duration;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::alloc_count::allocations;
+use crate::alloc_count::{allocations, record_sites, take_sites};
+
+/// Where the one allocation the executor may still make is: its pool of I/O sources
+/// (`glommio::sys::source`, vendor/README.md) grows, a few at a time, to the most requests
+/// that are in the ring at once. How many that is depends on scheduling (on a loaded machine a
+/// cancelled timer's completion can still be outstanding several passes later), so the pool
+/// may grow once more long after any warm-up: bounded, not per wake-up.
+const POOL_GROWTH: &str = "glommio::sys::source::";
 
 /// Round trips of one byte between a blocking client thread and a task on the executor, which
 /// waits for each byte in a 1-byte read raced with a long timer (as a session waits, with its
 /// park timer) while another timer is pending; between rounds the executor has nothing to run
 /// and goes through its wait for I/O. Counts the executor thread's allocations over the rounds
-/// after a warm-up.
+/// after a warm-up: fewer than one per hundred wake-ups, and each one the source pool growing
+/// (before the vendored changes there were several per wake-up: 7,988 over these rounds with
+/// the timer map split each pass, 2,340 with sources not reused).
 #[test]
 fn waiting_for_a_socket_and_sleeping_allocate_nothing_per_wake_up() {
     const WARM_UP: usize = 200;
@@ -49,6 +58,7 @@ fn waiting_for_a_socket_and_sleeping_allocate_nothing_per_wake_up() {
             for round in 0..WARM_UP + ROUNDS {
                 if round == WARM_UP {
                     before = allocations();
+                    record_sites();
                 }
                 let read = async { Some(stream.read_exact(&mut byte).await) };
                 let parked = async {
@@ -61,11 +71,23 @@ fn waiting_for_a_socket_and_sleeping_allocate_nothing_per_wake_up() {
                     .expect("read");
                 stream.write_all(&byte).await.expect("write");
             }
-            allocations() - before
+            let made = allocations() - before;
+            (made, take_sites())
         })
         .expect("executor")
         .join()
         .expect("executor thread");
     client.join().expect("client thread");
-    assert_eq!(counted, 0, "allocations over {ROUNDS} wake-ups");
+    let (made, sites) = counted;
+    let elsewhere = sites
+        .iter()
+        .filter(|site| !site.contains(POOL_GROWTH))
+        .count();
+    assert!(
+        made < ROUNDS as u64 / 100 && elsewhere == 0,
+        "{made} allocations over {ROUNDS} wake-ups, {elsewhere} of the first {} not the \
+         source pool growing; made at:\n{}",
+        sites.len(),
+        sites.join("\n---\n")
+    );
 }

@@ -182,6 +182,7 @@ impl Source {
                     inner: Pin::new(inner),
                 };
             }
+            keep_spares();
         }
         Source {
             inner: Rc::pin(RefCell::new(fresh)),
@@ -374,6 +375,13 @@ impl Drop for Source {
 /// Sources kept per thread for reuse, at most.
 const RECYCLED_MAX: usize = 64;
 
+/// Spare sources made, besides the one asked for, each time none kept is free. How many
+/// sources are in the ring at once varies with timing (a cancelled timer's completion may not
+/// have been consumed by the next pass on a loaded machine), so a pool grown one at a time,
+/// to exactly the peak seen so far, allocates again at the first busier pass; spares absorb
+/// that.
+const SPARES_PER_MISS: usize = 4;
+
 thread_local! {
     static RECYCLED: RefCell<Vec<Rc<RefCell<InnerSource>>>> = const { RefCell::new(Vec::new()) };
 }
@@ -404,6 +412,30 @@ fn recycled() -> Option<Rc<RefCell<InnerSource>>> {
         })
         .ok()
         .flatten()
+}
+
+/// Adds [`SPARES_PER_MISS`] unused sources to the thread's pool (room for [`RECYCLED_MAX`] is
+/// reserved at the first), while it has room.
+fn keep_spares() {
+    let _ = RECYCLED.try_with(|kept| {
+        if let Ok(mut kept) = kept.try_borrow_mut() {
+            if kept.capacity() == 0 {
+                kept.reserve_exact(RECYCLED_MAX);
+            }
+            for _ in 0..SPARES_PER_MISS.min(RECYCLED_MAX - kept.len()) {
+                kept.push(Rc::new(RefCell::new(InnerSource {
+                    raw: -1,
+                    wakers: Wakers::new(),
+                    source_type: SourceType::Invalid,
+                    io_requirements: IoRequirements::default(),
+                    enqueued: None,
+                    timeout: None,
+                    stats_collection: None,
+                    task_queue: None,
+                })));
+            }
+        }
+    });
 }
 
 fn keep_for_reuse(inner: &Pin<Rc<RefCell<InnerSource>>>) {
