@@ -387,6 +387,22 @@ fn metrics_move_by_the_traffic_sent() {
     );
     assert_eq!(delta_total("ringpost_replayed_messages_total"), n as f64);
     assert_eq!(delta("ringpost_logins_total{result=\"OK\"}"), 3.0);
+    // Each login is timed stage by stage, and the stages add up to its total.
+    let stage = |part: &str, name: &str| {
+        delta(&format!(
+            "ringpost_login_stage_seconds_{part}{{stage=\"{name}\"}}"
+        ))
+    };
+    let stages = ["login_read", "handoff", "register", "total"];
+    for name in stages {
+        assert_eq!(stage("count", name), 3.0, "{name}: {after}");
+    }
+    let parts: f64 = stages[..3].iter().map(|name| stage("sum", name)).sum();
+    assert!(
+        stage("sum", "total") > 0.0 && (parts - stage("sum", "total")).abs() < 1e-6,
+        "stages {parts} s, total {} s",
+        stage("sum", "total")
+    );
     assert_eq!(
         delta("ringpost_send_rejected_total{code=\"INVALID_RECIPIENT\"}"),
         1.0
@@ -425,6 +441,11 @@ fn metrics_move_by_the_traffic_sent() {
         sample(t, "ringpost_logins_total{result=\"AUTH_FAILED\"}") == 1.0
     });
     assert_eq!(sample(&text, "ringpost_logins_total{result=\"OK\"}"), 3.0);
+    assert_eq!(
+        sample(&text, "ringpost_login_stage_seconds_count{stage=\"total\"}"),
+        3.0,
+        "only logins that succeed are timed"
+    );
 }
 
 // ---- server API ------------------------------------------------------------------------------

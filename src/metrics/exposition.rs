@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
+use super::login_stages::LoginStage;
 use super::process::ProcessStats;
 use super::stages::Stage;
 use super::{CodeCounters, Histogram, ShardGauges, ShardMetrics};
@@ -146,22 +147,22 @@ fn histogram(
     m.encode_histogram::<NoLabelSet>(sum, count, &pairs, None)
 }
 
-/// `ringpost_message_stage_seconds`: one histogram per stage, summed over shards.
-fn stage_histograms(
+/// A family of nanosecond histograms in seconds, one per `stage` label, each summed over
+/// shards: `stages` are the label and how to find that stage's histogram in a shard's struct.
+fn stage_histograms<S: Copy>(
     enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
     shards: &[Arc<ShardMetrics>],
+    stages: impl IntoIterator<Item = (&'static str, S)>,
+    pick: impl Fn(&ShardMetrics, S) -> &Histogram,
 ) -> Result<(), std::fmt::Error> {
-    let mut m = enc.encode_descriptor(
-        "ringpost_message_stage",
-        "Time 1:1 messages spend in each stage inside the broker, from one stamp to the next (see the README's metrics table)",
-        Some(&Unit::Seconds),
-        MetricType::Histogram,
-    )?;
-    for stage in Stage::ALL {
-        let Some((pairs, sum, count)) = summed(shards, |s| s.stages.get(stage), 1e9) else {
+    let mut m = enc.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+    for (label, stage) in stages {
+        let Some((pairs, sum, count)) = summed(shards, |s| pick(s, stage), 1e9) else {
             return Ok(());
         };
-        let labels = vec![("stage", stage.name().to_string())];
+        let labels = vec![("stage", label.to_string())];
         m.encode_family(&labels)?
             .encode_histogram::<NoLabelSet>(sum, count, &pairs, None)?;
     }
@@ -327,7 +328,22 @@ impl Collector for Scrape {
             |s| &s.commit_batch,
             1.0,
         )?;
-        stage_histograms(&mut enc, shards)?;
+        stage_histograms(
+            &mut enc,
+            "ringpost_message_stage",
+            "Time 1:1 messages spend in each stage inside the broker, from one stamp to the next (see the README's metrics table)",
+            shards,
+            Stage::ALL.map(|s| (s.name(), s)),
+            |m, stage| m.stages.get(stage),
+        )?;
+        stage_histograms(
+            &mut enc,
+            "ringpost_login_stage",
+            "Time successful logins spend in each stage inside the broker, from accept(2) to LoginOk handed to the kernel (see the README's metrics table)",
+            shards,
+            LoginStage::ALL.map(|s| (s.name(), s)),
+            |m, stage| m.login_stages.get(stage),
+        )?;
         family(
             &mut enc,
             "ringpost_groups",
@@ -436,6 +452,7 @@ impl Scrape {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::login_stages::LoginStamps;
     use crate::protocol::Code;
 
     fn scrape() -> String {
@@ -457,6 +474,12 @@ mod tests {
         shards[0].group_member_entries.add(12);
         shards[0].stages.between(Stage::Sync, 1_000, 121_000);
         shards[1].stages.between(Stage::Sync, 1_000, 3_001_000);
+        let login = LoginStamps {
+            accepted_ns: 1_000,
+            read_ns: 3_000,
+        };
+        shards[0].login_stages.record(login, 4_000, 1_004_000);
+        shards[1].login_stages.record(login, 4_000, 30_004_000);
         render(Scrape {
             shards,
             gauges: vec![
@@ -513,6 +536,11 @@ mod tests {
             "ringpost_message_stage_seconds_bucket{le=\"0.000001\",stage=\"mesh\"} 0",
             "ringpost_message_stage_seconds_count{stage=\"sync\"} 2",
             "ringpost_message_stage_seconds_count{stage=\"mesh\"} 0",
+            "ringpost_login_stage_seconds_bucket{le=\"0.000002\",stage=\"login_read\"} 2",
+            "ringpost_login_stage_seconds_bucket{le=\"0.001\",stage=\"total\"} 0",
+            "ringpost_login_stage_seconds_bucket{le=\"0.0015\",stage=\"total\"} 1",
+            "ringpost_login_stage_seconds_bucket{le=\"0.05\",stage=\"total\"} 2",
+            "ringpost_login_stage_seconds_count{stage=\"register\"} 2",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -7,7 +7,8 @@
 //! The admin thread holds an `Arc` of every shard's struct, reads them at scrape time and sums
 //! them ([`exposition`]); a reading may be a few increments behind, never torn (64-bit atomics).
 //!
-//! Where a 1:1 message spends its time in the broker is stamped stage by stage ([`stages`]).
+//! Where a 1:1 message spends its time in the broker is stamped stage by stage ([`stages`]),
+//! and so is a login ([`login_stages`]).
 //!
 //! Gauges that describe shard state (connections, parked connections, mesh queue depth, log
 //! size) are not mirrored into atomics at every change: the scrape asks each shard for a
@@ -21,6 +22,7 @@
 //! shard (a connection sending GoAway) reach it through [`with_local`].
 
 pub mod exposition;
+pub mod login_stages;
 pub mod process;
 pub mod stages;
 
@@ -210,6 +212,8 @@ pub struct ShardMetrics {
     pub group_member_entries: Counter,
     /// Per-stage latency of 1:1 messages ([`stages`]), nanoseconds.
     pub stages: stages::StageHistograms,
+    /// Per-stage latency of the logins this shard owns ([`login_stages`]), nanoseconds.
+    pub login_stages: login_stages::LoginHistograms,
 }
 
 impl ShardMetrics {
@@ -229,6 +233,7 @@ impl ShardMetrics {
             group_messages: Counter::default(),
             group_member_entries: Counter::default(),
             stages: stages::StageHistograms::default(),
+            login_stages: login_stages::LoginHistograms::default(),
         }
     }
 

@@ -34,6 +34,8 @@ use super::session::{self, linger_close};
 use super::state::Shard;
 use super::ws_accept;
 use crate::auth::AuthError;
+use crate::metrics::login_stages::LoginStamps;
+use crate::metrics::stages::now_ns;
 use crate::protocol::{self, ClientMsg, Code, FrameReader, ServerMsg};
 use crate::wire::ws::{MessageReader, WsError};
 use crate::wire::Framing;
@@ -60,6 +62,8 @@ pub(super) struct Login {
     /// The connection's framing after the Login (with the WebSocket decoder's state).
     pub framing: Framing,
     pub leftover: Vec<u8>,
+    /// When the connection was accepted and its Login frame read (`ringpost_login_stage_seconds`).
+    pub stamps: LoginStamps,
 }
 
 /// Why no Login came through.
@@ -79,14 +83,21 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, port: Port) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
+                let accepted_ns = now_ns();
                 let _ = stream.set_nodelay(true);
                 let peer = stream.peer_addr().ok().map(|a| a.ip());
                 let slot = shard.gate.connections.admit();
                 let task = match port {
-                    Port::Tcp => glommio::spawn_local(login(shard.clone(), stream, peer, slot)),
-                    Port::WebSocket => {
-                        glommio::spawn_local(ws_accept::login(shard.clone(), stream, peer, slot))
+                    Port::Tcp => {
+                        glommio::spawn_local(login(shard.clone(), stream, peer, slot, accepted_ns))
                     }
+                    Port::WebSocket => glommio::spawn_local(ws_accept::login(
+                        shard.clone(),
+                        stream,
+                        peer,
+                        slot,
+                        accepted_ns,
+                    )),
                 };
                 task.detach();
             }
@@ -138,7 +149,15 @@ pub(super) fn open_link(shard: &Shard, stream: TcpStream) -> Option<Link> {
     }
 }
 
-async fn login(shard: Rc<Shard>, stream: TcpStream, peer: Option<IpAddr>, slot: Option<Slot>) {
+/// Serves one connection accepted (at `accepted_ns`) on the TCP port until it is handed off
+/// or refused.
+async fn login(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    peer: Option<IpAddr>,
+    slot: Option<Slot>,
+    accepted_ns: u64,
+) {
     let limits = &shard.cfg.limits;
     let timeout = limits.login_timeout;
     let admitted = admit(&shard, peer, slot);
@@ -164,18 +183,20 @@ async fn login(shard: Rc<Shard>, stream: TcpStream, peer: Option<IpAddr>, slot: 
         Ok((slot, pending)) => (Some(slot), pending),
         Err(_) => (None, None),
     };
-    finish(&shard, link, Framing::Tcp, outcome, slot).await;
+    finish(&shard, link, Framing::Tcp, outcome, slot, accepted_ns).await;
 }
 
 /// After the Login phase (`None`: it timed out): verifies the token and hands the connection
 /// off, or tells the client why not (framed as the connection is) and closes. `slot` is the
-/// connection's place under `max_connections` (None: it was refused one).
+/// connection's place under `max_connections` (None: it was refused one); `accepted_ns`, when
+/// accept(2) returned it.
 pub(super) async fn finish(
     shard: &Rc<Shard>,
     mut link: Link,
     framing: Framing,
     outcome: Option<Result<Login, Refusal>>,
     slot: Option<Slot>,
+    accepted_ns: u64,
 ) {
     super::connections::churned();
     let timeout = shard.cfg.limits.login_timeout;
@@ -186,12 +207,13 @@ pub(super) async fn finish(
         ),
         (Some(Err(r)), _) => r,
         (Some(Ok(_)), None) => Refusal::Frame(Code::SERVER_BUSY, "the broker is busy".into()),
-        (Some(Ok(login)), Some(slot)) => match verify(shard, &login) {
+        (Some(Ok(mut login)), Some(slot)) => match verify(shard, &login) {
             Ok(user) => {
                 if shard.draining.get() {
                     Refusal::Frame(Code::SHUTDOWN, "broker is shutting down".into())
                 } else {
                     shard.metrics.logins.inc(Code::OK);
+                    login.stamps.accepted_ns = accepted_ns;
                     hand_off(shard, link, user, login, slot).await;
                     return;
                 }
@@ -259,6 +281,10 @@ pub(super) fn login_from(payload: &[u8]) -> Result<Login, Refusal> {
             last_seq,
             framing: Framing::Tcp,
             leftover: Vec::new(),
+            stamps: LoginStamps {
+                accepted_ns: 0,
+                read_ns: now_ns(),
+            },
         }),
         Ok(_) => Err(Refusal::Frame(
             Code::NOT_LOGGED_IN,
@@ -425,6 +451,7 @@ async fn hand_off(shard: &Rc<Shard>, link: Link, user: Arc<str>, login: Login, s
         last_seq: login.last_seq,
         framing,
         leftover: login.leftover,
+        stamps: login.stamps,
         tls,
         slot: Some(slot),
     };

@@ -144,6 +144,8 @@ pub struct Handoff {
     /// Bytes that followed the Login frame in the same reads (pipelined frames), still framed
     /// (plaintext, on TLS too).
     pub leftover: Vec<u8>,
+    /// When it was accepted and its Login read, for `ringpost_login_stage_seconds`.
+    pub stamps: crate::metrics::login_stages::LoginStamps,
     /// The connection's TLS session, handshake done (`[tls]` on): the owner decrypts and
     /// encrypts with it from here on.
     pub tls: Option<Box<crate::wire::tls::ServerTls>>,

@@ -42,6 +42,7 @@ use super::envelope::Handoff;
 use super::park;
 use super::read_buf::ReadSource;
 use super::state::Shard;
+use crate::metrics::stages::now_ns;
 use crate::protocol::{self, ClientMsg, Code, Flow, ServerMsg};
 use crate::wire::ws::Inbound;
 use crate::wire::DecodeError;
@@ -74,11 +75,21 @@ enum Wake {
 pub fn start_handoff(shard: &Rc<Shard>, mut h: Handoff) {
     // The accepting shard dup'ed this fd for us and closed its own copy; take_fd makes us
     // its only owner.
+    let registering_ns = now_ns();
     let fd = h.take_fd();
     let leftover = std::mem::take(&mut h.leftover);
+    let stamps = h.stamps;
     let conn = shard.adopt(fd, h);
-    // The LoginOk and any replay go out first, as they did while a spawned task ran later.
+    let logged_in = conn.is_open(); // not refused (TOO_MANY_DEVICES, shutting down)
+                                    // The LoginOk and any replay go out first, as they did while a spawned task ran later.
     shard.flush_dirty();
+    if logged_in {
+        let sent_ns = now_ns();
+        shard
+            .metrics
+            .login_stages
+            .record(stamps, registering_ns, sent_ns);
+    }
     // A new connection with no input pending starts parked: its socket goes straight into the
     // epoll set without ever getting a task or a glommio stream, so a login storm leaves no
     // tasks and no readiness polls on the ring (each pending poll lengthens the hash chain

@@ -48,7 +48,13 @@ enum Phase {
 
 /// Serves one connection accepted on the WebSocket port (see the module doc). A connection
 /// the gate refused (`slot` None, or too many pending logins from `peer`) is answered 503.
-pub async fn login(shard: Rc<Shard>, stream: TcpStream, peer: Option<IpAddr>, slot: Option<Slot>) {
+pub async fn login(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    peer: Option<IpAddr>,
+    slot: Option<Slot>,
+    accepted_ns: u64,
+) {
     let timeout = shard.cfg.limits.login_timeout;
     let admitted = admit(&shard, peer, slot);
     let Some(mut link) = open_link(&shard, stream) else {
@@ -76,9 +82,11 @@ pub async fn login(shard: Rc<Shard>, stream: TcpStream, peer: Option<IpAddr>, sl
         Err(_) => (None, None),
     };
     match outcome {
-        Some(Phase::Login(outcome)) => finish(&shard, link, framing, Some(outcome), slot).await,
+        Some(Phase::Login(outcome)) => {
+            finish(&shard, link, framing, Some(outcome), slot, accepted_ns).await
+        }
         Some(Phase::Answer(response)) => answer(link, &response).await,
-        None if upgraded.get() => finish(&shard, link, framing, None, slot).await,
+        None if upgraded.get() => finish(&shard, link, framing, None, slot, accepted_ns).await,
         None => answer(link, &upgrade::request_timeout()).await,
     }
 }
