@@ -5,7 +5,9 @@ Importing it has no side effects: no environment read, nothing computed at impor
 
 import json
 import os
+import re
 import resource
+import socket
 import subprocess
 import sys
 
@@ -40,18 +42,20 @@ def no_arguments(doc):
              f"see --help), got: {' '.join(args)}")
 
 
-def start_broker(binary, conf):
+def start_broker(binary, conf, admin=False):
     """Starts `binary --config conf` (its stdout piped, stderr dropped) and waits for its
-    "ringpost listening on ADDR" line; returns (process, ADDR). Exits if the broker does not
-    start."""
+    "ringpost listening on ADDR" line; returns (process, ADDR), or with `admin` (the config has
+    an admin listener) (process, ADDR, ADMIN ADDR). Exits if the broker does not start."""
     p = subprocess.Popen([binary, "--config", conf], stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL, text=True)
-    first = p.stdout.readline()
-    if not first.startswith("ringpost listening on "):
+    lines = [p.stdout.readline() for _ in range(2 if admin else 1)]
+    listen = [l.split()[3] for l in lines if l.startswith("ringpost listening on ")]
+    admins = [l.split()[3] for l in lines if l.startswith("ringpost admin on ")]
+    if not listen or (admin and not admins):
         p.kill()
         p.wait()
-        raise SystemExit(f"{binary} did not start: {first!r}")
-    return p, first.split()[3]
+        raise SystemExit(f"{binary} did not start: {lines!r}")
+    return (p, listen[0], admins[0]) if admin else (p, listen[0])
 
 
 def interleaved(binaries, rounds, run_one):
@@ -66,3 +70,62 @@ def interleaved(binaries, rounds, run_one):
             print(json.dumps({"round": rnd + 1, "bin": b, **r,
                               "load": round(os.getloadavg()[0], 1)}), flush=True)
     return runs
+
+
+def metrics_text(admin):
+    """One /metrics scrape of the admin listener at `admin` (HOST:PORT), as text."""
+    host, port = admin.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(f"GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode(errors="replace")
+
+
+def stage_buckets(text, family):
+    """{stage: [(upper bound s, cumulative count)]} of the histogram family `family` (labelled
+    by `stage`, e.g. ringpost_message_stage_seconds) in a /metrics text."""
+    # Label order is the encoder's (`le` first today); accept either.
+    bucket = re.compile(
+        rf'^{family}_bucket\{{(?:le="(?P<le1>[^"]+)",)?stage="(?P<stage>[a-z_]+)"'
+        r'(?:,le="(?P<le2>[^"]+)")?\} (?P<n>\d+)')
+    out = {}
+    for line in text.splitlines():
+        m = bucket.match(line)
+        if m:
+            raw = m.group("le1") or m.group("le2")
+            le = float("inf") if raw == "+Inf" else float(raw)
+            out.setdefault(m.group("stage"), []).append((le, int(m.group("n"))))
+    return out
+
+
+def bucket_delta(before, after):
+    """`after` minus `before`, per stage, of two `stage_buckets` results."""
+    out = {}
+    for stage, buckets in after.items():
+        prev = dict(before.get(stage, []))
+        out[stage] = [(le, cum - prev.get(le, 0)) for le, cum in buckets]
+    return out
+
+
+def bucket_quantile(buckets, q):
+    """Estimate of the q-quantile (seconds) from cumulative (bound, count) pairs, linear inside
+    a bucket; None when there are no observations."""
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    total = buckets[-1][1]
+    rank = q * total
+    lower, below = 0.0, 0
+    for le, cum in buckets:
+        if cum >= rank:
+            if le == float("inf"):
+                return lower
+            inside = cum - below
+            frac = (rank - below) / inside if inside else 1.0
+            return lower + (le - lower) * frac
+        lower, below = le, cum
+    return lower

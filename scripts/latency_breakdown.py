@@ -24,76 +24,31 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-from benchlib import raise_nofile  # scripts/ is sys.path[0] when run as a script
+# scripts/ is sys.path[0] when run as a script
+from benchlib import bucket_delta, bucket_quantile, metrics_text, raise_nofile, stage_buckets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "target", "release", "ringpost-tools")
 STAGES = ["mesh", "append", "commit_wait", "sync", "ack_release", "ack_mesh", "ack_write",
           "total", "deliver_write"]
-# Label order is the encoder's (`le` first today); accept either.
-BUCKET = re.compile(
-    r'^ringpost_message_stage_seconds_bucket\{(?:le="(?P<le1>[^"]+)",)?stage="(?P<stage>[a-z_]+)"'
-    r'(?:,le="(?P<le2>[^"]+)")?\} (?P<n>\d+)')
 SYNC_BUCKET = re.compile(r'^ringpost_log_sync_seconds_bucket\{le="([^"]+)"\} (\d+)')
 
 
 def scrape(admin):
     """{stage: [(upper bound s, cumulative count)]} of one /metrics scrape."""
-    host, port = admin.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(f"GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    text = data.decode(errors="replace")
-    out = {}
+    text = metrics_text(admin)
+    out = stage_buckets(text, "ringpost_message_stage_seconds")
     for line in text.splitlines():
-        m = BUCKET.match(line)
-        if m:
-            raw = m.group("le1") or m.group("le2")
-            le = float("inf") if raw == "+Inf" else float(raw)
-            out.setdefault(m.group("stage"), []).append((le, int(m.group("n"))))
-            continue
         m = SYNC_BUCKET.match(line)
         if m:
             le = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
             out.setdefault("log_sync (per sync)", []).append((le, int(m.group(2))))
-    return out
-
-
-def quantile(buckets, q):
-    """Estimate of the q-quantile (seconds) from cumulative (bound, count) pairs."""
-    if not buckets or buckets[-1][1] == 0:
-        return None
-    total = buckets[-1][1]
-    rank = q * total
-    lower, below = 0.0, 0
-    for le, cum in buckets:
-        if cum >= rank:
-            if le == float("inf"):
-                return lower
-            inside = cum - below
-            frac = (rank - below) / inside if inside else 1.0
-            return lower + (le - lower) * frac
-        lower, below = le, cum
-    return lower
-
-
-def delta(before, after):
-    out = {}
-    for stage, buckets in after.items():
-        prev = dict(before.get(stage, []))
-        out[stage] = [(le, cum - prev.get(le, 0)) for le, cum in buckets]
     return out
 
 
@@ -110,8 +65,8 @@ def breakdown(d):
         b = d.get(stage)
         if not b or b[-1][1] == 0:
             continue
-        rows[stage] = (b[-1][1], quantile(b, 0.5) * 1e6, quantile(b, 0.99) * 1e6,
-                       quantile(b, 0.999) * 1e6, over(b, 0.001))
+        rows[stage] = (b[-1][1], bucket_quantile(b, 0.5) * 1e6, bucket_quantile(b, 0.99) * 1e6,
+                       bucket_quantile(b, 0.999) * 1e6, over(b, 0.001))
     return rows
 
 
@@ -193,7 +148,7 @@ def run_one(binary, fsync, args):
     if res.returncode != 0:
         print(f"WARNING: load p2p exited {res.returncode}: lost {report.get('lost')} "
               f"dup {report.get('duplicated')} errors {report.get('errors')}", file=sys.stderr)
-    return report, breakdown(delta(before, after))
+    return report, breakdown(bucket_delta(before, after))
 
 
 def ab(args):
@@ -242,7 +197,7 @@ def around(args):
     before = scrape(args.admin)
     rc = subprocess.call(args.command)
     after = scrape(args.admin)
-    print_breakdown(breakdown(delta(before, after)))
+    print_breakdown(breakdown(bucket_delta(before, after)))
     return rc
 
 

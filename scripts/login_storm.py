@@ -7,7 +7,10 @@ with the broker's CPU taken at the end of the storm and the generator's from its
         [--conns 15000] [--rate 0] [--threads 2] [--rounds 3] [--tools PATH]
 
 Broker: 2 shards, fsync = "always", 64 MiB segments, listen_backlog = 65535,
-max_pending_logins_per_ip = 4096, idle_timeout = "120s", no admin or WebSocket listener.
+max_pending_logins_per_ip = 4096, idle_timeout = "120s", no WebSocket listener; its admin
+listener is scraped before and after the storm for the broker's own split of each login
+(`ringpost_login_stage_seconds{stage}`: p50/p99 per stage, estimated from the buckets, in the
+`broker_*` fields).
 Generator: `load connect --conns N --connect-rate RATE --hold 1s --ping-interval 600s
 --threads T --source-ips 127.0.0.1,127.0.0.2` (RATE 0: as fast as it goes, 512 logins in
 flight per thread). Binaries are interleaved round by round; one JSON line per run, medians at
@@ -25,10 +28,15 @@ import subprocess
 import tempfile
 import time
 
-from benchlib import cpu_seconds, interleaved, raise_nofile, start_broker  # scripts/ on sys.path
+# scripts/ is sys.path[0] when run as a script
+from benchlib import (bucket_delta, bucket_quantile, cpu_seconds, interleaved, metrics_text,
+                      raise_nofile, stage_buckets, start_broker)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "target", "release", "ringpost-tools")
+# The broker's own split of each login (src/metrics/login_stages.rs).
+STAGES_FAMILY = "ringpost_login_stage_seconds"
+STAGES = ["login_read", "handoff", "register", "total"]
 
 
 def config(d):
@@ -37,7 +45,7 @@ def config(d):
             f'[storage]\ndata_dir = "{d}/data"\nsegment_size = "64MiB"\nfsync = "always"\n'
             f'[auth]\nsecret_file = "{d}/auth.secret"\n'
             f'[limits]\nmax_pending_logins_per_ip = 4096\nidle_timeout = "120s"\n'
-            f'[admin]\nlisten = ""\n')
+            f'[admin]\nlisten = "127.0.0.1:0"\ntoken_file = "{d}/admin.token"\n')
 
 
 def run(binary, args):
@@ -45,8 +53,9 @@ def run(binary, args):
     conf = os.path.join(d, "ringpost.toml")
     with open(conf, "w") as f:
         f.write(config(d))
-    p, addr = start_broker(binary, conf)
+    p, addr, admin = start_broker(binary, conf, admin=True)
     try:
+        stages_before = stage_buckets(metrics_text(admin), STAGES_FAMILY)
         c0 = cpu_seconds(p.pid)
         t0 = time.monotonic()
         before = os.times()
@@ -73,13 +82,23 @@ def run(binary, args):
         storm = j["connect_elapsed_s"]
         # The last sample taken before the storm ended (the generator starts ~20 ms after t0).
         at_end = [c for t, c in samples if t <= storm + 0.03] or [c0]
+        stages = bucket_delta(stages_before, stage_buckets(metrics_text(admin), STAGES_FAMILY))
+        inside = {}
+        for stage in STAGES:
+            for q, name in ((0.5, "p50"), (0.99, "p99")):
+                v = bucket_quantile(stages.get(stage, []), q)
+                inside[f"broker_{stage}_{name}_us"] = None if v is None else round(v * 1e6)
         return {"logins_per_s": round(n / storm),
                 "login_p50_us": j["login_latency_us"]["p50"],
                 "login_p99_us": j["login_latency_us"]["p99"],
                 "attempt_p50_us": j["login_attempt_latency_us"]["p50"],
                 "attempt_p99_us": j["login_attempt_latency_us"]["p99"],
+                "open_p99_us": j["login_open_latency_us"]["p99"],
+                "reply_p50_us": j["login_reply_latency_us"]["p50"],
+                "reply_p99_us": j["login_reply_latency_us"]["p99"],
                 "broker_cpu_us_per_login": round((at_end[-1] - c0) * 1e6 / n, 1),
-                "generator_cpu_us_per_login": round(gen_cpu * 1e6 / n, 1)}
+                "generator_cpu_us_per_login": round(gen_cpu * 1e6 / n, 1),
+                **inside}
     finally:
         p.kill()
         p.wait()
@@ -99,7 +118,9 @@ def main():
     raise_nofile()
     runs = interleaved(args.bin, args.rounds, lambda b: run(b, args))
     for b, rs in runs.items():
-        med = {k: statistics.median(x[k] for x in rs) for k in rs[0]}
+        # A broker without the login stages (an older build) has None there.
+        med = {k: statistics.median(v) if (v := [x[k] for x in rs if x[k] is not None]) else None
+               for k in rs[0]}
         print(json.dumps({"bin": b, "median": med}))
 
 

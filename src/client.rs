@@ -27,7 +27,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
@@ -754,11 +754,31 @@ pub struct LeanClient {
     websocket: bool,
 }
 
+/// When a [`LeanClient::connect_timed`] login passed its steps.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginTimes {
+    /// The connection was open (TCP connected; TLS handshake and WebSocket upgrade done).
+    pub opened: Instant,
+    /// The Login frame was handed to the kernel.
+    pub login_sent: Instant,
+}
+
 impl LeanClient {
     /// Connects and logs in (bounded by `login_timeout`).
     pub async fn connect(opts: &ClientOptions, last_seq: u64) -> Result<LeanClient, ClientError> {
+        Ok(Self::connect_timed(opts, last_seq).await?.0)
+    }
+
+    /// [`LeanClient::connect`], saying when the connection was open and when its Login went
+    /// out (the LoginOk was read when this returns), so a load generator can split a login's
+    /// latency into its own connect, and the broker's answer.
+    pub async fn connect_timed(
+        opts: &ClientOptions,
+        last_seq: u64,
+    ) -> Result<(LeanClient, LoginTimes), ClientError> {
         let attempt = async {
             let (wire, early) = open(opts).await?;
+            let opened = Instant::now();
             let mut lean = LeanClient {
                 login: LoginInfo {
                     user_id: String::new(),
@@ -778,8 +798,9 @@ impl LeanClient {
                 last_seq,
             })
             .await?;
+            let login_sent = Instant::now();
             lean.login = lean.reader.read_login().await?;
-            Ok(lean)
+            Ok((lean, LoginTimes { opened, login_sent }))
         };
         within_login_timeout(opts, attempt).await
     }

@@ -11,7 +11,10 @@
 //! Latencies count from the *intended* start, so that waiting is never hidden (no coordinated
 //! omission): `login_latency_us` from the moment connection i was due by the schedule (all at
 //! the start with `--connect-rate 0`), including the time it waited behind `--max-inflight`;
-//! `login_attempt_latency_us` from the moment its TCP connect began (service time only);
+//! `login_attempt_latency_us` from the moment its TCP connect began (service time only), split
+//! into `login_open_latency_us` (→ connection open: TCP, TLS, WebSocket upgrade) and
+//! `login_reply_latency_us` (Login frame sent → LoginOk read; the rest, between the two, is
+//! the generator's own write of the Login);
 //! `ping_rtt_us` from the moment each ping was due, so a ping sent late because the previous
 //! one was answered late counts that delay too.
 //! At the end of the hold the broker's RSS (`/proc/PID/statm`), the kernel's TCP buffer pages
@@ -97,6 +100,10 @@ struct Part {
     login: Histogram<u64>,
     /// Login latency from the connect attempt.
     login_attempt: Histogram<u64>,
+    /// The attempt's split: connect attempt → connection open (TCP, TLS, WebSocket upgrade).
+    login_open: Histogram<u64>,
+    /// Login frame handed to the kernel → LoginOk read.
+    login_reply: Histogram<u64>,
     ping: Histogram<u64>,
     pings_lost: u64,
     /// Connections the broker closed during the hold.
@@ -117,6 +124,8 @@ impl Part {
             "connect_elapsed_ns": self.connect_elapsed.as_nanos() as u64,
             "login_hist": hist_to_hex(&self.login)?,
             "login_attempt_hist": hist_to_hex(&self.login_attempt)?,
+            "login_open_hist": hist_to_hex(&self.login_open)?,
+            "login_reply_hist": hist_to_hex(&self.login_reply)?,
             "ping_hist": hist_to_hex(&self.ping)?,
             "pings_lost": self.pings_lost,
             "dropped": self.dropped,
@@ -143,6 +152,8 @@ impl Part {
             connect_elapsed: Duration::from_nanos(num("connect_elapsed_ns")?),
             login: hist("login_hist")?,
             login_attempt: hist("login_attempt_hist")?,
+            login_open: hist("login_open_hist")?,
+            login_reply: hist("login_reply_hist")?,
             ping: hist("ping_hist")?,
             pings_lost: num("pings_lost")?,
             dropped: num("dropped")?,
@@ -164,9 +175,13 @@ impl Part {
         }
         self.connect_elapsed = self.connect_elapsed.max(other.connect_elapsed);
         self.login.add(&other.login).map_err(|e| e.to_string())?;
-        self.login_attempt
-            .add(&other.login_attempt)
-            .map_err(|e| e.to_string())?;
+        for (mine, theirs) in [
+            (&mut self.login_attempt, &other.login_attempt),
+            (&mut self.login_open, &other.login_open),
+            (&mut self.login_reply, &other.login_reply),
+        ] {
+            mine.add(theirs).map_err(|e| e.to_string())?;
+        }
         self.ping.add(&other.ping).map_err(|e| e.to_string())?;
         self.pings_lost += other.pings_lost;
         self.dropped += other.dropped;
@@ -517,6 +532,8 @@ fn generate(
                     t0,
                     login: std::cell::RefCell::new(new_histogram()?),
                     login_attempt: std::cell::RefCell::new(new_histogram()?),
+                    login_open: std::cell::RefCell::new(new_histogram()?),
+                    login_reply: std::cell::RefCell::new(new_histogram()?),
                     ping: std::cell::RefCell::new(new_histogram()?),
                     failed: std::cell::RefCell::new(BTreeMap::new()),
                     connected: std::cell::Cell::new(0),
@@ -565,6 +582,8 @@ fn generate(
                 }
                 let login = ctx.login.borrow().clone();
                 let login_attempt = ctx.login_attempt.borrow().clone();
+                let login_open = ctx.login_open.borrow().clone();
+                let login_reply = ctx.login_reply.borrow().clone();
                 let ping = ctx.ping.borrow().clone();
                 Ok::<_, String>(Part {
                     connected: ctx.connected.get(),
@@ -572,6 +591,8 @@ fn generate(
                     connect_elapsed: Duration::ZERO,
                     login,
                     login_attempt,
+                    login_open,
+                    login_reply,
                     ping,
                     pings_lost: ctx.pings_lost.get(),
                     dropped: ctx.dropped.get(),
@@ -617,6 +638,10 @@ struct Thread {
     login: std::cell::RefCell<Histogram<u64>>,
     /// From the connect attempt.
     login_attempt: std::cell::RefCell<Histogram<u64>>,
+    /// Connect attempt → connection open.
+    login_open: std::cell::RefCell<Histogram<u64>>,
+    /// Login sent → LoginOk read.
+    login_reply: std::cell::RefCell<Histogram<u64>>,
     ping: std::cell::RefCell<Histogram<u64>>,
     failed: std::cell::RefCell<BTreeMap<String, u64>>,
     connected: std::cell::Cell<u64>,
@@ -647,12 +672,18 @@ impl Thread {
         let attempt = Instant::now();
         // Boxed: the connect future (TLS and WebSocket handshakes included) is ~4 KiB, and
         // inline it would size this connection's task for as long as the connection is held.
-        match Box::pin(LeanClient::connect(&opts, 0)).await {
-            Ok(client) => {
+        match Box::pin(LeanClient::connect_timed(&opts, 0)).await {
+            Ok((client, times)) => {
                 record(&self.login, due, &self.progress.login_p99_us);
-                let mut h = self.login_attempt.borrow_mut();
-                let _ = h.record((attempt.elapsed().as_micros() as u64).max(1));
-                drop(h);
+                let done = Instant::now();
+                for (h, from, to) in [
+                    (&self.login_attempt, attempt, done),
+                    (&self.login_open, attempt, times.opened),
+                    (&self.login_reply, times.login_sent, done),
+                ] {
+                    let us = to.saturating_duration_since(from).as_micros() as u64;
+                    let _ = h.borrow_mut().record(us.max(1));
+                }
                 self.connected.set(self.connected.get() + 1);
                 if let Ok(local) = client.local_addr() {
                     let ip = local.ip().to_string();
@@ -841,6 +872,8 @@ fn report(
         "hold_s": hold.as_secs_f64(),
         "login_latency_us": percentiles_json(&part.login),
         "login_attempt_latency_us": percentiles_json(&part.login_attempt),
+        "login_open_latency_us": percentiles_json(&part.login_open),
+        "login_reply_latency_us": percentiles_json(&part.login_reply),
         "ping_rtt_us": percentiles_json(&part.ping),
         "pings": part.ping.len(),
         "pings_lost": part.pings_lost,
@@ -898,6 +931,14 @@ fn print_table(v: &Value) {
     println!(
         "login attempt     {} (from the connect call)",
         p("login_attempt_latency_us")
+    );
+    println!(
+        "  open            {} (connect call → connection open)",
+        p("login_open_latency_us")
+    );
+    println!(
+        "  reply           {} (Login sent → LoginOk read)",
+        p("login_reply_latency_us")
     );
     println!(
         "ping RTT (hold)   {} ({} pings, {} lost)",
