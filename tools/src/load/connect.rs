@@ -522,6 +522,7 @@ fn generate(
         );
         let ex = LocalExecutorBuilder::new(Placement::Unbound)
             .name(&format!("connect-{t}"))
+            .ring_depth(super::RING_DEPTH)
             .spawn(move || async move {
                 let ctx = Rc::new(Thread {
                     args,

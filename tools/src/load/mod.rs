@@ -18,6 +18,15 @@ use rand::seq::SliceRandom;
 use ringpost::client::ClientOptions;
 use serde_json::{json, Value};
 
+/// Submission-queue entries of a generator thread's rings (glommio's default: 128). The kernel
+/// sizes a ring's cancel hash from it (`ilog2(cq_entries) - 5` bits, at most 8): 8 buckets at
+/// 128, 256 at 4,096. Every connection a thread holds waits in a poll on its ring, and every
+/// cancel the executor issues (its preemption timers, each pass) walks one bucket, so at 128
+/// and ~10,000 held connections a thread spent a fifth of its CPU in the kernel's
+/// `io_poll_find` (perf, `load connect` at 15,000 logins/s; BENCHMARKS.md). Costs ~1 MiB
+/// per thread (three rings).
+pub const RING_DEPTH: usize = 4096;
+
 mod churn;
 mod connect;
 mod fanout;
@@ -236,6 +245,7 @@ where
         let spawned = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .name(&format!("{name}-{t}"))
             .io_memory(256 * 1024)
+            .ring_depth(RING_DEPTH)
             .spawn(make(t, start.clone()));
         match spawned {
             Ok(h) => handles.push(h),
