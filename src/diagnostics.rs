@@ -27,10 +27,20 @@ impl fmt::Display for Problem {
     }
 }
 
+/// Fds the process holds besides its connections (listeners, rings, eventfds, the log's
+/// segment files, the epoll sets), and connections' second fd while one is handed off.
+const FD_HEADROOM: usize = 4096;
+
 /// Runs every check; the first failure is returned. Also raises the soft open-files limit to
-/// the hard limit (each connection is one fd).
+/// the hard limit (each connection is one fd) and grows the fd table to match
+/// ([`reserve_fd_table`]). Call it while the process has one thread.
 pub fn preflight(cfg: &Config) -> Result<(), Problem> {
     raise_nofile();
+    let connections = match cfg.limits.max_connections {
+        0 => usize::MAX,
+        n => n,
+    };
+    reserve_fd_table(connections.saturating_add(FD_HEADROOM));
     // The admin listener runs its own (smaller) executor: count it like a shard.
     check_memlock(cfg.shard_count() + usize::from(cfg.admin.listen.is_some()))?;
     check_io_uring()
@@ -56,6 +66,47 @@ fn raise_nofile() {
                 );
             }
         }
+    }
+}
+
+/// Grows this process's fd table now to hold `want` fds (capped by the soft RLIMIT_NOFILE);
+/// returns the table's new minimum size, or None where it was left alone.
+///
+/// Why: the kernel doubles the table as fds are opened, and in a multi-threaded process each
+/// doubling waits for an RCU grace period (`expand_fdtable` calls `synchronize_rcu`) in the
+/// thread that opened the fd. In a login storm against a fresh broker those waits, one per
+/// doubling from 64 to 32,768 fds, stalled a shard for milliseconds at a time and every login
+/// queued behind it (BENCHMARKS.md, "Where a login's time goes"). Grown once, while the process
+/// has one thread, the table never shrinks. It costs the kernel 8 bytes per slot (8 MiB for a
+/// million fds), which a broker that fills its limit would allocate anyway.
+pub fn reserve_fd_table(want: usize) -> Option<usize> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit on a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    let limit = usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX);
+    let top = want.min(limit).checked_sub(1)?;
+    let top_fd = libc::c_int::try_from(top).ok()?;
+    if top < 1024 {
+        return None; // the table starts at 64 slots: a few doublings cost nothing to speak of
+    }
+    // SAFETY: eventfd(2) makes a new fd we own; F_DUPFD_CLOEXEC duplicates it onto the lowest
+    // free fd >= `top`, which makes the kernel size the table to hold `top`; both are closed.
+    unsafe {
+        let fd = libc::eventfd(0, libc::EFD_CLOEXEC);
+        if fd < 0 {
+            return None;
+        }
+        let high = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, top_fd);
+        if high >= 0 {
+            libc::close(high);
+        }
+        libc::close(fd);
+        (high >= 0).then_some(top + 1)
     }
 }
 
@@ -120,4 +171,41 @@ fn check_io_uring() -> Result<(), Problem> {
         ),
     };
     Err(Problem { what, fix })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The calling process's fd table size (`FDSize` in /proc/self/status).
+    fn fd_table_size() -> usize {
+        let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("FDSize:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("FDSize line")
+    }
+
+    #[test]
+    fn the_fd_table_is_grown_to_the_reservation_at_once() {
+        raise_nofile();
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit on a local struct.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        let limit = lim.rlim_cur as usize;
+        let before = fd_table_size();
+        let want = (before * 4).max(4096).min(limit);
+        assert!(
+            want > before,
+            "needs an open-files limit above {before} (have {limit}): raise ulimit -n"
+        );
+        assert_eq!(reserve_fd_table(want), Some(want));
+        assert!(fd_table_size() >= want, "{} < {want}", fd_table_size());
+        // Below 1,024 fds the table is left to grow by itself.
+        assert_eq!(reserve_fd_table(100), None);
+    }
 }

@@ -276,6 +276,11 @@ fn run_inner(args: &ConnectArgs) -> Result<ExitCode, String> {
         None => Vec::new(),
     };
     let tokens = Tokens::load(&args.common.secret_file)?;
+    // This process's share of the connections, plus room for its rings and the like: grown
+    // now, while it has one thread, so that opening them never waits on the kernel's fd table
+    // doubling (ringpost::diagnostics::reserve_fd_table).
+    let share = args.conns.div_ceil(u64::from(args.processes));
+    ringpost::diagnostics::reserve_fd_table(share as usize + 1024);
     if args.child {
         return run_child(args, tokens, sources);
     }
