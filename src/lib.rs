@@ -20,9 +20,9 @@
 //! | [`shard`] | executors, ownership (`owner()`, `group_owner()`), the mesh, accept/login/hand-off, sessions, dedup, groups, delivery, group commit |
 //! | [`log`] | the per-shard segment log: record kinds and framing, segments, recovery, retention, the data-dir lock and meta file, test-only fault injection |
 //! | [`client`] | async client used by the tests and `ringpost-tools` |
-//! | [`diagnostics`] | startup checks that name the fix for io_uring / memlock problems |
+//! | [`diagnostics`] | startup checks that name the fix for io_uring / memlock problems; the fd table grown for `max_connections` before any thread starts |
 //! | [`admin`] | the admin HTTP listener on its own thread: metrics, health, the server API |
-//! | [`metrics`] | per-shard single-writer counters and histograms (per-stage message latency included); the Prometheus exposition |
+//! | [`metrics`] | per-shard single-writer counters and histograms (per-stage message and login latency included); the Prometheus exposition |
 //! | [`logging`] | `[log]` format and level for the diagnostics on stderr |
 //!
 //! ## Data path of a 1:1 message
