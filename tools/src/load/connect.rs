@@ -508,13 +508,18 @@ fn generate(
     on_ready: impl FnOnce() + Send + 'static,
 ) -> Result<Part, String> {
     let threads = (args.common.thread_count() as u64).min(args.conns).max(1);
-    let t0 = Instant::now() + Duration::from_millis(20);
+    // The schedule starts once every thread's executor is up (its rings made, its I/O memory
+    // registered: ~10 ms of page zeroing each here), not before: a start fixed before the
+    // threads existed made the first ~100 ms of connections due before any thread could open
+    // them, and they went out as one burst.
+    let start = super::StartLine::new(threads as usize);
     let settled = Arc::new(AtomicU64::new(0));
     let ready_at = Arc::new(AtomicU64::new(0));
     let on_ready = Arc::new(std::sync::Mutex::new(Some(on_ready)));
     let sources = Arc::new(sources);
     let mut handles = Vec::new();
     for t in 0..threads {
+        let start = start.clone();
         let (args, tokens, sources, progress, stop, settled, ready_at, on_ready) = (
             args.clone(),
             tokens.clone(),
@@ -529,6 +534,7 @@ fn generate(
             .name(&format!("connect-{t}"))
             .ring_depth(super::RING_DEPTH)
             .spawn(move || async move {
+                let t0 = start.arrive();
                 let ctx = Rc::new(Thread {
                     args,
                     tokens,
@@ -608,6 +614,7 @@ fn generate(
             .map_err(|e| format!("cannot start generator thread: {e}"))?;
         handles.push(ex);
     }
+    start.release(Duration::from_millis(20));
     let mut total: Option<Part> = None;
     for h in handles {
         let part = h

@@ -213,12 +213,31 @@ pub struct StartLine {
 }
 
 impl StartLine {
-    /// Called by each generator thread once its connections are in; returns the common start.
-    /// (Blocks the thread, on purpose: nothing else runs on it before the start.)
+    /// A start line for `threads` generator threads and one coordinator.
+    pub fn new(threads: usize) -> StartLine {
+        StartLine {
+            barrier: Arc::new(std::sync::Barrier::new(threads + 1)),
+            t0: Arc::new(std::sync::OnceLock::new()),
+        }
+    }
+
+    /// Called by each generator thread once it is ready (its executor up, its connections
+    /// in); returns the common start. (Blocks the thread, on purpose: nothing else runs on it
+    /// before the start.)
     pub fn arrive(&self) -> Instant {
         self.barrier.wait();
         self.barrier.wait();
         self.t0.get().copied().unwrap_or_else(Instant::now)
+    }
+
+    /// The coordinator's side: waits until every thread has arrived, sets the start `lead`
+    /// from now and lets them go; returns the start.
+    pub fn release(&self, lead: Duration) -> Instant {
+        self.barrier.wait();
+        let t0 = Instant::now() + lead;
+        let _ = self.t0.set(t0);
+        self.barrier.wait();
+        t0
     }
 }
 
@@ -236,10 +255,7 @@ where
     G: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<O, String>> + 'static,
 {
-    let start = StartLine {
-        barrier: Arc::new(std::sync::Barrier::new(threads + 1)),
-        t0: Arc::new(std::sync::OnceLock::new()),
-    };
+    let start = StartLine::new(threads);
     let mut handles = Vec::new();
     for t in 0..threads {
         let spawned = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
@@ -255,11 +271,9 @@ where
             }
         }
     }
-    start.barrier.wait();
-    let t0 = Instant::now() + Duration::from_millis(50);
-    let _ = start.t0.set(t0);
+    // The coordinator's own bookkeeping waits until the threads are released.
+    let t0 = start.release(Duration::from_millis(50));
     let _ = live.started.set(t0);
-    start.barrier.wait();
     let progress = spawn_progress(live.clone());
     let mut outcomes = Vec::new();
     for h in handles {
