@@ -80,8 +80,9 @@ pub fn start_handoff(shard: &Rc<Shard>, mut h: Handoff) {
     let leftover = std::mem::take(&mut h.leftover);
     let stamps = h.stamps;
     let conn = shard.adopt(fd, h);
-    let logged_in = conn.is_open(); // not refused (TOO_MANY_DEVICES, shutting down)
-                                    // The LoginOk and any replay go out first, as they did while a spawned task ran later.
+    // Refused in registering (TOO_MANY_DEVICES, shutting down): not a login to time.
+    let logged_in = conn.is_open();
+    // The LoginOk and any replay go out first, as they did while a spawned task ran later.
     shard.flush_dirty();
     if logged_in {
         let sent_ns = now_ns();

@@ -422,7 +422,7 @@ fn keep_spares() {
             if kept.capacity() == 0 {
                 kept.reserve_exact(RECYCLED_MAX);
             }
-            for _ in 0..SPARES_PER_MISS.min(RECYCLED_MAX - kept.len()) {
+            for _ in 0..SPARES_PER_MISS.min(RECYCLED_MAX.saturating_sub(kept.len())) {
                 kept.push(Rc::new(RefCell::new(InnerSource {
                     raw: -1,
                     wakers: Wakers::new(),
