@@ -637,6 +637,12 @@ fn tcp_and_websocket_users_talk_both_ways() {
             Event::Pong { nonce: 5 }
         ));
     });
+    // Both logins are timed stage by stage, the one through the WebSocket upgrade too.
+    let text = broker.metrics();
+    for stage in ["login_read", "handoff", "register", "total"] {
+        let series = format!("ringpost_login_stage_seconds_count{{stage=\"{stage}\"}}");
+        assert_eq!(metric(&text, &series), 2.0, "{series}");
+    }
 }
 
 #[test]
