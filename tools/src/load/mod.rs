@@ -66,6 +66,7 @@ pub enum LoadCommand {
 }
 
 pub fn run(cmd: LoadCommand) -> ExitCode {
+    disable_huge_pages();
     match cmd {
         LoadCommand::P2p(args) => p2p::run(args),
         LoadCommand::Fanout(args) => fanout::run(*args),
@@ -75,6 +76,19 @@ pub fn run(cmd: LoadCommand) -> ExitCode {
         LoadCommand::Soak(args) => soak::run(args),
         LoadCommand::Timers(args) => timers::run(args),
     }
+}
+
+/// Turns transparent huge pages off for this process (and the brokers or children it starts),
+/// before the scenario allocates. A generator allocates in bursts (a login storm: a task, a
+/// client and buffers per connection) and mimalloc hands back what it frees; on huge pages
+/// each fresh or re-faulted 2 MiB is zeroed whole on first touch: 31 % of `load connect`'s CPU
+/// at 25,000 logins/s was `clear_page_erms` under mimalloc's page faults, and its login p99
+/// was 63–67 ms against 9–23 ms without (same broker, three pairs; BENCHMARKS.md, "Where a
+/// login's time goes"). Best effort: a kernel without the knob keeps its default.
+fn disable_huge_pages() {
+    // SAFETY: prctl(PR_SET_THP_DISABLE) takes plain integers and changes only this process's
+    // THP policy.
+    let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
 }
 
 /// Options every scenario takes.
