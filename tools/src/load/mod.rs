@@ -80,11 +80,11 @@ pub fn run(cmd: LoadCommand) -> ExitCode {
 
 /// Turns transparent huge pages off for this process (and the brokers or children it starts),
 /// before the scenario allocates. A generator allocates in bursts (a login storm: a task, a
-/// client and buffers per connection) and mimalloc hands back what it frees; on huge pages
-/// each fresh or re-faulted 2 MiB is zeroed whole on first touch: 31 % of `load connect`'s CPU
-/// at 25,000 logins/s was `clear_page_erms` under mimalloc's page faults, and its login p99
-/// was 63–67 ms against 9–23 ms without (same broker, three pairs; BENCHMARKS.md, "Where a
-/// login's time goes"). Best effort: a kernel without the knob keeps its default.
+/// client and buffers per connection) and on huge pages each fresh 2 MiB is zeroed whole on
+/// first touch: at 25,000 logins/s `clear_page_erms` was 3.5 % of `load connect`'s samples
+/// with them, 0.3 % without, and its max RSS 101–103 → 85–86 MiB (the login tail did not move;
+/// BENCHMARKS.md, "Where a login's time goes"); under CPU pressure the zeroing cost far more.
+/// Best effort: a kernel without the knob keeps its default.
 fn disable_huge_pages() {
     // SAFETY: prctl(PR_SET_THP_DISABLE) takes plain integers and changes only this process's
     // THP policy.
