@@ -135,6 +135,26 @@ pub(crate) struct InnerSource {
 }
 
 impl InnerSource {
+    /// A source not yet submitted: no waiters, no result, no timeout.
+    fn new(
+        io_requirements: IoRequirements,
+        raw: RawFd,
+        source_type: SourceType,
+        stats_collection: Option<StatsCollection>,
+        task_queue: Option<TaskQueueHandle>,
+    ) -> InnerSource {
+        InnerSource {
+            raw,
+            wakers: Wakers::new(),
+            source_type,
+            io_requirements,
+            enqueued: None,
+            timeout: None,
+            stats_collection,
+            task_queue,
+        }
+    }
+
     pub(crate) fn update_source_type(&mut self, source_type: SourceType) -> SourceType {
         std::mem::replace(&mut self.source_type, source_type)
     }
@@ -165,16 +185,7 @@ impl Source {
         stats_collection: Option<StatsCollection>,
         task_queue: Option<TaskQueueHandle>,
     ) -> Source {
-        let fresh = InnerSource {
-            raw,
-            wakers: Wakers::new(),
-            source_type,
-            io_requirements: ioreq,
-            enqueued: None,
-            timeout: None,
-            stats_collection,
-            task_queue,
-        };
+        let fresh = InnerSource::new(ioreq, raw, source_type, stats_collection, task_queue);
         if recyclable(&fresh.source_type) {
             if let Some(inner) = recycled() {
                 *inner.borrow_mut() = fresh;
@@ -423,16 +434,13 @@ fn keep_spares() {
                 kept.reserve_exact(RECYCLED_MAX);
             }
             for _ in 0..SPARES_PER_MISS.min(RECYCLED_MAX.saturating_sub(kept.len())) {
-                kept.push(Rc::new(RefCell::new(InnerSource {
-                    raw: -1,
-                    wakers: Wakers::new(),
-                    source_type: SourceType::Invalid,
-                    io_requirements: IoRequirements::default(),
-                    enqueued: None,
-                    timeout: None,
-                    stats_collection: None,
-                    task_queue: None,
-                })));
+                kept.push(Rc::new(RefCell::new(InnerSource::new(
+                    IoRequirements::default(),
+                    -1,
+                    SourceType::Invalid,
+                    None,
+                    None,
+                ))));
             }
         }
     });
